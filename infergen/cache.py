@@ -1,0 +1,155 @@
+"""The KV cache: what a transformer remembers between decoding steps.
+
+Generating token ``t+1`` needs attention over the keys and values of every earlier position. Without a
+cache each step recomputes them for the whole sequence, so a step costs O(t) layer passes and a whole
+generation O(n^2). With a cache, the prompt is processed once (*prefill*) and each new token adds one
+column of keys and values (*decode*), so a step touches only the new token.
+
+This module has two parts.
+
+``PaddingState`` is the bookkeeping every cache needs for batches of prompts with different lengths.
+Prompts are *left*-padded so that every row's next token sits in the same column; a boolean ``mask``
+``[B, T]`` records which slots hold real tokens. From it we derive each new token's *position* (its
+index among the row's real tokens, used by the rotary embedding) and the attention mask (a token
+attends to the real tokens before it and never to padding).
+
+``KVCache`` is the static, preallocated cache of infergen's native model (the gpt-fast design): one
+tensor for all keys and one for all values, ``[layers, B, kv_heads, max_len, head_dim]``, allocated
+once on the model's device and dtype. Appending writes into the next free columns; nothing is
+reallocated while decoding. Decoders reshape it with four operations:
+
+* ``reorder(index)`` -- gather rows, e.g. the surviving beams of beam search (``index`` may repeat
+  rows and may change the batch size, so it also serves to *select* rows);
+* ``repeat(n)`` -- repeat each row ``n`` times, e.g. the ``k`` candidates of contrastive search;
+* ``crop(length)`` -- forget everything after ``length`` columns, e.g. rejected speculative tokens;
+* ``copy()`` -- an independent cache (e.g. to branch a search tree).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class PaddingState:
+    """Which cache slots hold real tokens, per row. Shared by every cache implementation.
+
+    ``mask[b, j]`` is True when column ``j`` of row ``b`` holds a real token (False for left padding).
+    ``length`` is the number of columns filled so far (the same for every row).
+    """
+
+    def __init__(self, batch_size: int, max_len: int, device):
+        self.max_len = max_len
+        self.mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.length = 0
+        self.has_padding = False  # lets the model skip building masks when every slot is real
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    def append_mask(self, new_mask: torch.Tensor | None, t: int) -> torch.Tensor:
+        """Record ``t`` new columns (``new_mask`` [B, t], None = all real); return their positions [B, t].
+
+        The position of a token is the number of real tokens before it in its row, so a left-padded
+        prompt gets positions 0, 1, 2, ... from its first real token, exactly as if it were alone.
+        """
+        start = self.length
+        if start + t > self.max_len:
+            raise ValueError(
+                f"cache is full: {start} + {t} tokens exceed max_len={self.max_len}; "
+                "allocate a larger cache (max_new_tokens too large for it?)")
+        seen = self.mask[:, :start].sum(-1, keepdim=True)  # real tokens so far, [B, 1]
+        if new_mask is None:
+            self.mask[:, start:start + t] = True
+            steps = torch.arange(t, device=self.mask.device).unsqueeze(0)
+            positions = seen + steps
+        else:
+            new_mask = new_mask.to(device=self.mask.device, dtype=torch.bool)
+            self.mask[:, start:start + t] = new_mask
+            if not bool(new_mask.all()):
+                self.has_padding = True
+            positions = (seen + new_mask.long().cumsum(-1) - 1).clamp_(min=0)
+        self.length = start + t
+        return positions
+
+    def attention_mask(self, t: int) -> torch.Tensor | None:
+        """Boolean mask [B, 1, t, length] for the last ``t`` columns as queries (True = may attend).
+
+        Query ``i`` (column ``length - t + i``) sees every earlier real column and itself (a padding
+        query sees itself, so its softmax row is never empty and never produces NaN).
+        Returns None when there is no padding and ``t == 1`` (attend to everything).
+        """
+        L = self.length
+        if not self.has_padding and t == 1:
+            return None
+        keys = torch.arange(L, device=self.mask.device)
+        queries = torch.arange(L - t, L, device=self.mask.device)
+        causal = keys.unsqueeze(0) <= queries.unsqueeze(1)  # [t, L]
+        real = self.mask[:, :L].unsqueeze(1)  # [B, 1, L]
+        diagonal = keys.unsqueeze(0) == queries.unsqueeze(1)
+        return (causal & (real | diagonal)).unsqueeze(1)  # [B, 1, t, L]
+
+    # -- the row operations, applied to the mask; subclasses extend them to their storage --------
+    def _reorder_mask(self, index: torch.Tensor):
+        self.mask = self.mask.index_select(0, index)
+
+    def _crop_mask(self, length: int):
+        if not 0 <= length <= self.length:
+            raise ValueError(f"crop length must be in [0, {self.length}], got {length}")
+        self.mask[:, length:] = False
+        self.length = length
+
+
+class KVCache(PaddingState):
+    """Static key/value cache, preallocated on one device and dtype (see the module docstring)."""
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,
+                 device=None, dtype=torch.float32):
+        super().__init__(batch_size, max_len, device)
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
+        """Write this layer's keys/values for the newest ``t`` columns; return all keys/values so far.
+
+        Call after ``append_mask`` (which advanced ``length``). Shapes: [B, kv_heads, t, head_dim] in,
+        [B, kv_heads, length, head_dim] out (views, no copy).
+        """
+        t, end = k_new.shape[2], self.length
+        self.k[layer, :, :, end - t:end] = k_new
+        self.v[layer, :, :, end - t:end] = v_new
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> "KVCache":
+        """Keep rows ``index`` (in that order, repeats allowed): beams that survived, chosen candidates."""
+        index = index.to(self.k.device)
+        L = self.length
+        if index.numel() == self.batch_size:  # same batch size: gather the used columns in place
+            self.k[:, :, :, :L] = self.k[:, index, :, :L]
+            self.v[:, :, :, :L] = self.v[:, index, :, :L]
+        else:
+            self.k = self.k.index_select(1, index)
+            self.v = self.v.index_select(1, index)
+        self._reorder_mask(index)
+        return self
+
+    def repeat(self, n: int) -> "KVCache":
+        """Repeat every row ``n`` times (row b becomes rows b*n .. b*n+n-1)."""
+        index = torch.arange(self.batch_size, device=self.k.device).repeat_interleave(n)
+        return self.reorder(index)
+
+    def crop(self, length: int) -> "KVCache":
+        """Forget every column from ``length`` on (the stale keys are simply overwritten later)."""
+        self._crop_mask(length)
+        return self
+
+    def copy(self) -> "KVCache":
+        new = KVCache.__new__(KVCache)
+        new.__dict__.update(self.__dict__)
+        new.k, new.v, new.mask = self.k.clone(), self.v.clone(), self.mask.clone()
+        return new
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the preallocated keys and values."""
+        return 2 * self.k.numel() * self.k.element_size()

@@ -1,0 +1,31 @@
+"""infergen: LLM inference in one readable library -- the code every chapter of the book imports.
+
+    import infergen as ig
+    model, tokenizer = ig.load_model("smollm2-135m")           # offline; hub ids and local dirs too
+    ig.generate(model, tokenizer, "The future of AI is", strategy="sample", temperature=0.8).text
+
+The document's functions keep their names: ``generate_autoregressive``, ``greedy_search``,
+``beam_search``, ``contrastive_search``, ``mcts_decode``, ``sample_with_temperature`` (decoders on
+token ids) and ``apply_temperature``, ``apply_top_k``, ``apply_top_p``, ``apply_frequency_penalty``
+(logits processors).
+"""
+from .cache import KVCache
+from .decoding import (GenerationOutput, decode_steps, generate_autoregressive, greedy_search,
+                       sample_with_temperature)
+from .generate import GenerationResult, generate, stream
+from .models import HFModel, LlamaModel, as_model, load_model
+from .processors import (LogitsPipeline, apply_epsilon, apply_eta, apply_frequency_penalty, apply_logit_bias,
+                         apply_min_p, apply_no_repeat_ngram, apply_repetition_penalty, apply_temperature,
+                         apply_top_k, apply_top_p, apply_typical, sample_from_logits)
+from .registry import get_decoder, register_decoder, register_processor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KVCache", "GenerationOutput", "GenerationResult", "HFModel", "LlamaModel", "LogitsPipeline",
+    "apply_epsilon", "apply_eta", "apply_frequency_penalty", "apply_logit_bias", "apply_min_p",
+    "apply_no_repeat_ngram", "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p",
+    "apply_typical", "as_model", "decode_steps", "generate", "generate_autoregressive", "get_decoder",
+    "greedy_search", "load_model", "register_decoder", "register_processor", "sample_from_logits",
+    "sample_with_temperature", "stream",
+]

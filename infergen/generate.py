@@ -1,0 +1,170 @@
+"""The front door for people who want text: ``infergen.generate`` and ``infergen.stream``.
+
+The decoders work on token ids; this module does the text around them: it tokenizes one prompt or
+a batch (left padding), optionally wraps them in the model's chat template, calls the strategy by
+name, turns stop strings into a stopping criterion, and decodes the result::
+
+    result = infergen.generate(model, tokenizer, "The future of AI is", strategy="sample",
+                               temperature=0.8, top_p=0.95, seed=0)
+    result.text, result.token_ids, result.logprobs, result.finish_reason
+
+``infergen.stream(...)`` yields the text as it is produced (the decoder runs in a background
+thread and hands each new token over through a queue).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .registry import get_decoder
+
+
+@dataclass
+class GenerationResult:
+    """One prompt's generation: the text, the new token ids, their log-probabilities under the
+    model, and why it finished (``"eos"``, ``"length"`` or ``"stop"``)."""
+    prompt: str
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    strategy: str
+    seconds: float = 0.0
+    score: float | None = None
+    info: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
+
+
+class StopStrings:
+    """Stopping criterion: a row stops once its decoded new text contains any of ``stops``."""
+
+    def __init__(self, tokenizer, stops):
+        if isinstance(stops, str):
+            stops = [stops]
+        stops = list(stops)
+        if not stops or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop must be a non-empty string or a list of them, got {stops!r}")
+        self.tokenizer, self.stops = tokenizer, stops
+
+    def __call__(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(new_tokens.shape[0], dtype=torch.bool)
+        for i, row in enumerate(new_tokens.tolist()):
+            text = self.tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True)
+            out[i] = any(s in text for s in self.stops)
+        return out
+
+    def cut(self, text: str) -> str:
+        """The text up to (not including) the first stop string."""
+        ends = [text.find(s) for s in self.stops if s in text]
+        return text[:min(ends)] if ends else text
+
+
+def encode(tokenizer, prompts, chat: bool = False, device=None):
+    """Tokenize prompts with left padding; returns (input_ids, attention_mask) on ``device``."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompt must be a non-empty string or a non-empty list of strings")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"each prompt must be a string, got {type(p).__name__}")
+        if not p.strip() and not chat:
+            raise ValueError(f"prompt is empty ({p!r}): give at least one token of text")
+    if chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=not chat)
+    if enc.input_ids.shape[1] == 0:
+        raise ValueError("prompt is empty after tokenization: give at least one token of text")
+    return enc.input_ids.to(device), enc.attention_mask.to(device)
+
+
+def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_new_tokens: int = 64,
+             stop=None, chat: bool = False, **params):
+    """Generate text with the named ``strategy`` (``"greedy"``, ``"sample"``, ``"beam"``,
+    ``"contrastive"``, ``"mcts"``, ``"speculative"``, or any registered name).
+
+    ``params`` go to the decoder (e.g. ``temperature``, ``top_p``, ``seed``, ``num_beams``).
+    ``stop``: a string or list of strings that end a row (the text is cut before it).
+    ``chat=True`` wraps each prompt in the tokenizer's chat template (for instruct models).
+    Returns a :class:`GenerationResult` for one prompt, a list of them for a list of prompts.
+    """
+    decoder = get_decoder(strategy)
+    single = isinstance(prompt_or_prompts, str)
+    prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
+    input_ids, mask = encode(tokenizer, prompts, chat=chat, device=getattr(model, "device", None))
+    stopper = StopStrings(tokenizer, stop) if stop is not None else None
+    if stopper is not None:
+        params["stopping"] = stopper
+    start = time.perf_counter()
+    out = decoder(model, input_ids, max_new_tokens, attention_mask=mask, return_dict=True, **params)
+    seconds = time.perf_counter() - start
+    results = []
+    for i, prompt in enumerate(prompts):
+        n = out.lengths[i] if out.lengths is not None else out.new_tokens.shape[1]
+        ids, lps = out.new_tokens[i, :n].tolist(), out.logprobs[i, :n].tolist()
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if stopper is not None:
+            text = stopper.cut(text)
+        score = float(out.scores[i]) if out.scores is not None else None
+        results.append(GenerationResult(prompt=prompt, text=text, token_ids=ids, logprobs=lps,
+                                        finish_reason=out.finish_reason[i], strategy=strategy,
+                                        seconds=seconds, score=score, info=out.info))
+    return results[0] if single else results
+
+
+def stream(model, tokenizer, prompt: str, strategy: str = "sample", max_new_tokens: int = 64, **params):
+    """Yield the generated text piece by piece as the decoder produces it (one prompt)."""
+    if not isinstance(prompt, str):
+        raise TypeError("stream takes one prompt string")
+    pieces: queue.Queue = queue.Queue()
+    done = object()
+    ids: list[int] = []
+    emitted = ""
+
+    def on_tokens(tokens):
+        pieces.put(int(tokens.reshape(-1)[0]))
+
+    def run():
+        try:
+            generate(model, tokenizer, prompt, strategy=strategy, max_new_tokens=max_new_tokens,
+                     streamer=on_tokens, **params)
+            pieces.put(done)
+        except BaseException as err:  # hand the error to the consumer
+            pieces.put(err)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    eos = set(getattr(model, "eos_token_id", None) or [])
+    while True:
+        item = pieces.get()
+        if item is done:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        if item in eos:
+            continue
+        ids.append(item)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if len(text) > len(emitted) and not text.endswith("\ufffd"):
+            yield text[len(emitted):]
+            emitted = text
+    worker.join()

@@ -548,6 +548,7 @@ class LogitsPipeline:
 
     Order matters: top-p after temperature keeps a different set than top-p before it, because temperature
     changes the probabilities top-p sums. Custom steps can be appended (or inserted) with :meth:`add`.
+    ``LogitsPipeline(steps, temperature)`` builds one by hand; ``temperature`` only feeds :attr:`is_greedy`.
     """
 
     def __init__(self, steps=(), temperature=1.0):

@@ -624,6 +624,22 @@ class LogitsPipeline:
             raise ValueError(f"before must name an existing step, one of {names}, got {before!r}")
         return self
 
+    def add_registered(self, name: str, *, before: str | None = None, **params) -> "LogitsPipeline":
+        """Append the processor registered as ``name`` (see :func:`infergen.register_processor`).
+
+        A registered processor is called as ``fn(logits, context, **params)``; ``params`` are bound here,
+        once, and the step is named ``name``. This is how your own processor joins a pipeline by name::
+
+            @infergen.register_processor("top_n_sigma")
+            def top_n_sigma(logits, context, n=1.0): ...
+
+            pipe = LogitsPipeline.from_params(temperature=0.8).add_registered("top_n_sigma", n=1.0)
+        """
+        from .registry import get_processor  # raises a ValueError listing the registered names
+
+        fn = get_processor(name)
+        return self.add(name, lambda z, ctx: fn(z, ctx, **params), before=before)
+
     @property
     def steps(self) -> list[tuple[str, Step]]:
         """The steps as ``(name, callable)`` pairs, in the order they run (a copy)."""

@@ -14,7 +14,7 @@ from .decoding import (GenerationOutput, decode_steps, generate_autoregressive, 
                        sample_with_temperature)
 from .generate import GenerationResult, generate, stream
 from .models import HFModel, LlamaModel, as_model, load_model
-from .processors import (LogitsPipeline, apply_epsilon, apply_eta, apply_frequency_penalty, apply_logit_bias,
+from .processors import (PIPELINE_ORDER, LogitsContext, LogitsPipeline, check_finite_row, safe_probs, apply_epsilon, apply_eta, apply_frequency_penalty, apply_logit_bias,
                          apply_min_p, apply_no_repeat_ngram, apply_repetition_penalty, apply_temperature,
                          apply_top_k, apply_top_p, apply_typical, sample_from_logits)
 from .registry import get_decoder, register_decoder, register_processor
@@ -22,7 +22,7 @@ from .registry import get_decoder, register_decoder, register_processor
 __version__ = "0.1.0"
 
 __all__ = [
-    "KVCache", "GenerationOutput", "GenerationResult", "HFModel", "LlamaModel", "LogitsPipeline",
+    "PIPELINE_ORDER", "LogitsContext", "check_finite_row", "safe_probs", "KVCache", "GenerationOutput", "GenerationResult", "HFModel", "LlamaModel", "LogitsPipeline",
     "apply_epsilon", "apply_eta", "apply_frequency_penalty", "apply_logit_bias", "apply_min_p",
     "apply_no_repeat_ngram", "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p",
     "apply_typical", "as_model", "decode_steps", "generate", "generate_autoregressive", "get_decoder",

@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import torch
 
-from ..processors import LogitsPipeline, sample_from_logits
+from ..processors import LogitsPipeline, check_finite_row, sample_from_logits
 from ..registry import register_decoder
 from .base import RowTracker, emit, end_stream, finish, make_generator, prepare
 
 
-def check_finite(logits: torch.Tensor):
-    """Refuse logits with NaN, or rows with nothing left to choose (all -inf): no silent garbage token."""
-    if torch.isnan(logits).any():
-        rows = torch.isnan(logits).any(-1).nonzero().flatten().tolist()
-        raise ValueError(f"the model produced NaN logits for rows {rows}: nothing sensible can be chosen")
-    if (logits == float("-inf")).all(-1).any():
-        rows = (logits == float("-inf")).all(-1).nonzero().flatten().tolist()
-        raise ValueError(f"every token of rows {rows} was removed (all logits are -inf): loosen the filters")
+HISTORY_FREE_STEPS = {"logit_bias", "temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta"}
+
+
+def uses_history(pipeline: LogitsPipeline) -> bool:
+    """Does any step look at the token history (penalties, n-gram bans, custom steps)?"""
+    return any(name not in HISTORY_FREE_STEPS for name, _ in pipeline.steps)
 
 
 def decode_steps(model, input_ids, max_new_tokens, pipeline: LogitsPipeline, *, attention_mask=None,
@@ -55,13 +53,14 @@ def decode_steps(model, input_ids, max_new_tokens, pipeline: LogitsPipeline, *, 
     if max_new_tokens == 0:
         return
     prompt_ids = setup.prompt_ids_for_penalties
-    needs_history = pipeline.uses_history or stopping is not None
+    history_steps = uses_history(pipeline)
+    needs_history = history_steps or stopping is not None
     history = []  # generated columns, -1 where a row had already finished (ignored by penalties)
     with torch.inference_mode():
         logits = model(setup.input_ids, cache, attention_mask=setup.attention_mask).logits[:, -1].float()
         for step in range(max_new_tokens):
-            if pipeline.is_greedy and not pipeline.uses_history:
-                check_finite(logits)
+            if pipeline.is_greedy and not history_steps:
+                check_finite_row(logits)
                 tokens = logits.argmax(-1)
             else:
                 generated = torch.stack(history, 1) if history else None
@@ -109,7 +108,7 @@ def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=1.
 def greedy_search(model, input_ids, max_new_tokens=100, eos_token_id=None, **kwargs):
     """Pick the most probable token at every step (``generate_autoregressive`` at temperature 0)."""
     for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "seed", "generator"):
-        if kwargs.get(name) not in (None,):
+        if kwargs.get(name) is not None and not (name == "temperature" and kwargs[name] == 0):
             raise ValueError(f"greedy_search does not sample, so {name}={kwargs[name]!r} has no effect; "
                              "use strategy='sample' (or generate_autoregressive) for sampling parameters")
         kwargs.pop(name, None)

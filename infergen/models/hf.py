@@ -43,8 +43,10 @@ class HFCache(PaddingState):
         return self.reorder(index)
 
     def crop(self, length: int) -> "HFCache":
+        removed = self.length - length
         self._crop_mask(length)
-        self.inner.crop(length)
+        if removed > 0:  # a negative argument removes that many tokens (transformers 4.x and 5.x alike)
+            self.inner.crop(-removed)
         return self
 
     def copy(self) -> "HFCache":

@@ -11,7 +11,18 @@ export INFERGEN_CACHE ?= $(CURDIR)/.cache/infergen
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model test test-unit test-notebooks book bench clean
+.PHONY: setup model test test-unit test-notebooks test-browser book book-assets bench clean
+
+JUPYTER_BOOK := $(VENV)/bin/jupyter-book
+NPM          ?= npm
+# npm ci writes node_modules/.package-lock.json: it stands for "the pinned JavaScript is installed".
+BOOK_ASSETS  := node_modules/.package-lock.json
+
+# The steps of `make test`, also available one by one below.
+RUN_UNIT      = $(PY) -m pytest -q tests --ignore=tests/test_book_browser.py
+RUN_NOTEBOOKS = $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
+BUILD_BOOK    = $(JUPYTER_BOOK) build . -W -n --keep-going
+RUN_BROWSER   = $(PY) -m pytest -q tests/test_book_browser.py
 
 setup: $(VENV)/.installed
 
@@ -27,12 +38,36 @@ model: setup
 	$(PY) -m infergen prepare
 
 test-unit: model
-	$(PY) -m pytest -q tests
+	$(RUN_UNIT)
 
-test: test-unit
+# Every notebook under nbval (--nbval-lax: cells tagged nbval-check-output must reproduce their stored
+# output). notebooks/conftest.py stores each executed notebook in _build/.jupyter_cache for the book.
+test-notebooks: model
+	$(RUN_NOTEBOOKS)
 
-book: model
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+# The rendered book, warning-free. Notebook outputs come from _build/.jupyter_cache
+# (execute_notebooks: cache); a notebook runs here only if its code is not in the cache.
+book: model $(BOOK_ASSETS)
+	$(BUILD_BOOK)
+
+# The pages' JavaScript (MathJax, RequireJS, the Jupyter widget manager), pinned in package-lock.json,
+# served by the book itself instead of a CDN.
+book-assets: $(BOOK_ASSETS)
+
+$(BOOK_ASSETS): package.json package-lock.json
+	$(NPM) ci --ignore-scripts --no-audit --no-fund
+
+# The built book in headless Chromium (skipped with a message where Chromium is missing).
+test-browser: book
+	$(RUN_BROWSER)
+
+# Unit tests, then the notebooks under nbval, then the book from nbval's outputs (no notebook runs
+# twice), then the browser check, which also verifies that the build executed no notebook itself.
+test: model $(BOOK_ASSETS)
+	$(RUN_UNIT)
+	$(RUN_NOTEBOOKS)
+	$(BUILD_BOOK)
+	INFERGEN_BOOK_FROM_NBVAL=1 $(RUN_BROWSER)
 
 bench: model
 	$(PY) -m infergen bench

@@ -22,8 +22,6 @@ Cells tagged `skip-execution` (myst-nb/nbclient's tag) are skipped by nbval too,
 from __future__ import annotations
 
 import copy
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -45,7 +43,8 @@ def cache_path() -> Path:
     if config.exists():
         import yaml
 
-        configured = ((yaml.safe_load(config.read_text(encoding="utf8")) or {}).get("execute") or {}).get("cache")
+        execute = (yaml.safe_load(config.read_text(encoding="utf8")) or {}).get("execute") or {}
+        configured = execute.get("cache")
     return (ROOT / configured) if configured else ROOT / "_build" / ".jupyter_cache"
 
 
@@ -72,8 +71,7 @@ class Recording:
     def fetch_language_info(self, kernel) -> None:
         """Ask the kernel for language_info, as nbclient does before it runs a notebook."""
         msg_id = kernel.kc.kernel_info()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while True:
             reply = kernel.kc.get_shell_msg(timeout=60)
             if reply["parent_header"].get("msg_id") == msg_id:
                 self.language_info = reply["content"].get("language_info")
@@ -86,14 +84,11 @@ class Recording:
         self.client.set_widgets_metadata()
         if self.language_info:
             self.nb.metadata["language_info"] = self.language_info
-        cache = get_cache(str(cache_path()))
-        record = cache.cache_notebook_bundle(
-            # executed_by lets tests/test_book_browser.py check that the build did not re-execute it
-            CacheBundleIn(self.nb, str(self.path), data={"execution_seconds": self.seconds, "executed_by": "nbval"}),
-            check_validity=False,
-            overwrite=True,
+        # executed_by lets tests/test_book_browser.py check that the build did not execute it again
+        data = {"execution_seconds": self.seconds, "executed_by": "nbval"}
+        get_cache(str(cache_path())).cache_notebook_bundle(
+            CacheBundleIn(self.nb, str(self.path), data=data), check_validity=False, overwrite=True
         )
-        return record
 
 
 def _recording(item) -> Recording:
@@ -106,11 +101,7 @@ def _recording(item) -> Recording:
 
 
 def _active(config) -> bool:
-    return (
-        IPyNbCell is not None
-        and (config.getoption("nbval", False) or config.getoption("nbval_lax", False))
-        and not os.environ.get("INFERGEN_NBVAL_NO_CACHE")
-    )
+    return IPyNbCell is not None and (config.getoption("nbval") or config.getoption("nbval_lax"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -129,12 +120,12 @@ def pytest_runtest_call(item):
         return
     rec = _recording(item)
     kernel = item.parent.kernel
+    rec.client.kc = kernel.kc  # nbclient's Output-widget mimic replies to the kernel through it
     if rec.language_info is None and kernel is not None and kernel.is_alive():
         rec.fetch_language_info(kernel)
     index = rec.code_index[item.cell_num]
     cell = rec.cell(item.cell_num)
     cell.outputs = []
-    cell.execution_count = None
     rec.client.clear_before_next_output = False  # per-cell state nbclient resets before each cell
     request = []  # the msg_id of this cell's execute_request
 
@@ -162,7 +153,9 @@ def pytest_runtest_call(item):
         yield
     finally:
         del kernel.execute_cell_input, kernel.get_message  # back to the class's methods
-    if request and cell.source.strip():  # nbclient neither runs nor numbers an empty cell
+    # number the cell as nbclient does; it neither runs nor numbers an empty or skipped cell
+    cell.execution_count = None
+    if request and cell.source.strip():
         rec.client.code_cells_executed += 1
         cell.execution_count = rec.client.code_cells_executed
 

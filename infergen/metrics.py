@@ -1,0 +1,215 @@
+"""Measuring generated text: repetition, diversity and likelihood.
+
+Two questions decide whether a decoding strategy is good, and they pull in opposite directions.
+
+**Does it repeat itself?** Greedy and beam search fall into loops ("the the the", or the same sentence
+again and again). Counting n-grams measures it without any model:
+
+* ``rep_n`` -- the share of n-grams that are repeats, in percent (Su et al., 2022; Welleck et al., 2020):
+  ``rep-n = 100 * (1 - unique n-grams / total n-grams)``. 0 means no n-gram occurs twice.
+* ``diversity`` -- ``100 * prod_{n=2}^{4} (1 - rep-n / 100)``: high only when bigrams, trigrams and
+  4-grams are all rarely repeated (the figure reported for contrastive search).
+* ``distinct_n`` -- the fraction of *distinct* n-grams across a whole corpus (Li et al., 2016), in
+  ``[0, 1]``: it also notices when different prompts get the same continuation.
+
+**Does the model find it likely?** Random tokens are maximally diverse and useless. The model's own
+log-likelihood of the text it produced measures how far a strategy strays from what the model expects:
+
+* ``sequence_logprob`` -- ``sum_t log p(y_t | x, y_<t)`` of a continuation ``y`` given a prompt ``x``,
+  for a whole batch in one forward pass;
+* ``mean_logprob`` -- the same divided by the number of continuation tokens (comparable across lengths);
+* ``perplexity`` -- ``exp(-mean log-prob)``: the effective number of equally likely choices per token.
+
+Neither axis alone is a quality measure: greedy text has the best likelihood and the worst repetition,
+temperature-2 text the reverse. Good strategies sit in between; chapters report both numbers.
+
+Pitfalls of the naive versions
+------------------------------
+* Counting n-grams over model *token ids* and over *words* gives different numbers; the published
+  figures use whitespace-separated words, which is the default here (``str.split``).
+* rep-n counts repeats *within* each text and pools the counts over the corpus (sum of unique /
+  sum of total); two texts that share a phrase do not count as repetition. distinct-n pools the n-grams
+  themselves, so it does.
+* The reference implementation of rep-n (SimCTG) stops one n-gram early (``while end < len``); here
+  every n-gram of the text is counted.
+* Scoring a batch of left-padded prompts needs the attention mask *and* the right positions; scoring row
+  by row is correct but slow. ``sequence_logprob`` does the batch in one forward pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from ._validation import check_input_ids, check_number
+
+__all__ = ["ngrams", "rep_n", "distinct_n", "diversity", "sequence_logprob", "mean_logprob", "perplexity"]
+
+
+def _as_token_lists(texts, tokenize: Callable[[str], Sequence]) -> list[list]:
+    """A text, a list of texts, or a list of token sequences -> a list of token lists."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if isinstance(texts, torch.Tensor):
+        texts = texts.tolist() if texts.dim() == 2 else [texts.tolist()]
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a string, a list of strings or a list of token sequences, "
+                        f"got {type(texts).__name__}")
+    out = []
+    for item in texts:
+        if isinstance(item, str):
+            out.append(list(tokenize(item)))
+        elif isinstance(item, torch.Tensor):
+            out.append(item.flatten().tolist())
+        elif isinstance(item, Iterable):
+            out.append(list(item))
+        else:
+            raise TypeError(f"each text must be a string or a sequence of tokens, got {type(item).__name__}")
+    return out
+
+
+def ngrams(tokens: Sequence, n: int) -> list[tuple]:
+    """All ``len(tokens) - n + 1`` contiguous n-grams of a token sequence, as tuples (none if it is shorter)."""
+    check_number("n", n, low=1, integer=True)
+    tokens = list(tokens)
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def rep_n(texts, n: int = 2, tokenize: Callable[[str], Sequence] = str.split) -> float:
+    """Repetition rate in percent: ``100 * (1 - unique n-grams / total n-grams)``.
+
+    ``texts`` is one string, a list of strings, or a list of token sequences (e.g. token ids). Strings are
+    split with ``tokenize`` (whitespace by default, as in the published figures). Unique n-grams are
+    counted within each text and both counts are summed over the texts before dividing (pooled). Returns
+    NaN when no text has ``n`` tokens (there is nothing to measure).
+
+    Example: ``"a b a b"`` has bigrams ``ab, ba, ab``: 2 unique of 3, so rep-2 = 33.3.
+    """
+    check_number("n", n, low=1, integer=True)
+    unique = total = 0
+    for tokens in _as_token_lists(texts, tokenize):
+        grams = ngrams(tokens, n)
+        unique += len(set(grams))
+        total += len(grams)
+    return float("nan") if total == 0 else 100.0 * (1.0 - unique / total)
+
+
+def distinct_n(texts, n: int = 2, tokenize: Callable[[str], Sequence] = str.split) -> float:
+    """Distinct-n (Li et al., 2016): distinct n-grams / total n-grams over the whole corpus, in ``[0, 1]``.
+
+    Unlike :func:`rep_n`, the n-grams of all texts go into one set, so the same phrase in two different
+    texts counts once: a strategy that answers every prompt alike scores low. NaN when there is no n-gram.
+
+    Example: ``["a b", "a b"]`` has bigrams ``ab, ab``: 1 distinct of 2, so distinct-2 = 0.5
+    (whereas rep-2 of the same corpus is 0: neither text repeats itself).
+    """
+    check_number("n", n, low=1, integer=True)
+    seen, total = set(), 0
+    for tokens in _as_token_lists(texts, tokenize):
+        grams = ngrams(tokens, n)
+        seen.update(grams)
+        total += len(grams)
+    return float("nan") if total == 0 else len(seen) / total
+
+
+def diversity(texts, tokenize: Callable[[str], Sequence] = str.split, orders: Sequence[int] = (2, 3, 4)) -> float:
+    """Diversity in percent (Su et al., 2022): ``100 * prod over n in orders of (1 - rep-n / 100)``.
+
+    100 means no repeated bigram, trigram or 4-gram; a text stuck in a loop scores near 0. Because it is a
+    product, one badly repeated order is enough to pull it down. NaN when some order has no n-gram.
+    """
+    if not orders:
+        raise ValueError("orders must name at least one n-gram order, got an empty sequence")
+    value = 100.0
+    for n in orders:
+        value *= 1.0 - rep_n(texts, n, tokenize) / 100.0
+    return value
+
+
+def _check_mask(name: str, mask, shape) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{name} must be a tensor of shape {tuple(shape)}, got {got}")
+    return mask.bool()
+
+
+def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Tensor, *, attention_mask=None,
+                     continuation_mask=None, reduction: str = "sum") -> torch.Tensor:
+    """Log-likelihood the model assigns to ``continuation_ids`` given the prompt ``input_ids``.
+
+    ``log p(y | x) = sum_t log p(y_t | x, y_1 .. y_{t-1})`` -- the chain rule of probability, read off
+    one forward pass over ``[x, y]``: the logits at position ``T - 1 + t`` predict ``y_t``.
+
+    Shapes: ``input_ids`` [B, T] (left-padded, ``attention_mask`` marks real tokens), ``continuation_ids``
+    [B, n] (right-padded, ``continuation_mask`` marks real tokens; padding counts 0). ``model`` is an
+    infergen model or any transformers causal LM. ``reduction``: ``"sum"`` -> [B] total log-prob,
+    ``"mean"`` -> [B] per real token, ``"none"`` -> [B, n] per token (0 at padding). Float32 on the
+    model's device.
+
+    This scores text *under the model's own distribution* (no temperature, no truncation), which is what
+    makes strategies comparable: a decoder's ``GenerationOutput.logprobs`` holds the same numbers for the
+    tokens it generated. Pitfall: a batch of prompts of different lengths must be padded on the left and
+    masked; the positions then follow the real tokens, so each row scores exactly as it would alone.
+    """
+    from .models.hf import as_model
+
+    if reduction not in ("sum", "mean", "none"):
+        raise ValueError(f"reduction must be one of 'sum', 'mean', 'none', got {reduction!r}")
+    model = as_model(model)
+    input_ids = check_input_ids(input_ids)
+    continuation_ids = check_input_ids(continuation_ids, "continuation_ids")
+    if continuation_ids.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"continuation_ids must have the batch size of input_ids ({input_ids.shape[0]}), "
+                         f"got {continuation_ids.shape[0]}")
+    B, T = input_ids.shape
+    n = continuation_ids.shape[1]
+    vocab = model.config.vocab_size
+    for name, ids in (("input_ids", input_ids), ("continuation_ids", continuation_ids)):
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(f"{name} must be token ids in [0, {vocab - 1}], got values in "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+    if T + n > model.max_context:
+        raise ValueError(f"prompt + continuation = {T + n} tokens exceed the model's context of "
+                         f"{model.max_context}")
+    device = model.device
+    prompt_mask = _check_mask("attention_mask", attention_mask, (B, T))
+    cont_mask = _check_mask("continuation_mask", continuation_mask, (B, n))
+    prompt_mask = torch.ones(B, T, dtype=torch.bool) if prompt_mask is None else prompt_mask
+    cont_mask = torch.ones(B, n, dtype=torch.bool) if cont_mask is None else cont_mask
+    if not bool(prompt_mask.any(-1).all()):
+        raise ValueError("attention_mask has a row with no real token: every prompt needs at least one token")
+    ids = torch.cat([input_ids, continuation_ids], 1).to(device)
+    mask = torch.cat([prompt_mask, cont_mask], 1).to(device)
+    cont_mask, targets = cont_mask.to(device), continuation_ids.to(device)
+    with torch.inference_mode():
+        cache = model.new_cache(B, T + n)
+        logits = model(ids, cache, attention_mask=mask, logits="all").logits[:, T - 1:T + n - 1]
+        token_lp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
+        token_lp = token_lp.masked_fill(~cont_mask, 0.0)
+    if reduction == "none":
+        return token_lp
+    total = token_lp.sum(-1)
+    if reduction == "sum":
+        return total
+    return total / cont_mask.sum(-1).clamp(min=1)
+
+
+def mean_logprob(model, input_ids, continuation_ids, **kwargs) -> torch.Tensor:
+    """Average log-probability per continuation token, [B] (see :func:`sequence_logprob`).
+
+    Dividing by the length makes continuations of different lengths comparable: the sum always falls as
+    text gets longer, the mean does not. A row without real continuation tokens gives 0.
+    """
+    return sequence_logprob(model, input_ids, continuation_ids, reduction="mean", **kwargs)
+
+
+def perplexity(model, input_ids, continuation_ids, **kwargs) -> torch.Tensor:
+    """Perplexity of the continuation, [B]: ``exp(-mean log-prob)``.
+
+    If the model spread its probability uniformly over ``k`` tokens at every step, the perplexity would be
+    ``k``: read it as the number of choices the model hesitates between per token. Lower = the model finds
+    the text more predictable (which is not the same as better text: loops have very low perplexity).
+    """
+    return torch.exp(-mean_logprob(model, input_ids, continuation_ids, **kwargs))

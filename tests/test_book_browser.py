@@ -274,6 +274,10 @@ def test_page_renders_offline(server, page, docname):
         page.evaluate("() => MathJax.startup.promise")
         typeset = page.locator("main mjx-container").count()
         assert typeset >= math, f"{typeset} of {math} formulas typeset"
+        tex_errors = page.evaluate(
+            "() => Array.from(document.querySelectorAll('main mjx-merror')).map(e => e.getAttribute('data-mjx-error'))"
+        )
+        assert not tex_errors, f"formulas MathJax could not typeset: {tex_errors}"
 
     # figures: every image on the page loads, and every figure of the executed notebook is shown
     figures, widgets = expected_outputs(docname)
@@ -293,7 +297,9 @@ def test_page_renders_offline(server, page, docname):
             f"() => document.querySelectorAll('main .cell_output .jupyter-widgets').length >= {widgets}",
             f"the widget manager did not render the page's {widgets} widget(s)",
         )
-        assert page.locator("main .cell_output .jupyter-widgets.widget-error").count() == 0
+        # the manager's two ways of reporting a widget it could not render
+        assert page.locator("main .jupyter-widgets-error-widget").count() == 0, "a widget failed to render"
+        assert "Error displaying widget" not in page.locator("main").inner_text(), "a widget failed to render"
     page.wait_for_load_state("networkidle")
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

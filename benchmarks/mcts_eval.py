@@ -26,15 +26,15 @@ import torch
 import infergen
 from infergen.decoding.mcts import keyword_reward, likelihood_value, mix  # registers "mcts"
 
-PROMPTS = [  # (prompt, keyword to steer towards)
-    ("The future of AI is", "human"),
-    ("Once upon a time, in a small village by the sea,", "fisherman"),
-    ("def fibonacci(n):", "return"),
-    ("The capital of France is", "Paris"),
-    ("Here is a recipe for pancakes:", "flour"),
-    ("In 1969, the first humans", "moon"),
-    ("The three laws of thermodynamics are", "energy"),
-    ("My favourite book is", "Harry"),
+PROMPTS = [  # (prompt, keyword to steer towards: plausible, but not what the model says by itself)
+    ("The future of AI is", "bright"),
+    ("Once upon a time, in a small village by the sea,", "girl"),
+    ("def fibonacci(n):", "print"),
+    ("The capital of France is", "city"),
+    ("Here is a recipe for pancakes:", "banana"),
+    ("In 1969, the first humans", "Apollo"),
+    ("The three laws of thermodynamics are", "heat"),
+    ("My favourite book is", "novel"),
 ]
 
 LONG_PROMPT = ("The history of computing is a story of abstraction. Early machines were programmed by rewiring "
@@ -102,21 +102,32 @@ def keyword_table(model, tok, pairs, n, sims, top_k, seeds):
 
 def cost_table(model, tok, n, sims, top_k):
     print(f"\n## 3. Cost per simulation ({n} new tokens, {sims} simulations per token, top_k={top_k})")
-    print("| prompt tokens | rollout | use_cache | forwards / sim | tokens / sim | ms / sim | speed-up |")
-    print("|---------------|---------|-----------|----------------|--------------|----------|----------|")
+    print("The horizon is set far (max_new_tokens=n+64, a stopping criterion ends the run after n tokens), so "
+          "almost every simulation evaluates a new leaf instead of re-scoring a terminal node for free.\n")
+    print("| prompt tokens | rollout | use_cache | evaluations / sim | forwards / sim | tokens / sim | ms / sim "
+          "| speed-up |")
+    print("|---------------|---------|-----------|-------------------|----------------|--------------|----------"
+          "|----------|")
+    kv_bytes = 0
+
+    def stop_after_n(new_tokens):
+        return torch.full((new_tokens.shape[0],), new_tokens.shape[1] >= n, dtype=torch.bool)
+
     for prompt in ("The future of AI is", LONG_PROMPT):
         length = len(tok(prompt).input_ids)
         for rollout in (0, 4):
             ms = {}
             for use_cache in (True, False):
-                out = run(model, tok, prompt, "mcts", max_new_tokens=n, num_simulations=sims, top_k=top_k,
-                          rollout_tokens=rollout, use_cache=use_cache)
+                out = run(model, tok, prompt, "mcts", max_new_tokens=n + 64, num_simulations=sims, top_k=top_k,
+                          rollout_tokens=rollout, use_cache=use_cache, stopping=stop_after_n)
                 s = out.info["stats"]
                 ms[use_cache] = s["ms_per_simulation"]
                 if use_cache:
                     kv_bytes = s["kv_bytes_per_node"]
                 speedup = "" if use_cache else f"{ms[False] / ms[True]:.1f}x"
-                print(f"| {length:13d} | {rollout:7d} | {str(use_cache):9s} | {s['forwards_per_simulation']:14.2f} "
+                evals = s["evaluations"] / max(s["simulations"], 1)
+                print(f"| {length:13d} | {rollout:7d} | {str(use_cache):9s} | {evals:17.2f} "
+                      f"| {s['forwards_per_simulation']:14.2f} "
                       f"| {s['tokens_per_simulation']:12.1f} | {s['ms_per_simulation']:8.1f} | {speedup:>8s} |")
     print(f"\nK/V kept per evaluated node (cached mode): {kv_bytes} bytes "
           f"({model.config.num_hidden_layers} layers x {model.config.num_key_value_heads} kv heads x "
@@ -131,6 +142,7 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=4, help="sampling runs per prompt for the keyword table")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--sections", default="123", help="which tables to print, e.g. 13 (default: 123)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,9 +152,12 @@ def main(argv=None):
     model, tok = infergen.load_model("smollm2-135m")
     print(f"# MCTS evaluation: SmolLM2-135M-Instruct, {model.dtype}, device {model.device}, "
           f"{torch.get_num_threads()} threads")
-    likelihood_table(model, tok, [p for p, _ in pairs], n, sims, args.top_k)
-    keyword_table(model, tok, pairs, n, sims, args.top_k, args.seeds)
-    cost_table(model, tok, min(n, 8), min(sims, 10), args.top_k)
+    if "1" in args.sections:
+        likelihood_table(model, tok, [p for p, _ in pairs], n, sims, args.top_k)
+    if "2" in args.sections:
+        keyword_table(model, tok, pairs, n, sims, args.top_k, args.seeds)
+    if "3" in args.sections:
+        cost_table(model, tok, min(n, 8), min(sims, 10), args.top_k)
 
 
 if __name__ == "__main__":

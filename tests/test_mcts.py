@@ -249,7 +249,9 @@ def test_batch_of_two_prompts_of_different_lengths_equals_each_row_alone(tiny_gp
 
 def test_horizon_nodes_are_terminal_and_need_no_forward(tiny_native):
     out = mcts_decode(tiny_native, torch.tensor([PROMPT]), 1, num_simulations=10, top_k=3, return_dict=True)
-    assert out.info["stats"]["forwards"] == 0  # only the prompt's prefill; children are scored, not expanded
+    stats = out.info["stats"]
+    assert stats["forwards"] == 0 and stats["evaluations"] == 0  # children are scored, never expanded
+    assert stats["simulations"] == 10
     assert all(c.terminal and not c.children for c in out.info["tree"].children)
     assert out.sequences.shape == (1, len(PROMPT) + 1)
 

@@ -415,7 +415,7 @@ class _RowSearch:
         self.committed_logprobs: list[float] = []
         self.cache = model.new_cache(1, len(prompt) + max_new_tokens)
         self.cached_path: list[Node] = []  # nodes whose K/V fill the cache after the root context
-        self.stats = dict(simulations=0, forwards=0, forward_tokens=0, prefill_tokens=len(prompt),
+        self.stats = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, prefill_tokens=len(prompt),
                           kv_slices_written=0, nodes_expanded=0, seconds=0.0, reused_visits=[],
                           max_depth=0, kv_bytes_per_node=0)
         logits = self._forward(self.context, count=False)
@@ -524,6 +524,7 @@ class _RowSearch:
             self._expand(node, logits)
             rollout, rollout_lps = self._rollout(path, logits) if self.cfg.rollout_tokens else ([], [])
             value = self._evaluate(path, rollout, rollout_lps)
+            self.stats["evaluations"] += 1
         self.root.visits += 1  # 4. backup: running mean along the path
         self.root.value_sum += value
         for n in path:
@@ -573,7 +574,7 @@ class _RowSearch:
 # The decoder
 # --------------------------------------------------------------------------------------------------------
 def _summarise(rows: list[dict], use_cache: bool) -> dict:
-    total = {k: sum(r[k] for r in rows) for k in ("simulations", "forwards", "forward_tokens",
+    total = {k: sum(r[k] for r in rows) for k in ("simulations", "evaluations", "forwards", "forward_tokens",
                                                   "prefill_tokens", "kv_slices_written", "nodes_expanded",
                                                   "seconds")}
     sims = max(total["simulations"], 1)
@@ -619,9 +620,11 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     Returns [B, T + n] ids, or with ``return_dict=True`` a ``GenerationOutput`` whose ``logprobs`` are
     the model's log-probs of the committed tokens and whose ``info`` holds ``"tree"`` (row 0's tree for
     the first token, a :class:`TreeNode`), ``"trees"`` (the same for every row) and ``"stats"``
-    (simulations, forwards and tokens per simulation, ms per simulation, K/V slices written, bytes per
-    node's K/V slice, per-row counters including ``reused_visits``: the visits each step's root
-    already had from the previous search).
+    (``simulations``; ``evaluations``: the simulations that ended on a non-terminal leaf and so ran
+    the model -- the others re-scored an EOS or horizon node for free; forwards and tokens per
+    simulation, ms per simulation, K/V slices written, bytes of one node's K/V slice, and per-row
+    counters including ``reused_visits``: the visits each step's root already had from the previous
+    search).
     """
     check_number("num_simulations", num_simulations, low=1, integer=True)
     check_number("c_puct", c_puct, low=0, high=math.inf, high_open=True)

@@ -68,16 +68,12 @@ def copy_assets(app: Sphinx, exception: Exception | None) -> None:
 
 def outdated_notebooks(app: Sphinx, env, added, changed, removed) -> list[str]:
     """Docnames of notebooks whose cached execution is newer than the page Sphinx read last time."""
-    if env.config.nb_execution_mode != "cache":
+    config = env.mystnb_config  # myst-nb's settings, with the cache path it resolved
+    if config.execution_mode != "cache" or not Path(config.execution_cache_path).exists():
         return []
     from jupyter_cache import get_cache
 
-    cache_path = env.config.nb_execution_cache_path or str(
-        Path(app.outdir).parent / ".jupyter_cache"
-    )
-    if not Path(cache_path).exists():
-        return []
-    cache = get_cache(cache_path)
+    cache = get_cache(config.execution_cache_path)
     stale = []
     for docname, read_at in env.all_docs.items():
         source = Path(env.doc2path(docname))

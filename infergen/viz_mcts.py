@@ -32,12 +32,14 @@ def _label(node: TreeNode, tokenizer) -> str:
     return text
 
 
-def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int = 1, value_range=(0.0, 1.0)):
+def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int = 1, value_range=None):
     """Plot the top ``max_depth`` levels of an MCTS tree; returns the matplotlib ``Axes``.
 
     ``tree``: a :class:`~infergen.decoding.mcts.TreeNode` (or its ``to_dict()``). ``tokenizer``: to
     label nodes with their text instead of token ids. ``min_visits``: hide children visited fewer
-    times (1 hides the never-evaluated ones). ``value_range``: the colour scale for Q.
+    times (1 hides the never-evaluated ones). ``value_range``: the colour scale for Q, ``(low, high)``;
+    None (default) stretches it over the values shown (values are in [0, 1], but the nodes of one tree
+    often differ by a few hundredths).
     """
     import matplotlib
     import matplotlib.pyplot as plt
@@ -48,8 +50,6 @@ def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int
     check_number("max_depth", max_depth, low=0, integer=True)
     check_number("min_visits", min_visits, low=0, integer=True)
     root = _as_tree(tree)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(10, 1.8 * (max_depth + 1)))
 
     # Lay out: leaves take consecutive x slots, a parent sits above the middle of its children.
     positions: dict[int, tuple[float, float]] = {}
@@ -74,6 +74,8 @@ def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int
         return x
 
     place(root, None, 0)  # recursion depth is bounded by max_depth
+    if ax is None:  # about 1.3 inches per leaf, so that labels do not overlap
+        _, ax = plt.subplots(figsize=(min(max(8.0, 1.3 * next_x[0]), 40.0), 1.8 * (max_depth + 1)))
 
     # The most visited path (what the search commits).
     best_path, node = set(), root
@@ -83,6 +85,10 @@ def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int
             break
         best_path.add(id(node))
 
+    if value_range is None:
+        values = [n.value for n, _, _ in shown if n.visits > 0] or [0.0, 1.0]
+        low, high = min(values), max(values)
+        value_range = (low, high) if high > low else (low - 0.5, high + 0.5)
     norm = colors.Normalize(*value_range)
     cmap = matplotlib.colormaps["viridis"]
     max_visits = max(n.visits for n, _, _ in shown) or 1
@@ -101,7 +107,7 @@ def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int
         if node.token_id is not None:
             text += f"\nP={node.prior:.2f}"
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(0, -14), ha="center", va="top",
-                    fontsize=7, zorder=3)
+                    fontsize=7, zorder=3, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     ax.figure.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="mean value Q", shrink=0.8)
     ax.set_ylim(-max_depth - 0.8, 0.5)
     ax.set_xlim(-0.7, max(next_x[0] - 0.3, 0.7))

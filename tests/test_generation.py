@@ -150,12 +150,21 @@ def test_sampling_draws_from_the_processed_distribution(tiny_native):
 
 
 def test_penalties_reach_the_loop(smollm):
+    """The processors run inside the loop, on the right history: each step's token is the argmax of
+    the penalised logits, recomputed here step by step from a plain forward."""
     model, tok = smollm
-    ids = tok("The the the the the", return_tensors="pt").input_ids
-    plain = infergen.greedy_search(model, ids, 8, eos_token_id=[])[0, ids.shape[1]:].tolist()
-    penal = infergen.greedy_search(model, ids, 8, eos_token_id=[], repetition_penalty=3.0)[0, ids.shape[1]:]
-    the = set(ids[0].tolist())
-    assert any(t in the for t in plain) and not any(t in the for t in penal.tolist())
+    ids = tok("I like apples. I like apples. I like", return_tensors="pt").input_ids
+    T = ids.shape[1]
+    plain = infergen.greedy_search(model, ids, 6, eos_token_id=[])
+    penal = infergen.greedy_search(model, ids, 6, eos_token_id=[], repetition_penalty=2.0)
+    assert plain.tolist() != penal.tolist()
+    for step in range(6):
+        prefix = penal[:, :T + step]
+        cache = model.new_cache(1, prefix.shape[1])
+        with torch.inference_mode():
+            logits = model(prefix, cache).logits[:, -1]
+        expected = infergen.apply_repetition_penalty(logits, prefix, 2.0).argmax(-1)
+        assert int(penal[0, T + step]) == int(expected)
 
 
 def test_front_door_generate(smollm):

@@ -1,0 +1,47 @@
+"""Assignment 5 (prompt-lookup decoding): the tests you can see. The grader runs these and more.
+
+    INFERGEN_SOLUTION=my_solution.py pytest assignments/a5_prompt_lookup/test_student.py
+"""
+import pytest
+import torch
+
+import infergen as ig
+from infergen.testing import CountingModel, left_pad
+
+
+def test_find_draft(solution):
+    seq = [1, 2, 3, 4, 5, 9, 2, 3, 4, 7, 2, 3]
+    # the last 3-gram (7, 2, 3) never occurred before; the last 2-gram (2, 3) first occurs at index 1
+    assert solution.find_draft(seq, 3, 4) == [4, 5, 9, 2]
+    assert solution.find_draft(seq, 3, 2) == [4, 5]
+    assert solution.find_draft([5, 6, 7], 3, 4) == []
+    assert solution.find_draft([8, 1, 8], 1, 3) == [1, 8]
+
+
+def test_identical_to_greedy(solution, tiny_model):
+    ids, mask = left_pad([3, 5, 8, 12], seed=1)
+    want = ig.greedy_search(tiny_model, ids, 30, attention_mask=mask)
+    got = solution.prompt_lookup_decode(tiny_model, ids, 30, attention_mask=mask)
+    assert torch.equal(got, want), "prompt-lookup output differs from greedy search"
+
+
+def test_fewer_forward_passes(solution, tiny_model):
+    """Greedy on the tiny model loops, so copied drafts are right: far fewer model calls."""
+    ids, _ = left_pad([6], seed=1)
+    greedy, ours = CountingModel(tiny_model), CountingModel(tiny_model)
+    ig.greedy_search(greedy, ids, 40)
+    solution.prompt_lookup_decode(ours, ids, 40)
+    assert ours.calls <= greedy.calls / 2, f"{ours.calls} forward passes vs {greedy.calls} for greedy"
+
+
+def test_conformance(solution):
+    from infergen.testing import check_decoder
+
+    check_decoder(solution.prompt_lookup_decode)
+
+
+def test_bad_parameters(solution, tiny_model):
+    ids, _ = left_pad([3], seed=0)
+    for name, bad in [("num_draft_tokens", 0), ("max_ngram_size", 0)]:
+        with pytest.raises(ValueError, match=name):
+            solution.prompt_lookup_decode(tiny_model, ids, 4, **{name: bad})

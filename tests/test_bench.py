@@ -1,0 +1,213 @@
+"""The benchmark machinery (infergen.bench) and int8 quantization (infergen.quant), on tiny models.
+
+Correctness only: the numbers a benchmark prints must come from the right computation (the naive
+reference really decodes the same tokens, the bandwidth and byte counts are what they claim, the
+alternation really interleaves), and the CLI writes its table, JSON and plots. No timing assertion:
+speed is measured by ``make bench``, never asserted in CI. Total time of this file: about 10 s.
+"""
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import torch
+
+from infergen import bench
+from infergen.decoding.sampling import greedy_search
+from infergen.quant import Int8Linear, compare_quality, log_likelihood, quantize_int8, quantize_weight
+
+VOCAB = 96
+
+
+class TinyTokenizer:
+    """A stand-in tokenizer for the tiny models: one id per character (mod the vocabulary), left padding."""
+
+    pad_token_id = 0
+    eos_token_id = 2
+
+    def __call__(self, texts, return_tensors="pt", padding=False):
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        rows = [[3 + (ord(c) % (VOCAB - 3)) for c in t[:24]] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        return types.SimpleNamespace(input_ids=ids, attention_mask=mask)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine OpenMP threads waiting for
+    each other make them ~20x slower: run this file single-threaded, then restore the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def tiny_bench(tiny_native, tiny_hf):
+    import copy
+
+    return bench.Bench(tiny_native, TinyTokenizer(), copy.deepcopy(tiny_hf), quick=True, repeats=1,
+                       progress=False)
+
+
+def test_alternate_interleaves_and_counts():
+    calls = []
+    times = bench.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
+                            warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-ups first, then strictly alternating rounds
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+    with pytest.raises(ValueError, match="repeats"):
+        bench.alternate({"a": lambda: None}, repeats=0)
+
+
+def test_median_and_roofline_arithmetic():
+    assert bench.median([3.0, 1.0, 2.0]) == 2.0
+    r = bench.roofline(10.0, weights=1_000_000, kv_per_token=1000, context=100)
+    assert r["bytes_per_token"] == 1_100_000
+    assert r["tokens_per_s"] == pytest.approx(10e9 / 1.1e6)
+
+
+def test_memory_bandwidth_is_positive_and_plausible():
+    bw = bench.memory_bandwidth(megabytes=8, repeats=1)
+    assert bw["bytes"] == 8 * 1024 * 1024
+    assert 0.1 < bw["read_GBps"] < 10_000 and 0.1 < bw["copy_GBps"] < 10_000
+
+
+def test_weight_bytes_counts_tied_head_once_and_quantized_buffers(tiny_native):
+    c = tiny_native.config
+    params = {p.data_ptr(): p for p in tiny_native.parameters()}
+    expected = sum(p.numel() * 4 for p in params.values())  # tied: embedding == head, counted once
+    expected += sum(b.numel() * b.element_size() for b in tiny_native.buffers())  # rotary frequencies
+    assert bench.weight_bytes(tiny_native) == expected
+    assert bench.kv_bytes_per_token(tiny_native) == 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4
+    import copy
+
+    q = quantize_int8(copy.deepcopy(tiny_native))
+    # int8 linears + bf16 scales + fp32 norms; the fp32 embedding is only looked up, so it is not read
+    lin = sum(m.qweight.numel() + 2 * m.scales.numel() for m in q.modules() if isinstance(m, Int8Linear))
+    norms = sum(p.numel() * 4 for n, p in q.named_parameters() if "norm" in n)
+    rotary = sum(b.numel() * b.element_size() for n, b in q.named_buffers() if n == "inv_freq")
+    assert bench.weight_bytes(q) == lin + norms + rotary
+
+
+def test_naive_greedy_matches_cached_greedy(tiny_native):
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = ids != 0
+    mask[1, 0] = True
+    ref = bench.naive_greedy(tiny_native, ids, 6, attention_mask=mask)
+    fast = greedy_search(tiny_native, ids, 6, attention_mask=mask, eos_token_id=[])
+    assert torch.equal(ref, fast)
+    assert ref.shape == (2, 11)
+
+
+def test_prefill_decode_times_shape(tiny_native):
+    r = bench.prefill_decode_times(tiny_native, torch.tensor([[5, 6, 7]]), 4)
+    assert r["prefill_s"] > 0 and r["decode_s"] > 0 and (r["batch"], r["prompt"], r["new_tokens"]) == (1, 3, 4)
+
+
+def test_peak_memory_sees_an_allocation():
+    with bench.peak_memory(interval=0.0005) as peak:
+        x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MB, touched
+        x += 1
+        import time
+        time.sleep(0.02)
+    del x
+    assert peak[0] > 32 * 1024 * 1024
+
+
+def test_bench_sections_on_tiny_models(tiny_bench, tmp_path):
+    res = tiny_bench.run(["roofline", "greedy", "sampling", "kv", "batch", "prefill", "dtype"])
+    s = res["sections"]
+    # tiny_native and tiny_hf share weights: greedy decodes the same tokens on both sides
+    assert s["greedy_b1"]["same_tokens"] is True
+    assert s["greedy_b1"]["ratio"] == pytest.approx(
+        s["greedy_b1"]["transformers"]["median_s"] / s["greedy_b1"]["infergen"]["median_s"])
+    assert {"sample_b1", "sample_b4"} <= set(s)
+    assert set(s["kv_cache"]["ratio"]) == set(bench.QUICK["kv_lengths"])
+    assert s["kv_cache"]["total"]["naive_measured"] == [n <= 16 for n in bench.QUICK["kv_lengths"]]
+    assert [r["batch"] for r in s["batch"]["rows"]] == [1, 4]
+    assert s["dtype"]["float32"]["kl_vs_fp32"] == pytest.approx(0.0, abs=1e-6)
+    assert s["dtype"]["int8"]["weight_bytes"] < s["dtype"]["bfloat16"]["weight_bytes"] < s["dtype"]["float32"]["weight_bytes"]
+    for key in ("greedy_b1", "greedy_b1_roofline", "sample_b8" if "sample_b8" in s else "greedy_b1",
+                "kv_vs_none_512", "batch16_vs_b1", "bf16_vs_fp32", "int8_vs_fp32"):
+        assert key in res["targets"] or key == "sample_b8"
+    table = bench.format_table(res)
+    assert "greedy_b1" in table and "targets:" in table
+    paths = bench.save(res, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["sections"]["greedy_b1"]["same_tokens"] is True
+    assert {p.name for p in paths} >= {"results.json", "speed.png", "kv_cache.png", "batch.png",
+                                       "prefill_decode.png", "roofline.png"}
+
+
+def test_beam_and_search_sections_skip_or_run(tiny_bench):
+    res = tiny_bench.run(["beam", "search"])
+    for key in ("beam4", "contrastive", "mcts"):
+        e = res["sections"][key]
+        assert "skipped" in e or ("ratio" in e and e["ratio"] > 0)
+
+
+def test_bench_rejects_bad_arguments(tiny_bench, tiny_native, tiny_hf):
+    with pytest.raises(ValueError, match="unknown section"):
+        tiny_bench.run(["nope"])
+    with pytest.raises(ValueError, match="repeats"):
+        bench.Bench(tiny_native, TinyTokenizer(), tiny_hf, repeats=0)
+
+
+def test_cli_parser_has_bench():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--quick", "--out", "x", "--sections", "greedy,kv"])
+    assert args.quick and args.out == "x" and args.func is bench.main and args.sections == "greedy,kv"
+
+
+# -- int8 quantization ----------------------------------------------------------------------------
+def test_quantize_weight_roundtrip_error_is_bounded():
+    torch.manual_seed(0)
+    w = torch.randn(16, 32)
+    w[3] = 0.0  # an all-zero row must not divide by zero
+    q, s = quantize_weight(w)
+    assert q.dtype == torch.int8 and s.shape == (16,) and int(q.abs().max()) <= 127
+    err = (q.float() * s[:, None] - w).abs()
+    assert bool((err <= s[:, None] / 2 + 1e-7).all())  # at most half a step per weight
+    assert torch.equal(q[3], torch.zeros(32, dtype=torch.int8))
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_weight(torch.ones(3))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_int8_linear_close_to_float(packed):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=True)
+    q = Int8Linear(lin)
+    q.packed = packed and q.packed
+    x = torch.randn(2, 3, 64)
+    ref = lin(x)
+    out = q(x)
+    assert out.shape == ref.shape and out.dtype == x.dtype
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_quantize_int8_model_and_quality(tiny_native):
+    import copy
+
+    model = quantize_int8(copy.deepcopy(tiny_native))
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    ids = torch.tensor([[5, 17, 33, 8, 9, 40, 41, 3, 70, 12]])
+    q = compare_quality(tiny_native, model, ids)
+    assert q["kl"] >= 0 and 0 <= q["top1_agreement"] <= 1
+    assert abs(q["delta_mean_logprob"]) < 0.1  # the tiny model barely changes
+    ll = log_likelihood(tiny_native, ids)
+    assert ll["tokens"] == 9 and ll["perplexity"] == pytest.approx(torch.tensor(-ll["mean_logprob"]).exp().item())
+    with pytest.raises(TypeError):
+        quantize_int8("model")
+    with pytest.raises(ValueError, match="compute_dtype"):
+        quantize_int8(copy.deepcopy(tiny_native), compute_dtype=torch.float32)
+    with pytest.raises(ValueError, match="at least 2"):
+        log_likelihood(tiny_native, torch.tensor([[5]]))

@@ -43,6 +43,7 @@ What is measured (each section can be run alone with ``--sections``)
 ``batch``      throughput against batch size (1 ... 32).
 ``prefill``    prefill vs decode time against the prompt length; KV-cache bytes; peak memory.
 ``dtype``      bfloat16 and int8 weights against float32, with the quality cost (log-likelihood).
+``serving``    continuous vs static batching on a mixed-length workload (``infergen.serving``).
 
 Pitfalls a fair benchmark avoids: timing the first call (lazy initialisation, allocator warm-up), a
 different number of generated tokens per contender (we switch EOS off so both run exactly ``n``
@@ -66,17 +67,19 @@ from pathlib import Path
 
 import torch
 
-SECTIONS = ("roofline", "greedy", "sampling", "beam", "search", "kv", "batch", "prefill", "dtype")
+SECTIONS = ("roofline", "greedy", "sampling", "beam", "search", "kv", "batch", "prefill", "dtype", "serving")
 
 # Sizes of the full run and of ``--quick`` (tests/CI: seconds, not minutes).
 FULL = dict(repeats=5, greedy_tokens=128, sample_tokens=64, sample_batch=8, beam_tokens=32, beams=4,
             search_tokens=16, contrastive_k=4, mcts_tokens=4, mcts_simulations=16,
             kv_lengths=(64, 128, 256, 512, 1024), kv_measured_upto=256, batch_sizes=(1, 2, 4, 8, 16, 32),
-            batch_tokens=32, prefill_lengths=(16, 64, 256, 512), dtype_tokens=64, bandwidth_mb=512)
+            batch_tokens=32, prefill_lengths=(16, 64, 256, 512), dtype_tokens=64, bandwidth_mb=512,
+            serving_requests=16, serving_batch=8, serving_tokens=(8, 128))
 QUICK = dict(repeats=2, greedy_tokens=8, sample_tokens=8, sample_batch=4, beam_tokens=4, beams=4,
              search_tokens=3, contrastive_k=3, mcts_tokens=2, mcts_simulations=4,
              kv_lengths=(8, 16, 32), kv_measured_upto=16, batch_sizes=(1, 4), batch_tokens=4,
-             prefill_lengths=(8, 32), dtype_tokens=8, bandwidth_mb=64)
+             prefill_lengths=(8, 32), dtype_tokens=8, bandwidth_mb=64,
+             serving_requests=4, serving_batch=2, serving_tokens=(2, 8))
 
 # The issue's targets: (result key, minimum ratio, what the ratio compares).
 TARGETS = {
@@ -669,10 +672,22 @@ class Bench:
             self.target("int8_vs_fp32", entry["int8"]["speedup_vs_fp32"],
                         f"perplexity {entry['int8']['perplexity']:.3f} vs {entry['float32']['perplexity']:.3f}")
 
+    def serving(self):
+        """Continuous vs static batching: the same mixed-length requests, the same batch size, greedy."""
+        from .serving import compare_batching, mixed_workload
+
+        reqs = mixed_workload(self.size["serving_requests"], new_tokens=self.size["serving_tokens"],
+                              vocab=self.vocab_hi)
+        with self._bar(1, "serving") as bar:
+            res = compare_batching(self.model, reqs, batch_size=self.size["serving_batch"])
+            bar.update(1)
+        res["max_new_tokens"] = [r.max_new_tokens for r in reqs]
+        self.results["sections"]["serving"] = res
+
     def run(self, sections=SECTIONS) -> dict:
         methods = {"roofline": self.roofline, "greedy": self.greedy, "sampling": self.sampling,
                    "beam": self.beam, "search": self.search, "kv": self.kv, "batch": self.batch_sizes,
-                   "prefill": self.prefill, "dtype": self.dtype}
+                   "prefill": self.prefill, "dtype": self.dtype, "serving": self.serving}
         for s in sections:
             if s not in methods:
                 raise ValueError(f"unknown section {s!r}; choose from {', '.join(SECTIONS)}")
@@ -766,6 +781,14 @@ def format_table(results: dict) -> str:
         lines.append(f"peak memory added (batch {pm['batch']}, {pm['new_tokens']} tokens): infergen "
                      f"{pm['infergen_bytes'] / 1e6:.1f} MB, transformers {pm['transformers_bytes'] / 1e6:.1f} MB; "
                      f"KV cache {s['prefill']['kv_bytes_per_token'] / 1e3:.1f} kB/token")
+    if "serving" in s:
+        v = s["serving"]
+        lines.append(f"{'serving ' + str(v['requests']) + ' requests, batch ' + str(v['batch_size']):<34}"
+                     f"{'continuous':>11} {v['continuous']['tokens_per_s']:>8.1f} t/s{'static':>14} "
+                     f"{v['static']['tokens_per_s']:>8.1f} t/s{v['speedup']:>10.2f}x")
+        lines.append(f"  mean latency: continuous {v['continuous']['mean_latency_s']:.2f} s, static "
+                     f"{v['static']['mean_latency_s']:.2f} s; row occupancy {100 * v['continuous']['occupancy']:.0f}%;"
+                     f" same tokens: {v['same_tokens']}")
     lines.append("")
     lines.append("targets:")
     for key, t in results["targets"].items():

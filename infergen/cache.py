@@ -153,3 +153,55 @@ class KVCache(PaddingState):
     def nbytes(self) -> int:
         """Bytes held by the preallocated keys and values."""
         return 2 * self.k.numel() * self.k.element_size()
+
+    # -- per-row slots (continuous batching, see infergen.serving) --------------------------------
+    def write_row(self, row: int, source: "KVCache", source_row: int = 0) -> "KVCache":
+        """Put ``source``'s filled columns of ``source_row`` into ``row``, right-aligned at ``length``.
+
+        Every row's newest token sits in the last filled column, so a request that joins a running
+        batch is written into columns ``[length - n, length)`` (``n = source.length``) and the
+        columns before them become padding for that row. Keys carry their rotary position already
+        (a token's position counts the *real* tokens before it), so they may move to any column.
+        """
+        n, L = source.length, self.length
+        if n > L:
+            raise ValueError(f"the source holds {n} columns but only {L} are filled here: append padding "
+                             "columns first (append_mask with an all-False mask)")
+        self.k[:, row, :, L - n:L] = source.k[:, source_row, :, :n]
+        self.v[:, row, :, L - n:L] = source.v[:, source_row, :, :n]
+        self.mask[row, :L] = False
+        self.mask[row, L - n:L] = source.mask[source_row, :n]
+        self.has_padding = self.has_padding or n < L or source.has_padding
+        return self
+
+    def clear_row(self, row: int) -> "KVCache":
+        """Forget everything in ``row`` (a finished request's slot): all its columns become padding."""
+        self.mask[row] = False
+        self.has_padding = True
+        return self
+
+    def compact(self) -> int:
+        """Squeeze out padding: move every row's real columns to its right end (in order), then drop the
+        leading columns that are padding for every row. Returns how many columns were freed.
+
+        Rows fill up with padding columns in continuous batching (a request admitted with a longer
+        prompt pads every other row). Positions are unaffected: a token's rotary position was fixed
+        when its key was computed, and the next positions count real tokens, not columns.
+        """
+        L = self.length
+        counts = self.mask[:, :L].sum(-1).tolist()
+        for row, n in enumerate(counts):
+            if n and not bool(self.mask[row, L - n:L].all()):  # gaps: gather the real columns rightwards
+                cols = self.mask[row, :L].nonzero().flatten()
+                self.k[:, row, :, L - n:L] = self.k[:, row, :, cols].clone()
+                self.v[:, row, :, L - n:L] = self.v[:, row, :, cols].clone()
+                self.mask[row, :L] = False
+                self.mask[row, L - n:L] = True
+        drop = L - max(counts, default=0)
+        if drop:
+            self.k[:, :, :, :L - drop] = self.k[:, :, :, drop:L].clone()
+            self.v[:, :, :, :L - drop] = self.v[:, :, :, drop:L].clone()
+            self.mask[:, :L - drop] = self.mask[:, drop:L].clone()
+            self.mask[:, L - drop:] = False
+            self.length = L - drop
+        return drop

@@ -121,7 +121,7 @@ def test_peak_memory_sees_an_allocation():
 
 
 def test_bench_sections_on_tiny_models(tiny_bench, tmp_path):
-    res = tiny_bench.run(["roofline", "greedy", "sampling", "kv", "batch", "prefill", "dtype"])
+    res = tiny_bench.run(["roofline", "greedy", "sampling", "kv", "batch", "prefill", "dtype", "serving"])
     s = res["sections"]
     # tiny_native and tiny_hf share weights: greedy decodes the same tokens on both sides
     assert s["greedy_b1"]["same_tokens"] is True
@@ -136,6 +136,7 @@ def test_bench_sections_on_tiny_models(tiny_bench, tmp_path):
     for key in ("greedy_b1", "greedy_b1_roofline", "sample_b8" if "sample_b8" in s else "greedy_b1",
                 "kv_vs_none_512", "batch16_vs_b1", "bf16_vs_fp32", "int8_vs_fp32"):
         assert key in res["targets"] or key == "sample_b8"
+    assert s["serving"]["same_tokens"] is True and s["serving"]["requests"] == bench.QUICK["serving_requests"]
     table = bench.format_table(res)
     assert "greedy_b1" in table and "targets:" in table
     paths = bench.save(res, tmp_path)

@@ -13,6 +13,7 @@ thread and hands each new token over through a queue).
 """
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 import time
@@ -114,6 +115,8 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     stopper = StopStrings(tokenizer, stop) if stop is not None else None
     if stopper is not None:
         params["stopping"] = stopper
+    if "tokenizer" in inspect.signature(decoder).parameters:
+        params.setdefault("tokenizer", tokenizer)  # e.g. MCTS value functions that read text
     start = time.perf_counter()
     out = decoder(model, input_ids, max_new_tokens, attention_mask=mask, return_dict=True, **params)
     seconds = time.perf_counter() - start

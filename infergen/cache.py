@@ -99,6 +99,25 @@ class PaddingState:
         self.length = length
 
 
+class StaticKV:
+    """The cache as a static-shape decode step sees it (see ``LlamaModel.decode_static``).
+
+    ``update`` writes the new keys/values at ``column`` (a LongTensor [1], not a Python int) and
+    returns the *whole* preallocated ``[B, kv_heads, max_len, head_dim]`` tensors: every shape stays
+    the same from step to step, which is what ``torch.compile`` / CUDA graphs need. The attention mask
+    hides the columns that are not filled yet.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, column: torch.Tensor):
+        self.k, self.v, self.column = k, v, column
+
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
+        k, v = self.k[layer], self.v[layer]
+        k.index_copy_(2, self.column, k_new)
+        v.index_copy_(2, self.column, v_new)
+        return k, v
+
+
 class KVCache(PaddingState):
     """Static key/value cache, preallocated on one device and dtype (see the module docstring)."""
 

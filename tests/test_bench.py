@@ -168,6 +168,70 @@ def test_cli_parser_has_bench():
     assert args.quick and args.out == "x" and args.func is bench.main and args.sections == "greedy,kv"
 
 
+# -- the static-shape decode path (what torch.compile / CUDA graphs capture), run eagerly -----------
+@pytest.fixture()
+def static_tiny(tiny_native):
+    from infergen.models.llama import compile_decode
+
+    return compile_decode(tiny_native, compile=False, bucket=16)
+
+
+def _ragged():
+    torch.manual_seed(5)
+    ids = torch.randint(3, VOCAB, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :6] = 0
+    return ids, mask
+
+
+def test_static_decode_gives_the_eager_tokens(tiny_native, static_tiny):
+    from infergen.decoding.sampling import generate_autoregressive
+
+    ids, mask = _ragged()
+    for kw in (dict(temperature=0), dict(temperature=0.9, top_k=30, seed=3)):
+        eager = generate_autoregressive(tiny_native, ids, 20, attention_mask=mask, eos_token_id=[], **kw)
+        static = generate_autoregressive(static_tiny, ids, 20, attention_mask=mask, eos_token_id=[], **kw)
+        assert torch.equal(eager, static), kw
+    try:
+        from infergen.decoding.beam import beam_search
+    except ImportError:  # pragma: no cover  (the beam module is optional for this file)
+        return
+    assert torch.equal(beam_search(tiny_native, ids, 10, num_beams=3, attention_mask=mask),
+                       beam_search(static_tiny, ids, 10, num_beams=3, attention_mask=mask))  # reorder in place
+
+
+def test_static_decode_step_logits_and_cache(tiny_native, static_tiny):
+    ids, mask = _ragged()
+    c1, c2 = tiny_native.new_cache(3, 20), static_tiny.new_cache(3, 20)
+    assert c2.max_len == 32 and c2.k.shape[3] == 32  # rounded up to the bucket
+    with torch.inference_mode():
+        tiny_native(ids, c1, attention_mask=mask)
+        static_tiny(ids, c2, attention_mask=mask)
+        for tok in ([[5], [6], [7]], [[8], [9], [10]]):
+            x = torch.tensor(tok)
+            a, b = tiny_native(x, c1).logits, static_tiny(x, c2).logits
+            assert a.shape == b.shape == (3, 1, VOCAB)
+            assert (a - b).abs().max() < 1e-5
+    L = c1.length
+    assert c2.length == L and torch.allclose(c1.k[:, :, :, :L], c2.k[:, :, :, :L], atol=1e-6)
+    # a dropped cache's tensors are reused (fixed addresses for CUDA graphs); a live one's are not
+    k = c2.k
+    assert static_tiny.new_cache(3, 20).k is not k
+    del c2
+    assert static_tiny.new_cache(3, 20).k is k
+    assert static_tiny.config is tiny_native.config and static_tiny.max_context == tiny_native.max_context
+
+
+def test_compile_decode_rejects_bad_arguments(tiny_gpt2, tiny_native):
+    from infergen.models.llama import compile_decode
+
+    with pytest.raises(TypeError, match="LlamaModel"):
+        compile_decode(tiny_gpt2, compile=False)
+    with pytest.raises(ValueError, match="bucket"):
+        compile_decode(tiny_native, compile=False, bucket=0)
+
+
 # -- int8 quantization ----------------------------------------------------------------------------
 def test_quantize_weight_roundtrip_error_is_bounded():
     torch.manual_seed(0)

@@ -10,8 +10,10 @@ token ids) and ``apply_temperature``, ``apply_top_k``, ``apply_top_p``, ``apply_
 (logits processors).
 """
 from .cache import KVCache
-from .decoding import (GenerationOutput, decode_steps, generate_autoregressive, greedy_search,
-                       sample_with_temperature)
+from . import metrics, viz
+from .decoding import (GenerationOutput, beam_search, contrastive_search, decode_steps, diverse_beam_search,
+                       generate_autoregressive, greedy_search, mcts_decode, sample_with_temperature,
+                       speculative_decode)
 from .generate import GenerationResult, generate, stream
 from .models import HFModel, LlamaModel, as_model, load_model
 from .processors import (PIPELINE_ORDER, LogitsContext, LogitsPipeline, check_finite_row, safe_probs, apply_epsilon, apply_eta, apply_frequency_penalty, apply_logit_bias,
@@ -26,6 +28,7 @@ __all__ = [
     "apply_epsilon", "apply_eta", "apply_frequency_penalty", "apply_logit_bias", "apply_min_p",
     "apply_no_repeat_ngram", "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p",
     "apply_typical", "as_model", "decode_steps", "generate", "generate_autoregressive", "get_decoder",
-    "greedy_search", "load_model", "register_decoder", "register_processor", "sample_from_logits",
+    "greedy_search", "beam_search", "diverse_beam_search", "contrastive_search", "mcts_decode",
+    "speculative_decode", "metrics", "viz", "load_model", "register_decoder", "register_processor", "sample_from_logits",
     "sample_with_temperature", "stream",
 ]

@@ -106,7 +106,8 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     ``params`` go to the decoder (e.g. ``temperature``, ``top_p``, ``seed``, ``num_beams``).
     ``stop``: a string or list of strings that end a row (the text is cut before it).
     ``chat=True`` wraps each prompt in the tokenizer's chat template (for instruct models).
-    Returns a :class:`GenerationResult` for one prompt, a list of them for a list of prompts.
+    Returns a :class:`GenerationResult` for one prompt, a list of them for a list of prompts (with
+    ``num_return_sequences=n``, n results per prompt, in prompt order).
     """
     decoder = get_decoder(strategy)
     single = isinstance(prompt_or_prompts, str)
@@ -121,7 +122,9 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     out = decoder(model, input_ids, max_new_tokens, attention_mask=mask, return_dict=True, **params)
     seconds = time.perf_counter() - start
     results = []
-    for i, prompt in enumerate(prompts):
+    per_prompt = out.sequences.shape[0] // len(prompts)  # > 1 with num_return_sequences
+    for i in range(out.sequences.shape[0]):
+        prompt = prompts[i // per_prompt]
         n = out.lengths[i] if out.lengths is not None else out.new_tokens.shape[1]
         ids, lps = out.new_tokens[i, :n].tolist(), out.logprobs[i, :n].tolist()
         text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -131,7 +134,7 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
         results.append(GenerationResult(prompt=prompt, text=text, token_ids=ids, logprobs=lps,
                                         finish_reason=out.finish_reason[i], strategy=strategy,
                                         seconds=seconds, score=score, info=out.info))
-    return results[0] if single else results
+    return results[0] if single and per_prompt == 1 else results
 
 
 def stream(model, tokenizer, prompt: str, strategy: str = "sample", max_new_tokens: int = 64, **params):

@@ -219,3 +219,17 @@ def test_cli_generate(smollm, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     assert "--temperature" in capsys.readouterr().out
+
+
+def test_greedy_applies_logit_bias(tiny_native):
+    ids = torch.randint(3, 96, (2, 5), generator=torch.Generator().manual_seed(10))
+    out = infergen.greedy_search(tiny_native, ids, 4, eos_token_id=[], logit_bias={17: 100.0})
+    assert (out[:, 5:] == 17).all()
+
+
+def test_generate_with_several_sequences_per_prompt(smollm):
+    model, tok = smollm
+    rs = infergen.generate(model, tok, ["The sky is", "Water is"], strategy="beam", num_beams=3,
+                           num_return_sequences=2, max_new_tokens=6)
+    assert [r.prompt for r in rs] == ["The sky is", "The sky is", "Water is", "Water is"]
+    assert rs[0].token_ids != rs[1].token_ids

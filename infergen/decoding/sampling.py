@@ -54,12 +54,14 @@ def decode_steps(model, input_ids, max_new_tokens, pipeline: LogitsPipeline, *, 
         return
     prompt_ids = setup.prompt_ids_for_penalties
     history_steps = uses_history(pipeline)
+    # greedy with no other processor (e.g. no logit_bias): skip the pipeline, take the argmax
+    plain_argmax = pipeline.is_greedy and all(name == "temperature" for name, _ in pipeline.steps)
     needs_history = history_steps or stopping is not None
     history = []  # generated columns, -1 where a row had already finished (ignored by penalties)
     with torch.inference_mode():
         logits = model(setup.input_ids, cache, attention_mask=setup.attention_mask).logits[:, -1].float()
         for step in range(max_new_tokens):
-            if pipeline.is_greedy and not history_steps:
+            if plain_argmax:
                 check_finite_row(logits)
                 tokens = logits.argmax(-1)
             else:

@@ -301,6 +301,39 @@ def naive_greedy(model, input_ids, max_new_tokens, attention_mask=None):
     return ids
 
 
+def naive_contrastive(model, input_ids, max_new_tokens, top_k=5, alpha=0.6):
+    """Contrastive search **without cache reuse**, one prompt ([1, T]): the reference for its speed.
+
+    Each step re-runs the whole sequence for the context's hidden states and next-token distribution,
+    then re-runs ``sequence + v`` for each of the ``top_k`` candidates ``v`` to get ``h_v``:
+    ``top_k + 1`` full forward passes per token, against one ``top_k``-row single-token pass with the
+    cache (``infergen.decoding.contrastive``). Same scoring: ``(1 - alpha) p(v) - alpha max_j cos(h_v, h_j)``,
+    ties to the more probable candidate. No EOS handling (runs ``max_new_tokens`` steps).
+    """
+    import torch.nn.functional as F
+
+    from .models.hf import as_model
+
+    model = as_model(model)
+    ids = input_ids.to(model.device)
+    if ids.shape[0] != 1:
+        raise ValueError(f"naive_contrastive takes one prompt ([1, T]), got batch {ids.shape[0]}")
+
+    def run(seq):
+        out = model(seq, model.new_cache(1, seq.shape[1]), hidden=True)
+        return out.logits[0, -1].float(), F.normalize(out.hidden[0].float(), dim=-1)
+
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            logits, context = run(ids)
+            probs, cands = logits.softmax(-1).topk(top_k)
+            h = torch.stack([run(torch.cat([ids, c.view(1, 1)], 1))[1][-1] for c in cands])  # [k, D]
+            penalty = (h @ context.T).amax(-1)
+            choice = ((1 - alpha) * probs - alpha * penalty).argmax()
+            ids = torch.cat([ids, cands[choice].view(1, 1)], 1)
+    return ids
+
+
 def prefill_decode_times(model, input_ids, new_tokens: int, attention_mask=None) -> dict:
     """Time the two phases of generation separately: the prefill, and ``new_tokens`` decode steps.
 
@@ -491,14 +524,19 @@ class Bench:
             except (ImportError, AttributeError) as err:
                 self.results["sections"][key] = {"skipped": f"{module}.{fn_name} not importable: {err}"}
                 continue
-            if "use_cache" not in inspect.signature(fn).parameters:
+            if "use_cache" in inspect.signature(fn).parameters:
+                reference, ref_name = (lambda: fn(self.model, ids, n, eos_token_id=[], use_cache=False, **params),
+                                       "reference (use_cache=False)")
+            elif key == "contrastive":  # no switch in the decoder: the plain loop written here
+                reference, ref_name = (lambda: naive_contrastive(self.model, ids, n, **params),
+                                       "reference (naive_contrastive)")
+            else:
                 self.results["sections"][key] = {"skipped": f"{fn_name} has no use_cache=False reference"}
                 continue
             out = {}
             entry = self.compare(key, {
                 "cached": lambda: out.__setitem__("c", fn(self.model, ids, n, eos_token_id=[], **params)),
-                "reference (use_cache=False)": lambda: out.__setitem__("r", fn(
-                    self.model, ids, n, eos_token_id=[], use_cache=False, **params)),
+                ref_name: lambda: out.__setitem__("r", reference()),
             }, n, key, repeats=max(1, self.size["repeats"] // 2))
             entry["same_tokens"] = bool(torch.equal(out["c"].cpu(), out["r"].cpu()))
             entry["params"] = params

@@ -105,6 +105,19 @@ def test_naive_greedy_matches_cached_greedy(tiny_native):
     assert ref.shape == (2, 11)
 
 
+def test_naive_contrastive_matches_the_cached_decoder(tiny_native):
+    try:
+        from infergen.decoding.contrastive import contrastive_search
+    except ImportError:  # pragma: no cover
+        pytest.skip("contrastive search not available")
+    ids = torch.tensor([[5, 6, 7, 30, 31]])
+    ref = bench.naive_contrastive(tiny_native, ids, 6, top_k=4, alpha=0.6)
+    assert torch.equal(ref, contrastive_search(tiny_native, ids, 6, top_k=4, alpha=0.6, eos_token_id=[]))
+    assert not torch.equal(ref, greedy_search(tiny_native, ids, 6, eos_token_id=[]))  # the penalty acts
+    with pytest.raises(ValueError, match="one prompt"):
+        bench.naive_contrastive(tiny_native, ids.repeat(2, 1), 2)
+
+
 def test_prefill_decode_times_shape(tiny_native):
     r = bench.prefill_decode_times(tiny_native, torch.tensor([[5, 6, 7]]), 4)
     assert r["prefill_s"] > 0 and r["decode_s"] > 0 and (r["batch"], r["prompt"], r["new_tokens"]) == (1, 3, 4)
@@ -149,7 +162,7 @@ def test_beam_and_search_sections_skip_or_run(tiny_bench):
     res = tiny_bench.run(["beam", "search"])
     for key in ("beam4", "contrastive", "mcts"):
         e = res["sections"][key]
-        assert "skipped" in e or ("ratio" in e and e["ratio"] > 0)
+        assert "skipped" in e or ("ratio" in e and e["ratio"] > 0 and e["same_tokens"] is True)
 
 
 def test_bench_rejects_bad_arguments(tiny_bench, tiny_native, tiny_hf):

@@ -73,9 +73,23 @@ def test_median_and_roofline_arithmetic():
 
 
 def test_memory_bandwidth_is_positive_and_plausible():
-    bw = bench.memory_bandwidth(megabytes=8, repeats=1)
-    assert bw["bytes"] == 8 * 1024 * 1024
+    bw = bench.memory_bandwidth(megabytes=8, repeats=1, buffers=2)
+    assert bw["bytes"] == 8 * 1024 * 1024 and len(bw["read_samples"]) == 2
+    assert bw["read_GBps"] == max(bw["read_samples"])
     assert 0.1 < bw["read_GBps"] < 10_000 and 0.1 < bw["copy_GBps"] < 10_000
+
+
+def test_decode_matmul_time_runs_every_linear(tiny_native, monkeypatch):
+    from infergen.models.llama import Linear
+
+    calls = []
+    original = Linear.forward
+    monkeypatch.setattr(Linear, "forward", lambda self, x: calls.append((self.in_features, x.shape)) or original(self, x))
+    t = bench.decode_matmul_time(tiny_native, repeats=1)
+    assert t > 0
+    per_run = 4 * tiny_native.config.num_hidden_layers + 1  # qkv, o, gate|up, down per layer + the head
+    assert len(calls) == 2 * per_run  # one warm-up run, one timed run
+    assert all(shape == (1, n) for n, shape in calls)
 
 
 def test_weight_bytes_counts_tied_head_once_and_quantized_buffers(tiny_native):
@@ -138,6 +152,7 @@ def test_bench_sections_on_tiny_models(tiny_bench, tmp_path):
     s = res["sections"]
     # tiny_native and tiny_hf share weights: greedy decodes the same tokens on both sides
     assert s["greedy_b1"]["same_tokens"] is True
+    assert s["roofline"]["matmul_s"] > 0 and "fraction_of_matmul_bound" in s["greedy_b1"]
     assert s["greedy_b1"]["ratio"] == pytest.approx(
         s["greedy_b1"]["transformers"]["median_s"] / s["greedy_b1"]["infergen"]["median_s"])
     assert {"sample_b1", "sample_b4"} <= set(s)

@@ -742,6 +742,9 @@ class Bench:
             e["kl_vs_fp32"] = q["kl"]
             e["top1_agreement_vs_fp32"] = q["top1_agreement"]
             e["speedup_vs_fp32"] = entry["float32"]["median_s"] / e["median_s"]
+            e["matmul_s"] = decode_matmul_time(m, self.size["repeats"])
+            e["matmul_speedup_vs_fp32"] = entry["float32"]["matmul_s"] / e["matmul_s"]  # zero-overhead ratio
+            e["overhead_s_per_token"] = e["median_s"] / n - e["matmul_s"]
             if bw:
                 bound = roofline(bw, weight_bytes(m), kv_bytes_per_token(m), 8 + n / 2)["tokens_per_s"]
                 e["roofline_tokens_per_s"] = bound
@@ -749,11 +752,17 @@ class Bench:
         entry["notes"] = notes
         entry["text_tokens"] = int(text_ids.shape[1])
         self.results["sections"]["dtype"] = entry
+        def kernels(name):  # what the matrix products alone would give: the ratio with zero overhead
+            e = entry[name]
+            return (f"matmuls alone {e['matmul_speedup_vs_fp32']:.2f}x; other work {1e3 * e['overhead_s_per_token']:.1f}"
+                    f" vs {1e3 * entry['float32']['overhead_s_per_token']:.1f} ms/token in float32")
+
         if "bfloat16" in models:
-            self.target("bf16_vs_fp32", entry["bfloat16"]["speedup_vs_fp32"])
+            self.target("bf16_vs_fp32", entry["bfloat16"]["speedup_vs_fp32"], kernels("bfloat16"))
         if "int8" in models:
             self.target("int8_vs_fp32", entry["int8"]["speedup_vs_fp32"],
-                        f"perplexity {entry['int8']['perplexity']:.3f} vs {entry['float32']['perplexity']:.3f}")
+                        f"perplexity {entry['int8']['perplexity']:.3f} vs {entry['float32']['perplexity']:.3f}; "
+                        + kernels("int8"))
 
     def serving(self):
         """Continuous vs static batching: the same mixed-length requests, the same batch size, greedy."""
@@ -850,7 +859,8 @@ def format_table(results: dict) -> str:
             lines.append(f"{'dtype ' + name:<34}{e[name]['tokens_per_s']:>11.1f} t/s  x{e[name]['speedup_vs_fp32']:.2f}"
                          f" vs fp32, {e[name]['weight_bytes'] / 1e6:.0f} MB, perplexity {e[name]['perplexity']:.3f}"
                          + (f", {100 * e[name]['roofline_fraction']:.0f}% of its roofline"
-                            if "roofline_fraction" in e[name] else ""))
+                            if "roofline_fraction" in e[name] else "")
+                         + (f", matmuls {1e3 * e[name]['matmul_s']:.1f} ms/token" if "matmul_s" in e[name] else ""))
     if "kv_cache" in s:
         t = s["kv_cache"]["total"]
         for n, c, r, meas in zip(t["new_tokens"], t["cached_s"], t["naive_s"], t["naive_measured"]):

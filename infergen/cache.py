@@ -135,9 +135,10 @@ class KVCache(PaddingState):
         [B, kv_heads, length, head_dim] out (views, no copy).
         """
         t, end = k_new.shape[2], self.length
-        self.k[layer, :, :, end - t:end] = k_new
-        self.v[layer, :, :, end - t:end] = v_new
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k, v = self.k[layer], self.v[layer]
+        k.narrow(2, end - t, t).copy_(k_new)  # narrow + copy_: the cheapest spelling of k[:, :, end-t:end] = k_new
+        v.narrow(2, end - t, t).copy_(v_new)
+        return k.narrow(2, 0, end), v.narrow(2, 0, end)
 
     def reorder(self, index: torch.Tensor) -> "KVCache":
         """Keep rows ``index`` (in that order, repeats allowed): beams that survived, chosen candidates."""

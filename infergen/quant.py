@@ -82,6 +82,9 @@ class Int8Linear(nn.Module):
         self.packed = _int8pack_available(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed and x.dim() == 2 and x.dtype == self.compute_dtype and self.bias is None \
+                and x.device.type == "cpu":  # the common case (a bfloat16 model's rows): one call
+            return torch._weight_int8pack_mm(x, self.qweight, self.scales)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if self.packed and x.device.type == "cpu":

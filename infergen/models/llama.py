@@ -122,11 +122,34 @@ class Linear(nn.Linear):
     prepack = True
 
     def forward(self, x):
+        if not _is_compiling() and _DECODE_STEP.get() and self.prepack:
+            packed = self.packed_weight(x)
+            if packed is not None:
+                return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+    def packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The oneDNN-packed copy of the weight for input ``x`` (None where packing does not apply).
+
+        Packed on first use and kept on the module; packed again when the weight changed since
+        (new data or dtype: another address; an in-place update: another version).
+        """
         w = self.weight
-        if (self.prepack and x.device.type == "cpu" and not _compiling() and _DECODE_STEP.get()
-                and x.dtype == w.dtype and w.dtype in _PACKABLE and not torch.is_grad_enabled()):
-            return torch.ops.mkldnn._linear_pointwise(x, _packed(w), self.bias, "none", [], "")
-        return F.linear(x, w, self.bias)
+        if x.device.type != "cpu" or x.dtype != w.dtype or w.dtype not in _PACKABLE or torch.is_grad_enabled():
+            return None
+        try:
+            identity = (w.data_ptr(), w._version)
+        except RuntimeError:  # an inference tensor (made under inference_mode) has no version counter
+            identity = (w.data_ptr(), 0)
+        entry = self.__dict__.get("_packed")
+        if entry is None or entry[0] is not w or entry[1] != identity:
+            entry = self.__dict__["_packed"] = (w, identity, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
+        return entry[2]
+
+    def __getstate__(self):  # copies and pickles leave the packed copy behind: it is rebuilt on first use
+        state = dict(super().__getstate__())
+        state.pop("_packed", None)
+        return state
 
 
 _DECODE_STEP = contextvars.ContextVar("infergen_decode_step", default=False)  # set by LlamaModel.forward
@@ -142,21 +165,6 @@ def _packable_dtypes():
 
 
 _PACKABLE = _packable_dtypes()
-_PACKED: dict = {}  # id(weight) -> (weak reference, identity when packed, packed copy)
-
-
-def _packed(w: torch.Tensor) -> torch.Tensor:
-    """The oneDNN-packed copy of ``w``, rebuilt if ``w`` changed since it was packed."""
-    try:
-        version = w._version
-    except RuntimeError:  # an inference tensor (made under inference_mode) has no version counter
-        version = 0
-    key = (w.data_ptr(), version, w.dtype)
-    entry = _PACKED.get(id(w))
-    if entry is None or entry[0]() is not w or entry[1] != key:
-        ref = weakref.ref(w, lambda _, i=id(w): _PACKED.pop(i, None))  # forget it with the weight
-        entry = _PACKED[id(w)] = (ref, key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
-    return entry[2]
 
 
 class Attention(nn.Module):
@@ -173,23 +181,22 @@ class Attention(nn.Module):
     def forward(self, x, B: int, t: int, cos, sin, cache: KVCache, mask):
         """``x`` [B * t, D] (rows flattened: every linear layer is then a plain 2-D matmul)."""
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
-        qkv = self.wqkv(x).view(B, t, nh + 2 * nkv, hd)
-        qk = apply_rope(qkv[:, :, :nh + nkv], cos, sin)  # rotate q and k in one pass: [B, t, nh+nkv, hd]
-        k = qk[:, :, nh:].transpose(1, 2)  # [B, n_kv, t, hd] (views)
-        v = qkv[:, :, nh + nkv:].transpose(1, 2)
-        k, v = cache.update(self.layer, k, v)  # all keys/values so far: [B, n_kv, L, hd]
+        qk, v = self.wqkv(x).view(B, t, nh + 2 * nkv, hd).split((nh + nkv, nkv), dim=2)  # views
+        qk = apply_rope(qk, cos, sin)  # rotate q and k in one pass: [B, t, nh+nkv, hd]
+        q, k = qk.split((nh, nkv), dim=2)
+        k, v = cache.update(self.layer, k.transpose(1, 2), v.transpose(1, 2))  # all so far: [B, n_kv, L, hd]
         groups = nh // nkv
         if t == 1:
             # Decode: the `groups` query heads that share a kv head are stacked as `groups` queries of
             # that head -- GQA without copying keys/values. Mask [B,1,1,L] broadcasts over them.
-            q = qk[:, 0, :nh].view(B, nkv, groups, hd)
+            q = q.view(B, nkv, groups, hd)
             if B > 1 and x.device.type == "cpu" and not _compiling():
                 out = decode_attention(q, k, v, mask)
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             out = out.reshape(B, nh * hd)
         else:
-            q = qk[:, :, :nh].transpose(1, 2)
+            q = q.transpose(1, 2)
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
             causal = mask is None
@@ -498,6 +505,9 @@ def compile_decode(model: "LlamaModel", compile: bool = True, mode: str = "reduc
 def _compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)  # the fast spelling
 
 
 NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2")

@@ -152,7 +152,9 @@ def test_bench_sections_on_tiny_models(tiny_bench, tmp_path):
     s = res["sections"]
     # tiny_native and tiny_hf share weights: greedy decodes the same tokens on both sides
     assert s["greedy_b1"]["same_tokens"] is True
-    assert s["roofline"]["matmul_s"] > 0 and "fraction_of_matmul_bound" in s["greedy_b1"]
+    assert s["roofline"]["matmul_s"] > 0 and 0 < s["greedy_b1"]["matmul_share_of_step"]
+    assert s["greedy_b1"]["matmul_s_per_token"] == pytest.approx(
+        s["greedy_b1"]["matmuls only"]["median_s"] / s["greedy_b1"]["new_tokens"])
     assert s["greedy_b1"]["ratio"] == pytest.approx(
         s["greedy_b1"]["transformers"]["median_s"] / s["greedy_b1"]["infergen"]["median_s"])
     assert {"sample_b1", "sample_b4"} <= set(s)
@@ -163,6 +165,7 @@ def test_bench_sections_on_tiny_models(tiny_bench, tmp_path):
     assert s["dtype"]["int8"]["weight_bytes"] < s["dtype"]["bfloat16"]["weight_bytes"] < s["dtype"]["float32"]["weight_bytes"]
     assert s["dtype"]["float32"]["matmul_speedup_vs_fp32"] == pytest.approx(1.0)
     assert all(s["dtype"][n]["matmul_s"] > 0 for n in ("float32", "bfloat16", "int8"))
+    assert set(s["dtype"]["times_s"]) == set(s["dtype"]["matmul_times_s"]) == {"float32", "bfloat16", "int8"}
     assert "matmuls alone" in res["targets"]["bf16_vs_fp32"]["note"]
     for key in ("greedy_b1", "greedy_b1_roofline", "sample_b8" if "sample_b8" in s else "greedy_b1",
                 "kv_vs_none_512", "batch16_vs_b1", "bf16_vs_fp32", "int8_vs_fp32"):
@@ -307,3 +310,15 @@ def test_quantize_int8_model_and_quality(tiny_native):
         quantize_int8(copy.deepcopy(tiny_native), compute_dtype=torch.float32)
     with pytest.raises(ValueError, match="at least 2"):
         log_likelihood(tiny_native, torch.tensor([[5]]))
+
+
+def test_decode_matmuls_runs_steps_on_the_packed_decode_path(tiny_native, monkeypatch):
+    from infergen.models import llama
+
+    flags = []
+    original = llama.Linear.forward
+    monkeypatch.setattr(llama.Linear, "forward",
+                        lambda self, x: flags.append(llama._DECODE_STEP.get()) or original(self, x))
+    bench.decode_matmuls(tiny_native, steps=3)()
+    assert len(flags) == 3 * (4 * tiny_native.config.num_hidden_layers + 1) and all(flags)
+    assert llama._DECODE_STEP.get() is False  # the flag is reset afterwards

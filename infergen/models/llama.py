@@ -132,15 +132,15 @@ class Linear(nn.Linear):
         """The oneDNN-packed copy of the weight for input ``x`` (None where packing does not apply).
 
         Packed on first use and kept on the module; packed again when the weight changed since
-        (new data or dtype: another address; an in-place update: another version).
+        (new data: another address or dtype; an in-place update: another version).
         """
         w = self.weight
         if x.device.type != "cpu" or x.dtype != w.dtype or w.dtype not in _PACKABLE or torch.is_grad_enabled():
             return None
         try:
-            identity = (w.data_ptr(), w._version)
+            identity = (w.data_ptr(), w.dtype, w._version)
         except RuntimeError:  # an inference tensor (made under inference_mode) has no version counter
-            identity = (w.data_ptr(), 0)
+            identity = (w.data_ptr(), w.dtype, 0)
         entry = self.__dict__.get("_packed")
         if entry is None or entry[0] is not w or entry[1] != identity:
             entry = self.__dict__["_packed"] = (w, identity, torch.ops.mkldnn._reorder_linear_weight(w.detach()))

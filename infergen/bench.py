@@ -772,10 +772,10 @@ class Bench:
         entry["text_tokens"] = int(text_ids.shape[1])
         self.results["sections"]["dtype"] = entry
         def kernels(name):
-            # Adding the same non-matmul work to both sides only pulls a ratio towards 1, so the ratio
-            # of the matrix products alone is the most this dtype could gain with zero overhead.
+            # The ratio of the matrix products alone is the ratio with zero overhead; the same amount of
+            # other work added to both sides can only pull it towards 1.
             e = entry[name]
-            return (f"matmuls alone {e['matmul_speedup_vs_fp32']:.2f}x = the ceiling with zero overhead; other work "
+            return (f"matmuls alone {e['matmul_speedup_vs_fp32']:.2f}x = the ratio with zero overhead; other work "
                     f"{1e3 * e['overhead_s_per_token']:.1f} vs {1e3 * entry['float32']['overhead_s_per_token']:.1f}"
                     f" ms/token in float32")
 

@@ -82,20 +82,16 @@ class Int8Linear(nn.Module):
         self.packed = _int8pack_available(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed and x.dim() == 2 and x.dtype == self.compute_dtype and self.bias is None \
-                and x.device.type == "cpu":  # the common case (a bfloat16 model's rows): one call
-            return torch._weight_int8pack_mm(x, self.qweight, self.scales)
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features)
+        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # the kernels take [N, in] rows
         if self.packed and x.device.type == "cpu":
-            y = torch._weight_int8pack_mm(x2.to(self.compute_dtype), self.qweight, self.scales)
+            y = torch._weight_int8pack_mm(rows.to(self.compute_dtype), self.qweight, self.scales)
         else:  # portable fallback: dequantize (correct everywhere, but it writes a float weight copy)
             w = self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None]
-            y = F.linear(x2, w)
-        y = y.to(x.dtype)
+            y = F.linear(rows, w)
+        y = y.to(x.dtype)  # a no-op (no copy) when the dtypes already agree, as in a bfloat16 model
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
-        return y.view(*shape[:-1], self.out_features)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel, packed={self.packed}"

@@ -56,8 +56,8 @@ import torch
 
 __all__ = [
     "CheckFailed", "CheckResult", "CountingModel", "ScheduledEOS", "check_decoder", "check_processor",
-    "check_value_fn", "decoder_check_names", "left_pad", "processor_check_names", "run_checks", "tiny_gpt2",
-    "tiny_model", "value_contexts",
+    "check_value_fn", "decoder_check_names", "left_pad", "pad_prompts", "processor_check_names", "run_checks",
+    "tiny_gpt2", "tiny_model", "value_contexts",
 ]
 
 EOS, PAD = 2, 0          # the tiny models' special tokens (as in tests/conftest.py)
@@ -217,6 +217,17 @@ def _special_ids(model) -> tuple[int, int]:
     return eos, (eos if pad is None else int(pad))
 
 
+def pad_prompts(prompts, pad_token_id: int = PAD, device=None):
+    """Left-pad 1-D token tensors of different lengths into one batch: ``(input_ids [B, T], attention_mask [B, T])``."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, T - len(p):] = p
+        mask[row, T - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
 def left_pad(lengths, *, vocab: int = TINY_VOCAB, pad_token_id: int = PAD, avoid=(0, 1, 2), seed: int = 0,
              device=None):
     """Random prompts of the given real lengths, left-padded: ``(input_ids [B, T], attention_mask [B, T])``.
@@ -224,14 +235,9 @@ def left_pad(lengths, *, vocab: int = TINY_VOCAB, pad_token_id: int = PAD, avoid
     Token ids avoid ``avoid`` (padding/BOS/EOS), so a prompt never contains an end-of-sequence token.
     """
     g = torch.Generator().manual_seed(seed)
-    T = max(lengths)
     allowed = torch.tensor([i for i in range(min(vocab, 4096)) if i not in set(avoid)])
-    ids = torch.full((len(lengths), T), pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(lengths), T, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        ids[row, T - n:] = allowed[torch.randint(len(allowed), (n,), generator=g)]
-        mask[row, T - n:] = 1
-    return ids.to(device), mask.to(device)
+    prompts = [allowed[torch.randint(len(allowed), (n,), generator=g)] for n in lengths]
+    return pad_prompts(prompts, pad_token_id, device)
 
 
 # --------------------------------------------------------------------------------------------------------

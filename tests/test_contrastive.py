@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import infergen
 from infergen.decoding.contrastive import contrastive_search
+from infergen.testing import pad_prompts
 
 
 def reference_contrastive(hf_model, prompt: torch.Tensor, max_new_tokens: int, top_k: int, alpha: float):
@@ -43,21 +44,12 @@ def random_prompts(lengths, vocab=96, seed=0):
     return [torch.randint(3, vocab, (n,), generator=g) for n in lengths]
 
 
-def left_pad(prompts, pad=0):
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    mask = torch.zeros(len(prompts), T, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):], mask[i, T - len(p):] = p, 1
-    return ids, mask
-
-
 # -- parity with the reference ------------------------------------------------------------------------
 def test_matches_reference_on_bundled_model(smollm, smollm_hf):
     model, tok = smollm
     texts = ["The future of AI is", "Once upon a time, in a small village by the sea,", "def fibonacci(n):"]
     prompts = [tok(t, return_tensors="pt").input_ids[0] for t in texts]
-    ids, mask = left_pad(prompts, pad=tok.pad_token_id or 0)
+    ids, mask = pad_prompts(prompts, tok.pad_token_id or 0)
     out = contrastive_search(model, ids, 16, top_k=4, alpha=0.6, attention_mask=mask, eos_token_id=[])
     greedy = infergen.greedy_search(model, ids, 16, attention_mask=mask, eos_token_id=[])
     for i, p in enumerate(prompts):  # the batched, cached run equals the plain reference row by row
@@ -81,7 +73,7 @@ def test_matches_reference_on_tiny_models(which, tiny_hf, tiny_native, tiny_gpt2
 @pytest.mark.parametrize("which", ["native", "gpt2"])
 def test_alpha_zero_and_k_one_are_greedy(which, tiny_native, tiny_gpt2):
     model = {"native": tiny_native, "gpt2": tiny_gpt2}[which]
-    ids, mask = left_pad(random_prompts([4, 9, 2], seed=2))
+    ids, mask = pad_prompts(random_prompts([4, 9, 2], seed=2))
     greedy = infergen.greedy_search(model, ids, 20, attention_mask=mask, eos_token_id=[])
     assert torch.equal(contrastive_search(model, ids, 20, top_k=6, alpha=0.0, attention_mask=mask,
                                           eos_token_id=[]), greedy)
@@ -95,7 +87,7 @@ def test_alpha_zero_and_k_one_are_greedy(which, tiny_native, tiny_gpt2):
 # -- batches, EOS, output ---------------------------------------------------------------------------------
 def test_batched_equals_one_by_one(tiny_native):
     prompts = random_prompts([5, 1, 11, 3], seed=3)
-    ids, mask = left_pad(prompts)
+    ids, mask = pad_prompts(prompts)
     singles = [contrastive_search(tiny_native, p[None], 15, top_k=4, alpha=0.6, eos_token_id=[])[0, len(p):]
                for p in prompts]
     batched = contrastive_search(tiny_native, ids, 15, top_k=4, alpha=0.6, attention_mask=mask, eos_token_id=[])
@@ -105,7 +97,7 @@ def test_batched_equals_one_by_one(tiny_native):
 
 def test_rows_stop_independently_at_eos(tiny_native):
     prompts = random_prompts([5, 1, 11, 3], seed=3)
-    ids, mask = left_pad(prompts)
+    ids, mask = pad_prompts(prompts)
     free = contrastive_search(tiny_native, ids, 15, top_k=4, alpha=0.6, attention_mask=mask, eos_token_id=[])
     eos = int(free[1, ids.shape[1] + 4])  # row 1 produces this token at step 4
     out = contrastive_search(tiny_native, ids, 15, top_k=4, alpha=0.6, attention_mask=mask, eos_token_id=eos,
@@ -122,7 +114,7 @@ def test_rows_stop_independently_at_eos(tiny_native):
 
 
 def test_return_dict_streamer_and_logprobs(tiny_native):
-    ids, mask = left_pad(random_prompts([4, 8], seed=4))
+    ids, mask = pad_prompts(random_prompts([4, 8], seed=4))
     seen = []
     out = contrastive_search(tiny_native, ids, 10, top_k=3, alpha=0.5, attention_mask=mask, eos_token_id=[],
                              streamer=seen.append, return_dict=True)

@@ -13,20 +13,12 @@ from infergen.decoding.speculative import LayerSkipDraft, Speculator, speculativ
 from infergen.models.hf import HFModel
 from infergen.models.llama import LlamaModel
 from infergen.processors import LogitsPipeline
+from infergen.testing import pad_prompts
 
 
 def random_prompts(lengths, vocab=96, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, vocab, (n,), generator=g) for n in lengths]
-
-
-def left_pad(prompts, pad=0):
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    mask = torch.zeros(len(prompts), T, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):], mask[i, T - len(p):] = p, 1
-    return ids, mask
 
 
 def perturbed(hf_model, scale, seed, keep_layers=None):
@@ -55,7 +47,7 @@ def drafts(tiny_hf, tiny_gpt2):
 def test_greedy_equals_greedy_search_on_bundled_model(smollm):
     model, tok = smollm
     texts = ["The future of AI is", "Once upon a time, in a small village by the sea,", "def fibonacci(n):"]
-    ids, mask = left_pad([tok(t, return_tensors="pt").input_ids[0] for t in texts])
+    ids, mask = pad_prompts([tok(t, return_tensors="pt").input_ids[0] for t in texts])
     greedy = infergen.greedy_search(model, ids, 32, attention_mask=mask, eos_token_id=[])
     # 8 of 30 layers: a poor draft (it is rejected most of the time), so the rollback path runs a lot.
     out = speculative_decode(model, ids, 32, draft_layers=8, num_draft_tokens=2, attention_mask=mask,
@@ -73,7 +65,7 @@ def test_greedy_equals_greedy_search_on_tiny_models(target_name, draft_name, gam
     kw = {"draft_layers": 1} if draft_name == "self" else {
         "draft_model": tiny_native if draft_name == "target" else drafts[draft_name]}
     prompts = random_prompts([4, 9, 1, 6], seed=5)
-    ids, mask = left_pad(prompts)
+    ids, mask = pad_prompts(prompts)
     greedy = infergen.greedy_search(target, ids, 24, attention_mask=mask, eos_token_id=[])
     out = speculative_decode(target, ids, 24, num_draft_tokens=gamma, attention_mask=mask, eos_token_id=[],
                              return_dict=True, **kw)
@@ -90,7 +82,7 @@ def test_greedy_equals_greedy_search_on_tiny_models(target_name, draft_name, gam
 
 def test_eos_and_stopping_match_greedy_search(tiny_native, drafts):
     prompts = random_prompts([4, 9, 1, 6], seed=5)
-    ids, mask = left_pad(prompts)
+    ids, mask = pad_prompts(prompts)
     free = infergen.greedy_search(tiny_native, ids, 24, attention_mask=mask, eos_token_id=[])
     eos = int(free[0, ids.shape[1] + 6])
     greedy = infergen.greedy_search(tiny_native, ids, 24, attention_mask=mask, eos_token_id=eos, pad_token_id=0,
@@ -188,7 +180,7 @@ def test_sampling_matches_target_distribution_end_to_end(tiny_native, drafts):
 
 
 def test_seed_reproducible_and_batched_sampling(tiny_native, drafts):
-    ids, mask = left_pad(random_prompts([3, 8, 5], seed=6))
+    ids, mask = pad_prompts(random_prompts([3, 8, 5], seed=6))
     kw = dict(draft_model=drafts["small_native"], temperature=0.8, top_p=0.9, attention_mask=mask,
               eos_token_id=[])
     a = speculative_decode(tiny_native, ids, 16, seed=3, **kw)
@@ -203,7 +195,7 @@ def test_seed_reproducible_and_batched_sampling(tiny_native, drafts):
 def test_cache_rollback_matches_fresh_forward(tiny_native, drafts, greedy):
     """After rounds with rejections, both caches equal what a fresh forward of the committed text gives."""
     target, draft = tiny_native, drafts["small_native"]
-    ids, mask = left_pad(random_prompts([6, 2], seed=7))
+    ids, mask = pad_prompts(random_prompts([6, 2], seed=7))
     setup, _ = prepare(target, ids, 30, attention_mask=mask, eos_token_id=[], allocate=False)
     pipe = LogitsPipeline.from_params(temperature=0.0 if greedy else 1.0)
     spec = Speculator(target, draft, setup, pipe, gamma=4, generator=torch.Generator().manual_seed(0))

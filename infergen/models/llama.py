@@ -190,7 +190,7 @@ class Attention(nn.Module):
             # Decode: the `groups` query heads that share a kv head are stacked as `groups` queries of
             # that head -- GQA without copying keys/values. Mask [B,1,1,L] broadcasts over them.
             q = q.view(B, nkv, groups, hd)
-            if B > 1 and x.device.type == "cpu" and not _compiling():
+            if B > 1 and x.device.type == "cpu" and not _is_compiling():
                 out = decode_attention(q, k, v, mask)
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -305,7 +305,7 @@ class LlamaModel(nn.Module):
             mask = None  # a plain causal prefill: let SDPA use its fast causal path
         cos, sin = self.rope(positions, cache.length)
         x = self.embed(input_ids).view(B * t, -1)  # rows flattened through the blocks
-        decode = _DECODE_STEP.set(t == 1 and not _compiling())  # lets Linear use its packed weights
+        decode = _DECODE_STEP.set(t == 1 and not _is_compiling())  # lets Linear use its packed weights
         try:
             for block in self.layers:
                 x = block(x, B, t, cos, sin, cache, mask)
@@ -502,12 +502,8 @@ def compile_decode(model: "LlamaModel", compile: bool = True, mode: str = "reduc
     return CompiledDecode(model, compile=compile, mode=mode, bucket=bucket)
 
 
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)  # the fast spelling
+# True while torch.compile traces the model (then the eager-only CPU fast paths step aside).
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2")

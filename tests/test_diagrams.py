@@ -1,0 +1,149 @@
+"""The book's concept diagrams (infergen.diagrams): each builds a readable figure that shows what its
+arguments imply, computed rather than typed in."""
+from __future__ import annotations
+
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from infergen import diagrams  # noqa: E402
+
+EXPECTED_LABELS = {
+    "prefill_decode": ["Prefill and decode with a KV cache", "prefill", "decode 1", "decode 2", "input",
+                       "next token", "read from the cache", "computed: keys and values written to the cache",
+                       "' bright'"],
+    "beam_step": ["One beam-search step, k = 2", "beams (score)", "extension: score + log p(v)",
+                  "kept, rank 1", "kept, rank 2", "dropped"],
+    "contrastive_step": ["candidate v", "p(v)", "score", "chosen", "greedy's choice"],
+    "mcts_iteration": ["One MCTS simulation", "1. Select", "2. Expand", "3. Evaluate", "4. Back up", "root",
+                       "v = 0.62"],
+    "speculative_step": ["accept", "reject", "discard", "bonus", "tokens kept"],
+    "paged_attention": ["block table of each sequence", "physical blocks in GPU memory", "free",
+                        "A (10 tokens)"],
+}
+
+
+def texts_at(fig: Figure) -> list[tuple[str, float, float]]:
+    """(text, x, y) of every label, in the diagram's coordinates (inches)."""
+    return [(t.get_text(), *t.get_position()) for t in fig.findobj(Text) if t.get_text().strip()]
+
+
+def same_row(fig: Figure, label: str) -> list[str]:
+    """The texts drawn on the same line as each occurrence of ``label``."""
+    rows = [y for text, _, y in texts_at(fig) if text == label]
+    return [text for text, _, y in texts_at(fig) if any(abs(y - r) < 1e-6 for r in rows) and text != label]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_LABELS))
+def test_diagram_builds_a_readable_figure(name):
+    fig = getattr(diagrams, name)()
+    assert isinstance(fig, Figure)
+    texts = diagrams.figure_texts(fig)
+    missing = [label for label in EXPECTED_LABELS[name] if label not in texts]
+    assert not missing, f"{name}: labels missing from the figure: {missing}"
+    assert diagrams.overlapping_texts(fig) == [], f"{name}: labels collide"
+    width, height = fig.get_size_inches()
+    assert width == diagrams.WIDTH and 2 < height < 8, "the figure must fit the text column unscaled"
+    smallest = min(t.get_fontsize() for t in fig.findobj(Text) if t.get_text().strip())
+    assert smallest >= 8, f"{name}: a {smallest} pt label is too small to read"
+    assert getattr(diagrams, name).__doc__, f"{name} has no docstring"
+
+
+def test_overlapping_texts_finds_a_collision():
+    fig = Figure(figsize=(3, 2))
+    fig.text(0.5, 0.5, "one label")
+    assert diagrams.overlapping_texts(fig) == []
+    fig.text(0.52, 0.5, "another label")
+    assert diagrams.overlapping_texts(fig) == [("one label", "another label")]
+    fig.text(0.95, 0.1, "sticks out of the figure")
+    assert ("sticks out of the figure", "<outside the figure>") in diagrams.overlapping_texts(fig)
+
+
+def test_prefill_decode_counts_the_positions():
+    fig = diagrams.prefill_decode(prompt=["A", " B"], new_tokens=[" c", " d", " e", " f"])
+    texts = diagrams.figure_texts(fig)
+    # T = 2, n = 4: 2 + 4 - 1 = 5 positions with a cache, 4*2 + 4*3/2 = 14 without
+    assert any("5 with the cache, 14 without" in t for t in texts), texts
+    assert [t for t in texts if t.startswith("decode")] == ["decode 1", "decode 2", "decode 3"]
+
+
+def test_beam_step_keeps_the_top_k_over_all_extensions():
+    beams = [("x", -1.0), ("y", -3.0)]
+    extensions = [[(" a", -0.1), (" b", -2.5)], [(" c", -0.2), (" d", -0.3)]]
+    # totals: a -1.1, b -3.5, c -3.2, d -3.3: with k = 3 the survivors are a, c, d
+    fig = diagrams.beam_step(beams, extensions, num_beams=3)
+    assert "kept, rank 1" in same_row(fig, "' a'")
+    assert "kept, rank 2" in same_row(fig, "' c'")
+    assert "kept, rank 3" in same_row(fig, "' d'")
+    assert "dropped" in same_row(fig, "' b'")
+    assert diagrams.figure_texts(fig).count("dropped") == 1
+
+
+def test_beam_step_says_when_one_beam_supplies_every_survivor():
+    default = " ".join(diagrams.figure_texts(diagrams.beam_step()))
+    assert "The survivors extend 1 of the 2 beams" in default
+    spread = diagrams.beam_step([("x", -1.0), ("y", -1.1)], [[(" a", -0.1)], [(" b", -0.1)]])
+    assert "Every beam keeps a descendant" in " ".join(diagrams.figure_texts(spread))
+
+
+def test_contrastive_step_chooses_by_the_score():
+    candidates = [(" p", 0.5, 0.9), (" q", 0.3, 0.1), (" r", 0.2, 0.5)]
+    # alpha 0.5: scores 0.25 - 0.45 = -0.2, 0.15 - 0.05 = 0.1, 0.1 - 0.25 = -0.15: q wins, p is greedy's
+    fig = diagrams.contrastive_step(candidates, alpha=0.5)
+    assert "chosen" in same_row(fig, "' q'")
+    assert "greedy's choice" in same_row(fig, "' p'")
+    # alpha 0 is greedy search: the most probable token is chosen and no separate greedy mark is drawn
+    greedy = diagrams.contrastive_step(candidates, alpha=0.0)
+    assert "chosen" in same_row(greedy, "' p'")
+    assert "greedy's choice" not in diagrams.figure_texts(greedy)
+
+
+def test_mcts_iteration_selects_by_puct():
+    # default c_puct: root -> ' bright' (Q 0.5 + bonus) -> ' future' (unvisited, prior 0.5)
+    texts = diagrams.figure_texts(diagrams.mcts_iteration())
+    assert "P=0.45 N=3" in texts and "P=0.50 N=1" in texts  # backed up along the selected path
+    # a large c_puct lets the unvisited, low-prior ' not' win at the root: sqrt(5) * 0.2 * 10 > the rest
+    explore = diagrams.figure_texts(diagrams.mcts_iteration(c_puct=10))
+    assert "P=0.20 N=1" in explore and "P=0.45 N=3" not in explore
+    assert "N=6 Q=0.52" in texts  # (2.5 + 0.62) / 6
+
+
+def test_speculative_step_counts_the_outcome():
+    fig = diagrams.speculative_step(draft=[" a", " b", " c", " d", " e"], accepted=1, replacement=" z")
+    texts = diagrams.figure_texts(fig)
+    assert texts.count("accept") == 1 and texts.count("reject") == 1 and texts.count("discard") == 3
+    assert any("2 tokens for 5 draft steps" in t for t in texts)
+    every = diagrams.figure_texts(diagrams.speculative_step(accepted=4))
+    assert every.count("accept") == 4 and "reject" not in every
+    assert any("bonus token is drawn" in t for t in every)
+
+
+def test_allocate_blocks_interleaves_growing_sequences():
+    # A (5 tokens) and B (3 tokens) grow in turn, 2 tokens per block: A 9, B 8, then A 7, B 6, then A 5
+    assert diagrams.allocate_blocks([5, 3], 2, [9, 8, 7, 6, 5]) == [[9, 7, 5], [8, 6]]
+    with pytest.raises(ValueError, match="free_blocks must hold at least 5 blocks"):
+        diagrams.allocate_blocks([5, 3], 2, [9, 8, 7, 6])
+
+
+def test_paged_attention_caption_counts_the_waste():
+    texts = " ".join(diagrams.figure_texts(diagrams.paged_attention(lengths=(3, 6), block_size=4,
+                                                                    free_blocks=range(4), max_len=8)))
+    # 9 tokens in 1 + 2 blocks = 12 slots: 3 wasted; contiguous: 2 x 8 = 16 slots
+    assert "9 tokens in 3 blocks (12 slots): only the 3 unfilled" in texts
+    assert "would hold 16 slots" in texts
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: diagrams.contrastive_step(alpha=1.5), ValueError, r"alpha must be in \[0, 1\], got 1.5"),
+    (lambda: diagrams.beam_step(num_beams=0), ValueError, r"num_beams must be in \[1, inf\)"),
+    (lambda: diagrams.beam_step(num_beams=7), ValueError, "num_beams must be at most"),
+    (lambda: diagrams.speculative_step(accepted=5), ValueError, r"accepted must be in \[0, 4\], got 5"),
+    (lambda: diagrams.prefill_decode(prompt="The"), TypeError, "prompt must be a sequence of strings"),
+    (lambda: diagrams.mcts_iteration(value=-0.1), ValueError, r"value must be in \[0, 1\]"),
+    (lambda: diagrams.paged_attention(max_len=4), ValueError, r"max_len must be in \[10, inf\)"),
+])
+def test_bad_arguments_are_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -1,0 +1,25 @@
+"""Constrained decoding: output that is guaranteed to match a regex, a JSON schema or a grammar.
+
+    from infergen.constraints import make_constraint, as_row_constraints
+    c = make_constraint(tokenizer, regex=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")     # compiled once
+    rows = as_row_constraints(c, batch_size)                                # one state per row
+    logits = rows.mask(logits); ...; rows.advance(tokens, active=~done)     # every decode step
+
+* :mod:`.base` -- the interface (:class:`Constraint`, :class:`ConstraintState`, :class:`RowConstraints`)
+  and its semantics: EOS exactly in accepting states, finish reasons ``"constraint"`` and
+  ``"no_valid_token"``, forking for beam search, ragged batches.
+* :mod:`.front` -- :func:`make_constraint`, which checks the arguments and picks a backend:
+  llguidance (default), outlines-core, or the teaching automaton.
+* :mod:`.teaching` -- regex -> NFA -> DFA -> per-state token masks, from scratch in one file.
+* :mod:`.vocabulary` -- the bytes behind each token id (byte-level BPE and SentencePiece).
+"""
+from .base import (FINISH_CONSTRAINT, FINISH_NO_VALID_TOKEN, Constraint, ConstraintState, RowConstraints,
+                   as_row_constraints)
+from .front import BACKENDS, DEFAULT_BACKEND, escape_literal, get_compiler, make_constraint
+from .vocabulary import TokenVocabulary, byte_level_alphabet
+
+__all__ = [
+    "BACKENDS", "DEFAULT_BACKEND", "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "Constraint",
+    "ConstraintState", "RowConstraints", "TokenVocabulary", "as_row_constraints", "byte_level_alphabet",
+    "escape_literal", "get_compiler", "make_constraint",
+]

@@ -1,0 +1,242 @@
+"""The constraint interface: what a decoder calls, and what a backend implements.
+
+Three layers, from the pattern to the batch:
+
+* a :class:`Constraint` is *compiled* once per (pattern, tokenizer) -- by the teaching automaton in
+  :mod:`infergen.constraints.teaching` or a production library (llguidance, outlines-core) -- and is
+  never changed afterwards, so one object can serve many requests;
+* a :class:`ConstraintState` is one row's position in that pattern: ``constraint.start()`` makes a
+  fresh one (cheap), ``advance(token)`` moves it, ``fork()`` copies it (for beam search);
+* :class:`RowConstraints` holds one state per batch row (or ``None`` for an unconstrained row) and is
+  what the decode loop talks to, once per step::
+
+      rows = as_row_constraints(constraint, batch_size)   # a Constraint, one per row, or None
+      ...
+      logits = rows.mask(logits)            # disallowed ids -> -inf, first of all the logits processors
+      dead = rows.dead()                    # rows where no token at all is allowed: finish "no_valid_token"
+      tokens = pick(processors(logits))
+      rows.advance(tokens, active=~done)    # every running row consumes its token
+      complete = rows.complete()            # only EOS may follow: finish "constraint"
+
+  and beam search, after choosing which beams survive (``beam_idx`` [B * num_beams], repeats allowed)::
+
+      rows = rows.select(beam_idx)          # forked states, in the new order
+      rows.advance(next_tokens)
+
+Semantics every backend follows
+-------------------------------
+* ``allowed()`` of a state is a bool mask over the tokenizer's ids (``constraint.vocab_size``): token
+  ``t`` is allowed when the text so far plus ``t``'s bytes can still be extended to a match. The
+  EOS ids are allowed *exactly* when the text so far is a complete match (the state *accepts*).
+  Special tokens other than EOS are never allowed.
+* ``advance(t)`` with an allowed token moves the state; with EOS it *ends* the state (it then allows
+  only EOS and accepts); with a token that was not allowed the state becomes *dead* (nothing allowed).
+  It never raises for a bad token: a row that went wrong is reported, not a crash.
+* A row is **complete** when it accepts and nothing but EOS is allowed (``"\\d{4}"`` after four digits):
+  the decoder may finish it with the finish reason :data:`FINISH_CONSTRAINT` without spending a step.
+* A row is **dead** when no token is allowed. :meth:`RowConstraints.mask` still leaves it one finite
+  logit (its EOS ids) so that softmax and sampling never see an all ``-inf`` row or a NaN; the decoder
+  must finish it with :data:`FINISH_NO_VALID_TOKEN` (and drop the placeholder token).
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "Constraint", "ConstraintState", "RowConstraints",
+    "as_row_constraints",
+]
+
+#: finish reason of a row whose constraint is complete (only EOS could follow)
+FINISH_CONSTRAINT = "constraint"
+#: finish reason of a row where the constraint allows no token at all
+FINISH_NO_VALID_TOKEN = "no_valid_token"
+
+
+@runtime_checkable
+class ConstraintState(Protocol):
+    """One row's position in a compiled constraint. Mutable: ``advance`` changes it in place."""
+
+    constraint: "Constraint"  # what this state walks through (its vocab_size and eos_token_ids)
+
+    def allowed(self) -> torch.Tensor:
+        """Bool tensor ``[vocab_size]`` on the CPU: which token ids may come next (EOS iff accepting).
+        The caller must not modify it (backends may return a cached or shared tensor)."""
+
+    def accepting(self) -> bool:
+        """Is the text so far a complete match (so EOS is allowed)?"""
+
+    def advance(self, token_id: int) -> None:
+        """Consume one token. EOS ends the state; a token that was not allowed makes it dead."""
+
+    def fork(self) -> "ConstraintState":
+        """An independent copy (the two then advance separately)."""
+
+
+@runtime_checkable
+class Constraint(Protocol):
+    """A pattern compiled for one tokenizer. Immutable; ``start()`` gives each row its own state."""
+
+    backend: str          # "llguidance", "outlines", "teaching", ...
+    kind: str             # "regex", "json_schema", "grammar" or "choices"
+    source: object        # the pattern as given
+    vocab_size: int       # the number of token ids the masks cover (len(tokenizer))
+    eos_token_ids: tuple  # the ids allowed exactly in accepting states
+
+    def start(self) -> ConstraintState:
+        """A fresh state at the beginning of the pattern."""
+
+
+def _index_list(index, batch_size: int) -> list[int]:
+    if isinstance(index, torch.Tensor):
+        if index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
+            raise ValueError(f"index must be a 1-D tensor of row numbers, got shape {tuple(index.shape)} "
+                             f"and dtype {index.dtype}")
+        index = index.tolist()
+    index = [int(i) for i in index]
+    bad = [i for i in index if not 0 <= i < batch_size]
+    if bad:
+        raise ValueError(f"index must hold row numbers in [0, {batch_size - 1}], got {bad[:5]}")
+    return index
+
+
+class RowConstraints:
+    """One :class:`ConstraintState` (or ``None``: unconstrained) per batch row; see the module docstring.
+
+    The allowed-token mask of each row is computed at most once per position (backends such as
+    llguidance compute it lazily) and reused by :meth:`mask`, :meth:`complete` and :meth:`dead`.
+    """
+
+    def __init__(self, states: Sequence[ConstraintState | None]):
+        self.states = list(states)
+        for i, s in enumerate(self.states):
+            if s is not None and not isinstance(s, ConstraintState):
+                raise TypeError(f"states[{i}] must be a ConstraintState or None, got {type(s).__name__}")
+        self._allowed: list[np.ndarray | None] = [None] * len(self.states)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __repr__(self) -> str:
+        return f"RowConstraints({len(self)} rows, {sum(s is not None for s in self.states)} constrained)"
+
+    # ---- per-row facts ---------------------------------------------------------------------------
+    def _row(self, i: int) -> np.ndarray:
+        # numpy view of the state's CPU tensor: a 49k-element op through torch's thread pool costs
+        # more in waiting for threads than in work, on a busy machine
+        if self._allowed[i] is None:
+            self._allowed[i] = self.states[i].allowed().numpy()
+        return self._allowed[i]
+
+    @staticmethod
+    def _eos_only(state: ConstraintState, allowed: np.ndarray) -> bool:
+        eos = [e for e in state.constraint.eos_token_ids if e < allowed.size]
+        return int(np.count_nonzero(allowed)) == int(np.count_nonzero(allowed[eos]))
+
+    def constrained(self, device=None) -> torch.Tensor:
+        """Bool ``[B]``: which rows carry a constraint."""
+        return torch.tensor([s is not None for s in self.states], dtype=torch.bool, device=device)
+
+    def complete(self, device=None) -> torch.Tensor:
+        """Bool ``[B]``: rows that accept and allow nothing but EOS (finish reason ``"constraint"``).
+        A row that already consumed EOS counts as complete too; decoders ask only about running rows."""
+        out = [s is not None and s.accepting() and self._eos_only(s, self._row(i))
+               for i, s in enumerate(self.states)]
+        return torch.tensor(out, dtype=torch.bool, device=device)
+
+    def dead(self, device=None) -> torch.Tensor:
+        """Bool ``[B]``: rows where no token at all is allowed (finish reason ``"no_valid_token"``)."""
+        out = [s is not None and not self._row(i).any() for i, s in enumerate(self.states)]
+        return torch.tensor(out, dtype=torch.bool, device=device)
+
+    # ---- the three calls of a decode step --------------------------------------------------------
+    def allowed(self, width: int, device=None) -> torch.Tensor:
+        """Bool ``[B, width]``: the allowed ids of every row, ``width`` being the logits' last dimension.
+        Ids at or beyond a constraint's ``vocab_size`` are never allowed; unconstrained rows allow all."""
+        out = torch.from_numpy(self._allowed_array(width))
+        return out.to(device) if device is not None else out
+
+    def _allowed_array(self, width: int) -> np.ndarray:
+        out = np.zeros((len(self.states), width), dtype=np.bool_)
+        for i, s in enumerate(self.states):
+            if s is None:
+                out[i] = True
+            else:
+                row = self._row(i)
+                m = min(width, row.size)
+                out[i, :m] = row[:m]
+        return out
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """A copy of ``logits`` [B, V] with every disallowed id set to ``-inf``.
+
+        Dead rows keep their EOS ids finite (a placeholder, so no row is all ``-inf``); the decoder
+        finishes them with :data:`FINISH_NO_VALID_TOKEN`. Any float dtype and device.
+        """
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"logits must be a float tensor [B, V], got {shape}")
+        if logits.shape[0] != len(self.states):
+            raise ValueError(f"logits has {logits.shape[0]} rows but the constraints have {len(self.states)}; "
+                             "after reordering beams, call select(index) first")
+        width = logits.shape[1]
+        allowed = self._allowed_array(width)
+        for i, s in enumerate(self.states):
+            if s is not None and not allowed[i].any():
+                allowed[i, [e for e in s.constraint.eos_token_ids if e < width]] = True
+        banned = torch.from_numpy(~allowed).to(logits.device, non_blocking=True)
+        return logits.masked_fill(banned, float("-inf"))
+
+    def advance(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """Every row whose ``active`` flag is set consumes its token from ``tokens`` [B] (in place).
+
+        ``active`` (bool [B], default all) excludes finished rows, whose tokens are padding.
+        """
+        toks = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        if len(toks) != len(self.states):
+            raise ValueError(f"tokens must have one id per row ({len(self.states)}), got {len(toks)}")
+        act = [True] * len(toks) if active is None else (
+            active.tolist() if isinstance(active, torch.Tensor) else list(active))
+        if len(act) != len(toks):
+            raise ValueError(f"active must have one flag per row ({len(toks)}), got {len(act)}")
+        for i, (s, t, a) in enumerate(zip(self.states, toks, act)):
+            if s is not None and a:
+                s.advance(int(t))
+                self._allowed[i] = None
+
+    def select(self, index) -> "RowConstraints":
+        """New rows ``[index[0], index[1], ...]``, each an independent fork (beam search reorders and
+        duplicates its beams this way; the batch size may change). ``self`` is left unchanged."""
+        rows = _index_list(index, len(self.states))
+        out = RowConstraints([None if self.states[j] is None else self.states[j].fork() for j in rows])
+        out._allowed = [self._allowed[j] for j in rows]  # the same positions: the cached masks still hold
+        return out
+
+
+def as_row_constraints(constraint, batch_size: int) -> RowConstraints | None:
+    """Normalise a decoder's ``constraint=`` argument to a fresh :class:`RowConstraints` (or None).
+
+    Accepts ``None``; one :class:`Constraint` (every row gets its own state); a sequence of
+    ``batch_size`` constraints or ``None`` (a ragged batch, one per row); or a :class:`RowConstraints`
+    with ``batch_size`` rows (forked, so the caller's object is not advanced).
+    """
+    if constraint is None:
+        return None
+    if isinstance(constraint, RowConstraints):
+        if len(constraint) != batch_size:
+            raise ValueError(f"constraint has {len(constraint)} rows, the batch has {batch_size}")
+        return constraint.select(range(batch_size))
+    if isinstance(constraint, Constraint):
+        return RowConstraints([constraint.start() for _ in range(batch_size)])
+    if isinstance(constraint, (list, tuple)):
+        if len(constraint) != batch_size:
+            raise ValueError(f"constraint must have one entry per row ({batch_size}), got {len(constraint)}")
+        for i, c in enumerate(constraint):
+            if c is not None and not isinstance(c, Constraint):
+                raise TypeError(f"constraint[{i}] must be a Constraint or None, got {type(c).__name__}")
+        return RowConstraints([None if c is None else c.start() for c in constraint])
+    raise TypeError("constraint must be a Constraint (make_constraint(...)), a list of them (one per row), "
+                    f"a RowConstraints or None, got {type(constraint).__name__}")

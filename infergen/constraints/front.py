@@ -1,0 +1,140 @@
+"""``make_constraint``: one front door from a pattern to a compiled :class:`~.base.Constraint`.
+
+It checks the arguments (exactly one of ``regex``, ``json_schema``, ``grammar``, ``choices``), turns a
+pydantic model into its JSON schema and a choice list into a regex, and hands the pattern to a
+backend. A pattern the backend rejects comes back as a ``ValueError`` that names the parameter and
+quotes the backend's own message.
+
+The per-tokenizer work of a backend (reading 49k token strings, building llguidance's token trie:
+about a second) is done once per tokenizer object and kept while that tokenizer lives
+(:func:`get_compiler`); compiling a pattern is then milliseconds for llguidance.
+"""
+from __future__ import annotations
+
+import json
+import weakref
+
+from .base import Constraint
+from .vocabulary import TokenVocabulary
+
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "escape_literal", "get_compiler", "make_constraint"]
+
+DEFAULT_BACKEND = "llguidance"
+BACKENDS = ("llguidance", "outlines", "teaching")
+KINDS = ("regex", "json_schema", "grammar", "choices")
+_REGEX_META = set("\\.^$|?*+()[]{}")
+
+# tokenizer -> {(backend, eos ids): compiler}; a pure cache (results are the same without it), whose
+# entries go away with their tokenizer
+_compilers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def escape_literal(text: str) -> str:
+    """``text`` as a regex that matches exactly it (the same in Python, Rust and the teaching subset)."""
+    return "".join("\\" + c if c in _REGEX_META else c for c in text)
+
+
+def _eos_key(eos_token_id):
+    if eos_token_id is None:
+        return None
+    return tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple, set)) else (eos_token_id,)
+
+
+def _new_compiler(tokenizer, backend: str, eos_token_id):
+    vocab = TokenVocabulary.from_tokenizer(tokenizer, eos_token_id)
+    if backend == "llguidance":
+        from .llguidance_backend import LLGuidanceCompiler
+        return LLGuidanceCompiler(tokenizer, vocab)
+    if backend == "outlines":
+        from .outlines_backend import OutlinesCompiler
+        return OutlinesCompiler(vocab)
+    from .teaching import TeachingCompiler
+    return TeachingCompiler(vocab)
+
+
+def get_compiler(tokenizer, backend: str = DEFAULT_BACKEND, eos_token_id=None):
+    """The backend's compiler for ``tokenizer`` (built on first use, then reused)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    key = (backend, _eos_key(eos_token_id))
+    try:
+        per_tokenizer = _compilers.setdefault(tokenizer, {})
+    except TypeError:  # an object that cannot be weakly referenced: no caching
+        return _new_compiler(tokenizer, backend, eos_token_id)
+    if key not in per_tokenizer:
+        per_tokenizer[key] = _new_compiler(tokenizer, backend, eos_token_id)
+    return per_tokenizer[key]
+
+
+def _schema_dict(json_schema):
+    """A JSON-schema dict from a dict, a JSON string or a pydantic model class."""
+    if isinstance(json_schema, type) and hasattr(json_schema, "model_json_schema"):
+        return json_schema.model_json_schema()
+    if isinstance(json_schema, str):
+        try:
+            json_schema = json.loads(json_schema)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"json_schema is a string but not valid JSON: {e}") from None
+    if not isinstance(json_schema, dict):
+        raise TypeError("json_schema must be a dict, a JSON string or a pydantic model class, got "
+                        f"{type(json_schema).__name__}")
+    try:
+        json.dumps(json_schema)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"json_schema must be JSON-serialisable: {e}") from None
+    return json_schema
+
+
+def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, grammar: str | None = None,
+                    choices=None, backend: str = DEFAULT_BACKEND, eos_token_id=None) -> Constraint:
+    """Compile one pattern for ``tokenizer`` into a :class:`~infergen.constraints.base.Constraint`.
+
+    Give exactly one of:
+
+    * ``regex``: the whole output must match it (Python's ``re.fullmatch``; llguidance and outlines use
+      Rust regex syntax, where ``\\d`` also matches non-ASCII digits -- write ``[0-9]`` for ASCII);
+    * ``json_schema``: a dict, a JSON string or a pydantic model class; the output is JSON valid under
+      it (llguidance writes it in ``json.dumps``'s layout, ``{"a": 1, "b": 2}``);
+    * ``grammar``: a Lark-style context-free grammar (llguidance only), e.g.
+      ``start: expr\\nexpr: NUMBER | expr "+" expr\\n%import common.NUMBER``;
+    * ``choices``: a list of strings; the output is exactly one of them.
+
+    ``backend``: ``"llguidance"`` (default; all four kinds), ``"outlines"`` (regex, json_schema,
+    choices) or ``"teaching"`` (regex and choices, the from-scratch automaton of
+    :mod:`infergen.constraints.teaching`). ``eos_token_id`` (int or list) defaults to the tokenizer's.
+    """
+    given = {k: v for k, v in (("regex", regex), ("json_schema", json_schema), ("grammar", grammar),
+                               ("choices", choices)) if v is not None}
+    if not given:
+        raise ValueError("make_constraint needs one of regex=, json_schema=, grammar= or choices=")
+    if len(given) > 1:
+        raise ValueError(f"give only one of regex, json_schema, grammar, choices; got {' and '.join(given)} "
+                         "(a JSON schema already fixes the text: a regex cannot be added to it)")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    (kind, source), = given.items()
+    pattern = None
+    if kind in ("regex", "grammar"):
+        if not isinstance(source, str):
+            raise TypeError(f"{kind} must be a str, got {type(source).__name__}")
+        pattern = source if kind == "regex" else None
+    elif kind == "json_schema":
+        source = _schema_dict(source)
+    else:
+        if isinstance(source, str) or not all(isinstance(c, str) for c in source):
+            raise TypeError(f"choices must be a list of strings, got {source!r}")
+        source = list(source)
+        if not source:
+            raise ValueError("choices must hold at least one string, got []")
+        pattern = "|".join(f"(?:{escape_literal(c)})" for c in source)
+    compiler = get_compiler(tokenizer, backend, eos_token_id)
+    if kind not in compiler.kinds:
+        raise ValueError(f"{kind}: backend {backend!r} supports {', '.join(compiler.kinds)}; use "
+                         f"backend='llguidance' for {kind}")
+    try:
+        return compiler.compile(kind, source, pattern)
+    except ValueError as e:
+        shown = json.dumps(source) if kind == "json_schema" else repr(source)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        raise ValueError(f"invalid {kind} {shown} ({backend}: {e})") from None

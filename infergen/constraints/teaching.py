@@ -1,0 +1,491 @@
+"""Constrained decoding from scratch: a regular expression becomes a table of allowed tokens.
+
+Four steps, one function each, then a per-row state that walks the result:
+
+1. :func:`parse` -- the pattern becomes a tree (a small recursive-descent parser).
+2. :func:`build_nfa` -- Thompson's construction: every piece of the tree becomes a little automaton with
+   one entry and one exit, glued to its neighbours by ε-moves (moves that read nothing).
+3. :func:`determinize` -- the subset construction: one DFA state is the *set* of NFA states the input
+   could have led to, so the DFA has exactly one next state per byte.
+4. :func:`token_masks` -- for every DFA state and every token of the vocabulary, walk the token's bytes
+   through the DFA. The token is allowed when the walk does not fall into the dead state. A token
+   may cross several states (``"2024"`` is one token but four digits of ``\\d{4}``): the walk handles
+   that, which is exactly what a character-level mask would get wrong.
+
+The table from step 4 is computed once per (pattern, tokenizer); a decoding step is then one row
+lookup (:class:`TeachingState.allowed`), and consuming a token walks its few bytes.
+
+**Bytes, not characters.** Byte-level BPE tokenizers (SmolLM2, GPT-2, Llama 3) have tokens that are
+half of a UTF-8 character, so the automaton reads bytes: a literal ``é`` is the two bytes C3 A9, and
+``.`` is "one whole UTF-8 character except a newline" (a small sub-automaton). For ASCII text a byte is
+a character and nothing changes.
+
+**The subset** (the meaning is Python's ``re.fullmatch`` with ``re.ASCII``):
+literal characters; ``.``; classes ``[a-z0-9_]``, ``[^"]`` (members are ASCII characters, ranges or the
+escapes below); the escapes ``\\d \\w \\s`` (ASCII digits, word characters, whitespace), ``\\D \\W \\S``,
+``\\n \\t \\r \\f \\v`` and a backslash before punctuation for the punctuation itself; alternation ``|``;
+groups ``(...)`` and ``(?:...)``; the quantifiers ``?  *  +  {m}  {m,}  {,n}  {m,n}``. Not included:
+anchors (the whole output always has to match), backreferences, lookaround, lazy or possessive
+quantifiers, non-ASCII members in classes. Anything outside the subset raises ``ValueError``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .vocabulary import TokenVocabulary
+
+__all__ = ["DFA", "TeachingCompiler", "TeachingConstraint", "TeachingState", "build_nfa", "determinize",
+           "parse", "regex_to_dfa", "token_masks"]
+
+DEAD = 0  # the DFA state with no way back to a match (every DFA below has it as state 0)
+MAX_REPEAT = 1000
+MAX_DFA_STATES = 20_000
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Parsing. The tree has four kinds of node:
+#    ("chars", ascii, multibyte)  one character: a byte in the frozenset ``ascii``, or (if ``multibyte``)
+#                                 any non-ASCII character
+#    ("bytes", b"...")            one non-ASCII literal character, as its UTF-8 bytes
+#    ("cat", [nodes])             the nodes one after the other ("" when empty)
+#    ("alt", [nodes])             one of the nodes
+#    ("rep", node, lo, hi)        node repeated lo..hi times (hi None: no upper bound)
+# ---------------------------------------------------------------------------------------------------
+ASCII = frozenset(range(128))
+DIGIT = frozenset(b"0123456789")
+WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+SPACE = frozenset(b" \t\n\r\f\v")
+CLASS_ESCAPES = {"d": (DIGIT, False), "w": (WORD, False), "s": (SPACE, False),
+                 "D": (ASCII - DIGIT, True), "W": (ASCII - WORD, True), "S": (ASCII - SPACE, True)}
+CHAR_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v"}
+QUANTIFIERS = "*+?{"
+
+
+class _Parser:
+    def __init__(self, pattern: str):
+        self.pattern, self.pos = pattern, 0
+
+    def fail(self, message: str):
+        raise ValueError(f"{message} at position {self.pos} of {self.pattern!r}")
+
+    def peek(self, ahead: int = 0):
+        i = self.pos + ahead
+        return self.pattern[i] if i < len(self.pattern) else None
+
+    def take(self) -> str:
+        if self.pos >= len(self.pattern):
+            self.fail("unexpected end of pattern")
+        self.pos += 1
+        return self.pattern[self.pos - 1]
+
+    def parse(self):
+        node = self.alternation()
+        if self.pos < len(self.pattern):  # only a ')' can stop the alternation early
+            self.fail("unbalanced ')'")
+        return node
+
+    def alternation(self):
+        branches = [self.concatenation()]
+        while self.peek() == "|":
+            self.take()
+            branches.append(self.concatenation())
+        return branches[0] if len(branches) == 1 else ("alt", branches)
+
+    def concatenation(self):
+        items = []
+        while self.peek() not in (None, "|", ")"):
+            items.append(self.repetition())
+        return items[0] if len(items) == 1 else ("cat", items)
+
+    def repetition(self):
+        node = self.atom()
+        c = self.peek()
+        if c is None or c not in QUANTIFIERS:
+            return node
+        self.take()
+        lo, hi = {"*": (0, None), "+": (1, None), "?": (0, 1)}.get(c) or self.counted()
+        if self.peek() is not None and self.peek() in QUANTIFIERS:
+            self.fail("a quantifier right after a quantifier (lazy/possessive) is not in the subset; "
+                      "use a group, e.g. (a*)?")
+        return ("rep", node, lo, hi)
+
+    def counted(self):
+        """After '{': m}  m,}  ,n}  m,n}."""
+        def number():
+            start = self.pos
+            while self.peek() is not None and self.peek().isdigit() and self.peek().isascii():
+                self.take()
+            return int(self.pattern[start:self.pos]) if self.pos > start else None
+        lo = number()
+        hi = lo
+        if self.peek() == ",":
+            self.take()
+            hi = number()
+        if self.peek() != "}" or (lo is None and hi is None):
+            self.fail("'{' must start a repetition {m}, {m,}, {,n} or {m,n} (write \\{ for a brace)")
+        self.take()
+        lo = lo or 0
+        if hi is not None and hi < lo:
+            self.fail(f"repetition {{{lo},{hi}}} has its maximum below its minimum")
+        if max(lo, hi or 0) > MAX_REPEAT:
+            self.fail(f"repetition counts above {MAX_REPEAT} are not in the subset")
+        return lo, hi
+
+    def atom(self):
+        c = self.take()
+        if c == "(":
+            if self.peek() == "?":
+                if self.peek(1) != ":":
+                    self.fail("only the non-capturing group (?:...) is in the subset")
+                self.take(), self.take()
+            node = self.alternation()
+            if self.peek() != ")":
+                self.fail("missing ')'")
+            self.take()
+            return node
+        if c == "[":
+            return self.char_class()
+        if c == ".":
+            return ("chars", ASCII - {ord("\n")}, True)
+        if c == "\\":
+            return self.escape()
+        if c in "*+?{":
+            self.pos -= 1
+            self.fail(f"nothing to repeat before {c!r}")
+        if c in "^$":
+            self.pos -= 1
+            self.fail(f"anchors ({c!r}) are not in the subset: the whole output always has to match")
+        return self.literal(c)
+
+    @staticmethod
+    def literal(c: str):
+        return ("chars", frozenset([ord(c)]), False) if c.isascii() else ("bytes", c.encode("utf-8"))
+
+    def escape(self):
+        c = self.take()
+        if c in CLASS_ESCAPES:
+            ascii_set, multibyte = CLASS_ESCAPES[c]
+            return ("chars", ascii_set, multibyte)
+        if c in CHAR_ESCAPES:
+            return self.literal(CHAR_ESCAPES[c])
+        if c.isascii() and not c.isalnum():
+            return self.literal(c)
+        self.pos -= 1
+        self.fail(f"the escape \\{c} is not in the subset")
+
+    def class_member(self):
+        """One character of a class (returns ``("chars", ...)`` or the single character as a str)."""
+        c = self.take()
+        if c == "\\":
+            node = self.escape()
+            if node[0] == "chars" and len(node[1]) == 1 and not node[2]:
+                return chr(next(iter(node[1])))
+            return node
+        return c
+
+    def char_class(self):
+        negated = self.peek() == "^"
+        if negated:
+            self.take()
+        members, multibyte, first = set(), False, True
+        while True:
+            if self.peek() is None:
+                self.fail("missing ']'")
+            if self.peek() == "]" and not first:
+                self.take()
+                break
+            first = False
+            m = self.class_member()
+            if not isinstance(m, str):  # \d, \w, ... inside the class
+                members |= m[1]
+                multibyte |= m[2]
+                continue
+            if self.peek() == "-" and self.peek(1) not in (None, "]"):
+                self.take()
+                hi = self.class_member()
+                if not isinstance(hi, str) or ord(hi) < ord(m):
+                    self.fail(f"bad range {m!r}-{hi if isinstance(hi, str) else '...'!r} in a class")
+                span = range(ord(m), ord(hi) + 1)
+            else:
+                span = [ord(m)]
+            if max(span) > 127:
+                self.fail("classes hold ASCII characters only in the subset")
+            members |= set(span)
+        if negated:
+            return ("chars", ASCII - members, not multibyte)
+        return ("chars", frozenset(members), multibyte)
+
+
+def parse(pattern: str):
+    """The syntax tree of ``pattern`` (see the node kinds above); ``ValueError`` outside the subset."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+    return _Parser(pattern).parse()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Thompson's construction: an NFA over bytes with ε-moves.
+# ---------------------------------------------------------------------------------------------------
+CONTINUATION = frozenset(range(0x80, 0xC0))
+# lead byte ranges of 2-, 3- and 4-byte UTF-8 characters, with their number of continuation bytes
+MULTIBYTE = ((frozenset(range(0xC2, 0xE0)), 1), (frozenset(range(0xE0, 0xF0)), 2), (frozenset(range(0xF0, 0xF5)), 3))
+
+
+class NFA:
+    """``moves[q]``: list of (set of bytes, next state); ``eps[q]``: states reachable reading nothing."""
+
+    def __init__(self):
+        self.moves: list[list[tuple[frozenset, int]]] = []
+        self.eps: list[list[int]] = []
+        self.start = self.end = None
+
+    def new_state(self) -> int:
+        self.moves.append([])
+        self.eps.append([])
+        return len(self.moves) - 1
+
+    def fragment(self, node) -> tuple[int, int]:
+        """Add the automaton of ``node``; return its (entry, exit) states."""
+        kind = node[0]
+        if kind == "chars":
+            s, e = self.new_state(), self.new_state()
+            if node[1]:
+                self.moves[s].append((node[1], e))
+            if node[2]:  # any non-ASCII character: a lead byte, then 1-3 continuation bytes
+                for lead, n_cont in MULTIBYTE:
+                    q = self.new_state()
+                    self.moves[s].append((lead, q))
+                    for _ in range(n_cont - 1):
+                        r = self.new_state()
+                        self.moves[q].append((CONTINUATION, r))
+                        q = r
+                    self.moves[q].append((CONTINUATION, e))
+            return s, e
+        if kind == "bytes":
+            s = q = self.new_state()
+            for b in node[1]:
+                r = self.new_state()
+                self.moves[q].append((frozenset([b]), r))
+                q = r
+            return s, q
+        if kind == "cat":
+            s = e = self.new_state()
+            for child in node[1]:
+                cs, ce = self.fragment(child)
+                self.eps[e].append(cs)
+                e = ce
+            return s, e
+        if kind == "alt":
+            s, e = self.new_state(), self.new_state()
+            for child in node[1]:
+                cs, ce = self.fragment(child)
+                self.eps[s].append(cs)
+                self.eps[ce].append(e)
+            return s, e
+        if kind == "rep":
+            _, child, lo, hi = node
+            s = e = self.new_state()
+            for _ in range(lo):  # the mandatory copies, one after the other
+                cs, ce = self.fragment(child)
+                self.eps[e].append(cs)
+                e = ce
+            if hi is None:  # then a loop: any number of further copies
+                loop = self.new_state()
+                self.eps[e].append(loop)
+                cs, ce = self.fragment(child)
+                self.eps[loop].append(cs)
+                self.eps[ce].append(loop)
+                return s, loop
+            for _ in range(hi - lo):  # or up to hi - lo optional copies
+                cs, ce = self.fragment(child)
+                out = self.new_state()
+                self.eps[e] += [cs, out]
+                self.eps[ce].append(out)
+                e = out
+            return s, e
+        raise AssertionError(f"unknown node {kind!r}")
+
+
+def build_nfa(tree) -> NFA:
+    nfa = NFA()
+    nfa.start, nfa.end = nfa.fragment(tree)
+    return nfa
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. The subset construction: NFA -> DFA (state 0 is the dead state, the empty set of NFA states).
+#    Every Thompson state can reach the exit, so every non-empty set can still lead to a match.
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class DFA:
+    """``table[q][b]``: the state after reading byte ``b`` in state ``q``; ``accepting[q]``: a match."""
+    table: list
+    accepting: list
+    start: int = 1
+
+    @property
+    def num_states(self) -> int:
+        return len(self.table)
+
+    def walk(self, state: int, data: bytes) -> int:
+        for b in data:
+            state = self.table[state][b]
+        return state
+
+    def fullmatch(self, text) -> bool:
+        """Does the whole of ``text`` (str, encoded as UTF-8, or bytes) match?"""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        return self.accepting[self.walk(self.start, data)]
+
+
+def determinize(nfa: NFA) -> DFA:
+    def closure(states) -> frozenset:
+        seen, stack = set(states), list(states)
+        while stack:
+            for r in nfa.eps[stack.pop()]:
+                if r not in seen:
+                    seen.add(r)
+                    stack.append(r)
+        return frozenset(seen)
+
+    sets = [frozenset(), closure([nfa.start])]
+    number = {s: i for i, s in enumerate(sets)}
+    table = []
+    for current in sets:  # ``sets`` grows while we walk it: a breadth-first search over subsets
+        row, targets = [DEAD] * 256, {}
+        for q in current:
+            for byteset, r in nfa.moves[q]:
+                for b in byteset:
+                    targets.setdefault(b, set()).add(r)
+        seen = {}
+        for b, rs in targets.items():
+            key = frozenset(rs)
+            if key not in seen:
+                seen[key] = closure(key)
+            nxt = seen[key]
+            if nxt not in number:
+                if len(sets) >= MAX_DFA_STATES:
+                    raise ValueError(f"the pattern needs more than {MAX_DFA_STATES} DFA states")
+                number[nxt] = len(sets)
+                sets.append(nxt)
+            row[b] = number[nxt]
+        table.append(row)
+    return DFA(table=table, accepting=[nfa.end in s for s in sets])
+
+
+def regex_to_dfa(pattern: str) -> DFA:
+    """Steps 1-3: the DFA (over UTF-8 bytes) that accepts exactly the strings ``pattern`` fullmatches."""
+    return determinize(build_nfa(parse(pattern)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Token masks: walk every token's bytes from every state at once (array ops over the vocabulary).
+#    Two observations make it cheap. Bytes the DFA never tells apart (all letters, in [a-z]+) form one
+#    *byte class*, so one column per class is enough. And tokens that are the same sequence of classes
+#    ("cat", "dog" in [a-z]+) walk the same way, so each distinct sequence is walked only once.
+# ---------------------------------------------------------------------------------------------------
+def token_masks(dfa: DFA, vocab: TokenVocabulary) -> torch.Tensor:
+    """Bool ``[num_states, vocab_size]``: may token ``t`` follow in state ``q``? (EOS: iff ``q`` accepts.)"""
+    table = np.array(dfa.table, dtype=np.int32)  # [S, 256]
+    S = table.shape[0]
+    by_class, byte_class = np.unique(table, axis=1, return_inverse=True)  # [S, C] and byte -> class
+    C = by_class.shape[1]
+    step = np.concatenate([by_class, np.arange(S, dtype=np.int32)[:, None]], axis=1)  # class C: stay put
+    to_class = bytes(byte_class.reshape(-1).astype(np.uint8))  # a bytes.translate table
+    sequence_of: dict[bytes, int] = {}  # class sequence -> its number
+    which = np.zeros(vocab.size, dtype=np.int64)  # token id -> number of its class sequence
+    has_bytes = np.zeros(vocab.size, dtype=np.bool_)
+    for i, data in enumerate(vocab.token_bytes):
+        if data:
+            has_bytes[i] = True
+            which[i] = sequence_of.setdefault(data.translate(to_class), len(sequence_of))
+    sequences = sorted(sequence_of, key=len, reverse=True)  # longest first: step p touches a prefix
+    rank = {seq: r for r, seq in enumerate(sequences)}
+    which = np.array([rank[seq] for seq in sequence_of], dtype=np.int64)[which]
+    width = len(sequences[0]) if sequences else 0
+    padded = np.frombuffer(b"".join(seq.ljust(width, bytes([C])) for seq in sequences),
+                           dtype=np.uint8).reshape(len(sequences), width)
+    lengths = np.array([len(seq) for seq in sequences])
+    ends = np.repeat(np.arange(S, dtype=np.int32)[:, None], len(sequences), axis=1)  # [S, sequences]
+    for p in range(width):
+        k = int((lengths > p).sum())  # the sequences that still have a byte at position p
+        ends[:, :k] = step[ends[:, :k], padded[:k, p]]
+    allowed = (ends != DEAD)[:, which] & has_bytes  # back from sequences to token ids
+    allowed[:, list(vocab.eos_token_ids)] = np.array(dfa.accepting)[:, None]
+    return torch.from_numpy(allowed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The constraint interface (infergen.constraints.base) on top of the table.
+# ---------------------------------------------------------------------------------------------------
+class TeachingConstraint:
+    """A regex compiled into a DFA and its per-state token masks ``masks`` [num_states, vocab_size]."""
+
+    backend = "teaching"
+
+    def __init__(self, kind: str, source, pattern: str, dfa: DFA, masks: torch.Tensor, vocab: TokenVocabulary):
+        self.kind, self.source, self.pattern = kind, source, pattern
+        self.dfa, self.masks, self.vocab = dfa, masks, vocab
+        self.vocab_size = vocab.size
+        self.eos_token_ids = vocab.eos_token_ids
+        self.eos_mask = torch.zeros(vocab.size, dtype=torch.bool)
+        self.eos_mask[list(vocab.eos_token_ids)] = True
+        self.nothing = torch.zeros(vocab.size, dtype=torch.bool)
+
+    def __repr__(self) -> str:
+        return f"TeachingConstraint({self.kind}={self.source!r}, {self.dfa.num_states} DFA states)"
+
+    def start(self) -> "TeachingState":
+        return TeachingState(self, self.dfa.start)
+
+
+class TeachingState:
+    """A DFA state number (``DEAD`` = 0 once a wrong token came) and whether EOS was consumed."""
+
+    def __init__(self, constraint: TeachingConstraint, state: int, ended: bool = False):
+        self.constraint, self.state, self.ended = constraint, state, ended
+
+    def __repr__(self) -> str:
+        return f"TeachingState(state={self.state}, ended={self.ended})"
+
+    def allowed(self) -> torch.Tensor:
+        if self.ended:
+            return self.constraint.eos_mask
+        return self.constraint.masks[self.state]
+
+    def accepting(self) -> bool:
+        return self.ended or self.constraint.dfa.accepting[self.state]
+
+    def advance(self, token_id: int) -> None:
+        c = self.constraint
+        if token_id in c.eos_token_ids:
+            if not self.accepting():
+                self.state = DEAD
+            else:
+                self.ended = True
+            return
+        if self.ended:  # text after the end: a wrong token
+            self.ended, self.state = False, DEAD
+            return
+        data = c.vocab.token_bytes[token_id] if 0 <= token_id < c.vocab_size else None
+        self.state = DEAD if data is None else c.dfa.walk(self.state, data)
+
+    def fork(self) -> "TeachingState":
+        return TeachingState(self.constraint, self.state, self.ended)
+
+
+class TeachingCompiler:
+    """Compiles regexes (and choice lists) for one tokenizer."""
+
+    backend = "teaching"
+    kinds = ("regex", "choices")
+
+    def __init__(self, vocab: TokenVocabulary):
+        self.vocab = vocab
+
+    def compile(self, kind: str, source, pattern: str) -> TeachingConstraint:
+        """``pattern`` is the regex (for ``choices``, the escaped alternation the front door built)."""
+        dfa = regex_to_dfa(pattern)
+        return TeachingConstraint(kind, source, pattern, dfa, token_masks(dfa, self.vocab), self.vocab)

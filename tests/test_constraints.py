@@ -84,7 +84,7 @@ regexes = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)  # database=None: no .hypothesis/ folder
 @given(pattern=regexes, data=st.data())
 def test_teaching_dfa_agrees_with_python_re(pattern, data):
     dfa = regex_to_dfa(pattern)
@@ -341,7 +341,7 @@ def test_constraint_argument_normalisation(tok):
 # ------------------------------------------------------------------------------------------------------
 # End to end: a tiny greedy loop on the bundled model, masking with the interface
 # ------------------------------------------------------------------------------------------------------
-def constrained_greedy(model, tokenizer, prompts, constraints, max_new_tokens=40):
+def constrained_greedy(model, tokenizer, prompts, constraints, max_new_tokens=32):
     """Greedy decoding with RowConstraints, written the way a decode step calls it. Returns texts and
     finish reasons."""
     chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,

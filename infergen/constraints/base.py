@@ -152,6 +152,13 @@ class RowConstraints:
         out = [s is not None and not self._row(i).any() for i, s in enumerate(self.states)]
         return torch.tensor(out, dtype=torch.bool, device=device)
 
+    def precompute(self) -> None:
+        """Compute every row's mask now and keep it for this position. On a GPU, call it right after
+        launching the next forward pass: the CPU work then overlaps the GPU's (as serving engines do)."""
+        for i, s in enumerate(self.states):
+            if s is not None:
+                self._row(i)
+
     # ---- the three calls of a decode step --------------------------------------------------------
     def allowed(self, width: int, device=None) -> torch.Tensor:
         """Bool ``[B, width]``: the allowed ids of every row, ``width`` being the logits' last dimension.
@@ -174,7 +181,9 @@ class RowConstraints:
         """A copy of ``logits`` [B, V] with every disallowed id set to ``-inf``.
 
         Dead rows keep their EOS ids finite (a placeholder, so no row is all ``-inf``); the decoder
-        finishes them with :data:`FINISH_NO_VALID_TOKEN`. Any float dtype and device.
+        finishes them with :data:`FINISH_NO_VALID_TOKEN`. Any float dtype and device. Call it on the raw
+        logits, before every other processor: penalties and temperature keep ``-inf`` at ``-inf``, and
+        the truncation rules (top-k, top-p, ...) then choose among allowed tokens only.
         """
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__

@@ -4,6 +4,12 @@ llguidance (the engine behind guidance, also used by vLLM, SGLang and llama.cpp)
 Earley parser over a lexer and computes each mask *lazily*, when it is asked for, walking a trie of
 the vocabulary -- so compiling a pattern takes milliseconds, whatever its size, and a mask costs
 tens of microseconds to a few milliseconds. A matcher holds one row's position; ``deep_copy`` forks it.
+
+One difference from the teaching automaton, on purpose: *forcing*. Where the pattern allows only one
+text next (the key ``"name"`` of a schema), llguidance allows only that text's canonical tokens (the
+ones the tokenizer itself would produce), not every split of it (``n`` + ``ame``): a model never saw the
+odd splits in training. Its masks are therefore a subset of the teaching masks; with
+``compile(..., forcing=False)`` they are equal (tests/test_constraints.py checks both).
 """
 from __future__ import annotations
 

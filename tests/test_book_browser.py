@@ -526,6 +526,12 @@ def test_page_renders_offline(server, page, docname):
         assert "Error displaying widget" not in page.locator("main").inner_text(), "a widget failed to render"
     page.wait_for_load_state("networkidle")
 
+    # alt text of every image as the reader's browser has it, those the widget manager drew included
+    rendered = page.evaluate("() => Array.from(document.querySelectorAll('main img'))"
+                             ".map(img => ({alt: img.getAttribute('alt'), src: img.getAttribute('src')}))")
+    undescribed = [f"{(img['src'] or '')[:80]}: {why}" for img in rendered if (why := bad_alt_text(img))]
+    assert not undescribed, "images without a description:\n" + "\n".join(undescribed)
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{docname.replace('/', '__')}.png"), full_page=True)
 

@@ -4,7 +4,9 @@
    (package.json, installed by ``npm ci`` into node_modules/), not from a CDN. This extension copies
    them to ``_static/npm/`` of the HTML output; ``mathjax_path`` and ``nb_ipywidgets_js`` in
    _config.yml point there.
-2. Fresh outputs. myst-nb's cache mode takes a notebook's outputs from the jupyter-cache when the
+2. Fresh static files. The book's own style sheet and scripts (``html_static_path``) are copied again
+   after every build when they changed, also when no page needed rewriting.
+3. Fresh outputs. myst-nb's cache mode takes a notebook's outputs from the jupyter-cache when the
    notebook's code is unchanged, but Sphinx re-reads a page only when its source file changed. When the
    cached execution is newer than the page (``make test`` re-executes every notebook with nbval and
    stores the result, see notebooks/conftest.py), the page is re-read so that it shows those outputs.
@@ -66,6 +68,25 @@ def copy_assets(app: Sphinx, exception: Exception | None) -> None:
                         shutil.copy2(path, target)
 
 
+def copy_static(app: Sphinx, exception: Exception | None) -> None:
+    """Copy the book's own static files (``html_static_path``) that changed since the last build.
+
+    Sphinx copies them only when it writes at least one page, so an edit of the style sheet alone
+    would otherwise never reach ``_build/html``. Files are compared by content."""
+    if exception is not None or app.builder is None or app.builder.format != "html":
+        return
+    static = Path(app.outdir) / "_static"
+    for entry in app.config.html_static_path:
+        root = Path(app.confdir) / entry
+        for path in root.rglob("*") if root.is_dir() else [root]:
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            target = static / (path.relative_to(root) if root.is_dir() else path.name)
+            if not target.exists() or target.read_bytes() != path.read_bytes():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+
+
 def outdated_notebooks(app: Sphinx, env, added, changed, removed) -> list[str]:
     """Docnames of notebooks whose cached execution is newer than the page Sphinx read last time."""
     config = env.mystnb_config  # myst-nb's settings, with the cache path it resolved
@@ -98,4 +119,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("config-inited", check_assets)
     app.connect("env-get-outdated", outdated_notebooks)
     app.connect("build-finished", copy_assets)
+    app.connect("build-finished", copy_static)
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -28,4 +28,23 @@
     if (ready) ready(); else window.MathJax.startup.defaultReady();
     window.MathJax.Hub = hub;
   };
+
+  // 3. An image that a widget draws (the figure of an interactive control, as the notebook saved it)
+  //    arrives without alt text: a notebook cannot attach one to it. Describe it by the controls it
+  //    belongs to, so that a screen reader says what it is.
+  const describe = (img) => {
+    const box = img.closest(".widget-interact") || img.closest(".jupyter-widgets");
+    const labels = box
+      ? Array.from(box.querySelectorAll(".widget-label"))
+          .map((label) => label.textContent.trim())
+          .filter(Boolean)
+      : [];
+    const controls = labels.length ? ` (${labels.join(", ")})` : "";
+    return `Figure drawn by the interactive controls${controls} at their initial setting`;
+  };
+  new MutationObserver(() => {
+    for (const img of document.querySelectorAll(".cell_output .jupyter-widgets img")) {
+      if (!(img.getAttribute("alt") || "").trim()) img.alt = describe(img);
+    }
+  }).observe(document.documentElement, { childList: true, subtree: true });
 })();

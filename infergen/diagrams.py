@@ -14,9 +14,10 @@ The numbers a diagram shows are computed, not typed: the beams the beam step kee
 the scores it is given, the contrastive winner is the argmax of the score formula, the block tables
 come from running a block allocator. Change an argument and the picture follows.
 
-The figures are created with :class:`~matplotlib.figure.Figure` directly, not with ``pyplot``, so a
-notebook cell that ends with ``diagrams.beam_step()`` shows the figure exactly once. They are
-6.8 inches wide, which at matplotlib's 100 dpi fits the book's text column without being scaled down.
+The figures are created with :class:`~matplotlib.figure.Figure` directly, not with ``pyplot``, so
+they hold no global state; a notebook cell shows one with ``diagrams.show(diagrams.beam_step())``.
+They are 6.8 inches wide, which at matplotlib's 100 dpi fits the book's text column without being
+scaled down.
 :func:`overlapping_texts` finds labels that collide; the tests run it on every diagram.
 """
 from __future__ import annotations
@@ -158,6 +159,23 @@ def overlapping_texts(fig) -> list[tuple[str, str]]:
                     and min(box.y1, other_box.y1) - max(box.y0, other_box.y0) > 1):
                 problems.append((text, other))
     return problems
+
+
+def show(fig) -> None:
+    """Display a diagram in a notebook cell: one PNG at the figure's own size (100 dpi).
+
+    The diagrams are not pyplot figures, so ``plt.show()`` does not draw them, and a bare ``fig`` at the
+    end of a cell shows only its text until pyplot has drawn something in the session. Use
+    ``diagrams.show(diagrams.beam_step())``; the image's alt text comes from the cell's metadata,
+    ``{"mystnb": {"image": {"alt": "..."}}}``, as for every figure of the book.
+    """
+    import io
+
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    display(Image(data=buffer.getvalue(), format="png"))
 
 
 def figure_texts(fig) -> list[str]:

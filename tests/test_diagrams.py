@@ -147,3 +147,17 @@ def test_paged_attention_caption_counts_the_waste():
 def test_bad_arguments_are_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_show_displays_one_png_at_the_figure_size(monkeypatch):
+    import struct
+
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    diagrams.show(diagrams.prefill_decode())
+    (image,) = shown
+    assert image.format == "png" and image.data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", image.data[16:24])  # the PNG header's IHDR chunk
+    assert width == round(diagrams.WIDTH * 100)

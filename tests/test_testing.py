@@ -1,4 +1,5 @@
-"""Tests for infergen.testing (the conformance checks) and for the examples of book/extending.md.
+"""Tests for infergen.course.checks (the conformance checks, also importable as infergen.testing) and for
+the examples of book/extending.md.
 
 A conformance check is only worth something if it passes on correct code and fails on the bug it is
 named after: every check below is run on the library's own processors/decoders (must pass) and on a
@@ -12,9 +13,9 @@ import pytest
 import torch
 
 import infergen as ig
-from infergen.testing import (CheckFailed, CountingModel, ScheduledEOS, check_decoder, check_processor,
-                              check_value_fn, decoder_check_names, left_pad, processor_check_names, run_checks,
-                              tiny_model)
+from infergen.course.checks import (CheckFailed, CountingModel, ScheduledEOS, check_decoder, check_names,
+                                   check_processor, check_value_fn, decoder_check_names, left_pad,
+                                   processor_check_names, run_checks, tiny_model, value_check_names)
 
 ROOT = Path(__file__).resolve().parents[1]
 NEG_INF = float("-inf")
@@ -110,6 +111,8 @@ def test_not_implemented_is_reported_as_todo():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="kind"):
         run_checks(ig.apply_top_k, "sampler")
+    with pytest.raises(ValueError, match="kind"):
+        check_names("sampler")
     with pytest.raises(ValueError, match="unknown check names"):
         run_checks(ig.apply_top_k, "processor", only=["nope"], top_k=3)
     with pytest.raises(TypeError, match="callable"):
@@ -140,6 +143,11 @@ def _drops_prompt(model, ids, n, return_dict=False, **kw):
     return ig.greedy_search(model, ids, n, **kw)[:, ids.shape[1]:]
 
 
+def _rewrites_padding(model, ids, n, attention_mask=None, pad_token_id=None, **kw):
+    ids.masked_fill_(~attention_mask.bool(), pad_token_id)       # "normalises" the caller's padding in place
+    return ig.greedy_search(model, ids, n, attention_mask=attention_mask, pad_token_id=pad_token_id, **kw)
+
+
 def _ignores_mask(model, ids, n, attention_mask=None, **kw):
     return ig.greedy_search(model, ids, n, **kw)
 
@@ -158,6 +166,7 @@ def _fake_logprobs(model, ids, n, return_dict=False, **kw):
 BROKEN_DECODERS = {
     "ignores EOS": (_ignores_eos, True, ["eos_per_row", "works_on_hf_adapter"]),
     "mutates input_ids": (_mutates_input, True, ["no_input_mutation"]),
+    "rewrites the padding of input_ids": (_rewrites_padding, True, ["no_input_mutation"]),
     "drops the prompt": (_drops_prompt, True, ["output_shape", "prompt_preserved"]),
     "ignores attention_mask": (_ignores_mask, True, ["batch_equals_single"]),
     "ignores the seed": (_ignores_seed, False, ["determinism"]),
@@ -206,7 +215,8 @@ def test_tiny_model_is_reproducible():
 def test_value_function_checks():
     from infergen.decoding.mcts import likelihood_value
 
-    assert all(r.passed for r in check_value_fn(likelihood_value))
+    results = check_value_fn(likelihood_value)
+    assert [r.name for r in results] == value_check_names() and all(r.passed for r in results)
     assert "number_in_range" in failing(run_checks(lambda ctx: 2.0, "value", only=["number_in_range"]))
     assert "number_in_range" in failing(run_checks(lambda ctx: math.nan, "value", only=["number_in_range"]))
 
@@ -230,3 +240,10 @@ def test_extending_page_examples_run(capsys):
     out = capsys.readouterr().out
     assert "Paris" in out and "LogitsPipeline(['temperature', 'top_k', 'ban'])" in out
     assert ig.get_decoder("my_greedy") is namespace["my_greedy"]
+
+
+def test_the_old_module_name_gives_the_same_checks():
+    import infergen.course.checks as checks
+    import infergen.testing as testing
+
+    assert testing.__all__ == checks.__all__ and all(getattr(testing, n) is getattr(checks, n) for n in checks.__all__)

@@ -1,10 +1,10 @@
-"""Assignment 1 (top-n-sigma): the teacher's extra checks (``python -m infergen.grade a1 FILE``).
+"""Assignment 1 (top-n-sigma): the teacher's extra checks (``python -m infergen.course grade a1 FILE``).
 
 The expected values are computed here from the definition, in float64, independently of any solution.
 """
 import torch
 
-#: One row per rule of infergen.testing.check_processor.
+#: One row per rule of infergen.course.checks.check_processor.
 CONFORMANCE = {"kind": "processor", "function": "apply_top_n_sigma", "params": {"n_sigma": 1.0}}
 
 
@@ -46,12 +46,26 @@ def check_per_row_tensor_parameter(solution):
 
 
 def check_half_precision(solution):
-    logits = (torch.randn(2, 500, generator=torch.Generator().manual_seed(13)) * 4).to(torch.bfloat16)
-    got = solution.apply_top_n_sigma(logits, 1.0)
-    assert got.dtype == torch.bfloat16
-    want = _expected_kept(logits.double(), 1.0)
-    differ = int((torch.isfinite(got) != want).sum())
-    assert differ <= 2, f"bfloat16 logits: {differ} tokens kept/removed differently from the exact rule"
+    """bfloat16 and float16 logits at the bundled model's vocabulary size (49152): the statistics must be
+    computed in float32, as the specification says. Half-precision statistics shift the threshold enough to
+    flip hundreds of tokens at this size (on a few hundred logits they would hardly show)."""
+    g = torch.Generator().manual_seed(13)
+    for dtype in (torch.bfloat16, torch.float16):
+        logits = (torch.randn(4, 49152, generator=g) * 4).to(dtype)
+        got = solution.apply_top_n_sigma(logits, 1.0)
+        assert got.dtype == dtype, f"{dtype} logits gave {got.dtype}"
+        exact = logits.double()
+        want = _expected_kept(exact, 1.0)
+        std = exact.std(-1, keepdim=True, correction=0)
+        threshold = exact.amax(-1, keepdim=True) - std
+        # a token within float32 rounding of the threshold may fall on either side
+        ambiguous = (exact - threshold).abs() <= 1e-5 * (threshold.abs() + std)
+        wrong = (torch.isfinite(got) != want) & ~ambiguous
+        kept = int(want.sum())
+        assert not wrong.any(), (
+            f"{dtype} logits, 4 rows x 49152: {int(wrong.sum())} tokens kept or removed differently from the "
+            f"rule computed exactly ({int(wrong.sum()) / kept:.1%} of the {kept} kept tokens): compute the mean "
+            "and the standard deviation in float32, then compare in float32")
 
 
 def check_registered_step_uses_its_parameter(solution):
@@ -65,7 +79,7 @@ def check_generation_with_the_processor(solution, tiny_model):
     """Sampling on a model with the processor in the pipeline: every sampled token was a kept token."""
     from infergen import LogitsPipeline, register_processor
     from infergen.decoding.sampling import decode_steps
-    from infergen.testing import left_pad
+    from infergen.course.checks import left_pad
 
     register_processor("a1_grading_top_n_sigma", solution.top_n_sigma_step, overwrite=True)
     pipe = LogitsPipeline.from_params(temperature=1.0).add_registered("a1_grading_top_n_sigma", n_sigma=0.5)

@@ -1,4 +1,4 @@
-"""Assignment 2 (DRY): the teacher's extra checks (``python -m infergen.grade a2 FILE``).
+"""Assignment 2 (DRY): the teacher's extra checks (``python -m infergen.course grade a2 FILE``).
 
 The expected penalties come from a brute-force transcription of the definition (slow, obviously right).
 """
@@ -8,7 +8,8 @@ CONFORMANCE = {"kind": "processor", "function": "apply_dry", "history": True,
                "params": {"multiplier": 0.8, "base": 1.75, "allowed_length": 2, "sequence_breakers": (3,)}}
 
 
-def brute_force(history, vocab, multiplier, base, allowed_length, breakers=()):
+def brute_force_lengths(history, vocab, breakers=()):
+    """``M[y]`` for every token ``y``: the longest repeat of the history's suffix that ``y`` would extend."""
     h = [t for t in history if t >= 0]
     T, M = len(h), [0] * vocab
     if T >= 2 and h[-1] not in breakers:
@@ -18,8 +19,37 @@ def brute_force(history, vocab, multiplier, base, allowed_length, breakers=()):
                 m += 1
             if m and h[i + 1] < vocab:
                 M[h[i + 1]] = max(M[h[i + 1]], m)
+    return M
+
+
+def brute_force(history, vocab, multiplier, base, allowed_length, breakers=()):
+    M = brute_force_lengths(history, vocab, breakers)
     return torch.tensor([multiplier * base ** (m - allowed_length) if m >= allowed_length and m else 0.0
                          for m in M], dtype=torch.float64)
+
+
+def _assert_penalties(got, history, vocab, multiplier, base, allowed_length, breakers=()):
+    """``got``: the penalties ``[V]`` (how much each logit went down). On a mismatch, say which rule broke:
+    the set of penalised tokens, or the size of a penalty (its exponent)."""
+    M = brute_force_lengths(history, vocab, breakers)
+    want = brute_force(history, vocab, multiplier, base, allowed_length, breakers)
+    got = got.double()
+    setting = (f"history {list(history)}, multiplier={multiplier}, base={base}, allowed_length={allowed_length}"
+               + (f", sequence_breakers={list(breakers)}" if breakers else ""))
+    got_set = [int(y) for y in torch.nonzero(got.abs() > 1e-12).flatten()]
+    want_set = [int(y) for y in torch.nonzero(want).flatten()]
+    if got_set != want_set:
+        raise AssertionError(
+            f"{setting}: penalised tokens {got_set}, expected {want_set}. The penalised token is the one that "
+            "FOLLOWED an earlier occurrence of the history's current suffix (it would extend the repeat), "
+            f"and only where that repeat has at least allowed_length tokens; match lengths M: "
+            f"{ {y: M[y] for y in sorted(set(want_set) | set(got_set))} }")
+    for y in want_set:
+        if abs(float(got[y]) - float(want[y])) > 1e-9 * max(1.0, abs(float(want[y]))):
+            raise AssertionError(
+                f"{setting}: token {y} (match length M = {M[y]}) is penalised by {float(got[y]):.6g}, expected "
+                f"multiplier * base ** (M - allowed_length) = {multiplier} * {base} ** ({M[y]} - {allowed_length})"
+                f" = {float(want[y]):.6g}: check the size of the penalty (its exponent)")
 
 
 def check_random_histories_match_definition(solution):
@@ -31,10 +61,8 @@ def check_random_histories_match_definition(solution):
                       sequence_breakers=(0,) if trial % 2 else ())
         logits = torch.randn(12, generator=g, dtype=torch.float64)
         got = logits - solution.apply_dry(logits, hist, **params)
-        want = brute_force(hist.tolist(), 12, params["multiplier"], params["base"], params["allowed_length"],
-                           params["sequence_breakers"])
-        assert torch.allclose(got, want, atol=1e-9), (
-            f"history {hist.tolist()} with {params}: penalties {got.tolist()}, expected {want.tolist()}")
+        _assert_penalties(got, hist.tolist(), 12, params["multiplier"], params["base"], params["allowed_length"],
+                          params["sequence_breakers"])
 
 
 def check_overlapping_repeats(solution):
@@ -66,12 +94,23 @@ def check_history_longer_than_allowed_range(solution):
 
 
 def check_registered_step_sees_prompt_and_generated(solution):
+    """dry_step on a context: DRY over prompt + generated ids. Its two rules are checked apart, so the
+    message names the one that broke: the history it uses, then the penalties themselves."""
     from infergen.processors import LogitsContext
 
-    ctx = LogitsContext(prompt_ids=torch.tensor([[5, 6, 7, 8]]), generated_ids=torch.tensor([[5, 6, 7]]))
+    prompt, generated = [5, 6, 7, 8], [5, 6, 7]
+    params = dict(multiplier=1.0, base=2.0, allowed_length=2)
+    ctx = LogitsContext(prompt_ids=torch.tensor([prompt]), generated_ids=torch.tensor([generated]))
     logits = torch.zeros(1, 16)
-    got = -solution.dry_step(logits, ctx, multiplier=1.0, base=2.0, allowed_length=2)
-    assert got[0, 8] == 2.0, f"dry_step must use prompt + generated ids (context.all_ids); penalties {got.tolist()}"
+    got = -solution.dry_step(logits, ctx, **params)
+    direct = -solution.apply_dry(logits, torch.tensor([prompt + generated]), **params)
+    if not torch.equal(got, direct):
+        only_generated = -solution.apply_dry(logits, torch.tensor([generated]), **params)
+        hint = " (it used the generated ids only)" if torch.equal(got, only_generated) else ""
+        raise AssertionError(f"dry_step must apply DRY to context.all_ids, prompt + generated{hint}: its "
+                             f"penalties {got[0].tolist()} differ from apply_dry(logits, prompt + generated) "
+                             f"{direct[0].tolist()}")
+    _assert_penalties(got[0], prompt + generated, 16, **params)
 
 
 def _rep4(row):
@@ -83,7 +122,7 @@ def check_reduces_repetition_in_generation(solution, tiny_model):
     """Greedy decoding of the tiny model loops; with DRY in the pipeline, far fewer 4-grams repeat."""
     from infergen import LogitsPipeline, register_processor
     from infergen.decoding.sampling import decode_steps
-    from infergen.testing import left_pad
+    from infergen.course.checks import left_pad
 
     register_processor("a2_grading_dry", solution.dry_step, overwrite=True)
     ids, mask = left_pad([3, 5, 7, 4], seed=6)

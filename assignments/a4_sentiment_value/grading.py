@@ -1,9 +1,9 @@
-"""Assignment 4 (sentiment value for MCTS): the teacher's extra checks (``python -m infergen.grade a4 FILE``)."""
+"""Assignment 4 (sentiment value for MCTS): the teacher's extra checks (``python -m infergen.course grade a4 FILE``)."""
 import math
 
 import torch
 
-from infergen.testing import left_pad, value_contexts
+from infergen.course.checks import left_pad, value_contexts
 
 POS, NEG = list(range(10, 22)), list(range(22, 34))   # token-id lexicons on the tiny model (vocabulary 96)
 
@@ -12,7 +12,7 @@ def _make_value(solution):
     return solution.sentiment_value(POS, NEG, weight=0.8)
 
 
-#: infergen.testing's value-function rules, on the value function the submission builds. ``factory``
+#: infergen.course.checks's value-function rules, on the value function the submission builds. ``factory``
 #: turns the submitted ``sentiment_value`` into the callable to check.
 CONFORMANCE = {"kind": "value", "function": "sentiment_value", "factory": _make_value, "params": {}}
 

@@ -1,4 +1,4 @@
-"""Assignment 5 (prompt-lookup decoding): the teacher's extra checks (``python -m infergen.grade a5 FILE``).
+"""Assignment 5 (prompt-lookup decoding): the teacher's extra checks (``python -m infergen.course grade a5 FILE``).
 
 The speed-up is graded on *forward passes* (CountingModel), which do not depend on the machine or its
 load; the wall-clock speed-up on the bundled model is measured and reported in the message.
@@ -9,20 +9,22 @@ import time
 import torch
 
 import infergen as ig
-from infergen.testing import CountingModel, ScheduledEOS, left_pad, tiny_gpt2
+from infergen.course.checks import CountingModel, ScheduledEOS, left_pad, tiny_gpt2
 
 CONFORMANCE = {"kind": "decoder", "function": "prompt_lookup_decode", "params": {}}
 
 
 def check_identical_to_greedy_for_all_settings(solution, tiny_model):
     ids, mask = left_pad([2, 4, 7, 9, 5], seed=8)
-    for model in (tiny_model, tiny_gpt2(), ScheduledEOS(tiny_model, 14)):
+    models = {"the tiny Llama": tiny_model, "a tiny GPT-2 (transformers adapter)": tiny_gpt2(),
+              "the tiny Llama with EOS after 14 tokens": ScheduledEOS(tiny_model, 14)}
+    for what, model in models.items():
         want = ig.greedy_search(model, ids, 24, attention_mask=mask)
         for k, n in [(1, 1), (3, 2), (10, 3), (24, 5)]:
             got = solution.prompt_lookup_decode(model, ids, 24, attention_mask=mask, num_draft_tokens=k,
                                                 max_ngram_size=n)
-            assert torch.equal(got, want), (f"num_draft_tokens={k}, max_ngram_size={n} on "
-                                            f"{type(getattr(model, 'inner', model)).__name__}: output differs from greedy")
+            assert torch.equal(got, want), (f"num_draft_tokens={k}, max_ngram_size={n} on {what}: output "
+                                            "differs from greedy")
 
 
 def check_streamer_gets_each_committed_column(solution, tiny_model):
@@ -36,8 +38,8 @@ def check_streamer_gets_each_committed_column(solution, tiny_model):
 
 def check_forwards_reported(solution, tiny_model):
     ids, _ = left_pad([5], seed=2)
-    counter = CountingModel(tiny_model)
-    out = solution.prompt_lookup_decode(counter, ids, 30, return_dict=True)
+    with CountingModel(tiny_model) as counter:
+        out = solution.prompt_lookup_decode(counter, ids, 30, return_dict=True)
     assert out.info.get("forwards") == counter.calls, (
         f"info['forwards'] = {out.info.get('forwards')} but the model was called {counter.calls} times")
 
@@ -46,9 +48,9 @@ def check_forwards_reported(solution, tiny_model):
 def _greedy_baseline(model, text):
     tok = model[1]
     ids = tok(text, return_tensors="pt").input_ids
-    counter = CountingModel(model[0])
     start = time.perf_counter()
-    out = ig.greedy_search(counter, ids, 24)
+    with CountingModel(model[0]) as counter:
+        out = ig.greedy_search(counter, ids, 24)
     return ids, out, counter.calls, time.perf_counter() - start
 
 
@@ -59,9 +61,9 @@ def check_speedup_on_the_bundled_model(solution, smollm):
     """On a prompt whose continuation copies from the context, SmolLM2's output is unchanged and needs at
     most 70% of greedy's forward passes. Wall-clock times are reported, not graded."""
     ids, want, greedy_calls, greedy_s = _greedy_baseline(smollm, PROMPT)
-    counter = CountingModel(smollm[0])
     start = time.perf_counter()
-    got = solution.prompt_lookup_decode(counter, ids, 24)
+    with CountingModel(smollm[0]) as counter:
+        got = solution.prompt_lookup_decode(counter, ids, 24)
     seconds = time.perf_counter() - start
     assert torch.equal(got, want), "on the bundled model the output differs from greedy search"
     assert counter.calls <= 0.7 * greedy_calls, f"{counter.calls} forward passes vs {greedy_calls} for greedy"

@@ -1,9 +1,11 @@
 """Assignment 2 (DRY): the tests you can see. The grader runs these and a few more.
 
-    INFERGEN_SOLUTION=my_solution.py pytest assignments/a2_dry/test_student.py
+    python -m infergen.course check a2 my_solution.py      # no pytest needed
+    INFERGEN_SOLUTION=my_solution.py pytest test_student.py   # the same tests under pytest
 """
-import pytest
 import torch
+
+from infergen.course.asserts import approx, raises
 
 V = 16
 
@@ -31,7 +33,7 @@ def test_short_repeats_are_allowed(solution):
 def test_the_longest_match_wins(solution):
     """Token 9 follows the suffix (3, 4) once and (4) once: its match length is the longer one, 2."""
     pen = penalties(solution, [3, 4, 9, 1, 4, 9, 2, 3, 4], multiplier=1.0, base=3.0, allowed_length=1)
-    assert pen[9] == pytest.approx(3.0 ** (2 - 1)), f"penalty of 9: {float(pen[9])}"
+    assert pen[9] == approx(3.0 ** (2 - 1)), f"penalty of 9: {float(pen[9])}"
     assert torch.count_nonzero(pen) == 1
 
 
@@ -61,13 +63,13 @@ def test_multiplier_zero_is_identity(solution):
 def test_bad_parameters(solution):
     logits, hist = torch.zeros(V), torch.tensor([1, 2, 1, 2])
     for name, bad in [("multiplier", -0.5), ("base", 0.5), ("allowed_length", 0)]:
-        with pytest.raises(ValueError, match=name):
+        with raises(ValueError, match=name):
             solution.apply_dry(logits, hist, **{name: bad})
-    with pytest.raises(TypeError, match="allowed_length"):
+    with raises(TypeError, match="allowed_length"):
         solution.apply_dry(logits, hist, allowed_length=2.5)
 
 
 def test_conformance(solution):
-    from infergen.testing import check_processor
+    from infergen.course.checks import check_processor
 
     check_processor(solution.apply_dry, history=True, multiplier=0.8, base=1.75, allowed_length=2)

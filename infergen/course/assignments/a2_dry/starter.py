@@ -2,8 +2,8 @@
 
 Specification: book/assignments/a2_dry.md. Replace each ``raise NotImplementedError`` by your code.
 
-Test:   INFERGEN_SOLUTION=path/to/this_file.py pytest assignments/a2_dry/test_student.py
-Grade:  python -m infergen.grade a2 path/to/this_file.py
+Check:  python -m infergen.course check a2 path/to/this_file.py   (the public tests)
+Grade:  python -m infergen.course grade a2 path/to/this_file.py   (your teacher adds the hidden checks)
 """
 from __future__ import annotations
 

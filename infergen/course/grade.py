@@ -1,47 +1,47 @@
-"""Grade a course-assignment submission: ``python -m infergen.grade a1 path/to/solution.py``.
+"""Grade a course-assignment submission: public tests + the teacher's hidden checks, one row each.
 
-Each assignment lives in ``assignments/aN_name/`` (see ``book/assignments``) with
+The command line is ``python -m infergen.course`` (``grade``, ``check``, ``start``, ``list``). Each
+assignment has two halves:
 
-* ``test_student.py`` -- the tests the students see (plain pytest functions ``test_*``);
-* ``grading.py`` -- the teacher's extra checks: functions ``check_*`` and, optionally, a ``CONFORMANCE``
-  spec that expands into one row per rule of :mod:`infergen.testing` (shapes, no mutation, EOS per row...).
+* ``infergen/course/assignments/aN_name/`` -- shipped in the package: ``starter.py`` (the functions to
+  write) and ``test_student.py`` (the public tests: functions ``test_*``);
+* ``assignments/aN_name/grading.py`` in the repository -- the teacher's hidden checks, not shipped:
+  functions ``check_*`` and, optionally, a ``CONFORMANCE`` spec that expands into one row per rule of
+  :mod:`infergen.course.checks` (shapes, no mutation, EOS per row...). The folder is found from
+  ``assignments=`` (``--assignments``), ``$INFERGEN_ASSIGNMENTS``, or a repository checkout.
 
 Every ``test_*`` and ``check_*`` function takes its inputs by parameter name, like pytest fixtures:
 ``solution`` (the submitted module), ``tiny_model`` (a tiny random Llama) or ``smollm`` ((model,
 tokenizer) of the bundled model, loaded once). The grader imports the submission from its path, runs
-every public test and hidden check in a fresh call -- pytest is not needed to grade -- and prints one row
-per check with its status (``pass``, ``fail``, ``error``: the code raised, ``todo``: it raised
-``NotImplementedError``, ``skip``) and the points, then the total. A function may carry ``points = n``
-(default 1); skipped checks count for nothing. A check that returns a string (e.g. what it measured) has
-it printed as its message.
-
-The exit status is 0 whatever the score (a failing submission is a result, not an error); it is 2 only
-for usage errors: an unknown assignment or a missing submission file. ``--json`` prints the report as
-JSON; ``--list`` lists the assignments. Students run the same public tests with pytest::
-
-    INFERGEN_SOLUTION=my_solution.py pytest assignments/a1_top_n_sigma/test_student.py
+every public test and hidden check in a fresh call -- pytest is not needed, the public tests use
+:mod:`infergen.course.asserts` -- and reports one row per check with its status (``pass``, ``fail``,
+``error``: the code raised, ``todo``: it raised ``NotImplementedError``, ``skip``) and the points. A
+function may carry ``points = n`` (default 1); skipped checks count for nothing. A check that returns a
+string (e.g. what it measured) has it printed as its message.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import importlib.util
 import inspect
-import json
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .testing import CheckResult, _run_one, run_checks
+from .checks import CheckResult, check_names, run_checks, run_one, tiny_model
 
-__all__ = ["GradeReport", "GradedCheck", "SubmissionError", "assignments_dir", "find_assignment", "grade",
-           "load_submission", "main"]
+__all__ = ["FIXTURES", "GradeReport", "GradedCheck", "PACKAGED", "SubmissionError", "find_assignment", "grade",
+           "hidden_checks_dir", "list_assignments", "load_submission"]
+
+#: The assignments that ship with the package: ``aN_name/starter.py`` and ``aN_name/test_student.py``.
+PACKAGED = Path(__file__).resolve().parent / "assignments"
 
 
 class SubmissionError(Exception):
@@ -66,6 +66,7 @@ class GradeReport:
     submission: str
     checks: list[GradedCheck] = field(default_factory=list)
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -84,20 +85,24 @@ class GradeReport:
 
     def to_dict(self) -> dict:
         return {"assignment": self.assignment, "submission": self.submission, "score": self.score,
-                "max_score": self.max_score, "error": self.error, "checks": [asdict(c) for c in self.checks]}
+                "max_score": self.max_score, "error": self.error, "notes": list(self.notes),
+                "checks": [asdict(c) for c in self.checks]}
 
-    def table(self) -> str:
-        """The human-readable report: one line per check, then the score."""
+    def table(self, width: int = 110) -> str:
+        """The human-readable report: one line per check, its whole message wrapped below it, the score."""
         lines = [f"Grading {self.assignment}: {self.submission}"]
         if self.error:
             lines.append(f"  ! {self.error}")
-        width = max([len(c.name) for c in self.checks] + [5])
-        lines.append(f"  {'#':>2}  {'kind':<6}  {'check':<{width}}  {'status':<6}  {'points':>6}  message")
+        lines += [f"  note: {n}" for n in self.notes]
+        name_width = max([len(c.name) for c in self.checks] + [5])
+        lines.append(f"  {'#':>2}  {'kind':<6}  {'check':<{name_width}}  {'status':<6}  {'points':>6}")
         for i, c in enumerate(self.checks, 1):
-            msg = " ".join(c.message.split())
-            msg = msg if len(msg) <= 110 else msg[:107] + "..."
             pts = "-" if c.status == "skip" else f"{c.points:g}/{c.max_points:g}"
-            lines.append(f"  {i:>2}  {c.kind:<6}  {c.name:<{width}}  {c.status:<6}  {pts:>6}  {msg}")
+            lines.append(f"  {i:>2}  {c.kind:<6}  {c.name:<{name_width}}  {c.status:<6}  {pts:>6}")
+            message = " ".join(c.message.split())
+            if message:
+                lines += textwrap.wrap(message, width, initial_indent="        ", subsequent_indent="        ",
+                                       break_long_words=False, break_on_hyphens=False)
         pct = 100 * self.score / self.max_score if self.max_score else 0.0
         lines.append(f"score: {self.score:g}/{self.max_score:g} ({pct:.0f}%)")
         return "\n".join(lines)
@@ -106,28 +111,32 @@ class GradeReport:
 # --------------------------------------------------------------------------------------------------------
 # Finding and loading things
 # --------------------------------------------------------------------------------------------------------
-def assignments_dir(path=None) -> Path:
-    """The ``assignments/`` folder: ``path``, else ``$INFERGEN_ASSIGNMENTS``, else the repository's."""
-    candidates = [path, os.environ.get("INFERGEN_ASSIGNMENTS"), Path(__file__).resolve().parents[1] / "assignments"]
-    for c in candidates:
-        if c is not None and Path(c).is_dir():
-            return Path(c)
-    raise FileNotFoundError("no assignments folder found: pass --assignments DIR or set INFERGEN_ASSIGNMENTS")
+def list_assignments() -> list[str]:
+    """The assignments that ship with the package (folder names, e.g. ``"a1_top_n_sigma"``)."""
+    return sorted(p.name for p in PACKAGED.iterdir() if p.is_dir() and (p / "test_student.py").exists())
 
 
-def list_assignments(path=None) -> list[str]:
-    root = assignments_dir(path)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "test_student.py").exists())
-
-
-def find_assignment(name: str, path=None) -> Path:
-    """``"a1"`` or ``"a1_top_n_sigma"`` -> the assignment's folder; ValueError listing the valid names."""
-    names = list_assignments(path)
+def find_assignment(name: str) -> Path:
+    """``"a1"`` or ``"a1_top_n_sigma"`` -> the packaged folder; ValueError listing the valid names."""
+    names = list_assignments()
     matches = [n for n in names if n == name or n.split("_", 1)[0] == name]
     if len(matches) != 1:
         raise ValueError(f"unknown assignment {name!r}; valid: {', '.join(names)} (or their short names "
                          f"{', '.join(n.split('_', 1)[0] for n in names)})")
-    return assignments_dir(path) / matches[0]
+    return PACKAGED / matches[0]
+
+
+def hidden_checks_dir(path=None) -> Path | None:
+    """The teacher's folder holding ``aN_name/grading.py``: ``path``, else ``$INFERGEN_ASSIGNMENTS``, else the
+    ``assignments/`` folder of a repository checkout this package runs from; None if there is none.
+    A ``path`` or ``$INFERGEN_ASSIGNMENTS`` that is not a folder is a ``FileNotFoundError``."""
+    for given in (path, os.environ.get("INFERGEN_ASSIGNMENTS")):
+        if given:
+            if not Path(given).is_dir():
+                raise FileNotFoundError(f"assignments folder {str(given)!r} does not exist")
+            return Path(given)
+    checkout = Path(__file__).resolve().parents[2] / "assignments"
+    return checkout if checkout.is_dir() else None
 
 
 def _import_path(path: Path, prefix: str):
@@ -167,15 +176,18 @@ def _load_support(path: str):
 # --------------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _smollm():
-    from .models.loading import load_model
+    from ..models.loading import load_model
 
     return load_model("smollm2-135m", device="cpu")
 
 
-def _fixtures(solution) -> dict[str, Callable[[], object]]:
-    from .testing import tiny_model
+#: The inputs a public test or hidden check may ask for by parameter name (besides ``solution``); the
+#: pytest fixtures of ``assignments/conftest.py`` are these same functions.
+FIXTURES: dict[str, Callable[[], object]] = {"tiny_model": tiny_model, "smollm": _smollm}
 
-    return {"solution": lambda: solution, "tiny_model": tiny_model, "smollm": _smollm}
+
+def _fixtures(solution) -> dict[str, Callable[[], object]]:
+    return {"solution": lambda: solution, **FIXTURES}
 
 
 def _call_with_fixtures(fn: Callable, fixtures: dict):
@@ -216,7 +228,7 @@ def _skip_exception():
         import pytest
 
         return pytest.skip.Exception
-    except ImportError:  # pragma: no cover
+    except ImportError:  # no pytest: nothing can raise its skip exception
         return ()
 
 
@@ -226,13 +238,13 @@ def _run_test(fn: Callable, fixtures: dict, timeout: float | None) -> CheckResul
     def body():
         try:
             note = _with_timeout(lambda: _call_with_fixtures(fn, fixtures), timeout)
-        except skip as err:  # pytest.skip(...) inside a test
+        except skip as err:  # pytest.skip(...) inside a test, where pytest is installed
             return f"skip:{getattr(err, 'msg', err)}"
         except _Timeout as err:
             raise AssertionError(str(err)) from None
         return note if isinstance(note, str) else None  # a check may return what it measured
 
-    return _run_one(fn.__name__, body)
+    return run_one(fn.__name__, body)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -241,9 +253,6 @@ def _run_test(fn: Callable, fixtures: dict, timeout: float | None) -> CheckResul
 def _collect(module, prefix: str) -> list[Callable]:
     return [f for n, f in vars(module).items() if n.startswith(prefix) and callable(f) and inspect.isfunction(f)
             and f.__module__ == module.__name__]
-
-
-_VALUE_CHECKS = ["number_in_range", "deterministic", "no_mutation", "works_in_mcts"]
 
 
 def _specs(conformance) -> list[dict]:
@@ -256,17 +265,11 @@ def _prefix(spec: dict, specs: list[dict]) -> str:
     return "conformance" if len(specs) == 1 else f"conformance/{spec.get('label', spec['function'])}"
 
 
-def _rule_names(kind: str) -> list[str]:
-    from .testing import decoder_check_names, processor_check_names
-
-    return {"processor": processor_check_names(), "decoder": decoder_check_names(), "value": _VALUE_CHECKS}[kind]
-
-
 def _conformance_rows(spec: dict, solution) -> list[CheckResult]:
-    """Expand one CONFORMANCE spec into one result per rule of :mod:`infergen.testing`.
+    """Expand one CONFORMANCE spec into one result per rule of :mod:`infergen.course.checks`.
 
     ``{"kind": "processor" | "decoder" | "value", "function": name in the submission, "params": {...}}`` plus
-    the options of :func:`~infergen.testing.run_checks` (``history``, ``deterministic``, ``tokenizer``) and
+    the options of :func:`~infergen.course.checks.run_checks` (``history``, ``deterministic``, ``tokenizer``) and
     an optional ``"factory": f(solution) -> callable`` for submissions that *build* the function to check
     (e.g. a value-function factory).
     """
@@ -274,13 +277,13 @@ def _conformance_rows(spec: dict, solution) -> list[CheckResult]:
     spec.pop("label", None)
     attr, kind, params = spec.pop("function"), spec.pop("kind"), spec.pop("params", {})
     factory = spec.pop("factory", None)
-    names = _rule_names(kind)
+    names = check_names(kind)
     if getattr(solution, attr, None) is None:
         return [CheckResult(n, "error", f"the submission defines no {attr!r}") for n in names]
     fn = getattr(solution, attr)
     if factory is not None:
         built: list = []
-        result = _run_one("factory", lambda: built.append(factory(solution)))
+        result = run_one("factory", lambda: built.append(factory(solution)))
         if result.status != "pass":
             return [CheckResult(n, result.status, result.message) for n in names]
         fn = built[0]
@@ -289,12 +292,23 @@ def _conformance_rows(spec: dict, solution) -> list[CheckResult]:
 
 def grade(assignment: str, submission, *, assignments=None, public: bool = True, hidden: bool = True,
           timeout: float | None = 300.0) -> GradeReport:
-    """Grade ``submission`` (a path) for ``assignment`` (``"a1"`` or a folder name); returns a report."""
-    folder = find_assignment(assignment, assignments)
+    """Grade ``submission`` (a path) for ``assignment`` (``"a1"`` or a folder name); returns a report.
+
+    ``public``: run the shipped public tests; ``hidden``: run the teacher's ``grading.py`` from
+    :func:`hidden_checks_dir` (``assignments``) -- where there is none, the report says so in its notes.
+    """
+    folder = find_assignment(assignment)
     report = GradeReport(assignment=folder.name, submission=str(submission))
     tests = _load_support(str(folder / "test_student.py")) if public else None
-    grading_path = folder / "grading.py"
-    grading = _load_support(str(grading_path)) if hidden and grading_path.exists() else None
+    grading = None
+    if hidden:
+        teacher = hidden_checks_dir(assignments)
+        grading_path = None if teacher is None else teacher / folder.name / "grading.py"
+        if grading_path is not None and grading_path.is_file():
+            grading = _load_support(str(grading_path))
+        else:
+            report.notes.append("hidden checks not run: no grading.py for this assignment (pass --assignments "
+                                "DIR, the teacher's assignments folder, or set INFERGEN_ASSIGNMENTS)")
     planned: list[tuple[str, str, float, Callable | None]] = []
     if tests is not None:
         planned += [("public", f.__name__, float(getattr(f, "points", 1)), f) for f in _collect(tests, "test_")]
@@ -310,7 +324,7 @@ def grade(assignment: str, submission, *, assignments=None, public: bool = True,
     if solution is None:  # every check fails with the import error; the score is 0
         names = [(k, n, p) for k, n, p, _ in planned]
         if grading is not None:
-            names += [("hidden", f"{_prefix(s, specs)}/{n}", 1.0) for s in specs for n in _rule_names(s["kind"])]
+            names += [("hidden", f"{_prefix(s, specs)}/{n}", 1.0) for s in specs for n in check_names(s["kind"])]
             names += [("hidden", f.__name__, float(getattr(f, "points", 1))) for f in checks]
         report.checks = [GradedCheck(n, k, "error", 0.0, p, report.error) for k, n, p in names]
         return report
@@ -330,41 +344,3 @@ def grade(assignment: str, submission, *, assignments=None, public: bool = True,
         report.checks.append(GradedCheck(r.name, kind, r.status, got, 0.0 if r.status == "skip" else pts,
                                          r.message, round(r.seconds, 3)))
     return report
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m infergen.grade",
-        description="Grade an assignment submission: public tests + hidden checks, one row each, and a score. "
-                    "Exit status 0 whatever the score; 2 for usage errors.")
-    parser.add_argument("assignment", nargs="?", help="a1 .. a5, or the folder name (e.g. a1_top_n_sigma)")
-    parser.add_argument("submission", nargs="?", help="path to the submitted .py file")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--list", action="store_true", help="list the assignments and exit")
-    parser.add_argument("--assignments", help="the assignments folder (default: the repository's)")
-    parser.add_argument("--public-only", action="store_true", help="run only the students' tests")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per check (default 300)")
-    args = parser.parse_args(argv)
-    try:
-        if args.list:
-            print("\n".join(list_assignments(args.assignments)))
-            return 0
-        if not args.assignment or not args.submission:
-            parser.print_usage(sys.stderr)
-            print("error: give an assignment and a submission path (or --list)", file=sys.stderr)
-            return 2
-        find_assignment(args.assignment, args.assignments)
-        if not Path(args.submission).is_file():
-            print(f"error: no such submission file: {args.submission}", file=sys.stderr)
-            return 2
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    report = grade(args.assignment, args.submission, assignments=args.assignments,
-                   hidden=not args.public_only, timeout=args.timeout)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

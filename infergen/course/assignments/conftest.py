@@ -1,5 +1,5 @@
-"""pytest fixtures for the assignments' student tests (the grader, ``python -m infergen.grade``, provides
-the same names without pytest).
+"""pytest fixtures for the public tests (``python -m infergen.course check`` gives the same names without
+pytest: they are :data:`infergen.course.grade.FIXTURES`).
 
 ``solution``: the module under test -- the file named by ``$INFERGEN_SOLUTION``, else ``starter.py`` next to
 the test file. ``tiny_model``: a tiny random Llama (vocabulary 96, EOS 2, padding 0). ``smollm``: (model,
@@ -10,24 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from infergen.course.grade import FIXTURES, load_submission
+
 
 @pytest.fixture(scope="module")
 def solution(request):
-    from infergen.grade import load_submission
-
     path = os.environ.get("INFERGEN_SOLUTION") or Path(request.path).parent / "starter.py"
     return load_submission(path)
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from infergen.testing import tiny_model as build
-
-    return build()
+    return FIXTURES["tiny_model"]()
 
 
 @pytest.fixture(scope="session")
 def smollm():
-    from infergen.grade import _smollm
-
-    return _smollm()
+    return FIXTURES["smollm"]()

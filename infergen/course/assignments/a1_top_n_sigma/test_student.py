@@ -1,11 +1,13 @@
 """Assignment 1 (top-n-sigma): the tests you can see. The grader runs these and a few more.
 
-    INFERGEN_SOLUTION=my_solution.py pytest assignments/a1_top_n_sigma/test_student.py
+    python -m infergen.course check a1 my_solution.py      # no pytest needed
+    INFERGEN_SOLUTION=my_solution.py pytest test_student.py   # the same tests under pytest
 """
 import math
 
-import pytest
 import torch
+
+from infergen.course.asserts import raises
 
 NEG_INF = float("-inf")
 
@@ -46,15 +48,15 @@ def test_input_not_modified_and_surviving_logits_unchanged(solution):
 def test_bad_n_sigma(solution):
     logits = torch.zeros(5)
     for bad in (-1.0, math.nan, math.inf):
-        with pytest.raises(ValueError, match="n_sigma"):
+        with raises(ValueError, match="n_sigma"):
             solution.apply_top_n_sigma(logits, bad)
-    with pytest.raises(TypeError, match="n_sigma"):
+    with raises(TypeError, match="n_sigma"):
         solution.apply_top_n_sigma(logits, "1")
 
 
 def test_conformance(solution):
-    """The rules every infergen processor keeps (infergen.testing.check_processor lists what failed)."""
-    from infergen.testing import check_processor
+    """The rules every infergen processor keeps (infergen.course.checks.check_processor lists what failed)."""
+    from infergen.course.checks import check_processor
 
     check_processor(solution.apply_top_n_sigma, n_sigma=1.0)
 

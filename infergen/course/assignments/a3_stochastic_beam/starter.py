@@ -2,8 +2,8 @@
 
 Specification: book/assignments/a3_stochastic_beam.md. Replace each ``raise NotImplementedError``.
 
-Test:   INFERGEN_SOLUTION=path/to/this_file.py pytest assignments/a3_stochastic_beam/test_student.py
-Grade:  python -m infergen.grade a3 path/to/this_file.py
+Check:  python -m infergen.course check a3 path/to/this_file.py   (the public tests)
+Grade:  python -m infergen.course grade a3 path/to/this_file.py   (your teacher adds the hidden checks)
 """
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
 """Assignment 5 (prompt-lookup decoding): the tests you can see. The grader runs these and more.
 
-    INFERGEN_SOLUTION=my_solution.py pytest assignments/a5_prompt_lookup/test_student.py
+    python -m infergen.course check a5 my_solution.py      # no pytest needed
+    INFERGEN_SOLUTION=my_solution.py pytest test_student.py   # the same tests under pytest
 """
-import pytest
 import torch
 
+from infergen.course.asserts import raises
+
 import infergen as ig
-from infergen.testing import CountingModel, left_pad
+from infergen.course.checks import CountingModel, left_pad
 
 
 def test_find_draft(solution):
@@ -28,14 +30,15 @@ def test_identical_to_greedy(solution, tiny_model):
 def test_fewer_forward_passes(solution, tiny_model):
     """Greedy on the tiny model loops, so copied drafts are right: far fewer model calls."""
     ids, _ = left_pad([6], seed=1)
-    greedy, ours = CountingModel(tiny_model), CountingModel(tiny_model)
-    ig.greedy_search(greedy, ids, 40)
-    solution.prompt_lookup_decode(ours, ids, 40)
+    with CountingModel(tiny_model) as greedy:       # counts every pass that runs on the model in the block
+        ig.greedy_search(greedy, ids, 40)
+    with CountingModel(tiny_model) as ours:
+        solution.prompt_lookup_decode(ours, ids, 40)
     assert ours.calls <= greedy.calls / 2, f"{ours.calls} forward passes vs {greedy.calls} for greedy"
 
 
 def test_conformance(solution):
-    from infergen.testing import check_decoder
+    from infergen.course.checks import check_decoder
 
     check_decoder(solution.prompt_lookup_decode)
 
@@ -43,5 +46,5 @@ def test_conformance(solution):
 def test_bad_parameters(solution, tiny_model):
     ids, _ = left_pad([3], seed=0)
     for name, bad in [("num_draft_tokens", 0), ("max_ngram_size", 0)]:
-        with pytest.raises(ValueError, match=name):
+        with raises(ValueError, match=name):
             solution.prompt_lookup_decode(tiny_model, ids, 4, **{name: bad})

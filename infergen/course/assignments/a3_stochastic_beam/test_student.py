@@ -1,13 +1,15 @@
 """Assignment 3 (stochastic beam search): the tests you can see. The grader runs these and a few more.
 
-    INFERGEN_SOLUTION=my_solution.py pytest assignments/a3_stochastic_beam/test_student.py
+    python -m infergen.course check a3 my_solution.py      # no pytest needed
+    INFERGEN_SOLUTION=my_solution.py pytest test_student.py   # the same tests under pytest
 """
 import math
 
-import pytest
 import torch
 
-from infergen.testing import left_pad
+from infergen.course.asserts import approx, raises
+
+from infergen.course.checks import left_pad
 
 
 def test_truncated_gumbel_worked_example(solution):
@@ -17,7 +19,7 @@ def test_truncated_gumbel_worked_example(solution):
     z = 0.5
     want = -torch.log(torch.exp(torch.tensor(1.0)) - math.exp(-z) + torch.exp(-perturbed))
     assert torch.allclose(got, want, atol=1e-5), f"{got} vs {want}"
-    assert got[0, 0] == pytest.approx(-1.0), "the best child takes exactly the parent's value"
+    assert got[0, 0] == approx(-1.0), "the best child takes exactly the parent's value"
 
 
 def test_truncated_gumbel_is_stable(solution):
@@ -30,7 +32,7 @@ def test_truncated_gumbel_is_stable(solution):
 
 def test_conformance(solution):
     """The decoder protocol: shapes, prompt kept, EOS per row with padding, seeds, return_dict, ..."""
-    from infergen.testing import check_decoder
+    from infergen.course.checks import check_decoder
 
     check_decoder(solution.stochastic_beam_search, deterministic=False, num_beams=3)
 
@@ -58,5 +60,5 @@ def test_bad_parameters(solution, tiny_model):
     for kwargs, name in [(dict(num_beams=0), "num_beams"), (dict(num_beams=2, num_return_sequences=3),
                                                             "num_return_sequences"),
                          (dict(temperature=0.0), "temperature")]:
-        with pytest.raises(ValueError, match=name):
+        with raises(ValueError, match=name):
             solution.stochastic_beam_search(tiny_model, ids, 2, **kwargs)

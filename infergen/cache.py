@@ -13,6 +13,11 @@ Prompts are *left*-padded so that every row's next token sits in the same column
 index among the row's real tokens, used by the rotary embedding) and the attention mask (a token
 attends to the real tokens before it and never to padding).
 
+``Cache`` (a ``typing.Protocol``) is the contract: every operation a decoder may use, implemented by
+``KVCache`` here and by the transformers adapter's ``HFCache`` (:mod:`infergen.models.hf`). Decoders
+never check a cache's type or touch its storage; a decoder that needs an operation some caches cannot
+do asks :meth:`Cache.supports` up front and says so (:func:`require_ops`).
+
 ``KVCache`` is the static, preallocated cache of infergen's native model (the gpt-fast design): one
 tensor for all keys and one for all values, ``[layers, B, kv_heads, max_len, head_dim]``, allocated
 once on the model's device and dtype. Appending writes into the next free columns; nothing is
@@ -22,11 +27,71 @@ reallocated while decoding. Decoders reshape it with four operations:
   rows and may change the batch size, so it also serves to *select* rows);
 * ``repeat(n)`` -- repeat each row ``n`` times, e.g. the ``k`` candidates of contrastive search;
 * ``crop(length)`` -- forget everything after ``length`` columns, e.g. rejected speculative tokens;
-* ``copy()`` -- an independent cache (e.g. to branch a search tree).
+* ``copy()`` -- an independent cache (e.g. to branch a search tree);
+* ``read_column(column)`` / ``append_columns(k, v)`` -- one position's keys/values out of row 0, and
+  such columns back in (MCTS keeps them per tree node).
 """
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
+
+#: Every operation of the protocol that some cache may not support.
+OPTIONAL_OPS = ("reorder", "crop", "read_column", "append_columns", "write_row")
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """What a decoder may do with a cache (implemented by :class:`KVCache` and ``HFCache``).
+
+    ``length`` is the number of filled columns (the same for every row), ``mask`` [B, max_len] marks
+    real tokens, ``batch_size`` the rows. The model calls :meth:`append_mask` and reads
+    :meth:`attention_mask` itself; decoders use the row and column operations.
+    """
+
+    length: int
+    max_len: int
+    mask: torch.Tensor
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def append_mask(self, new_mask: torch.Tensor | None, t: int) -> torch.Tensor:
+        """Record ``t`` new columns (``new_mask`` [B, t], None = all real); return their positions [B, t]."""
+
+    def reorder(self, index: torch.Tensor) -> "Cache":
+        """Keep rows ``index`` (repeats allowed; the batch size may change)."""
+
+    def repeat(self, n: int) -> "Cache":
+        """Repeat every row ``n`` times (row b becomes rows b*n .. b*n+n-1)."""
+
+    def crop(self, length: int) -> "Cache":
+        """Forget every column from ``length`` on."""
+
+    def copy(self) -> "Cache":
+        """An independent copy."""
+
+    def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row 0's keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
+
+    def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> "Cache":
+        """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of a batch-1 cache."""
+
+    def supports(self, op: str) -> bool:
+        """Can this cache do ``op`` (one of :data:`OPTIONAL_OPS`)?"""
+
+    def describe(self) -> str:
+        """A few words on what this cache is (for error messages)."""
+
+
+def require_ops(cache: Cache, ops, who: str) -> Cache:
+    """Raise a clear ``ValueError`` up front if ``cache`` cannot do every operation ``who`` needs."""
+    missing = [op for op in ops if not cache.supports(op)]
+    if missing:
+        raise ValueError(f"{who} needs the cache operation(s) {missing}, which this model's cache "
+                         f"({type(cache).__name__}: {cache.describe()}) does not support")
+    return cache
 
 
 class PaddingState:
@@ -89,10 +154,12 @@ class PaddingState:
         return (causal & (real | diagonal)).unsqueeze(1)  # [B, 1, t, L]
 
     # -- the row operations, applied to the mask; subclasses extend them to their storage --------
-    def _reorder_mask(self, index: torch.Tensor):
+    def reorder_mask(self, index: torch.Tensor):
+        """Gather the mask's rows (the storage is the subclass's business)."""
         self.mask = self.mask.index_select(0, index)
 
-    def _crop_mask(self, length: int):
+    def crop_mask(self, length: int):
+        """Mark every column from ``length`` on as empty."""
         if not 0 <= length <= self.length:
             raise ValueError(f"crop length must be in [0, {self.length}], got {length}")
         self.mask[:, length:] = False
@@ -119,14 +186,28 @@ class StaticKV:
 
 
 class KVCache(PaddingState):
-    """Static key/value cache, preallocated on one device and dtype (see the module docstring)."""
+    """Static key/value cache, preallocated on one device and dtype (see the module docstring).
+
+    ``storage=(k, v)`` hands in preallocated tensors of shape ``[layers, B, kv_heads, max_len, head_dim]``
+    instead (a compiled decode step reuses them: a CUDA graph replays fixed addresses).
+    """
 
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,
-                 device=None, dtype=torch.float32):
+                 device=None, dtype=torch.float32, storage: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__(batch_size, max_len, device)
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        if storage is None:
+            storage = (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        elif any(tuple(t.shape) != shape for t in storage):
+            raise ValueError(f"storage must be two tensors of shape {shape}, got "
+                             f"{[tuple(t.shape) for t in storage]}")
+        self.k, self.v = storage
+
+    def supports(self, op: str) -> bool:
+        return op in OPTIONAL_OPS
+
+    def describe(self) -> str:
+        return f"{self.batch_size} rows x {self.max_len} columns"
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
         """Write this layer's keys/values for the newest ``t`` columns; return all keys/values so far.
@@ -150,7 +231,7 @@ class KVCache(PaddingState):
         else:
             self.k = self.k.index_select(1, index)
             self.v = self.v.index_select(1, index)
-        self._reorder_mask(index)
+        self.reorder_mask(index)
         return self
 
     def repeat(self, n: int) -> "KVCache":
@@ -160,7 +241,20 @@ class KVCache(PaddingState):
 
     def crop(self, length: int) -> "KVCache":
         """Forget every column from ``length`` on (the stale keys are simply overwritten later)."""
-        self._crop_mask(length)
+        self.crop_mask(length)
+        return self
+
+    def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row 0's keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
+        return self.k[:, 0, :, column].clone(), self.v[:, 0, :, column].clone()
+
+    def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
+        """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of row 0 (no forward pass)."""
+        n = k.shape[2]
+        self.append_mask(None, n)
+        end = self.length
+        self.k[:, 0, :, end - n:end] = k
+        self.v[:, 0, :, end - n:end] = v
         return self
 
     def copy(self) -> "KVCache":

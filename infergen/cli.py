@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from .params import SETTINGS
+
 
 def _add_generate(sub):
     p = sub.add_parser(
@@ -23,44 +25,40 @@ def _add_generate(sub):
                    help="decoding strategy: greedy, sample, beam, diverse_beam, contrastive, mcts, "
                         "speculative, or any registered name")
     p.add_argument("--max-new-tokens", type=int, default=64, help="how many tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="divide logits by T before sampling: <1 sharper, >1 flatter, 0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="nucleus sampling: the smallest set of tokens whose probability reaches p")
-    p.add_argument("--min-p", type=float, default=None,
-                   help="drop tokens less likely than min_p times the most likely one")
-    p.add_argument("--repetition-penalty", type=float, default=None,
-                   help="CTRL penalty (>1 discourages any token already in the text; 1 = off)")
-    p.add_argument("--frequency-penalty", type=float, default=None,
-                   help="OpenAI-style: subtract f * count(token) over generated tokens, in [-2, 2]")
-    p.add_argument("--presence-penalty", type=float, default=None,
-                   help="OpenAI-style: subtract p once from every token already generated, in [-2, 2]")
+    for s in SETTINGS:  # one option per field of SamplingParams: names, help and types come from there
+        flag = "--" + s.name.replace("_", "-")
+        if s.kind is tuple:
+            p.add_argument(flag, action="append", default=None, help=s.help + " (repeatable)")
+        elif s.kind is dict:
+            p.add_argument(flag, type=_logit_bias, default=None, help=s.help + ' (JSON, e.g. \'{"13": -5}\')')
+        else:
+            p.add_argument(flag, type=s.kind, default=None, help=s.help)
     p.add_argument("--num-beams", type=int, default=None, help="beam width (strategy beam)")
     p.add_argument("--penalty-alpha", "--alpha", dest="alpha", type=float, default=None,
                    help="degeneration penalty weight (strategy contrastive)")
     p.add_argument("--num-simulations", type=int, default=None, help="MCTS simulations per token (strategy mcts)")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (one prompt)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
 
 
-PARAMS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
-          "repetition_penalty": "repetition_penalty", "frequency_penalty": "frequency_penalty",
-          "presence_penalty": "presence_penalty", "num_beams": "num_beams", "alpha": "alpha",
-          "num_simulations": "num_simulations", "seed": "seed"}
+STRATEGY_OPTIONS = ("num_beams", "alpha", "num_simulations")
+
+
+def _logit_bias(text: str) -> dict:
+    try:
+        return {int(k): float(v) for k, v in json.loads(text).items()}
+    except (ValueError, AttributeError) as err:
+        raise argparse.ArgumentTypeError(f"--logit-bias must be a JSON object {{token_id: bias}}, got {text!r}") from err
 
 
 def _generate(args):
     import infergen
 
     model, tokenizer = infergen.load_model(args.model, device=args.device)
-    params = {dest: getattr(args, src) for src, dest in PARAMS.items() if getattr(args, src) is not None}
-    if args.stop:
-        params["stop"] = args.stop
+    names = [s.name for s in SETTINGS] + list(STRATEGY_OPTIONS)
+    params = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.stream:
         if len(args.prompt) != 1:
             raise SystemExit("--stream takes exactly one prompt")

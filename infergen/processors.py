@@ -32,7 +32,8 @@ from typing import Callable
 
 import torch
 
-from ._validation import check_logits, check_number
+from ._validation import check_logits
+from .params import SamplingParams, setting
 
 __all__ = [
     "PIPELINE_ORDER", "LogitsContext", "LogitsPipeline",
@@ -147,7 +148,7 @@ def _entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 # Temperature and truncation ("warpers")
 # --------------------------------------------------------------------------------------------------------
 def _check_temperature(value, name="temperature"):
-    return check_number(name, value, low=0, high=math.inf, high_open=True)
+    return setting("temperature").check(value, name)
 
 
 def apply_temperature(logits: torch.Tensor, temperature) -> torch.Tensor:
@@ -173,7 +174,7 @@ def apply_temperature(logits: torch.Tensor, temperature) -> torch.Tensor:
 
 
 def _check_top_k(value, name="top_k"):
-    return check_number(name, value, low=0, integer=True, allow_none=True)
+    return setting("top_k").check(value, name)
 
 
 def apply_top_k(logits: torch.Tensor, top_k) -> torch.Tensor:
@@ -198,7 +199,7 @@ def apply_top_k(logits: torch.Tensor, top_k) -> torch.Tensor:
 
 
 def _check_top_p(value, name="top_p"):
-    return check_number(name, value, low=0, high=1, low_open=True)
+    return setting("top_p").check(value, name)
 
 
 def apply_top_p(logits: torch.Tensor, top_p) -> torch.Tensor:
@@ -227,7 +228,7 @@ def apply_top_p(logits: torch.Tensor, top_p) -> torch.Tensor:
 
 
 def _check_min_p(value, name="min_p"):
-    return check_number(name, value, low=0, high=1)
+    return setting("min_p").check(value, name)
 
 
 def apply_min_p(logits: torch.Tensor, min_p) -> torch.Tensor:
@@ -250,7 +251,7 @@ def apply_min_p(logits: torch.Tensor, min_p) -> torch.Tensor:
 
 
 def _check_typical(value, name="typical_p"):
-    return check_number(name, value, low=0, high=1, low_open=True)
+    return setting("typical_p").check(value, name)
 
 
 def apply_typical(logits: torch.Tensor, typical_p) -> torch.Tensor:
@@ -280,7 +281,7 @@ def apply_typical(logits: torch.Tensor, typical_p) -> torch.Tensor:
 
 
 def _check_epsilon(value, name="epsilon"):
-    return check_number(name, value, low=0, high=1, high_open=True)
+    return setting("epsilon").check(value, name)
 
 
 def apply_epsilon(logits: torch.Tensor, epsilon) -> torch.Tensor:
@@ -323,7 +324,7 @@ def apply_eta(logits: torch.Tensor, epsilon) -> torch.Tensor:
 # Penalties and biases (they use the token history)
 # --------------------------------------------------------------------------------------------------------
 def _check_repetition_penalty(value, name="penalty"):
-    return check_number(name, value, low=0, high=math.inf, low_open=True, high_open=True)
+    return setting("repetition_penalty").check(value, name)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty) -> torch.Tensor:
@@ -351,7 +352,7 @@ def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty) -> torch.
 
 
 def _check_openai_penalty(value, name):
-    return check_number(name, value, low=-2, high=2)
+    return setting("frequency_penalty").check(value, name)
 
 
 def apply_frequency_penalty(logits: torch.Tensor, token_ids, frequency_penalty=0.0,
@@ -384,7 +385,7 @@ def apply_frequency_penalty(logits: torch.Tensor, token_ids, frequency_penalty=0
 
 
 def _check_ngram_size(value, name="ngram_size"):
-    return check_number(name, value, low=0, integer=True)
+    return setting("no_repeat_ngram_size").check(value, name)
 
 
 def apply_no_repeat_ngram(logits: torch.Tensor, token_ids, ngram_size) -> torch.Tensor:
@@ -421,15 +422,7 @@ def apply_no_repeat_ngram(logits: torch.Tensor, token_ids, ngram_size) -> torch.
 
 def _check_logit_bias(logit_bias, vocab=None, name="logit_bias"):
     """Validate ``{token_id: bias}``; ids are checked against the vocabulary when it is known."""
-    if logit_bias is None:
-        return None
-    if not isinstance(logit_bias, dict):
-        raise TypeError(f"{name} must be a dict {{token_id: bias}}, got {type(logit_bias).__name__}")
-    high = None if vocab is None else vocab - 1
-    for token_id, bias in logit_bias.items():
-        check_number(f"{name} token id", token_id, low=0, high=high, integer=True)
-        check_number(f"{name}[{token_id}]", bias, low=-100, high=100)
-    return logit_bias
+    return setting("logit_bias").check(logit_bias, name, vocab=vocab)
 
 
 def apply_logit_bias(logits: torch.Tensor, logit_bias) -> torch.Tensor:
@@ -558,61 +551,59 @@ class LogitsPipeline:
 
     def __init__(self, steps=(), temperature=1.0):
         self._steps: list[tuple[str, Step]] = []
+        self._history_free: set[str] = set()
         self.temperature = temperature
         for name, fn in steps:
             self.add(name, fn)
 
     @classmethod
-    def from_params(cls, *, temperature=1.0, top_k=None, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon=0.0,
-                    eta=0.0, repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0,
-                    no_repeat_ngram_size=0, logit_bias=None) -> "LogitsPipeline":
-        """Validate every parameter up front, then build only the steps that change something.
+    def from_params(cls, params: SamplingParams | None = None, *, sampling: bool = True,
+                    **kwargs) -> "LogitsPipeline":
+        """The pipeline of ``params`` (a :class:`~infergen.params.SamplingParams`, or its fields as keywords).
 
-        Defaults are the "off" values. With ``temperature=0`` (greedy) the truncation steps are skipped:
-        each of them always keeps the top token, so after greedy masking they cannot change the result.
-        Per-row parameters may be ``[B]`` tensors.
+        Only the steps that change something are built (defaults are the "off" values). ``sampling=False``
+        builds only the score-editing steps (bias, penalties, n-gram bans), as deterministic searches use
+        them. With ``temperature=0`` (greedy) the truncation steps are skipped: each of them always keeps
+        the top token, so after greedy masking they cannot change the result.
         """
-        _check_temperature(temperature)
-        _check_top_k(top_k)
-        _check_top_p(top_p)
-        _check_min_p(min_p)
-        _check_typical(typical_p)
-        _check_epsilon(epsilon)
-        _check_epsilon(eta, name="eta")
-        _check_repetition_penalty(repetition_penalty, name="repetition_penalty")
-        _check_openai_penalty(frequency_penalty, "frequency_penalty")
-        _check_openai_penalty(presence_penalty, "presence_penalty")
-        _check_ngram_size(no_repeat_ngram_size, name="no_repeat_ngram_size")
-        _check_logit_bias(logit_bias)
-
-        pipe = cls(temperature=temperature)
-        if logit_bias:
-            pipe.add("logit_bias", lambda z, ctx: apply_logit_bias(z, logit_bias))
-        if not _is_everywhere(repetition_penalty, 1):
+        if params is None:
+            params = SamplingParams.from_kwargs(**kwargs)
+        elif kwargs:
+            raise TypeError("give either a SamplingParams or keyword settings, not both")
+        p = params
+        pipe = cls(temperature=p.temperature if sampling else 0.0)
+        active = p.active()
+        if "logit_bias" in active:
+            pipe.add("logit_bias", lambda z, ctx: apply_logit_bias(z, p.logit_bias), history=False)
+        if "repetition_penalty" in active:
             pipe.add("repetition_penalty",
-                     lambda z, ctx: apply_repetition_penalty(z, ctx.all_ids, repetition_penalty))
-        if not (_is_everywhere(frequency_penalty, 0) and _is_everywhere(presence_penalty, 0)):
+                     lambda z, ctx: apply_repetition_penalty(z, ctx.all_ids, p.repetition_penalty))
+        if "frequency_penalty" in active or "presence_penalty" in active:
             pipe.add("frequency_penalty", lambda z, ctx: apply_frequency_penalty(
-                z, ctx.generated_ids, frequency_penalty, presence_penalty))
-        if no_repeat_ngram_size:
-            pipe.add("no_repeat_ngram", lambda z, ctx: apply_no_repeat_ngram(z, ctx.all_ids, no_repeat_ngram_size))
-        if not _is_everywhere(temperature, 1):
-            pipe.add("temperature", lambda z, ctx: apply_temperature(z, temperature))
+                z, ctx.generated_ids, p.frequency_penalty, p.presence_penalty))
+        if "no_repeat_ngram_size" in active:
+            pipe.add("no_repeat_ngram", lambda z, ctx: apply_no_repeat_ngram(z, ctx.all_ids, p.no_repeat_ngram_size))
+        if not sampling:
+            return pipe
+        if "temperature" in active:
+            pipe.add("temperature", lambda z, ctx: apply_temperature(z, p.temperature), history=False)
         if pipe.is_greedy:
             return pipe
-        warpers = [("top_k", apply_top_k, top_k, 0), ("top_p", apply_top_p, top_p, 1),
-                   ("min_p", apply_min_p, min_p, 0), ("typical", apply_typical, typical_p, 1),
-                   ("epsilon", apply_epsilon, epsilon, 0), ("eta", apply_eta, eta, 0)]
-        for name, fn, value, off in warpers:
-            if value is not None and not _is_everywhere(value, off):
-                pipe.add(name, lambda z, ctx, fn=fn, value=value: fn(z, value))
+        warpers = [("top_k", apply_top_k, "top_k"), ("top_p", apply_top_p, "top_p"), ("min_p", apply_min_p, "min_p"),
+                   ("typical", apply_typical, "typical_p"), ("epsilon", apply_epsilon, "epsilon"),
+                   ("eta", apply_eta, "eta")]
+        for name, fn, field in warpers:
+            if field in active:
+                pipe.add(name, lambda z, ctx, fn=fn, value=active[field]: fn(z, value), history=False)
         return pipe
 
-    def add(self, name: str, fn: Step, *, before: str | None = None) -> "LogitsPipeline":
+    def add(self, name: str, fn: Step, *, before: str | None = None, history: bool = True) -> "LogitsPipeline":
         """Append a step ``fn(logits, context) -> logits`` (or insert it before the step named ``before``).
 
         ``context`` is a :class:`LogitsContext` with ``prompt_ids``, ``generated_ids`` and ``all_ids``. The step
-        must not modify ``logits`` in place. Returns the pipeline, so calls can be chained.
+        must not modify ``logits`` in place. ``history=False`` declares that the step never reads the
+        context, so decoders need not keep the token history for it (the default assumes it does).
+        Returns the pipeline, so calls can be chained.
         """
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty string, got {name!r}")
@@ -627,6 +618,8 @@ class LogitsPipeline:
             self._steps.insert(names.index(before), (name, fn))
         else:
             raise ValueError(f"before must name an existing step, one of {names}, got {before!r}")
+        if not history:
+            self._history_free.add(name)
         return self
 
     def add_registered(self, name: str, *, before: str | None = None, **params) -> "LogitsPipeline":
@@ -649,6 +642,16 @@ class LogitsPipeline:
     def steps(self) -> list[tuple[str, Step]]:
         """The steps as ``(name, callable)`` pairs, in the order they run (a copy)."""
         return list(self._steps)
+
+    @property
+    def uses_history(self) -> bool:
+        """Does some step read the token history (penalties, n-gram bans, custom steps)?"""
+        return any(name not in self._history_free for name, _ in self._steps)
+
+    @property
+    def is_plain_argmax(self) -> bool:
+        """Greedy with no step but the temperature: the chosen token is simply the argmax of the logits."""
+        return self.is_greedy and all(name == "temperature" for name, _ in self._steps)
 
     @property
     def is_greedy(self) -> bool:

@@ -81,7 +81,9 @@ class Int8Linear(nn.Module):
         self.compute_dtype = compute_dtype
         self.packed = _int8pack_available(device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packed: bool = False) -> torch.Tensor:
+        """``packed`` (the decode-step hint the native model passes to its linear layers) is not needed:
+        the int8 weight is always read by the same kernel."""
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # the kernels take [N, in] rows
         if self.packed and x.device.type == "cpu":
             y = torch._weight_int8pack_mm(rows.to(self.compute_dtype), self.qweight, self.scales)

@@ -48,14 +48,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._validation import check_number
-from .cache import KVCache
-from .decoding.base import eos_ids
+from ._validation import check_input_ids, check_number
+from .cache import require_ops
+from .decoding.base import make_generator, special_ids
+from .decoding.steps import Sampler, last_logits, prefill
 from .models.hf import as_model
-from .processors import LogitsPipeline, sample_from_logits
+from .params import SETTINGS, SamplingParams, setting
 
-__all__ = ["Request", "ContinuousBatcher", "static_batching", "compare_batching", "mixed_workload",
-           "to_generation_config", "to_vllm_sampling_params"]
+__all__ = ["ContinuousBatcher", "Request", "compare_batching", "from_generation_config", "mixed_workload",
+           "static_batching", "to_generation_config", "to_vllm_sampling_params"]
 
 
 @dataclass
@@ -82,17 +83,18 @@ class Request:
     latency_s: float | None = None
 
     def __post_init__(self):
-        if isinstance(self.prompt, torch.Tensor):
-            if self.prompt.dim() != 1:
-                raise ValueError(f"prompt must be a 1-D sequence of token ids, got shape {tuple(self.prompt.shape)}")
-            self.prompt = self.prompt.tolist()
-        self.prompt = [int(t) for t in self.prompt]
-        if not self.prompt:
-            raise ValueError("prompt must hold at least one token id")
+        prompt = self.prompt
+        if not isinstance(prompt, torch.Tensor):
+            if not isinstance(prompt, (list, tuple)) or not all(
+                    isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+                raise TypeError(f"prompt must be a list of integer token ids or a 1-D tensor, got {prompt!r}")
+            prompt = torch.tensor(list(prompt), dtype=torch.long)
+        if prompt.dim() != 1:
+            raise ValueError(f"prompt must be a 1-D sequence of token ids, got shape {tuple(prompt.shape)}")
+        self.prompt = check_input_ids(prompt, "prompt")[0].tolist()
         check_number("max_new_tokens", self.max_new_tokens, low=1, integer=True)
         check_number("arrival", self.arrival, low=0, integer=True)
-        if self.seed is not None:
-            check_number("seed", self.seed, low=0, integer=True)
+        setting("seed").check(self.seed)
 
     @property
     def done(self) -> bool:
@@ -110,41 +112,32 @@ class ContinuousBatcher:
     """
 
     def __init__(self, model, max_batch: int = 8, max_len: int | None = None, *, eos_token_id=None,
-                 pad_token_id=None, temperature=0.0, **params):
+                 pad_token_id=None, params: SamplingParams | None = None, temperature=None, **settings):
         self.model = as_model(model)
         check_number("max_batch", max_batch, low=1, integer=True)
         if max_len is not None:
             check_number("max_len", max_len, low=2, high=self.model.max_context, integer=True)
-        probe = self.model.new_cache(1, 1)
-        if not isinstance(probe, KVCache):
-            raise TypeError("continuous batching needs infergen's KVCache (the native model); "
-                            f"{type(self.model).__name__} provides {type(probe).__name__}")
         self.max_batch, self.max_len = int(max_batch), max_len
-        self.pipeline = LogitsPipeline.from_params(temperature=temperature, **params)
-        self.uses_history = any(name in ("repetition_penalty", "frequency_penalty", "no_repeat_ngram")
-                                for name, _ in self.pipeline.steps)
-        self.eos = set(eos_ids(self.model, eos_token_id))
-        if pad_token_id is None:
-            pad_token_id = getattr(self.model.config, "pad_token_id", None)
-            pad_token_id = pad_token_id if pad_token_id is not None else (min(self.eos) if self.eos else 0)
-        self.pad = int(pad_token_id)
+        if params is None and temperature is None:
+            temperature = 0.0  # serving defaults to greedy
+        self.params = SamplingParams.resolve(params, temperature=temperature, **settings)
+        if self.params.stop:
+            raise ValueError("ContinuousBatcher serves token ids: stop strings need a tokenizer (use eos_token_id)")
+        eos, self.pad = special_ids(self.model, eos_token_id, pad_token_id)
+        self.eos = set(eos)
         self.stats = {}
 
     # -- choosing tokens ----------------------------------------------------------------------------
-    def _choose(self, logits: torch.Tensor, rows: list, reqs: list, generators: dict) -> tuple[list, list]:
-        """Pick one token for each of ``rows`` (indices into ``logits`` [n, V]) for its request."""
+    def _choose(self, sampler: Sampler, logits: torch.Tensor, reqs: list, generators: dict) -> tuple[list, list]:
+        """One token for each request of ``reqs`` from its row of ``logits`` [n, V] (the shared
+        :class:`~infergen.decoding.steps.Sampler`, with each request's own history and generator)."""
         prompt_ids = generated_ids = None
-        if self.uses_history:
+        if sampler.uses_history:
             prompt_ids = _pad_rows([r.prompt for r in reqs], logits.device)
             generated_ids = _pad_rows([r.tokens for r in reqs], logits.device)
-        logprobs = torch.log_softmax(logits, -1)
-        if self.pipeline.is_greedy and not self.uses_history:
-            tokens = logits.argmax(-1)
-        else:
-            processed = self.pipeline(logits, prompt_ids=prompt_ids, generated_ids=generated_ids)
-            tokens = torch.stack([sample_from_logits(processed[i], generator=generators.get(id(r)))
-                                  for i, r in enumerate(reqs)])
-        picked = logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+        sampler.generator = [generators.get(id(r)) for r in reqs]
+        tokens = sampler(logits, prompt_ids, generated_ids)
+        picked = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
         return tokens.tolist(), picked.tolist()
 
     def _record(self, req: Request, token: int, logprob: float, step: int, start: float):
@@ -177,14 +170,16 @@ class ContinuousBatcher:
             if min(r.prompt) < 0 or max(r.prompt) >= vocab:
                 raise ValueError(f"request {r.id!r} has token ids outside [0, {vocab - 1}]")
         model, B, device = self.model, self.max_batch, self.model.device
-        generators = {}
+        sampler = Sampler(self.params)
+        generators = {}  # each request draws from its own generator: its seed, or the params' seed
         for r in requests:
-            if r.seed is not None:
-                generators[id(r)] = torch.Generator(device=device).manual_seed(r.seed)
+            seed = r.seed if r.seed is not None else self.params.seed
+            if seed is not None:
+                generators[id(r)] = make_generator(seed, device=device)
         pending = deque(sorted(requests, key=lambda r: r.arrival))
         slots: list[Request | None] = [None] * B
         last = torch.full((B,), self.pad, dtype=torch.long, device=device)
-        cache = model.new_cache(B, max_len)
+        cache = require_ops(model.new_cache(B, max_len), ("write_row",), "ContinuousBatcher")
         step, start = 0, time.perf_counter()
         stats = dict(decode_steps=0, row_steps=0, busy_row_steps=0, prefills=0, dropped_columns=0, max_len=max_len)
         with torch.inference_mode():
@@ -195,7 +190,7 @@ class ContinuousBatcher:
                     first = self._admit(req, row, cache, max_len)
                     stats["prefills"] += 1
                     req.admitted_step = step
-                    tok, lp = self._choose(first, [0], [req], generators)
+                    tok, lp = self._choose(sampler, first, [req], generators)
                     self._record(req, tok[0], lp[0], step, start)
                     if req.done:
                         cache.clear_row(row)
@@ -212,14 +207,14 @@ class ContinuousBatcher:
                     self._compact(cache, slots, stats)
                 active = torch.zeros(B, 1, dtype=torch.bool, device=device)
                 active[occupied] = True
-                logits = model(last[:, None], cache, attention_mask=active).logits[:, -1].float()
+                logits = last_logits(model(last[:, None], cache, attention_mask=active))
                 stats["decode_steps"] += 1
                 stats["row_steps"] += B
                 stats["busy_row_steps"] += len(occupied)
                 step += 1
                 # 3. record each row's token; retire finished requests at once
                 reqs = [slots[i] for i in occupied]
-                tokens, lps = self._choose(logits[occupied], occupied, reqs, generators)
+                tokens, lps = self._choose(sampler, logits[occupied], reqs, generators)
                 for row, req, tok, lp in zip(occupied, reqs, tokens, lps):
                     self._record(req, tok, lp, step, start)
                     last[row] = tok
@@ -232,7 +227,7 @@ class ContinuousBatcher:
         self.stats = stats
         return requests
 
-    def _admit(self, req: Request, row: int, cache: KVCache, max_len: int):
+    def _admit(self, req: Request, row: int, cache, max_len: int):
         """Prefill ``req`` alone, copy its keys/values into slot ``row``; returns its next-token logits."""
         T = len(req.prompt)
         if cache.length < T:  # the prompt is longer than the shared columns: pad every row on the left
@@ -242,12 +237,12 @@ class ContinuousBatcher:
                                           device=cache.mask.device), T - cache.length)
         ids = torch.tensor([req.prompt], dtype=torch.long, device=self.model.device)
         alone = self.model.new_cache(1, T)
-        logits = self.model(ids, alone).logits[:, -1].float()
+        logits = last_logits(prefill(self.model, ids, alone))
         cache.write_row(row, alone)
         return logits
 
     @staticmethod
-    def _compact(cache: KVCache, slots: list, stats: dict):
+    def _compact(cache, slots: list, stats: dict):
         """Free columns at the end of the shared cache (see :meth:`~infergen.cache.KVCache.compact`)."""
         dropped = cache.compact()
         if dropped <= 0:  # pragma: no cover  (prevented: every request fits max_len)
@@ -262,33 +257,38 @@ def _pad_rows(rows: list[list[int]], device) -> torch.Tensor:
 
 
 def static_batching(model, requests: list[Request], batch_size: int = 8, *, eos_token_id=None,
-                    pad_token_id=None, temperature=0.0, **params) -> list[Request]:
+                    pad_token_id=None, params: SamplingParams | None = None, temperature=None,
+                    **settings) -> list[Request]:
     """The baseline: serve ``requests`` in arrival order, ``batch_size`` at a time, each batch to the end.
 
     A batch runs until every row is finished or its *largest* ``max_new_tokens`` is reached; a row is
-    then cut to its own limit. (Arrival times are ignored: all requests are taken as waiting.)
+    then cut to its own limit. (Arrival times are ignored: all requests are taken as waiting.) Each row
+    samples with its own generator (its request's seed), so a request's tokens do not depend on its
+    batch.
     """
     from .decoding.sampling import generate_autoregressive
 
     check_number("batch_size", batch_size, low=1, integer=True)
     model = as_model(model)
-    eos = set(eos_ids(model, eos_token_id))
-    pad = pad_token_id if pad_token_id is not None else getattr(model.config, "pad_token_id", None)
-    pad = pad if pad is not None else (min(eos) if eos else 0)
+    if params is None and temperature is None:
+        temperature = 0.0  # serving defaults to greedy
+    params = SamplingParams.resolve(params, temperature=temperature, **settings)
+    eos_list, pad = special_ids(model, eos_token_id, pad_token_id)
+    eos = set(eos_list)
     order = sorted(requests, key=lambda r: r.arrival)
     start = time.perf_counter()
-    steps = 0
     for i in range(0, len(order), batch_size):
         group = order[i:i + batch_size]
         width = max(len(r.prompt) for r in group)
         ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in group], device=model.device)
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in group], device=model.device)
         n = max(r.max_new_tokens for r in group)
-        seed = group[0].seed
-        out = generate_autoregressive(model, ids, n, temperature=temperature, attention_mask=mask,
-                                      eos_token_id=sorted(eos), pad_token_id=pad, seed=seed,
-                                      return_dict=True, **params)
-        steps += out.new_tokens.shape[1]
+        seeds = [r.seed if r.seed is not None else params.seed for r in group]
+        generators = None if all(s is None for s in seeds) else [
+            make_generator(s, device=model.device) or torch.Generator(device=model.device).manual_seed(
+                int(torch.randint(0, 2**62, (1,)))) for s in seeds]
+        out = generate_autoregressive(model, ids, n, attention_mask=mask, eos_token_id=eos_list, pad_token_id=pad,
+                                      params=params.replace(seed=None), generator=generators, return_dict=True)
         now = time.perf_counter() - start
         for j, r in enumerate(group):
             k = min(out.lengths[j], r.max_new_tokens)
@@ -350,102 +350,128 @@ def compare_batching(model, requests: list[Request], batch_size: int = 8, **para
 # ------------------------------------------------------------------------------------------------
 # The same settings in the peers' terms
 # ------------------------------------------------------------------------------------------------
-_KNOWN = {"temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "repetition_penalty",
-          "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "logit_bias", "max_new_tokens",
-          "min_new_tokens", "eos_token_id", "pad_token_id", "num_beams", "length_penalty", "early_stopping",
-          "num_return_sequences", "seed", "stop"}
+#: Generation settings that are not sampling settings (they belong to the call, not to SamplingParams).
+CALL_SETTINGS = ("max_new_tokens", "min_new_tokens", "eos_token_id", "pad_token_id", "num_beams", "length_penalty",
+                 "early_stopping", "num_return_sequences")
+_SAMPLING_NAMES = tuple(s.name for s in SETTINGS)
+
+#: infergen's sampling setting -> transformers' ``GenerationConfig`` field (None: transformers has none).
+TRANSFORMERS_NAMES = {"logit_bias": "sequence_bias", "repetition_penalty": "repetition_penalty",
+                      "frequency_penalty": None, "presence_penalty": None,
+                      "no_repeat_ngram_size": "no_repeat_ngram_size", "temperature": "temperature",
+                      "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "typical_p": "typical_p",
+                      "epsilon": "epsilon_cutoff", "eta": "eta_cutoff", "seed": None, "stop": "stop_strings"}
+#: infergen's sampling setting -> vLLM's ``SamplingParams`` field (None: vLLM has none).
+VLLM_NAMES = {"logit_bias": "logit_bias", "repetition_penalty": "repetition_penalty",
+              "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
+              "no_repeat_ngram_size": None, "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+              "min_p": "min_p", "typical_p": None, "epsilon": None, "eta": None, "seed": "seed", "stop": "stop"}
 
 
-def _check_params(params: dict) -> dict:
+def _split_settings(params) -> tuple[SamplingParams, dict]:
+    """A dict of generation settings (or a SamplingParams) -> (SamplingParams, the call's other settings)."""
+    if isinstance(params, SamplingParams):
+        return params, {}
     if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of generation settings, got {type(params).__name__}")
-    unknown = set(params) - _KNOWN
+        raise TypeError(f"params must be a SamplingParams or a dict of generation settings, got "
+                        f"{type(params).__name__}")
+    unknown = set(params) - set(_SAMPLING_NAMES) - set(CALL_SETTINGS)
     if unknown:
-        raise ValueError(f"unknown generation settings {sorted(unknown)}; known: {sorted(_KNOWN)}")
-    LogitsPipeline.from_params(**{k: v for k, v in params.items() if k in (
-        "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "repetition_penalty",
-        "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "logit_bias")})  # validates ranges
-    return {k: v for k, v in params.items() if v is not None}
+        raise ValueError(f"unknown generation settings {sorted(unknown)}; known: "
+                         f"{sorted(_SAMPLING_NAMES + CALL_SETTINGS)}")
+    sampling = SamplingParams.from_kwargs(**{k: v for k, v in params.items() if k in _SAMPLING_NAMES})
+    return sampling, {k: v for k, v in params.items() if k in CALL_SETTINGS and v is not None}
 
 
-def to_generation_config(params: dict):
-    """infergen settings -> a transformers ``GenerationConfig`` that decodes the same way.
+def to_generation_config(params):
+    """infergen settings (a :class:`~infergen.params.SamplingParams` or a dict that may also hold
+    :data:`CALL_SETTINGS`) -> a transformers ``GenerationConfig`` that decodes the same way.
 
-    ``temperature`` 0 (or absent sampling) means greedy (``do_sample=False``); any other temperature
-    samples. ``logit_bias`` {id: bias} becomes ``sequence_bias`` {(id,): bias}. ``seed`` is not part
-    of a ``GenerationConfig`` (call ``torch.manual_seed`` before ``generate``); ``stop`` strings become
-    ``stop_strings`` (``generate`` then also needs ``tokenizer=``). transformers has no frequency or
-    presence penalty: asking for one raises ``ValueError``.
+    ``temperature`` 0 means greedy (``do_sample=False``); any other temperature samples. ``logit_bias``
+    {id: bias} becomes ``sequence_bias`` {(id,): bias}. ``seed`` is not part of a ``GenerationConfig``
+    (call ``torch.manual_seed`` before ``generate``); ``stop`` strings become ``stop_strings``
+    (``generate`` then also needs ``tokenizer=``). Settings transformers lacks (frequency and presence
+    penalties, :data:`TRANSFORMERS_NAMES`) raise ``ValueError``.
     """
     from transformers import GenerationConfig
 
-    p = _check_params(params)
-    for name in ("frequency_penalty", "presence_penalty"):
-        if p.get(name, 0) != 0:
+    sampling, call = _split_settings(params)
+    active = sampling.active()
+    for name in active:
+        if TRANSFORMERS_NAMES[name] is None and name != "seed":
             raise ValueError(f"transformers has no {name} (OpenAI/vLLM semantics); use repetition_penalty or "
                              "infergen/vLLM")
-    temperature = p.get("temperature", 1.0)
-    beams = p.get("num_beams", 1)
-    do_sample = temperature != 0
-    kw = {"do_sample": do_sample, "num_beams": beams}
+    do_sample = not sampling.is_greedy
+    kw = {"do_sample": do_sample, "num_beams": call.get("num_beams", 1)}
+    for name, value in active.items():
+        target = TRANSFORMERS_NAMES[name]
+        if target is None or (setting(name).sampling_only and not do_sample):
+            continue
+        if name == "logit_bias":
+            value = {(int(t),): float(b) for t, b in value.items()}
+        elif name == "stop":
+            value = list(value)
+        kw[target] = value
     if do_sample:
-        kw.update(temperature=float(temperature), top_k=p.get("top_k") or 0, top_p=float(p.get("top_p", 1.0)))
-        for name in ("min_p", "typical_p"):
-            if name in p:
-                kw[name] = float(p[name])
-        if p.get("epsilon"):
-            kw["epsilon_cutoff"] = float(p["epsilon"])
-        if p.get("eta"):
-            kw["eta_cutoff"] = float(p["eta"])
-    if p.get("repetition_penalty", 1.0) != 1.0:
-        kw["repetition_penalty"] = float(p["repetition_penalty"])
-    if p.get("no_repeat_ngram_size"):
-        kw["no_repeat_ngram_size"] = int(p["no_repeat_ngram_size"])
-    if p.get("logit_bias"):
-        kw["sequence_bias"] = {(int(t),): float(b) for t, b in p["logit_bias"].items()}
-    for name in ("max_new_tokens", "min_new_tokens", "pad_token_id", "num_return_sequences", "length_penalty",
-                 "early_stopping"):
-        if name in p:
-            kw[name] = p[name]
-    if "eos_token_id" in p:
-        kw["eos_token_id"] = p["eos_token_id"]
-    if p.get("stop"):
-        kw["stop_strings"] = [p["stop"]] if isinstance(p["stop"], str) else list(p["stop"])
+        kw.setdefault("temperature", float(sampling.temperature))
+        kw.setdefault("top_k", 0)  # transformers' default is 50; infergen's is "off"
+        kw.setdefault("top_p", 1.0)
+    kw.update({k: v for k, v in call.items() if k != "num_beams"})
     return GenerationConfig(**kw)
 
 
-def to_vllm_sampling_params(params: dict) -> dict:
+def from_generation_config(config) -> SamplingParams:
+    """A transformers ``GenerationConfig`` -> the :class:`~infergen.params.SamplingParams` that decodes the
+    same way (the inverse of :func:`to_generation_config` for the settings both know)."""
+    settings = {}
+    for name, target in TRANSFORMERS_NAMES.items():
+        value = getattr(config, target, None) if target else None
+        if value is None:
+            continue
+        if name == "logit_bias":
+            value = {int(k[0]): float(b) for k, b in value.items() if len(k) == 1}
+        elif name == "top_k" and value == 0:
+            continue  # 0 = off in both
+        settings[name] = value
+    if not getattr(config, "do_sample", False):
+        settings = {k: v for k, v in settings.items() if not setting(k).sampling_only}
+        settings["temperature"] = 0.0
+    return SamplingParams.from_kwargs(**settings)
+
+
+def to_vllm_sampling_params(params) -> dict:
     """infergen settings -> keyword arguments for vLLM's ``SamplingParams`` (a plain dict: no vLLM needed).
 
     ``vllm.SamplingParams(**to_vllm_sampling_params(p))``. Greedy is ``temperature=0`` in both.
-    ``max_new_tokens`` -> ``max_tokens``, ``eos_token_id`` -> ``stop_token_ids``, ``stop`` -> ``stop``,
-    ``top_k`` None -> 0 (vLLM: 0 or -1 means "all tokens"). vLLM has no typical/epsilon/eta sampling nor
-    n-gram bans, and beam search has its own entry point (``LLM.beam_search``): those raise ``ValueError``.
+    ``max_new_tokens`` -> ``max_tokens``, ``eos_token_id`` -> ``stop_token_ids``, ``top_k`` None -> 0
+    (vLLM: 0 or -1 means "all tokens"). vLLM has no typical/epsilon/eta sampling nor n-gram bans
+    (:data:`VLLM_NAMES`), and beam search has its own entry point (``LLM.beam_search``): those raise
+    ``ValueError``.
     """
-    p = _check_params(params)
-    for name, unit in (("typical_p", 1.0), ("epsilon", 0.0), ("eta", 0.0), ("no_repeat_ngram_size", 0)):
-        if p.get(name, unit) != unit:
+    sampling, call = _split_settings(params)
+    active = sampling.active()
+    for name in active:
+        if VLLM_NAMES[name] is None:
             raise ValueError(f"vLLM's SamplingParams has no {name}")
-    if p.get("num_beams", 1) != 1:
+    if call.get("num_beams", 1) != 1:
         raise ValueError("vLLM runs beam search through LLM.beam_search(BeamSearchParams(beam_width=...)), "
                          "not SamplingParams")
-    out = {"temperature": float(p.get("temperature", 1.0)), "top_p": float(p.get("top_p", 1.0)),
-           "top_k": int(p.get("top_k") or 0), "min_p": float(p.get("min_p", 0.0)),
-           "repetition_penalty": float(p.get("repetition_penalty", 1.0)),
-           "frequency_penalty": float(p.get("frequency_penalty", 0.0)),
-           "presence_penalty": float(p.get("presence_penalty", 0.0)),
-           "n": int(p.get("num_return_sequences", 1))}
-    if "max_new_tokens" in p:
-        out["max_tokens"] = int(p["max_new_tokens"])
-    if "min_new_tokens" in p:
-        out["min_tokens"] = int(p["min_new_tokens"])
-    if "seed" in p:
-        out["seed"] = int(p["seed"])
-    if "eos_token_id" in p:
-        eos = p["eos_token_id"]
+    out = {"temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
+           "top_k": int(sampling.top_k or 0), "min_p": float(sampling.min_p),
+           "repetition_penalty": float(sampling.repetition_penalty),
+           "frequency_penalty": float(sampling.frequency_penalty),
+           "presence_penalty": float(sampling.presence_penalty), "n": int(call.get("num_return_sequences", 1))}
+    if sampling.seed is not None:
+        out["seed"] = int(sampling.seed)
+    if sampling.stop:
+        out["stop"] = list(sampling.stop)
+    if sampling.logit_bias:
+        out["logit_bias"] = {int(t): float(b) for t, b in sampling.logit_bias.items()}
+    if "max_new_tokens" in call:
+        out["max_tokens"] = int(call["max_new_tokens"])
+    if "min_new_tokens" in call:
+        out["min_tokens"] = int(call["min_new_tokens"])
+    if "eos_token_id" in call:
+        eos = call["eos_token_id"]
         out["stop_token_ids"] = [int(e) for e in (eos if isinstance(eos, (list, tuple, set)) else [eos])]
-    if p.get("stop"):
-        out["stop"] = [p["stop"]] if isinstance(p["stop"], str) else list(p["stop"])
-    if p.get("logit_bias"):
-        out["logit_bias"] = {int(t): float(b) for t, b in p["logit_bias"].items()}
     return out

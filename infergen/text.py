@@ -13,6 +13,7 @@ thread and hands each new token over through a queue).
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import queue
 import threading
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .params import SamplingParams
 from .registry import get_decoder
 
 
@@ -55,12 +57,7 @@ class StopStrings:
     """Stopping criterion: a row stops once its decoded new text contains any of ``stops``."""
 
     def __init__(self, tokenizer, stops):
-        if isinstance(stops, str):
-            stops = [stops]
-        stops = list(stops)
-        if not stops or not all(isinstance(s, str) and s for s in stops):
-            raise ValueError(f"stop must be a non-empty string or a list of them, got {stops!r}")
-        self.tokenizer, self.stops = tokenizer, stops
+        self.tokenizer, self.stops = tokenizer, list(SamplingParams(stop=stops).stop)
 
     def __call__(self, new_tokens: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(new_tokens.shape[0], dtype=torch.bool)
@@ -73,6 +70,13 @@ class StopStrings:
         """The text up to (not including) the first stop string."""
         ends = [text.find(s) for s in self.stops if s in text]
         return text[:min(ends)] if ends else text
+
+    def safe_prefix(self, text: str) -> str:
+        """The part of a still-growing ``text`` that no later token can change: cut at a stop string, and
+        without a tail that could be the start of one (it may yet become a stop string)."""
+        text = self.cut(text)
+        hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return text[:len(text) - hold]
 
 
 def encode(tokenizer, prompts, chat: bool = False, device=None):
@@ -89,9 +93,11 @@ def encode(tokenizer, prompts, chat: bool = False, device=None):
     if chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.padding_side != "left" or tokenizer.pad_token is None:
+        tokenizer = copy.deepcopy(tokenizer)  # the caller's tokenizer is left as it is
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=not chat)
     if enc.input_ids.shape[1] == 0:
         raise ValueError("prompt is empty after tokenization: give at least one token of text")
@@ -109,7 +115,13 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     Returns a :class:`GenerationResult` for one prompt, a list of them for a list of prompts (with
     ``num_return_sequences=n``, n results per prompt, in prompt order).
     """
+    if tokenizer is None or not callable(tokenizer) or not hasattr(tokenizer, "decode"):
+        raise TypeError(f"tokenizer must be a transformers tokenizer (the second value of load_model), got "
+                        f"{type(tokenizer).__name__}")
     decoder = get_decoder(strategy)
+    if isinstance(params.get("params"), SamplingParams) and params["params"].stop:
+        stop = stop or params["params"].stop  # stop strings are recognised here, on the decoded text
+        params["params"] = params["params"].replace(stop=())
     single = isinstance(prompt_or_prompts, str)
     prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
     input_ids, mask = encode(tokenizer, prompts, chat=chat, device=getattr(model, "device", None))
@@ -138,39 +150,47 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
 
 
 def stream(model, tokenizer, prompt: str, strategy: str = "sample", max_new_tokens: int = 64, **params):
-    """Yield the generated text piece by piece as the decoder produces it (one prompt)."""
+    """Yield the generated text piece by piece as the decoder produces it (one prompt).
+
+    The pieces joined are exactly ``generate(...).text``: text is held back while it could still be cut
+    by a stop string or ends in an incomplete character, and the rest follows once the decoder is done.
+    """
     if not isinstance(prompt, str):
         raise TypeError("stream takes one prompt string")
     pieces: queue.Queue = queue.Queue()
-    done = object()
+    result = {}
     ids: list[int] = []
     emitted = ""
+    stops = params.get("stop")
+    stopper = StopStrings(tokenizer, stops) if stops is not None else None
 
     def on_tokens(tokens):
         pieces.put(int(tokens.reshape(-1)[0]))
 
     def run():
         try:
-            generate(model, tokenizer, prompt, strategy=strategy, max_new_tokens=max_new_tokens,
-                     streamer=on_tokens, **params)
-            pieces.put(done)
+            result["value"] = generate(model, tokenizer, prompt, strategy=strategy, max_new_tokens=max_new_tokens,
+                                       streamer=on_tokens, **params)
+            pieces.put(result)
         except BaseException as err:  # hand the error to the consumer
             pieces.put(err)
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    eos = set(getattr(model, "eos_token_id", None) or [])
     while True:
         item = pieces.get()
-        if item is done:
+        if item is result:
             break
         if isinstance(item, BaseException):
             raise item
-        if item in eos:
-            continue
         ids.append(item)
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        if len(text) > len(emitted) and not text.endswith("\ufffd"):
+        text = stopper.safe_prefix(text) if stopper is not None else text
+        text = text.rstrip("\ufffd")  # an incomplete UTF-8 character: wait for its next byte
+        if len(text) > len(emitted) and text.startswith(emitted):
             yield text[len(emitted):]
             emitted = text
     worker.join()
+    final = result["value"].text
+    if final.startswith(emitted) and len(final) > len(emitted):
+        yield final[len(emitted):]

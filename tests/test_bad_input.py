@@ -27,7 +27,7 @@ def ids():
     (dict(repetition_penalty=-1.0), ValueError, r"repetition_penalty .*got -1.0"),
     (dict(max_new_tokens=-1), ValueError, r"max_new_tokens must be in \[0, inf\), got -1"),
     (dict(max_new_tokens=3.5), TypeError, r"max_new_tokens must be an integer"),
-    (dict(seed=-3), ValueError, r"seed must be in \[0, inf\), got -3"),
+    (dict(seed=-3), ValueError, r"seed must be in \[0, 18446744073709551615\], got -3"),
 ])
 def test_sampling_parameters(tiny_native, ids, kwargs, error, message):
     kwargs = {"max_new_tokens": 4, **kwargs}

@@ -135,7 +135,7 @@ def test_load_model_bundled_is_native_and_fast(smollm):
 
     model, tok = smollm
     assert isinstance(model, LlamaModel)
-    assert model.eos_token_id == [tok.eos_token_id]
+    assert model.defaults.eos_token_ids == (tok.eos_token_id,) and model.defaults.name == "smollm2-135m"
     assert tok.padding_side == "left"
     start = time.perf_counter()
     infergen.load_model("smollm2-135m", device="cpu")

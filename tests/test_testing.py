@@ -206,7 +206,7 @@ def test_counting_model():
 def test_tiny_model_is_reproducible():
     a, b = tiny_model(0), tiny_model(1)
     assert a is tiny_model(0) and not torch.equal(a.embed.weight, b.embed.weight)
-    assert a.eos_token_id == [2] and a.config.vocab_size == 96
+    assert a.defaults.eos_token_ids == (2,) and a.config.vocab_size == 96
 
 
 # --------------------------------------------------------------------------------------------------------

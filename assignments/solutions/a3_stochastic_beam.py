@@ -9,7 +9,8 @@ import math
 import torch
 
 from infergen._validation import check_number
-from infergen.decoding.base import GenerationOutput, emit, end_stream, make_generator, prepare
+from infergen.decoding.base import GenerationOutput, make_generator, prepare
+from infergen.decoding.steps import emit, end_stream
 
 _REASONS = ("length", "eos", "stop")
 

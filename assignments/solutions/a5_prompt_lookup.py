@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from infergen._validation import check_number
-from infergen.decoding.base import RowTracker, emit, end_stream, finish, prepare
+from infergen.decoding.base import prepare
+from infergen.decoding.steps import Rows
 
 
 def find_draft(sequence: list[int], max_ngram_size: int, num_draft_tokens: int) -> list[int]:
@@ -35,23 +36,16 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
     model = setup.model
     B, n = setup.input_ids.shape[0], setup.max_new_tokens
     dev = setup.input_ids.device
-    tracker = RowTracker(B, setup, stopping)
+    progress = Rows(setup, stopping=stopping, streamer=streamer)   # per-row EOS, padding, stop criteria
     rows = [setup.input_ids[b][setup.attention_mask[b]].tolist() for b in range(B)]   # real tokens per row
-    generated, logprobs, history = [], [], []
     info = {"forwards": 0, "drafted": 0, "accepted": 0}
 
     def commit(tokens: torch.Tensor, logits: torch.Tensor) -> bool:
-        """Commit one column: per-row EOS, padding after it, stop criteria."""
-        lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-        logprobs.append(lp.masked_fill(tracker.done, 0.0))
-        if stopping is not None:
-            history.append(tokens.masked_fill(tracker.done, -1))
-        tokens = tracker.mask_finished(tokens)
-        generated.append(tokens)
-        emit(streamer, tokens)
+        """Commit one column (the shared commit step), and keep each row's text for the lookups."""
+        tokens, all_done = progress.commit(tokens, logits)
         for b in range(B):
             rows[b].append(int(tokens[b]))
-        return tracker.update(tokens, torch.stack(history, 1) if stopping is not None else None)
+        return all_done
 
     with torch.inference_mode():
         done = n == 0
@@ -59,13 +53,13 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
             logits = model(setup.input_ids, cache, attention_mask=setup.attention_mask).logits[:, -1].float()
             info["forwards"] += 1
             done = commit(logits.argmax(-1), logits)
-        while not done and len(generated) < n:
+        while not done and progress.steps < n:
             # The cache holds everything but the last committed token; feed it plus the drafts.
-            budget = min(num_draft_tokens, n - len(generated) - 1)
-            drafts = [find_draft(rows[b], max_ngram_size, budget) if not tracker.done[b] and budget > 0 else []
+            budget = min(num_draft_tokens, n - progress.steps - 1)
+            drafts = [find_draft(rows[b], max_ngram_size, budget) if not progress.done[b] and budget > 0 else []
                       for b in range(B)]
             width = max(len(d) for d in drafts)
-            last = generated[-1]
+            last = progress.tokens[-1]
             block = torch.full((B, width + 1), setup.pad_token_id, dtype=torch.long, device=dev)
             block[:, 0] = last
             for b, d in enumerate(drafts):
@@ -75,16 +69,15 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
             info["forwards"] += 1
             target = out.argmax(-1)                                  # the greedy token after each position
             match = (block[:, 1:] == target[:, :-1])                 # draft j accepted if it is the argmax
-            live = ~tracker.done
+            live = ~progress.done
             accepted = match.long().cumprod(-1).sum(-1)              # accepted prefix length per row
             m = int(accepted[live].min()) if bool(live.any()) else 0
             info["drafted"] += sum(len(d) for b, d in enumerate(drafts) if live[b])
             info["accepted"] += m * int(live.sum())
             for j in range(m + 1):                                   # the m accepted drafts, then one more
-                if commit(target[:, j], out[:, j]) or len(generated) >= n:
+                if commit(target[:, j], out[:, j]) or progress.steps >= n:
                     done = True
                     break
             cache.crop(start + m + 1)                                # keep last + the m accepted drafts
-    end_stream(streamer)
     info["acceptance_rate"] = info["accepted"] / info["drafted"] if info["drafted"] else 0.0
-    return finish(setup, generated, logprobs, tracker, return_dict, info=info)
+    return progress.output(return_dict, info=info)

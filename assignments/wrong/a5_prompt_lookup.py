@@ -7,7 +7,8 @@ accepts tokens the model never chose, so the text drifts away from greedy search
 import torch
 
 from infergen._validation import check_number
-from infergen.decoding.base import RowTracker, emit, end_stream, finish, prepare
+from infergen.decoding.base import prepare
+from infergen.decoding.steps import Rows
 
 
 def find_draft(sequence, max_ngram_size, num_draft_tokens):
@@ -28,19 +29,15 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id, extra_len=num_draft_tokens + 1)
     model, B, n = setup.model, setup.input_ids.shape[0], setup.max_new_tokens
-    tracker = RowTracker(B, setup, stopping)
+    progress = Rows(setup, stopping=stopping, streamer=streamer)
     rows = [setup.input_ids[b][setup.attention_mask[b]].tolist() for b in range(B)]
-    generated, logprobs = [], []
     forwards = 0
 
     def commit(tok, logits):
-        logprobs.append(torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1).masked_fill(tracker.done, 0))
-        tok = tracker.mask_finished(tok)
-        generated.append(tok)
-        emit(streamer, tok)
+        tok, all_done = progress.commit(tok, logits)
         for b in range(B):
             rows[b].append(int(tok[b]))
-        return tracker.update(tok)
+        return all_done
 
     with torch.inference_mode():
         done = n == 0
@@ -48,12 +45,12 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
             logits = model(setup.input_ids, cache, attention_mask=setup.attention_mask).logits[:, -1].float()
             forwards += 1
             done = commit(logits.argmax(-1), logits)
-        while not done and len(generated) < n:
-            budget = min(num_draft_tokens, n - len(generated) - 1)
+        while not done and progress.steps < n:
+            budget = min(num_draft_tokens, n - progress.steps - 1)
             drafts = [find_draft(rows[b], max_ngram_size, budget) if budget > 0 else [] for b in range(B)]
             width = max(len(d) for d in drafts)
             block = torch.full((B, width + 1), setup.pad_token_id, dtype=torch.long, device=setup.input_ids.device)
-            block[:, 0] = generated[-1]
+            block[:, 0] = progress.tokens[-1]
             for b, d in enumerate(drafts):
                 block[b, 1:1 + len(d)] = torch.tensor(d, dtype=torch.long)
             start = cache.length
@@ -61,12 +58,11 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
             forwards += 1
             target = out.argmax(-1)
             accepted = (block[:, 1:] == target[:, 1:]).long().cumprod(-1).sum(-1)   # BUG: off by one
-            m = int(accepted[~tracker.done].min()) if bool((~tracker.done).any()) else 0
+            m = int(accepted[~progress.done].min()) if bool((~progress.done).any()) else 0
             for j in range(m + 1):
                 tok = block[:, j + 1] if j < m else target[:, j]
-                if commit(tok, out[:, j]) or len(generated) >= n:
+                if commit(tok, out[:, j]) or progress.steps >= n:
                     done = True
                     break
             cache.crop(start + m + 1)
-    end_stream(streamer)
-    return finish(setup, generated, logprobs, tracker, return_dict, info={"forwards": forwards})
+    return progress.output(return_dict, info={"forwards": forwards})

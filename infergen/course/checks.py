@@ -45,6 +45,7 @@ machine-independent measure of a decoder's cost.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -54,6 +55,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+from ..models.protocol import GenerationDefaults
 
 __all__ = [
     "CheckFailed", "CheckResult", "CountingModel", "ScheduledEOS", "check_decoder", "check_names", "check_processor",
@@ -118,9 +121,7 @@ def tiny_model(seed: int = 0):
         hf = LlamaForCausalLM(_tiny_config()).eval()
     finally:
         torch.random.set_rng_state(state)
-    model = LlamaModel.from_hf(hf)
-    model.eos_token_id = [EOS]
-    return model
+    return LlamaModel.from_hf(hf, defaults=GenerationDefaults(eos_token_ids=(EOS,), pad_token_id=PAD))
 
 
 @functools.lru_cache(maxsize=2)
@@ -135,10 +136,10 @@ def tiny_gpt2(seed: int = 0):
         torch.manual_seed(seed)
         cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=TINY_VOCAB, n_positions=256,
                          bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
-        model = HFModel(GPT2LMHeadModel(cfg).eval())
+        model = HFModel(GPT2LMHeadModel(cfg).eval(),
+                        defaults=GenerationDefaults(eos_token_ids=(EOS,), pad_token_id=PAD))
     finally:
         torch.random.set_rng_state(state)
-    model.eos_token_id = [EOS]
     return model
 
 
@@ -189,7 +190,7 @@ class ScheduledEOS(_ModelWrapper):
     def __init__(self, inner, length: int | None, eos_token_id: int = EOS):
         super().__init__(inner)
         self.length, self.eos = length, int(eos_token_id)
-        self.eos_token_id = [self.eos]
+        self.defaults = dataclasses.replace(self._inner.defaults, eos_token_ids=(self.eos,))
 
     def forward(self, input_ids, cache, attention_mask=None, logits="last", hidden=False, **kwargs):
         out = self._inner(input_ids, cache, attention_mask=attention_mask, logits=logits, hidden=hidden, **kwargs)
@@ -260,12 +261,10 @@ class CountingModel(_ModelWrapper):
 
 
 def _special_ids(model) -> tuple[int, int]:
-    from ..decoding.base import eos_ids
+    from ..decoding.base import special_ids
 
-    eos = eos_ids(model, None)
-    eos = eos[0] if eos else EOS
-    pad = getattr(model.config, "pad_token_id", None)
-    return eos, (eos if pad is None else int(pad))
+    eos, pad = special_ids(model)
+    return (eos[0] if eos else EOS), pad
 
 
 def pad_prompts(prompts, pad_token_id: int = PAD, device=None):

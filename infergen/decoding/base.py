@@ -9,8 +9,9 @@ The decoder protocol (greedy, sampling, beam, contrastive, MCTS, speculative and
   holding the sequences, the log-probability the model gave each generated token, and why each row
   finished (``"eos"``, ``"length"`` or ``"stop"``).
 
-:func:`prepare` does the common set-up (validation, a KV cache of the right size, EOS ids) and
-:class:`RowTracker` the per-row finishing, so each strategy file contains only its algorithm.
+:func:`prepare` does the common set-up (validation, a KV cache of the right size, EOS and pad ids);
+:mod:`infergen.decoding.steps` holds the steps every decoder shares (prefill, one decode step, choosing
+a token, committing it), so each strategy file contains only its algorithm.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .._validation import check_input_ids, check_number
+from ..cache import require_ops
 from ..models.hf import as_model
+from ..models.protocol import GenerationDefaults
+from ..params import setting
 
 
 @dataclass
@@ -28,7 +32,8 @@ class GenerationOutput:
 
     ``sequences``: [B, T + n] prompt and generated tokens (padding after a row's EOS).
     ``logprobs``: [B, n] log p(token | prefix) under the *model* (before any processor), 0 for padding.
-    ``finish_reason``: one of ``"eos"``, ``"length"``, ``"stop"`` per row.
+    ``finish_reason`` per row: ``"eos"``, ``"length"``, ``"stop"`` (a stop criterion), ``"constraint"`` (its
+    constraint is complete) or ``"no_valid_token"`` (its constraint allowed no token).
     ``lengths``: how many new tokens of each row are real (its EOS included; padding after it not).
     ``scores``: a per-row sequence score where the strategy has one (beam search), else None.
     ``info``: strategy-specific extras (e.g. the MCTS tree, speculative acceptance counts).
@@ -61,28 +66,56 @@ class Setup:
         return self.input_ids.masked_fill(~self.attention_mask, -1)
 
 
-def eos_ids(model, eos_token_id) -> list[int]:
-    """Normalise ``eos_token_id`` (int, list, or None = the model's own) to a list of ids."""
-    if eos_token_id is None:
-        eos_token_id = getattr(model, "eos_token_id", None)
-        if eos_token_id is None:
-            eos_token_id = getattr(model.config, "eos_token_id", None)
-    if eos_token_id is None:
-        return []
-    ids = list(eos_token_id) if isinstance(eos_token_id, (list, tuple, set)) else [eos_token_id]
+def model_defaults(model) -> GenerationDefaults:
+    """The model's :class:`~infergen.models.protocol.GenerationDefaults` (from its config if it has none)."""
+    defaults = getattr(model, "defaults", None)
+    return defaults if isinstance(defaults, GenerationDefaults) else GenerationDefaults.from_config(model.config)
+
+
+def _check_token_id(name: str, value, vocab: int) -> int:
+    check_number(name, value, low=0, high=vocab - 1, integer=True)
+    return int(value)
+
+
+def special_ids(model, eos_token_id=None, pad_token_id=None) -> tuple[list[int], int]:
+    """The ids that end a row and the id that pads a finished row: the one place that decides.
+
+    ``eos_token_id``: an id, a list of ids (``[]`` = never stop at EOS), or None = the model's defaults.
+    ``pad_token_id``: an id, or None = the model's pad id, else its first EOS id, else 0. Both must be
+    token ids of the model's vocabulary.
+    """
     vocab = model.config.vocab_size
-    for i in ids:
-        check_number("eos_token_id", i, low=0, high=vocab - 1, integer=True)
-    return [int(i) for i in ids]
+    defaults = model_defaults(model)
+    if eos_token_id is None:
+        eos_token_id = list(defaults.eos_token_ids)
+    ids = list(eos_token_id) if isinstance(eos_token_id, (list, tuple, set, frozenset)) else [eos_token_id]
+    eos = [_check_token_id("eos_token_id", i, vocab) for i in ids]
+    if pad_token_id is None:
+        pad_token_id = defaults.pad_token_id
+        if pad_token_id is None or not 0 <= pad_token_id < vocab:
+            pad_token_id = min(eos) if eos else 0
+    return eos, _check_token_id("pad_token_id", pad_token_id, vocab)
+
+
+def check_left_padded(attention_mask: torch.Tensor):
+    """Refuse right (or inner) padding: a real token after a padding slot in some row."""
+    after_real = attention_mask.long().cummax(-1).values.bool()  # True from the first real token on
+    if bool((after_real & ~attention_mask).any()):
+        row = int((after_real & ~attention_mask).any(-1).nonzero()[0, 0])
+        raise ValueError(f"attention_mask row {row} has padding after its first real token: infergen needs "
+                         "left padding (tokenizer.padding_side = 'left'), so that every row's newest token "
+                         "is in the last column")
 
 
 def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_id=None,
             pad_token_id=None, cache_rows: int | None = None, extra_len: int = 0,
-            allocate: bool = True):
+            allocate: bool = True, needs: tuple[str, ...] = (), who: str = "this decoder"):
     """Validate the common arguments and allocate a cache; returns ``(setup, cache)``.
 
     ``cache_rows`` (default B) sizes the cache batch (e.g. B * num_beams); ``extra_len`` adds columns
-    beyond ``T + max_new_tokens`` (e.g. speculative drafts that may be rolled back).
+    beyond ``T + max_new_tokens`` (e.g. speculative drafts that may be rolled back). ``needs`` lists the
+    cache operations the decoder ``who`` uses beyond appending: a cache that cannot do them is refused
+    here, before any work (:func:`~infergen.cache.require_ops`).
     """
     model = as_model(model)
     input_ids = check_input_ids(input_ids)
@@ -101,98 +134,43 @@ def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_
         attention_mask = attention_mask.bool()
         if not bool(attention_mask.any(-1).all()):
             raise ValueError("attention_mask has a row with no real token: every prompt needs at least one token")
+        check_left_padded(attention_mask)
     context = model.max_context
     if T + max_new_tokens > context:
         raise ValueError(
             f"prompt length {T} + max_new_tokens {max_new_tokens} = {T + max_new_tokens} exceeds the model's "
             f"context of {context} tokens; shorten the prompt or lower max_new_tokens (valid range: "
             f"[0, {max(context - T, 0)}])")
-    eos = eos_ids(model, eos_token_id)
-    if pad_token_id is None:
-        pad_token_id = getattr(model.config, "pad_token_id", None)
-        if pad_token_id is None:
-            pad_token_id = eos[0] if eos else 0
+    eos, pad = special_ids(model, eos_token_id, pad_token_id)
     device = model.device
     setup = Setup(model=model, input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                  eos=torch.tensor(eos, dtype=torch.long, device=device), pad_token_id=int(pad_token_id),
+                  eos=torch.tensor(eos, dtype=torch.long, device=device), pad_token_id=pad,
                   max_new_tokens=int(max_new_tokens))
     cache = None
     if allocate:
-        cache = model.new_cache(cache_rows or B, T + max_new_tokens + extra_len)
+        cache = require_ops(model.new_cache(cache_rows or B, T + max_new_tokens + extra_len), needs, who)
     return setup, cache
 
 
-class RowTracker:
-    """Per-row finishing: a row is done at its EOS (or a stop criterion); later tokens become padding."""
-
-    def __init__(self, batch_size: int, setup: Setup, stopping=None):
-        self.setup = setup
-        self.done = torch.zeros(batch_size, dtype=torch.bool, device=setup.input_ids.device)
-        self.reason = ["length"] * batch_size
-        self.lengths: list[int | None] = [None] * batch_size  # set when a row finishes
-        self.steps = 0
-        self.stopping = stopping
-
-    def mask_finished(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Replace the tokens of rows that already finished by padding."""
-        return tokens.masked_fill(self.done, self.setup.pad_token_id)
-
-    def update(self, tokens: torch.Tensor, new_tokens: torch.Tensor | None = None) -> bool:
-        """Mark rows that just produced EOS, or whose ``new_tokens`` [B, n] (-1 = after the row ended)
-        meet the stop criterion ``stopping(new_tokens) -> BoolTensor [B]``. True when all are done."""
-        self.steps += 1
-        hit = torch.isin(tokens, self.setup.eos) & ~self.done
-        self._mark(hit, "eos")
-        if self.stopping is not None and new_tokens is not None:
-            self._mark(self.stopping(new_tokens).to(self.done.device) & ~self.done, "stop")
-        return bool(self.done.all())
-
-    def _mark(self, rows: torch.Tensor, reason: str):
-        for i in rows.nonzero().flatten().tolist():
-            self.reason[i], self.lengths[i] = reason, self.steps
-        self.done |= rows
-
-
-def emit(streamer, tokens: torch.Tensor):
-    """Send newly chosen tokens [B] to a streamer: a callable, or an object with ``put`` (transformers'
-    ``TextStreamer`` style)."""
-    if streamer is None:
-        return
-    if hasattr(streamer, "put"):
-        streamer.put(tokens.detach().cpu())
-    else:
-        streamer(tokens.detach())
-
-
-def end_stream(streamer):
-    if streamer is not None and hasattr(streamer, "end"):
-        streamer.end()
+def check_stop(params, stopping):
+    """Stop strings need the tokenizer; a decoder on token ids gets them as a ``stopping`` criterion."""
+    if params.stop and stopping is None:
+        raise ValueError("stop strings need the tokenizer to be recognised: use infergen.generate(..., stop=...) "
+                         "or pass a stopping criterion (stopping=)")
 
 
 def make_generator(seed=None, generator=None, device="cpu"):
-    """A ``torch.Generator`` for reproducible sampling: the one given, one seeded with ``seed``, or None."""
+    """Randomness for sampling: the ``generator`` given (a ``torch.Generator``, or a list of them, one per
+    row: each row then draws from its own), one seeded with ``seed``, or None (torch's global one)."""
     if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        return generator
+        gens = generator if isinstance(generator, (list, tuple)) else [generator]
+        for g in gens:
+            if not isinstance(g, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(g).__name__}")
+        return list(generator) if isinstance(generator, (list, tuple)) else generator
     if seed is None:
         return None
-    check_number("seed", seed, low=0, integer=True)
+    setting("seed").check(seed)
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
-
-
-def finish(setup: Setup, generated: list[torch.Tensor], logprobs: list[torch.Tensor], tracker: RowTracker,
-           return_dict: bool, **extra):
-    """Assemble the decoder's return value from per-step token and log-prob columns."""
-    B = setup.input_ids.shape[0]
-    dev = setup.input_ids.device
-    new = torch.stack(generated, 1) if generated else torch.empty(B, 0, dtype=torch.long, device=dev)
-    lp = torch.stack(logprobs, 1) if logprobs else torch.empty(B, 0, device=dev)
-    sequences = torch.cat([setup.input_ids, new], 1)
-    if not return_dict:
-        return sequences
-    lengths = [n if n is not None else new.shape[1] for n in tracker.lengths]
-    return GenerationOutput(sequences=sequences, logprobs=lp, finish_reason=list(tracker.reason),
-                            prompt_length=setup.input_ids.shape[1], lengths=lengths, **extra)

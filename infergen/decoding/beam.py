@@ -57,16 +57,15 @@ import math
 import torch
 
 from .._validation import check_number
-from ..processors import LogitsPipeline
+from ..params import SamplingParams
 from ..registry import register_decoder
-from .base import GenerationOutput, emit, end_stream, make_generator, prepare
+from .base import GenerationOutput, check_stop, make_generator, prepare
+from .steps import decode_one, emit, end_stream, last_logits, prefill
 
 #: The score transformers gives impossible beams: finite, so sums never turn into NaN.
 NEG = -1.0e9
 
 _REASONS = ("length", "eos", "stop")  # finish-reason codes stored per hypothesis
-_SAMPLING_ONLY = {"temperature": (1.0, 0.0), "top_k": (None, 0), "top_p": (1.0,), "min_p": (0.0,),
-                  "typical_p": (1.0,), "epsilon": (0.0,), "eta": (0.0,)}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -233,20 +232,6 @@ def _check_common(num_beams, num_return_sequences, length_penalty, early_stoppin
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
 
 
-def _check_not_sampling(name_of_search: str, params: dict):
-    """Deterministic search: refuse sampling parameters instead of silently ignoring them."""
-    for name, off in _SAMPLING_ONLY.items():
-        if name in params:
-            value = params.pop(name)
-            if value not in off:
-                raise ValueError(f"{name_of_search} without do_sample does not sample, so {name}={value!r} has no "
-                                 f"effect (only beam_search(do_sample=True) samples)")
-    for name in ("seed", "generator"):
-        if params.pop(name, None) is not None:
-            raise ValueError(f"{name_of_search} without do_sample is deterministic, so {name} has no effect; "
-                             "only beam_search(do_sample=True) samples")
-
-
 # --------------------------------------------------------------------------------------------------------
 # The search loop shared by both strategies
 # --------------------------------------------------------------------------------------------------------
@@ -263,7 +248,7 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
     """
     num_beams = groups * size
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                           eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+                           eos_token_id=eos_token_id, pad_token_id=pad_token_id, needs=("reorder",), who=strategy)
     model = setup.model
     B, T = setup.input_ids.shape
     vocab = model.config.vocab_size
@@ -288,7 +273,7 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
     steps = 0
     with torch.inference_mode():
         if max_new_tokens > 0:
-            logits = model(setup.input_ids, cache, attention_mask=setup.attention_mask).logits[:, -1].float()
+            logits = last_logits(prefill(model, setup.input_ids, cache, setup.attention_mask))
             logits = logits.repeat_interleave(num_beams, 0)  # [B * num_beams, V], beams of row 0 first
             cache.repeat(num_beams)
         for step in range(max_new_tokens):
@@ -318,8 +303,7 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
                 break
             offsets = torch.arange(B, device=dev)[:, None] * num_beams
             cache.reorder((torch.cat(parents, 1) + offsets).reshape(-1))
-            next_tokens = torch.cat(chosen, 1).reshape(B * num_beams, 1)
-            logits = model(next_tokens, cache).logits[:, -1].float()
+            logits = last_logits(decode_one(model, torch.cat(chosen, 1).reshape(-1), cache))
 
     n = num_return_sequences
     if max_new_tokens == 0:
@@ -352,8 +336,8 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
 @register_decoder("beam")
 def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalty=1.0, early_stopping=False,
                 num_return_sequences=1, *, attention_mask=None, eos_token_id=None, pad_token_id=None,
-                do_sample=False, temperature=1.0, top_k=None, top_p=1.0, seed=None, generator=None,
-                streamer=None, stopping=None, return_dict=False, **params):
+                do_sample=False, generator=None, streamer=None, stopping=None, return_dict=False,
+                params: SamplingParams | None = None, **settings):
     """Beam search with ``num_beams`` beams over ``input_ids`` [B, T] (left-padded, ``attention_mask``).
 
     Returns [B * num_return_sequences, T + n]: the best ``num_return_sequences`` hypotheses of every input
@@ -379,30 +363,31 @@ def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalt
     _check_common(num_beams, num_return_sequences, length_penalty, early_stopping)
     if not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
-    if do_sample and isinstance(temperature, (int, float)) and temperature == 0:
-        do_sample = False  # temperature 0 is greedy: beam sampling at T=0 is beam search
-        params = dict(params, seed=None, generator=None)
-    elif not do_sample:
-        params = dict(params, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, generator=generator)
-        _check_not_sampling("beam_search", params)
-    if do_sample:
-        pipeline = LogitsPipeline.from_params(temperature=temperature, top_k=top_k, top_p=top_p, **params)
-        gen = make_generator(seed, generator, device=getattr(model, "device", "cpu"))
-    else:
-        params.pop("seed", None), params.pop("generator", None)
-        pipeline, gen = LogitsPipeline.from_params(**params), None
+    params = SamplingParams.resolve(params, **settings)
+    check_stop(params, stopping)
+    do_sample = do_sample and not params.is_greedy  # temperature 0 is greedy: beam sampling at T=0 is beam search
+    if not do_sample:
+        params.require_deterministic("beam_search without do_sample", "only beam_search(do_sample=True) samples")
+    if num_beams == 1:  # one beam is greedy search, or plain sampling (as in transformers)
+        from .sampling import generate_autoregressive
+
+        return generate_autoregressive(model, input_ids, max_new_tokens, attention_mask=attention_mask,
+                                       eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
+                                       streamer=streamer, stopping=stopping, return_dict=return_dict,
+                                       params=params if do_sample else params.replace(temperature=0.0))
+    gen = make_generator(params.seed, generator, device=getattr(model, "device", "cpu")) if do_sample else None
     return _search(model, input_ids, max_new_tokens, groups=1, size=num_beams, length_penalty=length_penalty,
-                   early_stopping=early_stopping, num_return_sequences=num_return_sequences, pipeline=pipeline,
-                   rule="v5", do_sample=do_sample, generator=gen, attention_mask=attention_mask,
-                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, streamer=streamer, stopping=stopping,
-                   return_dict=return_dict, strategy="beam")
+                   early_stopping=early_stopping, num_return_sequences=num_return_sequences,
+                   pipeline=params.pipeline(sampling=do_sample), rule="v5", do_sample=do_sample, generator=gen,
+                   attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                   streamer=streamer, stopping=stopping, return_dict=return_dict, strategy="beam")
 
 
 @register_decoder("diverse_beam")
 def diverse_beam_search(model, input_ids, max_new_tokens=100, num_beams=4, num_beam_groups=2,
                         diversity_penalty=0.5, length_penalty=1.0, early_stopping=False, num_return_sequences=1, *,
                         attention_mask=None, eos_token_id=None, pad_token_id=None, streamer=None, stopping=None,
-                        return_dict=False, **params):
+                        return_dict=False, params: SamplingParams | None = None, **settings):
     """Diverse (group) beam search: ``num_beams`` beams in ``num_beam_groups`` groups that penalise each other.
 
     Within a step the groups choose in turn; group ``g`` scores token ``v`` as
@@ -427,11 +412,13 @@ def diverse_beam_search(model, input_ids, max_new_tokens=100, num_beams=4, num_b
         raise ValueError(f"num_beam_groups must divide num_beams={num_beams} into equal groups, "
                          f"got {num_beam_groups}")
     check_number("diversity_penalty", diversity_penalty, low=0, high=math.inf, high_open=True)
-    if params.pop("do_sample", False):
+    if settings.pop("do_sample", False):
         raise ValueError("diverse_beam_search is deterministic: do_sample=True is not supported "
                          "(use beam_search(do_sample=True) for beam sampling)")
-    _check_not_sampling("diverse_beam_search", params)
-    pipeline = LogitsPipeline.from_params(**params)
+    params = SamplingParams.resolve(params, **settings)
+    check_stop(params, stopping)
+    params.require_deterministic("diverse_beam_search", "only beam_search(do_sample=True) samples")
+    pipeline = params.pipeline(sampling=False)
     return _search(model, input_ids, max_new_tokens, groups=num_beam_groups, size=num_beams // num_beam_groups,
                    length_penalty=length_penalty, early_stopping=early_stopping,
                    num_return_sequences=num_return_sequences, pipeline=pipeline, rule="v4",

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from .._validation import check_number
 from ..processors import check_finite_row
 from ..registry import register_decoder
-from .base import RowTracker, emit, end_stream, finish, prepare
+from .base import prepare
+from .steps import Rows, decode_one, prefill
 
 
 def degeneration_penalty(candidates: torch.Tensor, context: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,8 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=0.6,
     check_number("top_k", top_k, low=1, integer=True)
     check_number("alpha", alpha, low=0, high=1)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                           eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+                           eos_token_id=eos_token_id, pad_token_id=pad_token_id, needs=("reorder",),
+                           who="contrastive_search")
     model = setup.model
     vocab = model.config.vocab_size
     if top_k > vocab:
@@ -77,12 +79,12 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=0.6,
     k, alpha = int(top_k), float(alpha)
     B, T = setup.input_ids.shape
     n = setup.max_new_tokens
-    tracker = RowTracker(B, setup, stopping)
-    generated, logprobs, penalties, history = [], [], [], []
+    progress = Rows(setup, stopping=stopping, streamer=streamer)
+    penalties = []
     rows = torch.arange(B, device=setup.input_ids.device)
     with torch.inference_mode():
         if n > 0:
-            out = model(setup.input_ids, cache, attention_mask=setup.attention_mask, hidden=True)
+            out = prefill(model, setup.input_ids, cache, setup.attention_mask, hidden=True)
             logits = out.logits[:, -1].float()
             # Normalised last-layer hidden states of every position so far; padding marked invalid.
             context = torch.zeros(B, T + n, out.hidden.shape[-1], device=logits.device)
@@ -94,31 +96,21 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=0.6,
             check_finite_row(logits)
             probs = logits.softmax(-1)
             top_probs, top_ids = probs.topk(k, dim=-1)  # [B, k], most probable first
-            out = model(top_ids.reshape(B * k, 1), cache, hidden=True)  # all candidates in one batch
+            out = decode_one(model, top_ids.reshape(B * k), cache, hidden=True)  # all candidates in one batch
             cand = F.normalize(out.hidden[:, -1].float(), dim=-1).view(B, k, -1)
             L = T + step
             penalty = degeneration_penalty(cand, context[:, :L], valid[:, :L])  # [B, k]
             score = (1.0 - alpha) * top_probs - alpha * penalty
             choice = score.argmax(-1)  # first maximum: ties go to the more probable candidate
-            tokens = top_ids[rows, choice]
-            logprob = torch.log_softmax(logits, -1)[rows, tokens].masked_fill(tracker.done, 0.0)
-            penalties.append(penalty[rows, choice].masked_fill(tracker.done, 0.0))
+            penalties.append(penalty[rows, choice].masked_fill(progress.done, 0.0))
+            _, all_done = progress.commit(top_ids[rows, choice], logits)
             # Keep the winner: its hidden state joins the context, its logits are the next step's.
             context[:, L], valid[:, L] = cand[rows, choice], True
             winners = rows * k + choice
             logits = out.logits[winners, -1].float()
-            if stopping is not None:
-                history.append(tokens.masked_fill(tracker.done, -1))
-            tokens = tracker.mask_finished(tokens)
-            all_done = tracker.update(tokens, torch.stack(history, 1) if stopping is not None else None)
-            generated.append(tokens)
-            logprobs.append(logprob)
-            emit(streamer, tokens)
             if all_done:
                 break
             if step < n - 1:
                 cache.reorder(winners.repeat_interleave(k))  # every candidate row now holds the winner
-    end_stream(streamer)
     pen = torch.stack(penalties, 1) if penalties else torch.empty(B, 0, device=setup.input_ids.device)
-    return finish(setup, generated, logprobs, tracker, return_dict,
-                  info={"top_k": k, "alpha": alpha, "penalty": pen})
+    return progress.output(return_dict, info={"top_k": k, "alpha": alpha, "penalty": pen})

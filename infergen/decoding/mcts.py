@@ -67,9 +67,10 @@ from typing import Callable, Iterator
 import torch
 
 from .._validation import check_number
-from ..cache import KVCache
+from ..cache import require_ops
 from ..registry import register_decoder
-from .base import RowTracker, emit, end_stream, finish, make_generator, prepare
+from .base import make_generator, prepare
+from .steps import Rows
 
 __all__ = ["mcts_decode", "ValueContext", "TreeNode", "Node", "likelihood_value", "keyword_reward",
            "length_reward", "mix", "puct_scores", "select_child"]
@@ -341,49 +342,9 @@ def snapshot(root: Node) -> TreeNode:
     return out
 
 
-# --------------------------------------------------------------------------------------------------------
-# Per-node key/value slices: read one column out of a cache, append columns into one
-# --------------------------------------------------------------------------------------------------------
-def _hf_layers(cache):
-    inner = cache.inner
-    if hasattr(inner, "layers"):  # transformers >= 4.56
-        return [(layer.keys, layer.values) for layer in inner.layers]
-    return list(zip(inner.key_cache, inner.value_cache))  # pragma: no cover  (older transformers)
-
-
-def read_slice(cache, column: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row 0's keys and values at ``column``: two tensors ``[layers, kv_heads, head_dim]`` (copies)."""
-    if isinstance(cache, KVCache):
-        return cache.k[:, 0, :, column].clone(), cache.v[:, 0, :, column].clone()
-    layers = _hf_layers(cache)
-    return (torch.stack([k[0, :, column] for k, _ in layers]), torch.stack([v[0, :, column] for _, v in layers]))
-
-
-def append_slices(cache, slices: list[tuple[torch.Tensor, torch.Tensor]]):
-    """Append per-token K/V slices as new real columns of a batch-1 cache (no forward pass)."""
-    n = len(slices)
-    k = torch.stack([s[0] for s in slices], dim=2)  # [layers, kv_heads, n, head_dim]
-    v = torch.stack([s[1] for s in slices], dim=2)
-    cache.append_mask(None, n)
-    if isinstance(cache, KVCache):
-        end = cache.length
-        cache.k[:, 0, :, end - n:end] = k
-        cache.v[:, 0, :, end - n:end] = v
-    else:
-        for layer in range(k.shape[0]):
-            cache.inner.update(k[layer].unsqueeze(0), v[layer].unsqueeze(0), layer)
-
-
-def crop_cache(cache, length: int):
-    """Keep the first ``length`` columns. (For the transformers adapter we crop its ``DynamicCache`` by a
-    negative count, the form every transformers version accepts; v5 refuses an absolute length.)"""
-    if isinstance(cache, KVCache):
-        cache.crop(length)
-        return
-    remove = cache.length - length
-    cache._crop_mask(length)
-    if remove > 0:
-        cache.inner.crop(-remove)
+def _stack_columns(slices: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-node (k, v) slices [layers, kv_heads, head_dim] -> columns [layers, kv_heads, n, head_dim]."""
+    return torch.stack([s[0] for s in slices], dim=2), torch.stack([s[1] for s in slices], dim=2)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -413,7 +374,8 @@ class _RowSearch:
         self.context = list(prompt)  # prompt + committed tokens
         self.prompt_length = len(prompt)
         self.committed_logprobs: list[float] = []
-        self.cache = model.new_cache(1, len(prompt) + max_new_tokens)
+        needs = ("crop", "read_column", "append_columns") if cfg.use_cache else ("crop",)
+        self.cache = require_ops(model.new_cache(1, len(prompt) + max_new_tokens), needs, "mcts_decode")
         self.cached_path: list[Node] = []  # nodes whose K/V fill the cache after the root context
         self.stats = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, prefill_tokens=len(prompt),
                           kv_slices_written=0, nodes_expanded=0, seconds=0.0, reused_visits=[],
@@ -437,18 +399,18 @@ class _RowSearch:
         """Next-token logits after the root context + ``path`` (the leaf is ``path[-1]``)."""
         leaf = path[-1]
         if not self.cfg.use_cache:  # the naive way: re-run the whole sequence
-            crop_cache(self.cache, 0)
+            self.cache.crop(0)
             return self._forward(self.context + [n.token for n in path])
         prefix = path[:-1]
         shared = 0
         while shared < min(len(prefix), len(self.cached_path)) and prefix[shared] is self.cached_path[shared]:
             shared += 1
-        crop_cache(self.cache, len(self.context) + shared)
+        self.cache.crop(len(self.context) + shared)
         if len(prefix) > shared:
-            append_slices(self.cache, [n.kv for n in prefix[shared:]])
+            self.cache.append_columns(*_stack_columns([n.kv for n in prefix[shared:]]))
             self.stats["kv_slices_written"] += len(prefix) - shared
         logits = self._forward([leaf.token])
-        leaf.kv = read_slice(self.cache, self.cache.length - 1)
+        leaf.kv = self.cache.read_column(self.cache.length - 1)
         self.stats["kv_bytes_per_node"] = sum(t.numel() * t.element_size() for t in leaf.kv)
         self.cached_path = prefix + [leaf]
         return logits
@@ -467,7 +429,7 @@ class _RowSearch:
             if self.cfg.use_cache:
                 logits = self._forward([tok])
             else:
-                crop_cache(self.cache, 0)
+                self.cache.crop(0)
                 logits = self._forward(self.context + [p.token for p in path] + tokens)
         return tokens, logprobs
 
@@ -560,8 +522,8 @@ class _RowSearch:
             if self.cached_path and self.cached_path[0] is child:
                 self.cached_path.pop(0)  # its K/V already sit right after the root context
             else:
-                crop_cache(self.cache, len(self.context))
-                append_slices(self.cache, [child.kv])
+                self.cache.crop(len(self.context))
+                self.cache.append_columns(*_stack_columns([child.kv]))
                 self.stats["kv_slices_written"] += 1
                 self.cached_path = []
         self.context.append(child.token)
@@ -650,17 +612,16 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     cfg = _Config(int(num_simulations), float(c_puct), float(temperature), int(top_k), value_fn,
                   int(rollout_tokens), use_cache, float(commit_temperature), frozenset(setup.eos.tolist()),
                   tokenizer, gen)
-    tracker = RowTracker(B, setup, stopping)
+    rows = Rows(setup, stopping=stopping, streamer=streamer)
     searches: list[_RowSearch | None] = [None] * B
     trees: list[TreeNode | None] = [None] * B
-    columns, logprob_columns, history = [], [], []
     dev = setup.input_ids.device
     with torch.inference_mode():
         for step in range(max_new_tokens):
             tokens = torch.full((B,), setup.pad_token_id, dtype=torch.long, device=dev)
             logprobs = torch.zeros(B, device=dev)
             for b in range(B):
-                if tracker.done[b]:
+                if rows.done[b]:
                     continue
                 if searches[b] is None:
                     prompt = setup.input_ids[b][setup.attention_mask[b]].tolist()
@@ -671,18 +632,12 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
                     trees[b] = snapshot(search.root)
                 child = search.commit()
                 tokens[b], logprobs[b] = child.token, child.logprob
-            if stopping is not None:
-                history.append(tokens.masked_fill(tracker.done, -1))
-            all_done = tracker.update(tokens, torch.stack(history, 1) if stopping is not None else None)
-            for b in tracker.done.nonzero().flatten().tolist():
+            _, all_done = rows.commit(tokens, logprobs=logprobs)
+            for b in rows.done.nonzero().flatten().tolist():
                 if searches[b] is not None:
                     searches[b].release()  # a finished row's tree and cache are not needed any more
-            columns.append(tokens)
-            logprob_columns.append(logprobs)
-            emit(streamer, tokens)
             if all_done:
                 break
-    end_stream(streamer)
     stats = _summarise([s.stats for s in searches if s is not None], use_cache)
     info = {"tree": trees[0], "trees": trees, "stats": stats}
-    return finish(setup, columns, logprob_columns, tracker, return_dict, info=info)
+    return rows.output(return_dict, info=info)

@@ -23,104 +23,85 @@ from __future__ import annotations
 
 import torch
 
-from ..processors import LogitsPipeline, check_finite_row, sample_from_logits
+from ..params import SamplingParams
 from ..registry import register_decoder
-from .base import RowTracker, emit, end_stream, finish, make_generator, prepare
+from .base import check_stop, make_generator, prepare
+from .steps import Rows, Sampler, decode_n_tokens, last_logits, prefill
 
 
-HISTORY_FREE_STEPS = {"logit_bias", "temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta"}
-
-
-def uses_history(pipeline: LogitsPipeline) -> bool:
-    """Does any step look at the token history (penalties, n-gram bans, custom steps)?"""
-    return any(name not in HISTORY_FREE_STEPS for name, _ in pipeline.steps)
-
-
-def decode_steps(model, input_ids, max_new_tokens, pipeline: LogitsPipeline, *, attention_mask=None,
-                 eos_token_id=None, pad_token_id=None, generator=None, stopping=None, _result=None):
-    """Yield ``(tokens [B], logprobs [B])`` once per generated position.
-
-    Finished rows yield ``pad_token_id`` with log-probability 0. When the loop ends, ``_result``
-    (a dict, if given) receives the set-up and the row tracker.
-    """
+def start(model, input_ids, max_new_tokens, params: SamplingParams, *, attention_mask=None, eos_token_id=None,
+          pad_token_id=None, generator=None, stopping=None, streamer=None, constraint=None):
+    """Set up a generation: checks, cache, sampler, rows, and the prefill's logits (None if n = 0)."""
+    check_stop(params, stopping)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-    model = setup.model
-    B = setup.input_ids.shape[0]
-    tracker = RowTracker(B, setup, stopping)
-    if _result is not None:
-        _result.update(setup=setup, tracker=tracker)
-    if max_new_tokens == 0:
-        return
-    prompt_ids = setup.prompt_ids_for_penalties
-    history_steps = uses_history(pipeline)
-    # greedy with no other processor (e.g. no logit_bias): skip the pipeline, take the argmax
-    plain_argmax = pipeline.is_greedy and all(name == "temperature" for name, _ in pipeline.steps)
-    needs_history = history_steps or stopping is not None
-    history = []  # generated columns, -1 where a row had already finished (ignored by penalties)
-    with torch.inference_mode():
-        logits = model(setup.input_ids, cache, attention_mask=setup.attention_mask).logits[:, -1].float()
-        for step in range(max_new_tokens):
-            if plain_argmax:
-                check_finite_row(logits)
-                tokens = logits.argmax(-1)
-            else:
-                generated = torch.stack(history, 1) if history else None
-                processed = pipeline(logits, prompt_ids=prompt_ids, generated_ids=generated)
-                tokens = sample_from_logits(processed, generator=generator)
-            logprob = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-            logprob = logprob.masked_fill(tracker.done, 0.0)
-            if needs_history:
-                history.append(tokens.masked_fill(tracker.done, -1))
-            tokens = tracker.mask_finished(tokens)
-            all_done = tracker.update(tokens, torch.stack(history, 1) if stopping is not None else None)
-            yield tokens, logprob
-            if all_done or step == max_new_tokens - 1:
-                break
-            logits = model(tokens[:, None], cache).logits[:, -1].float()
+    sampler = Sampler(params, generator=make_generator(params.seed, generator, device=setup.model.device))
+    rows = Rows(setup, stopping=stopping, streamer=streamer, keep_history=sampler.uses_history,
+                constraint=constraint)
+    logits = None
+    if setup.max_new_tokens:
+        with torch.inference_mode():
+            logits = last_logits(prefill(setup.model, setup.input_ids, cache, setup.attention_mask))
+    return setup, cache, sampler, rows, logits
 
 
-def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=1.0, top_k=None, top_p=1.0,
-                            eos_token_id=None, *, attention_mask=None, pad_token_id=None, seed=None,
-                            generator=None, streamer=None, stopping=None, return_dict=False, **params):
+def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | None = None, **kwargs):
+    """Yield ``(tokens [B], logprobs [B])`` once per generated position (what streaming needs).
+
+    ``params`` (a :class:`~infergen.params.SamplingParams`) says how tokens are chosen; ``kwargs`` are
+    those of :func:`generate_autoregressive` (``attention_mask``, ``eos_token_id``, ``generator``, ...).
+    Finished rows yield ``pad_token_id`` with log-probability 0.
+    """
+    setup, cache, sampler, rows, logits = start(model, input_ids, max_new_tokens, params or SamplingParams(),
+                                                **kwargs)
+    if logits is not None:
+        yield from decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows)
+
+
+def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=None, top_k=None, top_p=None,
+                            eos_token_id=None, *, attention_mask=None, pad_token_id=None, generator=None,
+                            streamer=None, stopping=None, constraint=None, return_dict=False,
+                            params: SamplingParams | None = None, **settings):
     """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [B, T] by sampling.
 
-    ``temperature`` 0 is greedy. ``top_k``, ``top_p`` and every other processor parameter
-    (``min_p``, ``typical_p``, ``repetition_penalty``, ``frequency_penalty``, ``presence_penalty``,
-    ``no_repeat_ngram_size``, ``logit_bias``, ...) are applied in the order documented in
-    :mod:`infergen.processors`. ``seed`` or ``generator`` make sampling reproducible. ``streamer``
-    receives each new column of tokens. Returns [B, T + n] token ids, or a
-    :class:`~infergen.decoding.base.GenerationOutput` with ``return_dict=True``.
+    ``temperature`` (default 1; 0 is greedy), ``top_k``, ``top_p`` and every other setting of
+    :class:`~infergen.params.SamplingParams` (``min_p``, ``repetition_penalty``, ``frequency_penalty``,
+    ``logit_bias``, ``seed``, ...) may be given as keywords or as one ``params`` object (keywords win);
+    processors run in the order documented in :mod:`infergen.processors`. ``seed`` or ``generator`` (one
+    ``torch.Generator``, or one per row) make sampling reproducible. ``streamer`` receives each new column
+    of tokens. ``constraint`` (from :func:`infergen.constraints.make_constraint`, or a list with one per
+    row) restricts every row to text its constraint accepts; it is applied to the logits first, before
+    every processor. Returns [B, T + n] token ids, or a :class:`~infergen.decoding.base.GenerationOutput`
+    with ``return_dict=True``.
     """
-    pipeline = LogitsPipeline.from_params(temperature=temperature, top_k=top_k, top_p=top_p, **params)
-    model_device = getattr(model, "device", "cpu")
-    gen = make_generator(seed, generator, device=model_device)
-    state, tokens, logprobs = {}, [], []
-    for tok, lp in decode_steps(model, input_ids, max_new_tokens, pipeline, attention_mask=attention_mask,
-                                eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=gen,
-                                stopping=stopping, _result=state):
-        tokens.append(tok)
-        logprobs.append(lp)
-        emit(streamer, tok)
-    end_stream(streamer)
-    return finish(state["setup"], tokens, logprobs, state["tracker"], return_dict)
+    params = SamplingParams.resolve(params, temperature=temperature, top_k=top_k, top_p=top_p, **settings)
+    setup, cache, sampler, rows, logits = start(
+        model, input_ids, max_new_tokens, params, attention_mask=attention_mask, eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id, generator=generator, stopping=stopping, streamer=streamer, constraint=constraint)
+    if logits is not None:
+        for _ in decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows):
+            pass
+    return rows.output(return_dict)
 
 
 @register_decoder("greedy")
-def greedy_search(model, input_ids, max_new_tokens=100, eos_token_id=None, **kwargs):
-    """Pick the most probable token at every step (``generate_autoregressive`` at temperature 0)."""
-    for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "seed", "generator"):
-        if kwargs.get(name) is not None and not (name == "temperature" and kwargs[name] == 0):
-            raise ValueError(f"greedy_search does not sample, so {name}={kwargs[name]!r} has no effect; "
-                             "use strategy='sample' (or generate_autoregressive) for sampling parameters")
-        kwargs.pop(name, None)
-    return generate_autoregressive(model, input_ids, max_new_tokens, temperature=0.0,
-                                   eos_token_id=eos_token_id, **kwargs)
+def greedy_search(model, input_ids, max_new_tokens=100, eos_token_id=None, *, params: SamplingParams | None = None,
+                  **kwargs):
+    """Pick the most probable token at every step (``generate_autoregressive`` at temperature 0).
+
+    Settings that edit scores (``logit_bias``, penalties, n-gram bans) apply; settings that only matter
+    when sampling (``top_p=0.9``, ``seed``, ...) are refused, since they would have no effect.
+    """
+    params, rest = SamplingParams.split(kwargs, params)
+    params.require_deterministic("greedy_search")
+    return generate_autoregressive(model, input_ids, max_new_tokens, eos_token_id=eos_token_id,
+                                   params=params.replace(temperature=0.0), **rest)
 
 
 @register_decoder("sample")
-def sample_with_temperature(model, input_ids, max_new_tokens=100, temperature=1.0, eos_token_id=None,
+def sample_with_temperature(model, input_ids, max_new_tokens=100, temperature=None, eos_token_id=None,
                             **kwargs):
-    """Sample every token from ``softmax(logits / temperature)`` (top-k/top-p etc. also accepted)."""
+    """Sample every token from ``softmax(logits / temperature)`` (default temperature 1; top-k/top-p etc.
+    also accepted)."""
     return generate_autoregressive(model, input_ids, max_new_tokens, temperature=temperature,
                                    eos_token_id=eos_token_id, **kwargs)

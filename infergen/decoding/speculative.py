@@ -57,11 +57,14 @@ import torch
 from torch import nn
 
 from .._validation import check_number
+from ..cache import require_ops
 from ..models.hf import as_model
 from ..models.llama import LlamaModel
+from ..params import SamplingParams
 from ..processors import LogitsPipeline, check_finite_row, safe_probs
 from ..registry import register_decoder
-from .base import RowTracker, emit, end_stream, finish, make_generator, prepare
+from .base import check_stop, make_generator, prepare
+from .steps import Rows, last_logits, prefill
 
 
 class LayerSkipDraft(LlamaModel):
@@ -153,12 +156,17 @@ class Speculator:
         self.target, self.draft, self.setup = target, draft, setup
         self.pipeline, self.gamma, self.generator = pipeline, gamma, generator
         self.greedy = pipeline.is_greedy
-        self.target_cache = target.new_cache(B, size)
-        self.draft_cache = draft.new_cache(B, size)
+        self.target_cache = require_ops(target.new_cache(B, size), ("crop",), "speculative_decode")
+        self.draft_cache = require_ops(draft.new_cache(B, size), ("crop",), "speculative_decode (its draft)")
         self.pending = None
         self.drafted = torch.zeros(B, dtype=torch.long, device=setup.input_ids.device)
         self.accepted = torch.zeros_like(self.drafted)
         self.rounds = 0
+
+    def _argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """The greedy choice of logits [..., V] after the processors (e.g. a logit bias)."""
+        flat = logits.reshape(-1, logits.shape[-1])
+        return check_finite_row(self.pipeline(flat)).argmax(-1).view(logits.shape[:-1])
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Processed probabilities of logits [..., V] (float32)."""
@@ -168,15 +176,14 @@ class Speculator:
     def _pick(self, logits: torch.Tensor):
         """A token [B] from logits [B, V] (argmax at temperature 0, else a sample) and its probs (or None)."""
         if self.greedy:
-            check_finite_row(logits)
-            return logits.argmax(-1), None
+            return self._argmax(logits), None
         probs = self._probs(logits)
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1), probs
 
     def start(self):
         """Prefill both caches with the prompt; the target picks the first token. Returns (tokens, logits)."""
         s = self.setup
-        logits = self.target(s.input_ids, self.target_cache, attention_mask=s.attention_mask).logits[:, -1].float()
+        logits = last_logits(prefill(self.target, s.input_ids, self.target_cache, s.attention_mask))
         self.draft(s.input_ids.to(self.draft.device), self.draft_cache,
                    attention_mask=s.attention_mask.to(self.draft.device))
         token, _ = self._pick(logits)
@@ -210,7 +217,7 @@ class Speculator:
         else:
             drafts_t = torch.stack(drafts, 1)
             if self.greedy:
-                best = target_logits.argmax(-1)  # [B, g+1]
+                best = self._argmax(target_logits)  # [B, g+1]
                 n = (drafts_t == best[:, :g]).long().cumprod(-1).sum(-1)
                 nxt = best.gather(1, n[:, None]).squeeze(1)
             else:
@@ -244,9 +251,9 @@ class Speculator:
 
 @register_decoder("speculative")
 def speculative_decode(model, input_ids, max_new_tokens=100, draft_model=None, num_draft_tokens=4,
-                       draft_layers=None, temperature=0.0, top_k=None, top_p=1.0, *, attention_mask=None,
-                       eos_token_id=None, pad_token_id=None, seed=None, generator=None, streamer=None,
-                       stopping=None, return_dict=False):
+                       draft_layers=None, temperature=0.0, top_k=None, top_p=None, *, attention_mask=None,
+                       eos_token_id=None, pad_token_id=None, generator=None, streamer=None,
+                       stopping=None, return_dict=False, params: SamplingParams | None = None, **settings):
     """Speculative decoding: a draft proposes ``num_draft_tokens`` tokens, the target verifies them at once.
 
     ``draft_model``: a smaller model with the target's vocabulary (infergen or transformers). Without it,
@@ -255,41 +262,38 @@ def speculative_decode(model, input_ids, max_new_tokens=100, draft_model=None, n
     e.g. 27 of 30: an early exit lower down is rarely accepted).
     ``temperature`` 0 (the default) is greedy: the output equals :func:`greedy_search` exactly. Otherwise
     tokens are sampled and the output follows the target's distribution after ``temperature``/``top_k``/
-    ``top_p`` (applied identically to draft and target); ``seed``/``generator`` make it reproducible.
+    ``top_p`` and the other history-free settings of :class:`~infergen.params.SamplingParams` (applied
+    identically to draft and target); ``seed``/``generator`` make it reproducible. Settings that read the
+    token history (penalties) are refused: every draft position would need its own history.
     Batches (left padding, per-row EOS) are supported; a batch commits the smallest accepted count per
     round (see the module docstring). With ``return_dict=True``, ``info`` holds per-row ``drafted`` and
     ``accepted`` counts, the overall ``acceptance_rate`` and the number of ``rounds`` (target passes
     after the prefill).
     """
     check_number("num_draft_tokens", num_draft_tokens, low=1, integer=True)
-    pipeline = LogitsPipeline.from_params(temperature=temperature, top_k=top_k, top_p=top_p)
+    params = SamplingParams.resolve(params, temperature=temperature, top_k=top_k, top_p=top_p, **settings)
+    check_stop(params, stopping)
+    if params.is_greedy:
+        params.require_deterministic("speculative_decode at temperature 0", "give a temperature > 0 to sample")
+    if params.uses_history:
+        raise ValueError(f"speculative_decode applies only settings that do not read the token history; got "
+                         f"{[s.name for s in params.active_settings() if s.history]}")
     target = as_model(model)
     draft = resolve_draft(target, draft_model, draft_layers)
     setup, _ = prepare(target, input_ids, max_new_tokens, attention_mask=attention_mask,
                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, allocate=False)
-    gen = make_generator(seed, generator, device=target.device)
-    spec = Speculator(target, draft, setup, pipeline, int(num_draft_tokens), gen)
-    B = setup.input_ids.shape[0]
-    tracker = RowTracker(B, setup, stopping)
-    generated, logprobs, history = [], [], []
+    gen = make_generator(params.seed, generator, device=target.device)
+    spec = Speculator(target, draft, setup, params.pipeline(), int(num_draft_tokens), gen)
+    rows = Rows(setup, stopping=stopping, streamer=streamer)
 
     def commit(tokens, logits) -> bool:  # one column at a time, so rows finish exactly at their EOS
         for j in range(tokens.shape[1]):
-            tok = tokens[:, j]
-            lp = torch.log_softmax(logits[:, j], -1).gather(-1, tok[:, None]).squeeze(-1)
-            logprobs.append(lp.masked_fill(tracker.done, 0.0))
-            if stopping is not None:
-                history.append(tok.masked_fill(tracker.done, -1))
-            tok = tracker.mask_finished(tok)
-            generated.append(tok)
-            emit(streamer, tok)
-            if tracker.update(tok, torch.stack(history, 1) if stopping is not None else None):
+            if rows.commit(tokens[:, j], logits[:, j])[1]:
                 return True
         return False
 
     with torch.inference_mode():
         done = setup.max_new_tokens == 0 or commit(*spec.start())
-        while not done and len(generated) < setup.max_new_tokens:
-            done = commit(*spec.step(setup.max_new_tokens - len(generated), ~tracker.done))
-    end_stream(streamer)
-    return finish(setup, generated, logprobs, tracker, return_dict, info=spec.info())
+        while not done and rows.steps < setup.max_new_tokens:
+            done = commit(*spec.step(setup.max_new_tokens - rows.steps, ~rows.done))
+    return rows.output(return_dict, info=spec.info())

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..cache import PaddingState
-from .llama import ModelOutput
+from .protocol import GenerationDefaults, ModelOutput
 
 
 class HFCache(PaddingState):
@@ -32,10 +32,36 @@ class HFCache(PaddingState):
         except TypeError:  # older transformers take no config
             self.inner = DynamicCache()
 
+    def supports(self, op: str) -> bool:
+        """A sliding-window layer keeps only the last ``window`` positions: it cannot be cropped back or
+        read by column. Continuous batching's ``write_row`` needs the native :class:`KVCache`."""
+        if op == "write_row":
+            return False
+        if op in ("crop", "read_column", "append_columns"):
+            return not any(getattr(self.inner, "is_sliding", None) or ())
+        return op == "reorder"
+
+    def describe(self) -> str:
+        kinds = sorted({type(layer).__name__ for layer in getattr(self.inner, "layers", ())})
+        return f"transformers {type(self.inner).__name__} with {', '.join(kinds) or 'no'} layers"
+
+    def _layers(self):
+        return [(layer.keys, layer.values) for layer in self.inner.layers]
+
+    def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
+        layers = self._layers()
+        return (torch.stack([k[0, :, column] for k, _ in layers]), torch.stack([v[0, :, column] for _, v in layers]))
+
+    def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> "HFCache":
+        self.append_mask(None, k.shape[2])
+        for layer in range(k.shape[0]):
+            self.inner.update(k[layer].unsqueeze(0), v[layer].unsqueeze(0), layer)
+        return self
+
     def reorder(self, index: torch.Tensor) -> "HFCache":
         if self.length:
             self.inner.batch_select_indices(index.to(self.mask.device))
-        self._reorder_mask(index.to(self.mask.device))
+        self.reorder_mask(index.to(self.mask.device))
         return self
 
     def repeat(self, n: int) -> "HFCache":
@@ -44,7 +70,7 @@ class HFCache(PaddingState):
 
     def crop(self, length: int) -> "HFCache":
         removed = self.length - length
-        self._crop_mask(length)
+        self.crop_mask(length)
         if removed > 0:  # a negative argument removes that many tokens (transformers 4.x and 5.x alike)
             self.inner.crop(-removed)
         return self
@@ -54,12 +80,20 @@ class HFCache(PaddingState):
 
 
 class HFModel(nn.Module):
-    """Wrap ``hf_model`` (a transformers causal LM) so infergen's decoders can drive it."""
+    """Wrap ``hf_model`` (a transformers causal LM) so infergen's decoders can drive it.
 
-    def __init__(self, hf_model):
+    ``defaults``: its :class:`~infergen.models.protocol.GenerationDefaults` (by default from the model's
+    generation config and config)."""
+
+    def __init__(self, hf_model, defaults: GenerationDefaults | None = None):
         super().__init__()
         self.hf = hf_model.eval()
         self.config = hf_model.config
+        if defaults is None:
+            defaults = GenerationDefaults.from_config(getattr(hf_model, "generation_config", None) or self.config)
+            if not defaults.eos_token_ids:
+                defaults = GenerationDefaults.from_config(self.config)
+        self.defaults = defaults
         # transformers 5.x renamed ``past_key_values`` to ``cache``; speak whichever this version knows.
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"

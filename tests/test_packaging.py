@@ -221,3 +221,15 @@ def test_wheel_holds_license_and_student_files_only(tmp_path):
                                   for f in ("starter.py", "test_student.py")}
     assert course == expected
     assert not [n for n in names if "grading" in n or "solutions" in n or "/wrong/" in n]
+
+
+def test_api_page_documents_every_public_name():
+    """book/api.md (the book's API reference, built by sphinx autodoc) lists every name of infergen.__all__."""
+    import types
+
+    import infergen
+
+    page = (Path(__file__).resolve().parents[1] / "book" / "api.md").read_text()
+    names = [n for n in infergen.__all__ if not isinstance(getattr(infergen, n), types.ModuleType)]
+    missing = [n for n in names if not re.search(rf"::\s+infergen\.(\w+\.)*{n}$", page, re.MULTILINE)]
+    assert not missing, f"book/api.md does not document {missing}"

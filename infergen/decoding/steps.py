@@ -1,4 +1,4 @@
-"""The steps every decoder shares, each in one place (the gpt-fast shape).
+"""The steps every decoder shares, each in one place (the gpt-fast shape)::
 
     logits = prefill(model, input_ids, cache, mask)          # the whole prompt at once, fills the cache
     for step in range(max_new_tokens):
@@ -73,8 +73,8 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, prompt_ids: torch.Tensor | None = None,
                  generated_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens [B] for logits [B, V]; ``prompt_ids`` / ``generated_ids`` [B, *] (-1 = padding) are the
-        history the penalties read."""
+        """Tokens [B] for logits [B, V]; ``prompt_ids`` / ``generated_ids`` (``[B, n]``, -1 = padding) are
+        the history the penalties read."""
         if self.pipeline.is_plain_argmax:
             check_finite_row(logits)
             return logits.argmax(-1)

@@ -24,18 +24,22 @@ from __future__ import annotations
 import torch
 
 from ..params import SamplingParams
+from ..processors import LogitsPipeline
 from ..registry import register_decoder
 from .base import check_stop, make_generator, prepare
 from .steps import Rows, Sampler, decode_n_tokens, last_logits, prefill
 
 
 def start(model, input_ids, max_new_tokens, params: SamplingParams, *, attention_mask=None, eos_token_id=None,
-          pad_token_id=None, generator=None, stopping=None, streamer=None, constraint=None):
-    """Set up a generation: checks, cache, sampler, rows, and the prefill's logits (None if n = 0)."""
+          pad_token_id=None, generator=None, stopping=None, streamer=None, constraint=None,
+          pipeline: LogitsPipeline | None = None):
+    """Set up a generation: checks, cache, sampler, rows, and the prefill's logits (None if n = 0).
+    ``pipeline`` replaces the one ``params`` would build (e.g. one with your own registered steps)."""
     check_stop(params, stopping)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-    sampler = Sampler(params, generator=make_generator(params.seed, generator, device=setup.model.device))
+    sampler = Sampler(params, pipeline=pipeline,
+                      generator=make_generator(params.seed, generator, device=setup.model.device))
     rows = Rows(setup, stopping=stopping, streamer=streamer, keep_history=sampler.uses_history,
                 constraint=constraint)
     logits = None
@@ -45,14 +49,19 @@ def start(model, input_ids, max_new_tokens, params: SamplingParams, *, attention
     return setup, cache, sampler, rows, logits
 
 
-def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | None = None, **kwargs):
+def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | LogitsPipeline | None = None,
+                 **kwargs):
     """Yield ``(tokens [B], logprobs [B])`` once per generated position (what streaming needs).
 
-    ``params`` (a :class:`~infergen.params.SamplingParams`) says how tokens are chosen; ``kwargs`` are
-    those of :func:`generate_autoregressive` (``attention_mask``, ``eos_token_id``, ``generator``, ...).
-    Finished rows yield ``pad_token_id`` with log-probability 0.
+    ``params`` says how tokens are chosen: a :class:`~infergen.params.SamplingParams`, or a
+    :class:`~infergen.processors.LogitsPipeline` of your own (e.g. with a registered processor; its
+    temperature decides greedy vs sampling). ``kwargs`` are those of :func:`generate_autoregressive`
+    (``attention_mask``, ``eos_token_id``, ``generator``, ...). Finished rows yield ``pad_token_id``
+    with log-probability 0.
     """
-    setup, cache, sampler, rows, logits = start(model, input_ids, max_new_tokens, params or SamplingParams(),
+    pipeline = params if isinstance(params, LogitsPipeline) else None
+    params = SamplingParams() if pipeline is not None or params is None else params
+    setup, cache, sampler, rows, logits = start(model, input_ids, max_new_tokens, params, pipeline=pipeline,
                                                 **kwargs)
     if logits is not None:
         yield from decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows)

@@ -145,12 +145,12 @@ def test_value_context_and_greedy_rollout_match_a_direct_forward(tiny_native):
 # ------------------------------------------------------------------------------------------------------
 # K/V reuse along the tree versus re-running the prefix
 # ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["tiny_native", "tiny_gpt2"])
-def test_cached_and_uncached_modes_build_the_same_trees(name, request):
+@pytest.mark.parametrize("name,leaf_batch", [("tiny_native", 1), ("tiny_native", 4), ("tiny_gpt2", 1)])
+def test_cached_and_uncached_modes_build_the_same_trees(name, leaf_batch, request):
     model = request.getfixturevalue(name)
     ids = torch.tensor([[0, 0, 0, 7, 8, 9], [11, 12, 13, 14, 15, 16]])
     kwargs = dict(num_simulations=15, top_k=4, rollout_tokens=2, attention_mask=ids != 0, pad_token_id=0,
-                  return_dict=True)
+                  return_dict=True, leaf_batch=leaf_batch)
     cached = mcts_decode(model, ids, 5, use_cache=True, **kwargs)
     naive = mcts_decode(model, ids, 5, use_cache=False, **kwargs)
     assert torch.equal(cached.sequences, naive.sequences)
@@ -158,11 +158,112 @@ def test_cached_and_uncached_modes_build_the_same_trees(name, request):
     for a, b in zip(cached.info["trees"], naive.info["trees"]):
         assert_same_tree(a, b)
     c, n = cached.info["stats"], naive.info["stats"]
-    assert c["forwards"] == n["forwards"]
-    assert c["forward_tokens"] == c["forwards"]  # every cached evaluation is a single-token forward
-    assert c["forwards_per_simulation"] <= 2.0  # 1 leaf + (rollout_tokens - 1)
+    assert c["forwards"] == n["forwards"] and c["leaf_batch"] == n["leaf_batch"] == leaf_batch
+    if leaf_batch == 1:
+        assert c["forward_tokens"] == c["forwards"]  # every cached evaluation is a single-token forward
+        assert c["forwards_per_simulation"] <= 2.0  # 1 leaf + (rollout_tokens - 1)
+    else:  # one forward evaluates several leaves (and advances their rollouts together)
+        assert c["leaves_per_batch"] > 1.5 and c["forwards"] < c["evaluations"]
+        assert c["forward_tokens"] <= 2 * c["evaluations"]  # still about one token per leaf and rollout step
     assert n["tokens_per_simulation"] > 6  # the naive mode re-runs at least the prompt every time
     assert c["kv_slices_written"] > 0 and n["kv_slices_written"] == 0
+
+
+def token_value(tokens) -> float:
+    """A value in [0, 1] that depends on the path's tokens only, spread widely (unlike the tiny random
+    model's likelihoods, which are all about 1/vocabulary), so that Q, and so virtual losses, matter."""
+    return ((sum(tokens) * 37 + len(tokens)) % 11) / 10
+
+
+def reference_tree(model, prompt, max_new, num_simulations, top_k, leaf_batch, c_puct=1.0, temperature=1.0):
+    """The first token's search written plainly: every expansion from a fresh forward over the whole
+    path, :func:`token_value`, and leaf_batch selections in a row, each adding a virtual loss (a visit
+    of value 0) to its path, stopping early at a leaf that is already waiting."""
+    def expand(node, tokens):
+        logits = direct_logits(model, prompt + tokens)
+        top = torch.topk(logits, min(top_k, logits.shape[-1]))
+        priors = torch.softmax(top.values / temperature, -1).tolist()
+        lps = torch.log_softmax(logits, -1)[top.indices].tolist()
+        g = node.gen_index + 1
+        node.children = [Node(t, p, lp, g, terminal=g >= max_new) for t, p, lp in zip(top.indices.tolist(), priors, lps)]
+
+    def backup(path, value, visits=1):
+        for n in [root] + path:
+            n.visits += visits
+            n.value_sum += value
+
+    root = Node(gen_index=0)
+    expand(root, [])
+    done = 0
+    while done < num_simulations:
+        pending, scored = [], 0
+        while scored + len(pending) < min(leaf_batch, num_simulations - done):
+            node, path = root, []
+            while node.children is not None:
+                node = select_child(node, c_puct)
+                path.append(node)
+            value = token_value([n.token for n in path])
+            if node.terminal:
+                backup(path, value)
+                scored += 1
+                continue
+            if any(node is p[-1] for p, _ in pending):
+                break
+            backup(path, 0.0)  # the virtual loss
+            pending.append((path, value))
+        for path, value in pending:
+            expand(path[-1], [n.token for n in path])
+        for path, value in pending:
+            backup(path, 0.0, visits=-1)
+            backup(path, value)
+        done += scored + len(pending)
+    return snapshot(root)
+
+
+@pytest.mark.parametrize("leaf_batch", [1, 4, 8])
+def test_search_equals_the_plain_reference_sequential_and_with_virtual_losses(tiny_native, leaf_batch):
+    out = mcts_decode(tiny_native, torch.tensor([PROMPT]), 4, num_simulations=30, top_k=4, eos_token_id=[],
+                      value_fn=lambda ctx: token_value(ctx.path_ids.tolist()), leaf_batch=leaf_batch,
+                      return_dict=True)
+    assert_same_tree(out.info["tree"], reference_tree(tiny_native, PROMPT, 4, 30, 4, leaf_batch))
+    if leaf_batch > 1:  # and the batched search is a different search from the sequential one
+        sequential = reference_tree(tiny_native, PROMPT, 4, 30, 4, 1)
+        def visits(tree):
+            return sorted((tuple(path), node.visits) for path, node in paths(tree))
+        assert visits(out.info["tree"]) != visits(sequential)
+
+
+@pytest.mark.parametrize("leaf_batch", [1, 8])
+def test_batched_search_finds_the_known_optimum(tiny_native, leaf_batch):
+    """The value is the fraction of a target continuation matched from its start; the target takes the
+    3rd most likely token at every step (not what greedy or the priors prefer), so only search finds it."""
+    target = []
+    for _ in range(3):
+        target.append(int(torch.topk(direct_logits(tiny_native, PROMPT + target), 3).indices[2]))
+
+    def matched(ctx):
+        new = ctx.new_ids.tolist()
+        n = 0
+        while n < min(len(new), len(target)) and new[n] == target[n]:
+            n += 1
+        return n / len(target)
+
+    out = mcts_decode(tiny_native, torch.tensor([PROMPT]), 3, num_simulations=40, top_k=4, value_fn=matched,
+                      eos_token_id=[], leaf_batch=leaf_batch, return_dict=True)
+    assert out.sequences[0, len(PROMPT):].tolist() == target
+    root = out.info["tree"]
+    best = next(c for c in root.children if c.token_id == target[0])
+    assert best.visits > root.visits / 2  # the search spent most of its visits on the optimum
+
+
+def test_leaf_batch_needs_a_cache_that_assembles_rows(tiny_gpt2):
+    with pytest.raises(ValueError, match="write_row"):
+        mcts_decode(tiny_gpt2, torch.tensor([PROMPT]), 2, num_simulations=4, leaf_batch=4)
+    out = mcts_decode(tiny_gpt2, torch.tensor([PROMPT]), 2, num_simulations=4, return_dict=True)
+    assert out.info["stats"]["leaf_batch"] == 1  # the default falls back to the sequential search
+    naive = mcts_decode(tiny_gpt2, torch.tensor([PROMPT]), 2, num_simulations=8, leaf_batch=4, use_cache=False,
+                        return_dict=True, eos_token_id=[])
+    assert naive.info["stats"]["leaf_batch"] == 4 and naive.info["stats"]["leaves_per_batch"] > 1
 
 
 def test_subtree_reuse_keeps_visit_counts(tiny_native):
@@ -323,6 +424,7 @@ def test_value_fn_results_outside_the_range_are_refused(tiny_native, bad):
     ("rollout_tokens", -1, ValueError), ("commit_temperature", -0.5, ValueError),
     ("commit_temperature", float("nan"), ValueError), ("use_cache", "yes", TypeError),
     ("max_new_tokens", -1, ValueError), ("seed", -3, ValueError),
+    ("leaf_batch", 0, ValueError), ("leaf_batch", 2.5, TypeError),
 ])
 def test_bad_parameters_name_themselves(tiny_native, name, value, error):
     kwargs = dict(max_new_tokens=2, num_simulations=2)

@@ -10,6 +10,12 @@ name, turns stop strings into a stopping criterion, and decodes the result::
 
 ``infergen.stream(...)`` yields the text as it is produced (the decoder runs in a background
 thread and hands each new token over through a queue).
+
+Constrained output: ``regex=``, ``json_schema=`` (a dict or a pydantic model class), ``grammar=`` (Lark
+style) or ``choices=`` (a list of strings) compile a constraint with
+:func:`infergen.constraints.make_constraint` and hand it to the decoder as ``constraint=``; the
+output then matches the pattern (``finish_reason == "constraint"`` once nothing but the end can
+follow). See :data:`CONSTRAINED_STRATEGIES` for which strategies support it and why the others do not.
 """
 from __future__ import annotations
 
@@ -25,11 +31,27 @@ import torch
 from .params import SamplingParams
 from .registry import get_decoder
 
+#: strategies whose decoders take ``constraint=`` (the mask is applied first, before every processor)
+CONSTRAINED_STRATEGIES = ("greedy", "sample", "beam", "diverse_beam")
+#: why the other built-in strategies refuse a constraint
+UNCONSTRAINED_STRATEGIES = {
+    "contrastive": "contrastive search ranks the model's top-k tokens by a degeneration penalty computed from "
+                   "each candidate's hidden state; it has no constraint hook (masking before its top-k would be "
+                   "the way to add one)",
+    "mcts": "MCTS would need a forked constraint state in every tree node, for its priors, expansions and "
+            "rollouts alike; it is not implemented",
+    "speculative": "speculative decoding verifies several drafted tokens at once: each drafted position needs "
+                   "the constraint advanced along the draft (and rolled back on rejection), and the acceptance "
+                   "test must compare the masked distributions of draft and target; it is not implemented",
+}
+_CONSTRAINT_KINDS = ("regex", "json_schema", "grammar", "choices")
+
 
 @dataclass
 class GenerationResult:
     """One prompt's generation: the text, the new token ids, their log-probabilities under the
-    model, and why it finished (``"eos"``, ``"length"`` or ``"stop"``)."""
+    model, and why it finished (``"eos"``, ``"length"``, ``"stop"``, or under a constraint
+    ``"constraint"``: complete, or ``"no_valid_token"``: nothing was allowed)."""
     prompt: str
     text: str
     token_ids: list[int]
@@ -104,8 +126,57 @@ def encode(tokenizer, prompts, chat: bool = False, device=None):
     return enc.input_ids.to(device), enc.attention_mask.to(device)
 
 
+def _per_row(kind: str, value, n: int) -> list:
+    """A constraint argument as one value per prompt: the same for all, or a list with one per prompt."""
+    per_row = isinstance(value, (list, tuple)) and (
+        kind != "choices" or (len(value) > 0 and all(isinstance(v, (list, tuple)) or v is None for v in value)))
+    if not per_row:
+        return [value] * n
+    if len(value) != n:
+        raise ValueError(f"{kind} holds {len(value)} entries for {n} prompts: give one {kind} for all prompts "
+                         "or one per prompt")
+    return list(value)
+
+
+def build_constraint(model, tokenizer, n_prompts: int, strategy: str, backend: str | None = None,
+                     eos_token_id=None, **kinds):
+    """The ``constraint=`` for the decoder from :func:`generate`'s ``regex`` / ``json_schema`` / ``grammar`` /
+    ``choices`` (at most one kind; each the same for every prompt or a list with one per prompt, ``None``
+    entries leaving a row free). Returns None when none is given. The EOS ids the constraint allows in
+    accepting states are the decoder's: ``eos_token_id`` or the model's defaults."""
+    from .constraints import DEFAULT_BACKEND, make_constraint
+    from .decoding.base import model_defaults
+    from .models.hf import as_model
+
+    given = {k: v for k, v in kinds.items() if v is not None}
+    if not given:
+        return None
+    if len(given) > 1:
+        raise ValueError(f"give at most one of regex=, json_schema=, grammar=, choices=; got {' and '.join(given)}")
+    if strategy not in CONSTRAINED_STRATEGIES:
+        why = UNCONSTRAINED_STRATEGIES.get(strategy, "its decoder does not take a constraint= argument")
+        raise ValueError(f"strategy={strategy!r} does not support {next(iter(given))}=: {why}. Strategies that "
+                         f"do: {', '.join(CONSTRAINED_STRATEGIES)}")
+    (kind, value), = given.items()
+    if eos_token_id is None:
+        eos_token_id = list(model_defaults(as_model(model)).eos_token_ids)
+    compiled = {}
+    out = []
+    for v in _per_row(kind, value, n_prompts):
+        if v is None:
+            out.append(None)
+            continue
+        key = id(v)
+        if key not in compiled:  # the same object for several prompts is compiled once
+            compiled[key] = make_constraint(tokenizer, **{kind: v}, backend=backend or DEFAULT_BACKEND,
+                                            eos_token_id=eos_token_id)
+        out.append(compiled[key])
+    return out[0] if all(c is out[0] for c in out) else out
+
+
 def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_new_tokens: int = 64,
-             stop=None, chat: bool = False, **params):
+             stop=None, chat: bool = False, *, regex=None, json_schema=None, grammar=None, choices=None,
+             constraint_backend: str | None = None, **params):
     """Generate text with the named ``strategy`` (``"greedy"``, ``"sample"``, ``"beam"``,
     ``"contrastive"``, ``"mcts"``, ``"speculative"``, or any registered name).
 
@@ -114,6 +185,16 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     ``chat=True`` wraps each prompt in the tokenizer's chat template (for instruct models).
     Returns a :class:`GenerationResult` for one prompt, a list of them for a list of prompts (with
     ``num_return_sequences=n``, n results per prompt, in prompt order).
+
+    Constrained output (at most one of these; each the same for every prompt, or a list with one per
+    prompt, ``None`` leaving that prompt free): ``regex`` (the whole output fullmatches it),
+    ``json_schema`` (a dict, a JSON string or a pydantic model class: the output is JSON valid under it),
+    ``grammar`` (a Lark-style grammar), ``choices`` (a list of strings: the output is one of them).
+    ``constraint_backend``: ``"llguidance"`` (default), ``"outlines"`` or ``"teaching"``. A compiled
+    constraint (:func:`infergen.constraints.make_constraint`) can also be passed as ``constraint=``.
+    The mask is applied to the raw logits first, before every processor (penalties, temperature,
+    top-k/top-p), so those choose among the allowed tokens only. Strategies: greedy, sample, beam and
+    diverse_beam; contrastive, mcts and speculative refuse (see :data:`UNCONSTRAINED_STRATEGIES`).
     """
     if tokenizer is None or not callable(tokenizer) or not hasattr(tokenizer, "decode"):
         raise TypeError(f"tokenizer must be a transformers tokenizer (the second value of load_model), got "
@@ -125,6 +206,18 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     single = isinstance(prompt_or_prompts, str)
     prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
     input_ids, mask = encode(tokenizer, prompts, chat=chat, device=getattr(model, "device", None))
+    kinds = dict(regex=regex, json_schema=json_schema, grammar=grammar, choices=choices)
+    if any(v is not None for v in kinds.values()) and params.get("constraint") is not None:
+        raise ValueError("give either constraint= (compiled) or one of regex=, json_schema=, grammar=, choices=, "
+                         "not both")
+    if params.get("constraint") is not None and strategy not in CONSTRAINED_STRATEGIES \
+            and "constraint" not in inspect.signature(decoder).parameters:
+        why = UNCONSTRAINED_STRATEGIES.get(strategy, "its decoder does not take a constraint= argument")
+        raise ValueError(f"strategy={strategy!r} does not support constraint=: {why}")
+    built = build_constraint(model, tokenizer, len(prompts), strategy, constraint_backend,
+                             params.get("eos_token_id"), **kinds)
+    if built is not None:
+        params["constraint"] = built
     stopper = StopStrings(tokenizer, stop) if stop is not None else None
     if stopper is not None:
         params["stopping"] = stopper

@@ -135,8 +135,7 @@ class ContinuousBatcher:
         if sampler.uses_history:
             prompt_ids = _pad_rows([r.prompt for r in reqs], logits.device)
             generated_ids = _pad_rows([r.tokens for r in reqs], logits.device)
-        sampler.generator = [generators.get(id(r)) for r in reqs]
-        tokens = sampler(logits, prompt_ids, generated_ids)
+        tokens = sampler(logits, prompt_ids, generated_ids, generator=[generators.get(id(r)) for r in reqs])
         picked = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
         return tokens.tolist(), picked.tolist()
 

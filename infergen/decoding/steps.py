@@ -72,13 +72,15 @@ class Sampler:
         return self.pipeline.uses_history
 
     def __call__(self, logits: torch.Tensor, prompt_ids: torch.Tensor | None = None,
-                 generated_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 generated_ids: torch.Tensor | None = None, generator=None) -> torch.Tensor:
         """Tokens [B] for logits [B, V]; ``prompt_ids`` / ``generated_ids`` (``[B, n]``, -1 = padding) are
-        the history the penalties read."""
+        the history the penalties read; ``generator`` (as in :func:`draw`) replaces the sampler's own for
+        this call (a batcher whose rows change from step to step passes one per current row)."""
         if self.pipeline.is_plain_argmax:
             check_finite_row(logits)
             return logits.argmax(-1)
-        return draw(self.pipeline(logits, prompt_ids=prompt_ids, generated_ids=generated_ids), self.generator)
+        processed = self.pipeline(logits, prompt_ids=prompt_ids, generated_ids=generated_ids)
+        return draw(processed, self.generator if generator is None else generator)
 
 
 def emit(streamer, tokens: torch.Tensor):

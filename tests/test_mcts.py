@@ -177,8 +177,10 @@ def token_value(tokens) -> float:
 
 def reference_tree(model, prompt, max_new, num_simulations, top_k, leaf_batch, c_puct=1.0, temperature=1.0):
     """The first token's search written plainly: every expansion from a fresh forward over the whole
-    path, :func:`token_value`, and leaf_batch selections in a row, each adding a virtual loss (a visit
-    of value 0) to its path, stopping early at a leaf that is already waiting."""
+    path, :func:`token_value`, and up to leaf_batch leaves selected in a row, each adding a virtual loss
+    (a visit of value 0) to its path; a selection of a leaf already waiting keeps its virtual loss until
+    the batch is evaluated and is no simulation (leaf_batch of them end the batch); a terminal node is
+    scored at once and takes no place in the batch."""
     def expand(node, tokens):
         logits = direct_logits(model, prompt + tokens)
         top = torch.topk(logits, min(top_k, logits.shape[-1]))
@@ -196,8 +198,8 @@ def reference_tree(model, prompt, max_new, num_simulations, top_k, leaf_batch, c
     expand(root, [])
     done = 0
     while done < num_simulations:
-        pending, scored = [], 0
-        while scored + len(pending) < min(leaf_batch, num_simulations - done):
+        pending, collided, scored = [], [], 0
+        while len(pending) < leaf_batch and scored + len(pending) < num_simulations - done:
             node, path = root, []
             while node.children is not None:
                 node = select_child(node, c_puct)
@@ -207,10 +209,15 @@ def reference_tree(model, prompt, max_new, num_simulations, top_k, leaf_batch, c
                 backup(path, value)
                 scored += 1
                 continue
-            if any(node is p[-1] for p, _ in pending):
-                break
             backup(path, 0.0)  # the virtual loss
+            if any(node is p[-1] for p, _ in pending):  # a collision: the virtual loss stays for this batch
+                collided.append(path)
+                if len(collided) >= leaf_batch:
+                    break
+                continue
             pending.append((path, value))
+        for path in collided:
+            backup(path, 0.0, visits=-1)
         for path, value in pending:
             expand(path[-1], [n.token for n in path])
         for path, value in pending:

@@ -630,30 +630,39 @@ class _RowSearch:
             self.stats["leaf_batches"] += 1
         self._backup(path, value)
 
-    def simulate_batch(self, k: int) -> int:
-        """Up to ``k`` simulations whose leaves are evaluated by one batched forward; returns how many ran.
+    def simulate_batch(self, k: int, budget: int) -> int:
+        """At most ``budget`` simulations, whose leaves (up to ``k``) are evaluated by one batched forward;
+        returns how many ran.
 
         Each selection adds a virtual loss to its path (one visit of value 0), so the next selection is
         pushed towards other leaves; a selection that ends on a terminal node is scored and backed up at
-        once (no forward). Selection stops early when it reaches a leaf already waiting in this batch.
-        The leaves are then expanded and scored together, and each virtual loss is replaced by the real
-        visit. With ``k = 1`` this is exactly :meth:`simulate`.
+        once (no forward: it does not take a place in the batch). A selection that reaches a leaf already
+        waiting in this batch is no simulation: it leaves one more virtual loss on that path (removed
+        before the leaves are evaluated) and selection goes on, until ``k`` such collisions end the batch
+        early. The leaves are then expanded and scored together, and each virtual loss is replaced by
+        the real visit. With ``k = 1`` this is exactly :meth:`simulate`.
         """
         pending: list[list[Node]] = []
+        collided: list[list[Node]] = []  # selections that reached a waiting leaf: one more virtual loss each
         waiting: set[int] = set()
         scored = 0
-        while scored + len(pending) < k:
+        while len(pending) < k and scored + len(pending) < budget:
             path = self._select()
             node = path[-1] if path else self.root
             if node.terminal:
                 self._backup(path, self._terminal_value(path))
                 scored += 1
                 continue
-            if id(node) in waiting:  # needs the evaluation that is already on its way
-                break
-            waiting.add(id(node))
             self._add_visits(path, 1)
+            if id(node) in waiting:  # this leaf is already on its way: push the next selection elsewhere
+                collided.append(path)
+                if len(collided) >= k:
+                    break
+                continue
+            waiting.add(id(node))
             pending.append(path)
+        for path in collided:  # not simulations: they only steered the selections of this batch
+            self._add_visits(path, -1)
         if len(pending) == 1:  # one leaf: the working cache alone is cheaper
             self._add_visits(pending[0], -1)
             path = pending[0]
@@ -686,7 +695,7 @@ class _RowSearch:
                 self.simulate()
                 left -= 1
             else:
-                left -= self.simulate_batch(min(self.leaf_batch, left))
+                left -= self.simulate_batch(self.leaf_batch, left)
         self.stats["seconds"] += time.perf_counter() - start
 
     def release(self):

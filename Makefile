@@ -11,7 +11,7 @@ export INFERGEN_CACHE ?= $(CURDIR)/.cache/infergen
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model test test-unit test-notebooks test-browser book book-assets bench clean
+.PHONY: setup model test test-unit test-notebooks test-browser book book-assets bench bench-peers gpu-check clean
 
 JUPYTER_BOOK := $(VENV)/bin/jupyter-book
 NPM          ?= npm
@@ -71,6 +71,30 @@ test: model $(BOOK_ASSETS)
 
 bench: model
 	$(PY) -m infergen bench
+
+# llama.cpp beside infergen (optional; not part of `make test` or CI): llama-cpp-python built from its
+# PyPI source into its own environment (~20 minutes of compiling on 2 cores), F32/BF16/Q8_0 GGUF files
+# written from the converted model, then the alternating side-by-side table in benchmarks/results/peers/.
+PEERS := .venv-peers
+GGUF  := $(INFERGEN_CACHE)/gguf/smollm2-135m-Q8_0.gguf
+
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PEERS)/bin/pip install -q --disable-pip-version-check \
+		--no-binary llama-cpp-python llama-cpp-python==0.3.36
+	touch $@
+
+$(GGUF): benchmarks/peers/write_gguf.py | model
+	$(PY) benchmarks/peers/write_gguf.py
+
+bench-peers: model $(PEERS)/.installed $(GGUF)
+	$(PY) benchmarks/peers/run_peers.py
+
+# CUDA-only checks (each decoder's tokens on CUDA equal the CPU's in float32, bfloat16, compiled = eager,
+# no host sync in the compiled step) and the GPU benchmark; both say so and skip without CUDA.
+gpu-check: model
+	$(PY) -m pytest -q -rs benchmarks/gpu/test_gpu.py
+	$(PY) benchmarks/gpu/bench_gpu.py
 
 clean:
 	rm -rf _build bench-results

@@ -1,0 +1,141 @@
+"""infergen against llama.cpp on the CPU, side by side in one run (``make bench-peers``).
+
+The same weights in each precision (F32 / BF16 / Q8_0 GGUF files written from infergen's converted
+float32 model by write_gguf.py, against infergen float32 / bfloat16 / int8), the same prompt ids,
+greedy, EOS off, the same number of threads; the contenders alternate (infergen, llama.cpp, ...) after
+a warm-up and the medians are reported, with each one's share of the memory-bandwidth roofline
+measured in the same run and whether llama.cpp's greedy tokens equal infergen's.
+
+    .venv/bin/python benchmarks/peers/run_peers.py [--tokens 128] [--rounds 5] [--threads 2]
+
+llama.cpp runs in a worker process under ``.venv-peers`` (llama_worker.py). Results go to
+benchmarks/results/peers/ (results.json, results.md).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import torch
+
+import infergen
+from infergen import bench
+from infergen.models.loading import cache_dir
+from infergen.quant import quantize_int8
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PAIRS = [("float32", "F32"), ("bfloat16", "BF16"), ("int8", "Q8_0")]
+
+
+class LlamaCpp:
+    """The worker process, one JSON line per command."""
+
+    def __init__(self, python: Path):
+        self.proc = subprocess.Popen([str(python), str(HERE / "llama_worker.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def gguf_bytes(path: Path) -> int:
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
+    ap.add_argument("--gguf", default=str(cache_dir() / "gguf"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n = args.tokens
+    model, tok = infergen.load_model("smollm2-135m", device="cpu", dtype=torch.float32)
+    ours = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
+    ours["int8"] = quantize_int8(copy.deepcopy(ours["bfloat16"]))
+    ids = tok(bench.PROMPTS[0], return_tensors="pt").input_ids
+    files = {fmt: Path(args.gguf) / f"smollm2-135m-{fmt}.gguf" for _, fmt in PAIRS}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise SystemExit(f"missing GGUF files {missing}: run benchmarks/peers/write_gguf.py first")
+    peer = LlamaCpp(Path(args.python))
+    try:
+        version = None
+        for fmt, path in files.items():
+            version = peer.ask(cmd="load", name=fmt, path=str(path), threads=args.threads,
+                               n_ctx=ids.shape[1] + n + 8)["version"]
+        out = {}
+        contenders = {}
+        for name, fmt in PAIRS:
+            m = ours[name]
+            contenders[f"infergen {name}"] = (lambda m=m, name=name: out.__setitem__(
+                name, infergen.greedy_search(m, ids, n, eos_token_id=[])[0, ids.shape[1]:].tolist()))
+            contenders[f"llama.cpp {fmt}"] = (lambda fmt=fmt: out.__setitem__(
+                fmt, peer.ask(cmd="run", name=fmt, ids=ids[0].tolist(), n=n)["tokens"]))
+        load_start = os.getloadavg()
+        bandwidth = bench.memory_bandwidth(512)
+        times = bench.alternate(contenders, repeats=args.rounds, warmup=1)
+        load_end = os.getloadavg()
+    finally:
+        peer.close()
+    context = ids.shape[1] + n / 2
+    cfg = model.config
+    kv_f16 = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2  # llama.cpp's default f16 cache
+    rows = []
+    for name, fmt in PAIRS:
+        ig_s, lc_s = bench.median(times[f"infergen {name}"]), bench.median(times[f"llama.cpp {fmt}"])
+        ig_bound = bench.roofline(bandwidth.read_GBps, bench.weight_bytes(ours[name]),
+                                  bench.kv_bytes_per_token(ours[name]), context).tokens_per_s
+        lc_bound = bench.roofline(bandwidth.read_GBps, gguf_bytes(files[fmt]), kv_f16, context).tokens_per_s
+        same = 0
+        for a, b in zip(out[name], out[fmt]):
+            if a != b:
+                break
+            same += 1
+        rows.append(dict(infergen=name, llama_cpp=fmt, infergen_tokens_per_s=n / ig_s, llama_cpp_tokens_per_s=n / lc_s,
+                         llama_cpp_over_infergen=ig_s / lc_s, infergen_roofline_fraction=n / ig_s / ig_bound,
+                         llama_cpp_roofline_fraction=n / lc_s / lc_bound, same_greedy_prefix=same))
+    result = dict(llama_cpp_python=version, torch=torch.__version__, threads=args.threads, new_tokens=n,
+                  rounds=args.rounds, prompt_tokens=int(ids.shape[1]), read_GBps=bandwidth.read_GBps,
+                  load_average_start=list(load_start), load_average_end=list(load_end), times_s=times, rows=rows)
+    lines = [f"infergen and llama.cpp (llama-cpp-python {version}) on the CPU, batch 1, greedy, {n} new tokens after "
+             f"a {ids.shape[1]}-token prompt, {args.threads} threads, {args.rounds} alternating rounds (medians); "
+             f"read bandwidth {bandwidth.read_GBps:.1f} GB/s measured in the same run; load average "
+             f"{load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end.", "",
+             "| weights | infergen tokens/s | llama.cpp tokens/s | llama.cpp / infergen | infergen, share of its "
+             "roofline | llama.cpp, share of its roofline | first greedy tokens that agree |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| infergen {r['infergen']} / {r['llama_cpp']} | {r['infergen_tokens_per_s']:.1f} "
+                     f"| {r['llama_cpp_tokens_per_s']:.1f} | {r['llama_cpp_over_infergen']:.2f}x "
+                     f"| {100 * r['infergen_roofline_fraction']:.0f}% | {100 * r['llama_cpp_roofline_fraction']:.0f}% "
+                     f"| {r['same_greedy_prefix']} of {n} |")
+    text = "\n".join(lines) + "\n"
+    dest = Path(args.out)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "results.json").write_text(json.dumps(result, indent=1))
+    (dest / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,10 @@ import numbers
 import torch
 
 
+#: The largest integer a torch.long holds: the upper end of every integer parameter without its own.
+_INT64_MAX = 2**63 - 1
+
+
 def _is_nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
@@ -24,6 +28,8 @@ def check_number(name: str, value, *, low=None, high=None, low_open=False, high_
     or a value outside the range; the message names ``name``, ``value`` and the valid range.
     Tensors are checked element-wise (for per-row parameters of shape ``[B]``).
     """
+    if integer and high is None:
+        high = _INT64_MAX  # an integer no tensor can hold (a count, a size) is refused here, by name
     if value is None:
         if allow_none:
             return None

@@ -44,7 +44,11 @@ class LlamaCpp:
     def ask(self, **cmd) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
-        reply = json.loads(self.proc.stdout.readline())
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the llama.cpp worker stopped (is llama-cpp-python installed in .venv-peers? "
+                               "`make bench-peers` builds it)")
+        reply = json.loads(line)
         if "error" in reply:
             raise RuntimeError(reply["error"])
         return reply
@@ -77,6 +81,8 @@ def main(argv=None):
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise SystemExit(f"missing GGUF files {missing}: run benchmarks/peers/write_gguf.py first")
+    if not Path(args.python).exists():
+        raise SystemExit(f"no {args.python}: `make bench-peers` creates .venv-peers with llama-cpp-python")
     peer = LlamaCpp(Path(args.python))
     try:
         version = None

@@ -313,13 +313,10 @@ class PrefillResult:
 # Weight dtypes
 # ------------------------------------------------------------------------------------------------
 @dataclass
-class DtypeRow:
-    """One weight format: its greedy speed, its matrix products alone, its size and its quality on a
-    fixed text against float32 (mean log-likelihood, perplexity, KL, top-1 agreement)."""
-    name: str
-    times_s: list[float]
+class DtypeRow(Contender):
+    """One weight format (a contender: its greedy runs), with its matrix products alone, its size and its
+    quality on a fixed text against float32 (mean log-likelihood, perplexity, KL, top-1 agreement)."""
     matmul_times_s: list[float]
-    new_tokens: int
     weight_bytes: int
     mean_logprob: float
     perplexity: float
@@ -327,14 +324,6 @@ class DtypeRow:
     kl_vs_fp32: float
     top1_agreement_vs_fp32: float
     roofline_tokens_per_s: float | None = None
-
-    @property
-    def median_s(self) -> float:
-        return median(self.times_s)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.median_s
 
     @property
     def matmul_s(self) -> float:

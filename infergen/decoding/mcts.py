@@ -400,7 +400,7 @@ class _RowSearch:
             needs += ("write_row",)
         who = "mcts_decode" if batch == 1 else f"mcts_decode with leaf_batch={batch} (leaf_batch=1 needs less)"
         self.cache = require_ops(cache, needs, who)
-        self.batch_caches: dict[int, object] = {}  # leaves per batch -> a cache with that many rows
+        self.batch = None  # the leaf_batch-row cache the leaves of a batch are evaluated in
         self.scratch = None  # a batch-1 cache to read one row's new column out of a batch cache
         self.cached_path: list[Node] = []  # nodes whose K/V fill the cache after the root context
         self.stats = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, prefill_tokens=len(prompt),
@@ -453,14 +453,21 @@ class _RowSearch:
         self.cached_path.append(leaf)
         return logits
 
-    def _batch_cache(self, rows: int):
-        if rows not in self.batch_caches:
+    def _batch_cache(self):
+        if self.batch is None:
             longest = self.prompt_length + self.max_new + self.cfg.rollout_tokens + 1
-            self.batch_caches[rows] = self.model.new_cache(rows, longest)
-        return self.batch_caches[rows]
+            self.batch = self.model.new_cache(self.leaf_batch, longest)
+        return self.batch
 
-    def _run_padded(self, sequences: list[list[int]], cache) -> torch.Tensor:
-        """The naive mode's batched forward: whole sequences, left-padded, on an emptied ``cache``."""
+    def _fill(self, rows: list) -> list:
+        """``rows`` (one per leaf) repeated at the end up to the batch cache's ``leaf_batch`` rows: a batch
+        with fewer leaves reuses the one cache (its extra rows' outputs are ignored) instead of keeping a
+        cache for every size."""
+        return rows + [rows[0]] * (self.leaf_batch - len(rows))
+
+    def _run_padded(self, sequences: list[list[int]], cache, real: int) -> torch.Tensor:
+        """The naive mode's batched forward: whole sequences, left-padded, on an emptied ``cache``;
+        ``real``: how many of them are leaves (the rest only fill the batch)."""
         T = max(len(q) for q in sequences)
         ids = torch.zeros(len(sequences), T, dtype=torch.long, device=self.device)
         mask = torch.zeros(len(sequences), T, dtype=torch.bool, device=self.device)
@@ -468,7 +475,7 @@ class _RowSearch:
             ids[i, T - len(q):] = torch.tensor(q, dtype=torch.long, device=self.device)
             mask[i, T - len(q):] = True
         cache.crop(0)
-        return self._run(ids, cache, mask, sum(len(q) for q in sequences))
+        return self._run(ids, cache, mask, sum(len(q) for q in sequences[:real]))[:real]
 
     def _batch_logits(self, paths: list[list[Node]]):
         """Next-token logits [k, V] after each of ``k`` paths, from one forward; also the batch cache.
@@ -479,17 +486,20 @@ class _RowSearch:
         forward of the ``k`` leaf tokens then evaluates them all. Each leaf's new K/V column is read back
         through a batch-1 scratch cache (``read_column`` reads row 0).
         """
-        batch = self._batch_cache(len(paths))
+        batch, rows = self._batch_cache(), self._fill(paths)
         if not self.cfg.use_cache:
-            return self._run_padded([self.context + [n.token for n in p] for p in paths], batch), batch
+            return self._run_padded([self.context + [n.token for n in p] for p in rows], batch, len(paths)), batch
         width = len(self.context) + max(len(p) for p in paths) - 1  # columns before the leaf tokens
         batch.crop(0)
-        batch.append_mask(torch.zeros(len(paths), width, dtype=torch.bool, device=self.device), width)
+        batch.append_mask(torch.zeros(len(rows), width, dtype=torch.bool, device=self.device), width)
         for i, path in enumerate(paths):
             self._load_prefix(path[:-1])
             batch.write_row(i, self.cache)
-        ids = torch.tensor([[p[-1].token] for p in paths], dtype=torch.long, device=self.device)
-        logits = self._run(ids, batch, None, len(paths))
+        for i in range(len(paths), len(rows)):  # the filler rows: the last leaf's row once more
+            batch.write_row(i, self.cache)
+        ids = torch.tensor([[p[-1].token] for p in rows], dtype=torch.long, device=self.device)
+        ids[len(paths):] = ids[len(paths) - 1]
+        logits = self._run(ids, batch, None, len(paths))[:len(paths)]
         if self.scratch is None:
             self.scratch = self.model.new_cache(1, batch.max_len)
         for i, path in enumerate(paths):
@@ -540,11 +550,11 @@ class _RowSearch:
                 break
             if self.cfg.use_cache:
                 last = [t[-1] if t else p[-1].token for t, p in zip(tokens, paths)]
-                ids = torch.tensor(last, dtype=torch.long, device=self.device)[:, None]
-                logits = self._run(ids, batch, None, len(paths))
+                ids = torch.tensor(self._fill(last), dtype=torch.long, device=self.device)[:, None]
+                logits = self._run(ids, batch, None, len(paths))[:len(paths)]
             else:
-                logits = self._run_padded([self.context + [n.token for n in p] + t for p, t in zip(paths, tokens)],
-                                          batch)
+                sequences = [self.context + [n.token for n in p] + t for p, t in zip(paths, tokens)]
+                logits = self._run_padded(self._fill(sequences), batch, len(paths))
         return list(zip(tokens, logprobs))
 
     # -- the four steps -----------------------------------------------------------------------------
@@ -701,7 +711,7 @@ class _RowSearch:
 
     def release(self):
         self.root, self.cache, self.cached_path = None, None, []
-        self.batch_caches, self.scratch = {}, None
+        self.batch, self.scratch = None, None
 
     def commit(self) -> Node:
         """Commit the most visited child (or sample by visits ** (1/tau)) and make it the new root."""

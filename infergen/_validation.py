@@ -28,8 +28,6 @@ def check_number(name: str, value, *, low=None, high=None, low_open=False, high_
     or a value outside the range; the message names ``name``, ``value`` and the valid range.
     Tensors are checked element-wise (for per-row parameters of shape ``[B]``).
     """
-    if integer and high is None:
-        high = _INT64_MAX  # an integer no tensor can hold (a count, a size) is refused here, by name
     if value is None:
         if allow_none:
             return None
@@ -57,6 +55,9 @@ def check_number(name: str, value, *, low=None, high=None, low_open=False, high_
         if bad:
             shown = value if not isinstance(value, torch.Tensor) else value.tolist()
             raise ValueError(f"{name} must be in {interval}, got {shown!r}")
+        if integer and high is None and v > _INT64_MAX:  # no tensor holds it (a count, a size)
+            raise ValueError(f"{name} must be in {interval} and fit a 64-bit integer (at most 2**63 - 1), "
+                             f"got {value!r}")
     return value
 
 

@@ -65,7 +65,7 @@ DECODERS = {
 
 @st.composite
 def batches(draw):
-    lengths = draw(st.lists(st.integers(1, 6), min_size=2, max_size=3))  # ragged: rows of their own lengths
+    lengths = draw(st.lists(st.integers(1, 6), min_size=2, max_size=3, unique=True))  # ragged: every row padded differently
     ids, mask = left_pad(lengths, pad_token_id=0, seed=draw(st.integers(0, 10**6)))
     n = draw(st.integers(2, 4))
     # many EOS ids, so that rows do finish early; a pad id that may be anything in the vocabulary
@@ -267,8 +267,8 @@ class Spec:
             return False
         if isinstance(v, float) and (math.isnan(v) or (self.kind is int)):
             return False
-        if self.kind is int and not -2**63 <= v < 2**63:
-            return False  # no tensor holds it
+        if self.kind is int and self.high is None and v >= 2**63:
+            return False  # unbounded counts and sizes: no tensor holds it
         if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
             return False
         if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
@@ -315,26 +315,41 @@ BAD_CANDIDATES = st.one_of(
 _CASES = [(d, p) for d, (_, params) in DECODER_PARAMS.items() for p in params]
 
 
-@pytest.mark.parametrize("decoder,param", _CASES, ids=[f"{d}-{p}" for d, p in _CASES])
-@settings(max_examples=6, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
-@given(value=BAD_CANDIDATES)
-def test_bad_numeric_value_is_refused_naming_it(decoder, param, value):
-    model = tiny_model()
+#: one bad value of every kind, tried for every parameter (hypothesis adds random ones)
+CANONICAL_BAD = [-1, -1.0, 2.5, float("nan"), float("inf"), float("-inf"), True, False, "1", 2**63, 10**30,
+                 -10**30, 1e300, [-1], [2.5], [VOCAB]]
+
+
+def _assert_refused(decoder, param, value):
     base, params = DECODER_PARAMS[decoder]
-    spec = params[param]
-    assume(not spec.valid(value))
-    if value is None and param in ("max_new_tokens", "pad_token_id", "eos_token_id", "temperature",
-                                    "num_beams", "top_k") + tuple(SETTING_SPECS):
-        assume(False)  # None means "the default" for these
     kwargs = {**base, param: value}
     if decoder == "sample_with_temperature" and param in SETTING_SPECS and setting(param).sampling_only:
         kwargs.setdefault("temperature", 1.0)
     n = kwargs.pop("max_new_tokens", 2)
-    ids = torch.tensor([[5, 17, 33]])
     with pytest.raises((TypeError, ValueError)) as info:
-        getattr(infergen, decoder)(model, ids, n, **kwargs)
+        getattr(infergen, decoder)(tiny_model(), torch.tensor([[5, 17, 33]]), n, **kwargs)
     assert param in str(info.value), (decoder, param, value, str(info.value))
+
+
+@pytest.mark.parametrize("decoder,param", _CASES, ids=[f"{d}-{p}" for d, p in _CASES])
+def test_every_kind_of_bad_value_is_refused_naming_it(decoder, param):
+    spec = DECODER_PARAMS[decoder][1][param]
+    for value in CANONICAL_BAD:
+        if not spec.valid(value):
+            _assert_refused(decoder, param, value)
+
+
+@pytest.mark.parametrize("decoder,param", _CASES, ids=[f"{d}-{p}" for d, p in _CASES])
+@settings(max_examples=5, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+@given(value=BAD_CANDIDATES)
+def test_bad_numeric_value_is_refused_naming_it(decoder, param, value):
+    spec = DECODER_PARAMS[decoder][1][param]
+    assume(not spec.valid(value))
+    if value is None and param in ("max_new_tokens", "pad_token_id", "eos_token_id", "temperature",
+                                    "num_beams", "top_k") + tuple(SETTING_SPECS):
+        assume(False)  # None means "the default" for these
+    _assert_refused(decoder, param, value)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True, database=None,

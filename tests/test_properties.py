@@ -33,7 +33,19 @@ FAST = settings(max_examples=8, deadline=None, derandomize=True, database=None,
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
+    """A tiny random Llama with large weights: its next token depends on the whole context (with the
+    default small initialisation the argmax mostly follows the last token, which hides attention bugs)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from infergen.models.llama import LlamaModel
+    from infergen.models.protocol import GenerationDefaults
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False, initializer_range=0.3)
+    return LlamaModel.from_hf(LlamaForCausalLM(cfg).eval(), defaults=GenerationDefaults(eos_token_ids=(2,),
+                                                                                        pad_token_id=0))
 
 
 # ========================================================================================================

@@ -78,6 +78,9 @@ class Cache(Protocol):
     def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> "Cache":
         """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of a batch-1 cache."""
 
+    def write_row(self, row: int, source: "Cache", source_row: int = 0) -> "Cache":
+        """Put ``source``'s filled columns of ``source_row`` into ``row``, right-aligned (continuous batching)."""
+
     def supports(self, op: str) -> bool:
         """Can this cache do ``op`` (one of :data:`OPTIONAL_OPS`)?"""
 

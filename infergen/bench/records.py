@@ -470,6 +470,11 @@ class Results:
         return {"machine": to_json(self.machine), "quick": self.quick, "sizes": to_json(self.sizes),
                 "sections": sections, "seconds": self.seconds}
 
+    def __getitem__(self, key: str):
+        """The results.json view of the records (``results["sections"]["greedy_b1"]["ratio"]``): the same
+        layout a saved run is read back in, so code that reads a run works on a fresh one too."""
+        return self.to_json()[key]
+
     @classmethod
     def from_json(cls, data: dict) -> "Results":
         hints = typing.get_type_hints(cls)

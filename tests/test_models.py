@@ -184,13 +184,9 @@ def test_packed_decode_linear_matches_and_follows_weight_changes():
     layer = llama.Linear(64, 96, bias=True)
     x = torch.randn(3, 64)
 
-    def decode(lin, inp):
-        flag = llama._DECODE_STEP.set(True)
-        try:
-            with torch.no_grad():
-                return lin(inp)
-        finally:
-            llama._DECODE_STEP.reset(flag)
+    def decode(lin, inp):  # a decode step: the model passes packed=True to its linear layers
+        with torch.no_grad():
+            return lin(inp, packed=True)
 
     with torch.no_grad():
         torch.testing.assert_close(decode(layer, x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
@@ -204,9 +200,5 @@ def test_packed_decode_linear_matches_and_follows_weight_changes():
             low = copy.deepcopy(layer).to(torch.bfloat16)
             xb = x.bfloat16()
             torch.testing.assert_close(decode(low, xb), F.linear(xb, low.weight, low.bias), rtol=2e-2, atol=2e-2)
-    flag = llama._DECODE_STEP.set(True)
-    try:
-        y = layer(x)  # with autograd on, even a decode step uses F.linear (gradients flow)
-    finally:
-        llama._DECODE_STEP.reset(flag)
+    y = layer(x, packed=True)  # with autograd on, even a decode step uses F.linear (gradients flow)
     assert y.requires_grad

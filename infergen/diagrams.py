@@ -18,7 +18,8 @@ The figures are created with :class:`~matplotlib.figure.Figure` directly, not wi
 they hold no global state; a notebook cell shows one with ``diagrams.show(diagrams.beam_step())``.
 They are 6.8 inches wide, which at matplotlib's 100 dpi fits the book's text column without being
 scaled down.
-:func:`overlapping_texts` finds labels that collide; the tests run it on every diagram.
+:func:`overlapping_texts` finds labels that collide; the tests run it on every diagram, and the
+chapters on their data plots. :func:`label_points` labels the points of a plot without collisions.
 """
 from __future__ import annotations
 
@@ -130,35 +131,100 @@ def _check_tokens(name: str, tokens, minimum: int = 1) -> list[str]:
     return tokens
 
 
-def overlapping_texts(fig) -> list[tuple[str, str]]:
-    """Pairs of visible labels of ``fig`` whose boxes overlap, and labels that leave the figure.
-
-    A label that sticks out of the figure is reported as ``(label, "<outside the figure>")``. Use it
-    on any figure: an empty list means no two texts collide.
-    """
+def drawn_texts(fig) -> list:
+    """The texts of ``fig`` that a render shows: visible, not empty, and (for tick labels) at a tick
+    inside its axis's view. Matplotlib keeps the labels of ticks outside the view at stale positions
+    without drawing them."""
     from matplotlib.text import Text
 
+    hidden = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not low - 1e-9 * (abs(low) + abs(high)) <= tick.get_loc() <= high + 1e-9 * (abs(low) + abs(high)):
+                    hidden.update((id(tick.label1), id(tick.label2)))
+    return [t for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and id(t) not in hidden]
+
+
+def overlapping_texts(fig, *, tight_bbox: bool = False) -> list[tuple[str, str]]:
+    """Pairs of drawn labels of ``fig`` whose boxes overlap, and labels that leave the figure.
+
+    A label that sticks out of the figure is reported as ``(label, "<outside the figure>")``, unless
+    ``tight_bbox`` says the figure is saved with a tight bounding box, which grows the image to hold
+    every text: a notebook's inline backend saves every figure of the book that way (``diagrams.show``
+    does not). Tick labels of ticks outside the view are not drawn, and not reported. Use it on any
+    figure: an empty list means no two texts collide.
+    """
     renderer = _renderer(fig)
     fig.draw(renderer)
     frame = fig.bbox
     boxes = []
-    for artist in fig.findobj(Text):
-        if not artist.get_visible() or not artist.get_text().strip():
-            continue
+    for artist in drawn_texts(fig):
         box = artist.get_window_extent(renderer)
         if box.width == 0 or box.height == 0:
             continue
         boxes.append((artist.get_text(), box))
     problems = []
     for i, (text, box) in enumerate(boxes):
-        if box.x0 < frame.x0 - 1 or box.y0 < frame.y0 - 1 or box.x1 > frame.x1 + 1 or box.y1 > frame.y1 + 1:
+        if not tight_bbox and (box.x0 < frame.x0 - 1 or box.y0 < frame.y0 - 1
+                               or box.x1 > frame.x1 + 1 or box.y1 > frame.y1 + 1):
             problems.append((text, "<outside the figure>"))
         for other, other_box in boxes[i + 1:]:
-            # a pixel of tolerance: touching is not colliding
-            if (min(box.x1, other_box.x1) - max(box.x0, other_box.x0) > 1
-                    and min(box.y1, other_box.y1) - max(box.y0, other_box.y0) > 1):
+            if _overlap(box, other_box):
                 problems.append((text, other))
     return problems
+
+
+def _overlap(box, other) -> bool:
+    # a pixel of tolerance: touching is not colliding
+    return (min(box.x1, other.x1) - max(box.x0, other.x0) > 1
+            and min(box.y1, other.y1) - max(box.y0, other.y0) > 1)
+
+
+# offsets in points from a point to its label, tried in this order: right, above, left, below, diagonals
+_LABEL_OFFSETS = [(dx * r, dy * r) for r in (5, 10, 16) for dx, dy in
+                  ((1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, 1), (-1, -1), (1, -1))]
+
+
+def label_points(ax, points, labels, **text_kwargs) -> list:
+    """Annotate each ``(x, y)`` of ``points`` (data coordinates) with its label, each label placed at
+    the first of a few offsets around its point where it collides with no label placed before it and
+    no other text of the figure, and stays inside the axes. Returns the annotations.
+
+    A label that finds no free place keeps the first offset (``overlapping_texts`` then reports it).
+    ``text_kwargs`` go to ``ax.annotate`` (``fontsize``, ``color``, ...).
+    """
+    points, labels = list(points), [str(label) for label in labels]
+    if len(points) != len(labels):
+        raise ValueError(f"label_points: points and labels must have the same length, "
+                         f"got {len(points)} points and {len(labels)} labels")
+    fig = ax.get_figure()
+    renderer = _renderer(fig)
+    fig.draw(renderer)
+    taken = [t.get_window_extent(renderer) for t in drawn_texts(fig)]
+    frame = ax.get_window_extent(renderer)
+    placed = []
+    for (x, y), label in zip(points, labels):
+        for dx, dy in _LABEL_OFFSETS:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+            note = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                               **text_kwargs)
+            box = note.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(_overlap(box, other) for other in taken):
+                break
+            note.remove()
+        else:
+            dx, dy = _LABEL_OFFSETS[0]
+            note = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha="left",
+                               va="center", **text_kwargs)
+            box = note.get_window_extent(renderer)
+        taken.append(box)
+        placed.append(note)
+    return placed
 
 
 def show(fig) -> None:

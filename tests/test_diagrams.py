@@ -161,3 +161,40 @@ def test_show_displays_one_png_at_the_figure_size(monkeypatch):
     assert image.format == "png" and image.data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", image.data[16:24])  # the PNG header's IHDR chunk
     assert width == round(diagrams.WIDTH * 100)
+
+
+def test_overlapping_texts_skips_undrawn_ticks_and_knows_tight_saves():
+    fig = Figure(figsize=(3, 2))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1])
+    ax.set_xticks([0, 0.5, 1], ["0", "half", "1"])
+    ax.set_xlim(0.2, 0.8)  # ticks 0 and 1 leave the view: matplotlib does not draw their labels
+    drawn = [t.get_text() for t in diagrams.drawn_texts(fig) if t in ax.get_xticklabels()]
+    assert drawn == ["half"]
+    ax.set_ylabel("a label far outside " * 4, fontsize=20)  # a tight save would hold it, a plain one cuts it
+    assert any(other == "<outside the figure>" for _, other in diagrams.overlapping_texts(fig))
+    assert not any(other == "<outside the figure>" for _, other in diagrams.overlapping_texts(fig, tight_bbox=True))
+
+
+def test_label_points_places_crowded_labels_apart():
+    fig = Figure(figsize=(4, 3))
+    ax = fig.add_subplot()
+    points = [(0.50, 0.50), (0.505, 0.50), (0.50, 0.505), (0.51, 0.51), (0.2, 0.8)]
+    ax.plot(*zip(*points), "o")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    notes = diagrams.label_points(ax, points, ["1.0", "1.5", "2.0", "2.5", "far"], fontsize=7)
+    assert [n.get_text() for n in notes] == ["1.0", "1.5", "2.0", "2.5", "far"]
+    assert diagrams.overlapping_texts(fig) == []
+    # the same labels all at the first offset collide: the placement is what separates them
+    crowded = Figure(figsize=(4, 3))
+    ax = crowded.add_subplot()
+    for (x, y), label in zip(points, ["1.0", "1.5", "2.0", "2.5", "far"]):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 0), fontsize=7)
+    assert diagrams.overlapping_texts(crowded) != []
+
+
+def test_label_points_names_a_length_mismatch():
+    ax = Figure().add_subplot()
+    with pytest.raises(ValueError, match="2 points and 1 labels"):
+        diagrams.label_points(ax, [(0, 0), (1, 1)], ["a"])

@@ -12,7 +12,7 @@ export INFERGEN_CACHE ?= $(CURDIR)/.cache/infergen
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model test test-unit test-notebooks test-browser test-floors test-dist book book-assets bench bench-peers gpu-check clean
+.PHONY: setup model test test-unit test-notebooks test-browser test-floors notebooks-floors test-dist book book-assets bench bench-peers gpu-check clean
 
 JUPYTER_BOOK := $(VENV)/bin/jupyter-book
 NPM          ?= npm
@@ -135,6 +135,13 @@ test-floors: model $(VENV_FLOORS)/.installed
 	    --ignore=tests/test_book_browser.py --deselect tests/test_packaging.py::test_wheel_holds_license_and_student_files_only \
 	    --deselect tests/test_beam.py::test_beam_sampling_matches_transformers \
 	    --deselect tests/test_processors.py::test_logit_bias_matches_sequence_bias
+
+# Every chapter notebook in the floor environment, with nbclient (nbval and the book's tools are not
+# among the floors); not part of `make test`: about as long as the notebooks' own run.
+notebooks-floors: model $(VENV_FLOORS)/.installed
+	$(PIP_FLOORS) install -q -c $(VENV_FLOORS)/floors.txt nbclient ipykernel
+	INFERGEN_CACHE=$(FLOORS_CACHE) $(PY_FLOORS) -m infergen prepare
+	INFERGEN_CACHE=$(FLOORS_CACHE) $(PY_FLOORS) notebooks/run_all.py
 
 # The distribution: sdist + wheel built in isolation, their metadata checked.
 test-dist: setup

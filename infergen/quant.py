@@ -119,7 +119,6 @@ def quantize_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, Int8Linear(linear, compute_dtype))
-    model.quantized = "int8"
     return model
 
 

@@ -97,6 +97,8 @@ def main(argv=None):
                 name, infergen.greedy_search(m, ids, n, eos_token_id=[])[0, ids.shape[1]:].tolist()))
             contenders[f"llama.cpp {fmt}"] = (lambda fmt=fmt: out.__setitem__(
                 fmt, peer.ask(cmd="run", name=fmt, ids=ids[0].tolist(), n=n)["tokens"]))
+            # the matrix products of the same n steps alone: infergen's ceiling whatever the Python around them
+            contenders[f"infergen {name} matmuls"] = bench.decode_matmuls(m, n)
         load_start = os.getloadavg()
         bandwidth = bench.memory_bandwidth(512)
         times = bench.alternate(contenders, repeats=args.rounds, warmup=1)
@@ -109,6 +111,7 @@ def main(argv=None):
     rows = []
     for name, fmt in PAIRS:
         ig_s, lc_s = bench.median(times[f"infergen {name}"]), bench.median(times[f"llama.cpp {fmt}"])
+        mm_s = bench.median(times[f"infergen {name} matmuls"])
         ig_bound = bench.roofline(bandwidth.read_GBps, bench.weight_bytes(ours[name]),
                                   bench.kv_bytes_per_token(ours[name]), context).tokens_per_s
         lc_bound = bench.roofline(bandwidth.read_GBps, gguf_bytes(files[fmt]), kv_f16, context).tokens_per_s
@@ -119,22 +122,27 @@ def main(argv=None):
             same += 1
         rows.append(dict(infergen=name, llama_cpp=fmt, infergen_tokens_per_s=n / ig_s, llama_cpp_tokens_per_s=n / lc_s,
                          llama_cpp_over_infergen=ig_s / lc_s, infergen_roofline_fraction=n / ig_s / ig_bound,
-                         llama_cpp_roofline_fraction=n / lc_s / lc_bound, same_greedy_prefix=same))
+                         llama_cpp_roofline_fraction=n / lc_s / lc_bound, same_greedy_prefix=same,
+                         infergen_matmuls_tokens_per_s=n / mm_s, llama_cpp_over_infergen_matmuls=mm_s / lc_s))
     result = dict(llama_cpp_python=version, torch=torch.__version__, threads=args.threads, new_tokens=n,
                   rounds=args.rounds, prompt_tokens=int(ids.shape[1]), read_GBps=bandwidth.read_GBps,
                   load_average_start=list(load_start), load_average_end=list(load_end), times_s=times, rows=rows)
     lines = [f"infergen and llama.cpp (llama-cpp-python {version}) on the CPU, batch 1, greedy, {n} new tokens after "
              f"a {ids.shape[1]}-token prompt, {args.threads} threads, {args.rounds} alternating rounds (medians); "
              f"read bandwidth {bandwidth.read_GBps:.1f} GB/s measured in the same run; load average "
-             f"{load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end.", "",
+             f"{load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end. \"Matmuls alone\": the matrix "
+             f"products of the same {n} decode steps and nothing else (bench.decode_matmuls), timed in the same "
+             f"rounds: a ceiling for infergen whatever the Python around them.", "",
              "| weights | infergen tokens/s | llama.cpp tokens/s | llama.cpp / infergen | infergen, share of its "
-             "roofline | llama.cpp, share of its roofline | first greedy tokens that agree |",
-             "|---|---|---|---|---|---|---|"]
+             "roofline | llama.cpp, share of its roofline | first greedy tokens that agree "
+             "| infergen's matmuls alone, tokens/s | llama.cpp / infergen's matmuls alone |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| infergen {r['infergen']} / {r['llama_cpp']} | {r['infergen_tokens_per_s']:.1f} "
                      f"| {r['llama_cpp_tokens_per_s']:.1f} | {r['llama_cpp_over_infergen']:.2f}x "
                      f"| {100 * r['infergen_roofline_fraction']:.0f}% | {100 * r['llama_cpp_roofline_fraction']:.0f}% "
-                     f"| {r['same_greedy_prefix']} of {n} |")
+                     f"| {r['same_greedy_prefix']} of {n} | {r['infergen_matmuls_tokens_per_s']:.1f} "
+                     f"| {r['llama_cpp_over_infergen_matmuls']:.2f}x |")
     text = "\n".join(lines) + "\n"
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)

@@ -184,14 +184,35 @@ def _overlap(box, other) -> bool:
 
 
 # offsets in points from a point to its label, tried in this order: right, above, left, below, diagonals
-_LABEL_OFFSETS = [(dx * r, dy * r) for r in (5, 10, 16) for dx, dy in
+_LABEL_OFFSETS = [(dx * r, dy * r) for r in (5, 9, 14, 20) for dx, dy in
                   ((1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, 1), (-1, -1), (1, -1))]
+
+
+def _line_samples(ax, spacing: float = 3.0):
+    """Display coordinates [n, 2] of points every ``spacing`` pixels along every line of ``ax``
+    (markers included): what a label should not cover."""
+    import numpy as np
+
+    samples = []
+    for line in ax.get_lines():
+        if not line.get_visible():
+            continue
+        xy = ax.transData.transform(np.column_stack(line.get_data()).astype(float))
+        xy = xy[np.isfinite(xy).all(1)]
+        samples.append(xy)
+        if line.get_linestyle() in ("None", "", " ", "none") or len(xy) < 2:
+            continue
+        for a, b in zip(xy[:-1], xy[1:]):
+            steps = max(int(np.hypot(*(b - a)) / spacing), 1)
+            samples.append(a + (b - a) * np.linspace(0, 1, steps + 1)[:, None])
+    return np.concatenate(samples) if samples else np.zeros((0, 2))
 
 
 def label_points(ax, points, labels, **text_kwargs) -> list:
     """Annotate each ``(x, y)`` of ``points`` (data coordinates) with its label, each label placed at
-    the first of a few offsets around its point where it collides with no label placed before it and
-    no other text of the figure, and stays inside the axes. Returns the annotations.
+    the first of a few offsets around its point where it collides with no label placed before it, no
+    other text of the figure and no line or marker of ``ax``, and stays inside the axes. Returns the
+    annotations.
 
     A label that finds no free place keeps the first offset (``overlapping_texts`` then reports it).
     ``text_kwargs`` go to ``ax.annotate`` (``fontsize``, ``color``, ...).
@@ -204,7 +225,15 @@ def label_points(ax, points, labels, **text_kwargs) -> list:
     renderer = _renderer(fig)
     fig.draw(renderer)
     taken = [t.get_window_extent(renderer) for t in drawn_texts(fig)]
+    lines = _line_samples(ax)
     frame = ax.get_window_extent(renderer)
+
+    def free(box) -> bool:
+        inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        on_line = ((lines[:, 0] > box.x0 - 1) & (lines[:, 0] < box.x1 + 1)
+                   & (lines[:, 1] > box.y0 - 1) & (lines[:, 1] < box.y1 + 1)).any()
+        return inside and not on_line and not any(_overlap(box, other) for other in taken)
+
     placed = []
     for (x, y), label in zip(points, labels):
         for dx, dy in _LABEL_OFFSETS:
@@ -213,8 +242,7 @@ def label_points(ax, points, labels, **text_kwargs) -> list:
             note = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
                                **text_kwargs)
             box = note.get_window_extent(renderer)
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            if inside and not any(_overlap(box, other) for other in taken):
+            if free(box):
                 break
             note.remove()
         else:

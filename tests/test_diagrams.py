@@ -198,3 +198,20 @@ def test_label_points_names_a_length_mismatch():
     ax = Figure().add_subplot()
     with pytest.raises(ValueError, match="2 points and 1 labels"):
         diagrams.label_points(ax, [(0, 0), (1, 1)], ["a"])
+
+
+def test_label_points_keeps_labels_off_the_lines():
+    fig = Figure(figsize=(4, 3))
+    ax = fig.add_subplot()
+    xs = [0.1, 0.3, 0.5, 0.7, 0.9]
+    ax.plot(xs, [0.5] * 5, "o-")  # a horizontal line: a label right of a point would sit on it
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    notes = diagrams.label_points(ax, [(x, 0.5) for x in xs], ["a", "b", "c", "d", "e"], fontsize=8)
+    renderer = fig.canvas.get_renderer()
+    x_start, y_line = ax.transData.transform((0.1, 0.5))
+    x_end = ax.transData.transform((0.9, 0.5))[0]
+    for note in notes:  # no label box meets the segment from the first point to the last
+        box = note.get_window_extent(renderer)
+        covers = box.y0 - 1 < y_line < box.y1 + 1 and box.x0 - 1 < x_end and box.x1 + 1 > x_start
+        assert not covers, f"label {note.get_text()!r} covers the line"

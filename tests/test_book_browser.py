@@ -224,7 +224,8 @@ def bad_alt_text(attrs: dict) -> str | None:
     src = attrs.get("src") or ""
     if not alt:
         return "no alt text"
-    if "/" in alt or "\\" in alt or IMAGE_FILE.search(alt) or alt == Path(src).name:
+    path_like = " " not in alt and ("/" in alt or "\\" in alt)  # "z / T" or "GB/s" in a sentence is no path
+    if path_like or IMAGE_FILE.search(alt) or alt == Path(src).name:
         return f"the alt text is a file name: {alt!r}"
     if len(alt.split()) < 2:
         return f"the alt text is a single word: {alt!r}"

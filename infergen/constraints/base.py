@@ -36,7 +36,7 @@ Semantics every backend follows
   the decoder may finish it with the finish reason :data:`FINISH_CONSTRAINT` without spending a step.
 * A row is **dead** when no token is allowed. :meth:`RowConstraints.mask` still leaves it one finite
   logit (its EOS ids) so that softmax and sampling never see an all ``-inf`` row or a NaN; the decoder
-  must finish it with :data:`FINISH_NO_VALID_TOKEN` (and drop the placeholder token).
+  must finish it with :data:`FINISH_NO_VALID_TOKEN` (and drop the stand-in token it chose).
 """
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ class RowConstraints:
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """A copy of ``logits`` [B, V] with every disallowed id set to ``-inf``.
 
-        Dead rows keep their EOS ids finite (a placeholder, so no row is all ``-inf``); the decoder
+        Dead rows keep their EOS ids finite (a stand-in choice, so no row is all ``-inf``); the decoder
         finishes them with :data:`FINISH_NO_VALID_TOKEN`. Any float dtype and device. Call it on the raw
         logits, before every other processor: penalties and temperature keep ``-inf`` at ``-inf``, and
         the truncation rules (top-k, top-p, ...) then choose among allowed tokens only.

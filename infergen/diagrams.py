@@ -234,22 +234,22 @@ def label_points(ax, points, labels, **text_kwargs) -> list:
                    & (lines[:, 1] > box.y0 - 1) & (lines[:, 1] < box.y1 + 1)).any()
         return inside and not on_line and not any(_overlap(box, other) for other in taken)
 
+    def annotate(label, point, offset):
+        dx, dy = offset  # the label's side of the point decides its alignment
+        ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+        va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+        note = ax.annotate(label, point, textcoords="offset points", xytext=offset, ha=ha, va=va, **text_kwargs)
+        return note, note.get_window_extent(renderer)
+
     placed = []
-    for (x, y), label in zip(points, labels):
-        for dx, dy in _LABEL_OFFSETS:
-            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
-            va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
-            note = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
-                               **text_kwargs)
-            box = note.get_window_extent(renderer)
+    for point, label in zip(points, labels):
+        for offset in _LABEL_OFFSETS:
+            note, box = annotate(label, point, offset)
             if free(box):
                 break
             note.remove()
-        else:
-            dx, dy = _LABEL_OFFSETS[0]
-            note = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha="left",
-                               va="center", **text_kwargs)
-            box = note.get_window_extent(renderer)
+        else:  # no free place: the first offset
+            note, box = annotate(label, point, _LABEL_OFFSETS[0])
         taken.append(box)
         placed.append(note)
     return placed

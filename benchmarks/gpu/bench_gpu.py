@@ -9,7 +9,6 @@ Writes benchmarks/results/gpu/results.json and results.md. Without CUDA it says 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -71,12 +70,7 @@ def main(argv=None):
         for name, rate in r["tokens_per_s"].items():
             lines.append(f"| {r['batch']} | {name} | {rate:.0f} | {r['tokens_per_s']['infergen compiled'] / rate:.2f}x |")
         lines.append(f"| {r['batch']} | compiled tokens equal eager | {r['compiled_same_tokens']} | |")
-    text = "\n".join(lines) + "\n"
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "results.md").write_text(text)
-    print(text)
+    bench.write_report(args.out, result, "\n".join(lines) + "\n")
     return result
 
 

@@ -143,12 +143,7 @@ def main(argv=None):
                      f"| {100 * r['infergen_roofline_fraction']:.0f}% | {100 * r['llama_cpp_roofline_fraction']:.0f}% "
                      f"| {r['same_greedy_prefix']} of {n} | {r['infergen_matmuls_tokens_per_s']:.1f} "
                      f"| {r['llama_cpp_over_infergen_matmuls']:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    dest = Path(args.out)
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "results.json").write_text(json.dumps(result, indent=1))
-    (dest / "results.md").write_text(text)
-    print(text)
+    bench.write_report(args.out, result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

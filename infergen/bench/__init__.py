@@ -65,7 +65,7 @@ from .records import (Bandwidth, BatchResult, Bound, Comparison, Contender, Dtyp
                       KVResult, Machine, PhaseTimes, PrefillResult, Results, RooflineResult, ServingResult,
                       Skipped)
 from .reference import load_reference, naive_contrastive, naive_greedy, prefill_decode_times
-from .report import Ratio, format_table, ratios
+from .report import Ratio, format_table, ratios, write_report
 from .roofline import decode_matmul_time, decode_matmuls, kv_bytes_per_token, memory_bandwidth, roofline, weight_bytes
 from .runner import FULL, PROMPTS, QUICK, SECTIONS, Bench, machine_info
 from .timing import alternate, median, peak_memory, synchronize, time_call
@@ -83,5 +83,5 @@ __all__ = [
     "Bandwidth", "BatchResult", "Bound", "Comparison", "Contender", "DtypeResult", "GreedyComparison", "KVResult",
     "Machine", "PhaseTimes", "PrefillResult", "Results", "RooflineResult", "ServingResult", "Skipped",
     # reporting
-    "Ratio", "format_table", "plot", "ratios", "save",
+    "Ratio", "format_table", "plot", "ratios", "save", "write_report",
 ]

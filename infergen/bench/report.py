@@ -136,3 +136,17 @@ def format_table(results) -> str:
         for x in found:
             lines.append(f"  {x.description:<72} {x.value:>7.2f}" + (f"  ({x.note})" if x.note else ""))
     return "\n".join(lines)
+
+
+def write_report(out, result: dict, text: str):
+    """Write a side-by-side benchmark's ``result`` (``results.json``) and its table ``text``
+    (``results.md``) into the folder ``out`` (created if missing), print the table, return the folder."""
+    import json
+    from pathlib import Path
+
+    dest = Path(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "results.json").write_text(json.dumps(result, indent=1))
+    (dest / "results.md").write_text(text)
+    print(text)
+    return dest

@@ -19,6 +19,7 @@ speculative decoding, MCTS and the continuous batcher use the same pieces around
 """
 from __future__ import annotations
 
+from enum import Enum
 from typing import Callable, Iterator
 
 import torch
@@ -27,6 +28,25 @@ from ..models.protocol import ModelOutput
 from ..params import SamplingParams
 from ..processors import LogitsPipeline, check_finite_row, sample_from_logits
 from .base import GenerationOutput, Setup
+
+
+class FinishReason(str, Enum):
+    """Why a row stopped: one enum for every decoder (a str, so it compares equal to ``"eos"`` etc.)."""
+
+    LENGTH = "length"                  #: ``max_new_tokens`` reached
+    EOS = "eos"                        #: the row produced one of its end-of-sequence ids
+    STOP = "stop"                      #: a stopping criterion (e.g. a stop string) said so
+    CONSTRAINT = "constraint"          #: its constraint is complete: nothing but the end can follow
+    NO_VALID_TOKEN = "no_valid_token"  #: its constraint allowed no token at all
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[token]``: the model's log-probability of each chosen token (the one place
+    that computes it). ``logits`` [..., V], ``tokens`` [...] -> [...] in float32."""
+    return torch.log_softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def prefill(model, input_ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None, *,
@@ -38,6 +58,12 @@ def prefill(model, input_ids: torch.Tensor, cache, attention_mask: torch.Tensor 
 def decode_one(model, tokens: torch.Tensor, cache, *, hidden: bool = False) -> ModelOutput:
     """One decode step: ``tokens`` [B] (one new token per row) or [B, 1] through ``model``, reusing ``cache``."""
     return model(tokens.reshape(-1, 1), cache, hidden=hidden)
+
+
+def decode_many(model, tokens: torch.Tensor, cache, *, hidden: bool = False) -> ModelOutput:
+    """Several new tokens per row at once, ``tokens`` [B, t], reusing ``cache``; the logits of every
+    position ([B, t, V]): verifying speculative drafts, expanding a tree path (MCTS)."""
+    return model(tokens, cache, logits="all", hidden=hidden)
 
 
 def last_logits(out: ModelOutput) -> torch.Tensor:
@@ -123,7 +149,7 @@ class Rows:
         self.keep_history = keep_history or stopping is not None
         self.prompt_ids = setup.prompt_ids_for_penalties
         self.done = torch.zeros(B, dtype=torch.bool, device=setup.input_ids.device)
-        self.reason = ["length"] * B
+        self.reason: list[FinishReason] = [FinishReason.LENGTH] * B
         self.lengths: list[int | None] = [None] * B  # set when a row finishes
         self.tokens: list[torch.Tensor] = []         # committed columns [B]
         self.logprobs: list[torch.Tensor] = []
@@ -150,25 +176,24 @@ class Rows:
         Returns the committed column (padding for rows that had finished) and whether every row is done.
         """
         if self.constraint is not None:  # a row whose constraint allows nothing ends before this token
-            self.finish(self.constraint.dead(self.done.device), "no_valid_token")
+            self.finish(self.constraint.dead(self.done.device), FinishReason.NO_VALID_TOKEN)
         running = ~self.done
-        logprob = (torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
-                   if logprobs is None else logprobs)
+        logprob = token_logprobs(logits, tokens) if logprobs is None else logprobs
         self.logprobs.append(logprob.masked_fill(self.done, 0.0))
         if self.keep_history:
             self._history.append(tokens.masked_fill(self.done, -1))
         tokens = tokens.masked_fill(self.done, self.setup.pad_token_id)
         self.tokens.append(tokens)
-        self.finish(torch.isin(tokens, self.setup.eos), "eos")
+        self.finish(torch.isin(tokens, self.setup.eos), FinishReason.EOS)
         if self.stopping is not None:
-            self.finish(self.stopping(self.generated_ids()).to(self.done.device), "stop")
+            self.finish(self.stopping(self.generated_ids()).to(self.done.device), FinishReason.STOP)
         if self.constraint is not None:
             self.constraint.advance(tokens, active=running)
-            self.finish(self.constraint.complete(self.done.device), "constraint")
+            self.finish(self.constraint.complete(self.done.device), FinishReason.CONSTRAINT)
         emit(self.streamer, tokens)
         return tokens, bool(self.done.all())
 
-    def finish(self, rows: torch.Tensor, reason: str):
+    def finish(self, rows: torch.Tensor, reason: FinishReason):
         """Mark ``rows`` (BoolTensor [B]) that are not finished yet as finished now, for ``reason``."""
         rows = rows & ~self.done
         for i in rows.nonzero().flatten().tolist():

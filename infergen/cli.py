@@ -1,4 +1,4 @@
-"""Command line: ``python -m infergen prepare|generate|bench``.
+"""Command line: ``python -m infergen prepare|generate`` (the benchmarks: ``python -m infergen.bench``).
 
     python -m infergen generate "The future of AI is" --strategy sample --temperature 0.8 --stream
     python -m infergen generate --help          # every option, explained
@@ -80,16 +80,12 @@ def _generate(args):
 
 
 def main(argv=None):
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m infergen", description="infergen command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="convert the bundled model into the local cache ($INFERGEN_CACHE)")
     p.add_argument("--model", default="smollm2-135m")
     _add_generate(sub)
-    try:
-        from .bench import add_parser as add_bench
-        add_bench(sub)
-    except ImportError:
-        pass
     args = parser.parse_args(argv)
     if args.command == "prepare":
         from .models.loading import prepare_bundled
@@ -99,8 +95,6 @@ def main(argv=None):
             _generate(args)
         except (ValueError, TypeError) as err:
             raise SystemExit(f"error: {err}")
-    elif args.command == "bench":
-        args.func(args)
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The book's concept diagrams (infergen.diagrams): each builds a readable figure that shows what its
-arguments imply, computed rather than typed in."""
+"""The book companion (infergen.book): the concept diagrams, each a readable figure that shows what its
+arguments imply, computed rather than typed in; the MCTS tree plot; the source display."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ matplotlib = pytest.importorskip("matplotlib")
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from infergen import diagrams  # noqa: E402
+from infergen.book import diagrams  # noqa: E402
 
 EXPECTED_LABELS = {
     "prefill_decode": ["Prefill and decode with a KV cache", "prefill", "decode 1", "decode 2", "input",
@@ -215,3 +215,30 @@ def test_label_points_keeps_labels_off_the_lines():
         box = note.get_window_extent(renderer)
         covers = box.y0 - 1 < y_line < box.y1 + 1 and box.x0 - 1 < x_end and box.x1 + 1 > x_start
         assert not covers, f"label {note.get_text()!r} covers the line"
+
+
+def test_plot_tree_draws_the_visited_nodes(tiny_native):
+    import torch
+
+    from infergen import mcts_decode
+    from infergen.book.viz_mcts import plot_tree
+
+    matplotlib.use("Agg")
+    out = mcts_decode(tiny_native, torch.tensor([[5, 6, 7, 8]]), 2, num_simulations=20, top_k=4, return_dict=True)
+    tree = out.info["tree"]
+    ax = plot_tree(tree, max_depth=2)
+    drawn = sum(1 for depth, node in tree.walk() if depth <= 2 and (depth == 0 or node.visits >= 1))
+    assert drawn > 1 and len(ax.texts) == drawn
+    ax2 = plot_tree(tree.to_dict(), max_depth=1, min_visits=0)  # reloaded from JSON-like dicts
+    assert len(ax2.texts) == 1 + len(tree.children)
+
+
+def test_show_source_prints_the_real_code_outside_jupyter(capsys, monkeypatch):
+    import sys
+
+    from infergen import apply_temperature
+    from infergen.book import viz
+
+    monkeypatch.setitem(sys.modules, "IPython.display", None)  # as in a plain Python session
+    viz.show_source(apply_temperature, lines=(1, 1))
+    assert capsys.readouterr().out.strip().startswith("def apply_temperature(")

@@ -215,11 +215,31 @@ def test_version_is_written_once():
     assert re.fullmatch(r"\d+\.\d+\.\d+", infergen.__version__)
 
 
-def test_widgets_are_a_core_dependency():
-    """Chapters 6-9 and 11 import ipywidgets: `pip install infergen` must bring it."""
+def test_the_core_depends_on_no_plotting_library_and_the_book_extra_brings_them():
+    """The core draws nothing: matplotlib and ipywidgets are the `book` extra's (infergen.book, the chapters'
+    figures and widgets), which the chapters' install cell asks for; the book's build tools are `docs`."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert any(Requirement(r).name == "ipywidgets" for r in project["dependencies"])
-    assert project["optional-dependencies"].get("widgets", []) == []   # an old name, kept empty
+    core = {Requirement(r).name for r in project["dependencies"]}
+    extras = {name: {Requirement(r).name for r in reqs} for name, reqs in project["optional-dependencies"].items()}
+    assert not core & {"matplotlib", "ipywidgets", "jupyter-book", "ipykernel", "playwright"}
+    assert extras["book"] == {"matplotlib", "ipywidgets"}
+    assert extras["docs"] == {"jupyter-book", "ipykernel", "playwright"}
+    assert {"import-linter", "ruff"} <= extras["dev"]
+    assert ".[dev,book,bench,docs]" in (ROOT / "Makefile").read_text()
+
+
+def test_importing_the_core_loads_no_companion_and_no_plotting_library():
+    """`import infergen` (and its command line) leaves the companions and matplotlib unloaded: a fresh
+    interpreter, since this one has loaded them for other tests."""
+    import subprocess
+    import sys
+
+    code = ("import sys, infergen, infergen.cli, infergen.decoding, infergen.serving, infergen.metrics; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'ipywidgets') "
+            "or m.startswith(('infergen.book', 'infergen.bench', 'infergen.course'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"importing the core loaded {out.stdout.strip()}"
 
 
 def test_wheel_holds_license_and_student_files_only(tmp_path):

@@ -1,6 +1,6 @@
 """Benchmarks, side by side: infergen against transformers' ``generate``, and against the roofline.
 
-``python -m infergen bench`` (or ``make bench``) loads the bundled SmolLM2-135M twice -- infergen's
+``python -m infergen.bench`` (or ``make bench``) loads the bundled SmolLM2-135M twice -- infergen's
 native model and transformers' ``LlamaForCausalLM`` on the same weights -- and runs both on the same
 prompts with the same settings, in one process, **alternating** (A, B, A, B, ...) after a warm-up, and
 reports the **median** of each. Alternating matters on a shared machine: a background job that slows
@@ -50,6 +50,8 @@ The package: :mod:`.timing` (timers, alternation, medians, peak memory), :mod:`.
 :mod:`.kv`, :mod:`.batching`, :mod:`.dtypes`, :mod:`.serving`), :mod:`.records` (each section's result
 as a dataclass, and the JSON form), :mod:`.runner` (:class:`Bench`), and the reporting apart from the
 measuring: :mod:`.report` (the table and the ratios) and :mod:`.plots`.
+Beside them, :mod:`.constraints_backends` times the structured-generation backends (chapter 12 runs it;
+``python -m infergen.bench.constraints_backends`` prints its tables).
 
 Pitfalls a fair benchmark avoids: timing the first call (lazy initialisation, allocator warm-up), a
 different number of generated tokens per contender (we switch EOS off so both run exactly ``n``
@@ -58,7 +60,7 @@ machine (hence alternation, medians, and the load average in the results).
 """
 from __future__ import annotations
 
-from .cli import add_parser, main
+from .cli import build_parser, main
 from .dtypes import TEXT
 from .plots import plot, save
 from .records import (Bandwidth, BatchResult, Bound, Comparison, Contender, DtypeResult, GreedyComparison,
@@ -72,7 +74,7 @@ from .timing import alternate, median, peak_memory, synchronize, time_call
 
 __all__ = [
     # running
-    "Bench", "SECTIONS", "FULL", "QUICK", "PROMPTS", "TEXT", "add_parser", "main", "machine_info",
+    "Bench", "SECTIONS", "FULL", "QUICK", "PROMPTS", "TEXT", "build_parser", "main", "machine_info",
     # timing
     "alternate", "median", "peak_memory", "synchronize", "time_call",
     # the roofline

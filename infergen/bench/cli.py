@@ -1,6 +1,5 @@
-"""``python -m infergen bench``: parse the options, load both models, run, print the table, save."""
+"""``python -m infergen.bench``: parse the options, load both models, run, print the table, save."""
 from __future__ import annotations
-
 
 import torch
 
@@ -11,10 +10,11 @@ from .runner import SECTIONS, Bench
 DESCRIPTION = "Benchmarks, side by side: infergen against transformers' generate, and against the roofline."
 
 
-def add_parser(sub):
-    """Register ``bench`` on the ``python -m infergen`` sub-command parser."""
-    p = sub.add_parser("bench", help="benchmark infergen against transformers generate (table, JSON, plots)",
-                       description=DESCRIPTION)
+def build_parser():
+    """The options of ``python -m infergen.bench`` (``--help`` lists them)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m infergen.bench", description=DESCRIPTION)
     p.add_argument("--quick", action="store_true", help="tiny sizes for tests/CI (well under a minute)")
     p.add_argument("--out", default="bench-results", help="directory for results.json and the plots")
     p.add_argument("--model", default="smollm2-135m", help="model name or directory (Llama family)")
@@ -24,12 +24,12 @@ def add_parser(sub):
     p.add_argument("--repeats", type=int, default=None, help="timed runs per contender (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.set_defaults(func=main)
     return p
 
 
-def main(args):
-    """Run the benchmark described by parsed ``args`` (see :func:`add_parser`); returns the Results."""
+def main(argv=None):
+    """Run the benchmark the command line ``argv`` describes (see :func:`build_parser`); returns the Results."""
+    args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     from ..models.loading import load_model

@@ -1,6 +1,6 @@
 """Compare structured-generation backends on the bundled SmolLM2 tokenizer (49,152 tokens), on this CPU.
 
-    python benchmarks/constraints_backends.py [--reps 3] [--json out.json]
+    python -m infergen.bench.constraints_backends [--reps 3] [--json out.json]
 
 For each backend that is installed (xgrammar, llguidance, outlines-core) and for infergen's teaching
 automaton, and for each workload (regexes, JSON schemas, one context-free grammar):

@@ -8,7 +8,7 @@ hidden unless ``min_visits=0``.
 """
 from __future__ import annotations
 
-from .decoding.mcts import TreeNode
+from infergen.decoding.mcts import TreeNode
 
 
 def _as_tree(tree) -> TreeNode:
@@ -45,7 +45,7 @@ def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
 
-    from ._validation import check_number
+    from infergen._validation import check_number
 
     check_number("max_depth", max_depth, low=0, integer=True)
     check_number("min_visits", min_visits, low=0, integer=True)

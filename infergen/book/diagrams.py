@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ._validation import check_number
+from infergen._validation import check_number
 
 WIDTH = 6.8  # inches: 680 px at 100 dpi, the width of the book's text column
 FONT = 10  # points: the smallest font of every diagram

@@ -5,7 +5,7 @@ The expected values are computed here from the definition, in float64, independe
 import torch
 
 #: One row per rule of infergen.course.checks.check_processor.
-CONFORMANCE = {"kind": "processor", "function": "apply_top_n_sigma", "params": {"n_sigma": 1.0}}
+CONFORMANCE = {"kind": "processor", "points": 0.25, "function": "apply_top_n_sigma", "params": {"n_sigma": 1.0}}
 
 
 def _expected_kept(logits: torch.Tensor, n: float) -> torch.Tensor:
@@ -97,3 +97,11 @@ def check_generation_with_the_processor(solution, tiny_model):
     for step, (tok, kept) in enumerate(zip(tokens, seen)):
         assert kept.gather(-1, tok[:, None]).all(), f"step {step}: a removed token was sampled"
         assert (kept.sum(-1) < kept.shape[-1]).all(), f"step {step}: n_sigma=0.5 removed nothing"
+
+
+# Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
+check_random_rows_match_definition.points = 4
+check_removed_tokens_do_not_count.points = 2
+check_per_row_tensor_parameter.points = 2
+check_half_precision.points = 2
+check_generation_with_the_processor.points = 2

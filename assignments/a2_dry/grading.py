@@ -4,7 +4,7 @@ The expected penalties come from a brute-force transcription of the definition (
 """
 import torch
 
-CONFORMANCE = {"kind": "processor", "function": "apply_dry", "history": True,
+CONFORMANCE = {"kind": "processor", "points": 0.25, "function": "apply_dry", "history": True,
                "params": {"multiplier": 0.8, "base": 1.75, "allowed_length": 2, "sequence_breakers": (3,)}}
 
 
@@ -140,3 +140,9 @@ def check_reduces_repetition_in_generation(solution, tiny_model):
     assert before > 0.5, f"the baseline should repeat (rep-4 {before:.2f}); the check is not meaningful"
     assert after < 0.5 * before, f"rep-4 {before:.2f} without DRY, {after:.2f} with it: expected at least halved"
     return f"rep-4 {before:.2f} without DRY, {after:.2f} with it"
+
+
+# Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
+check_random_histories_match_definition.points = 4
+check_overlapping_repeats.points = 2
+check_reduces_repetition_in_generation.points = 2

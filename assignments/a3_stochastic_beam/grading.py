@@ -3,7 +3,7 @@ import torch
 
 from infergen.course.checks import left_pad
 
-CONFORMANCE = {"kind": "decoder", "function": "stochastic_beam_search", "deterministic": False,
+CONFORMANCE = {"kind": "decoder", "points": 0.25, "function": "stochastic_beam_search", "deterministic": False,
                "params": {"num_beams": 3}}
 
 
@@ -69,3 +69,9 @@ def check_reproducible_and_seed_sensitive(solution, tiny_model):
     c = [solution.stochastic_beam_search(tiny_model, ids, 6, seed=s, **kw) for s in (12, 13, 14)]
     assert torch.equal(a, b), "the same seed must give the same samples"
     assert any(not torch.equal(a, x) for x in c), "different seeds always gave the same output: is it sampling?"
+
+
+# Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
+check_one_beam_is_ancestral_sampling.points = 3
+check_beams_differ_from_sampling_with_replacement.points = 2
+check_scores_are_sequence_logprobs.points = 2

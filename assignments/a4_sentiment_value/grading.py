@@ -14,7 +14,7 @@ def _make_value(solution):
 
 #: infergen.course.checks's value-function rules, on the value function the submission builds. ``factory``
 #: turns the submitted ``sentiment_value`` into the callable to check.
-CONFORMANCE = {"kind": "value", "function": "sentiment_value", "factory": _make_value, "params": {}}
+CONFORMANCE = {"kind": "value", "points": 0.25, "function": "sentiment_value", "factory": _make_value, "params": {}}
 
 
 def _expected(ctx, weight):
@@ -69,3 +69,7 @@ def check_mcts_beats_sampling(solution, tiny_model):
 
 
 check_mcts_beats_sampling.points = 2
+
+
+# Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
+check_formula_on_varied_contexts.points = 4

@@ -4,20 +4,22 @@
     python -m infergen.course start a1                  # a1_top_n_sigma/: starter.py, test_student.py, conftest.py
     python -m infergen.course check a1 starter.py       # the public tests, pytest not needed
     python -m infergen.course grade a1 FILE --assignments DIR   # public tests + the teacher's hidden checks
+    python -m infergen.course grade-all a1 SUBMISSIONS/ --out results/ --workers 4   # a whole class
 
 The exit status is 0 whatever the score (a failing submission is a result, not an error); it is 2 only for
 usage errors: an unknown assignment, a missing file, a missing ``--assignments`` folder, or a ``start`` that
-would overwrite a file. ``--json`` prints the report as JSON.
+would overwrite a file. ``--json`` prints the report as JSON (always valid: the submission runs in another
+process, its output is a field of the report). ``--student`` prints what a student may see (hints, not the
+hidden checks' messages). Submissions are ``.py`` files or notebooks (``.ipynb``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
-from .grade import PACKAGED, find_assignment, grade, hidden_checks_dir, list_assignments
+from .grade import PACKAGED, find_assignment, grade, hidden_checks_dir, list_assignments, report_json
 
 #: What ``start`` writes: the packaged starter and public tests, and the pytest fixtures for them.
 STARTED_FILES = ("starter.py", "test_student.py", "conftest.py")
@@ -50,16 +52,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=".", help="where to create the assignment's folder (default: here)")
     p.add_argument("--force", action="store_true", help="overwrite files that exist")
     for name, text in (("check", "run the public tests on a file (no pytest needed)"),
-                       ("grade", "public tests + the teacher's hidden checks, and a score")):
+                       ("grade", "public tests + the teacher's hidden checks, and a score"),
+                       ("grade-all", "grade every .py/.ipynb of a folder: scores.csv, feedback, results.json")):
         p = sub.add_parser(name, help=text)
         p.add_argument("assignment", help="a1 .. a5, or the folder name (e.g. a1_top_n_sigma)")
-        p.add_argument("submission", help="path to the .py file")
-        p.add_argument("--json", action="store_true", help="print the report as JSON")
-        p.add_argument("--timeout", type=float, default=300.0, help="seconds per check (default 300)")
-        if name == "grade":
+        if name == "grade-all":
+            p.add_argument("folder", help="the folder of submissions (.py and .ipynb files)")
+            p.add_argument("--out", required=True, help="where to write scores.csv, feedback/, teacher/, ...")
+            p.add_argument("--workers", type=int, default=2, help="submissions graded at once (default 2)")
+        else:
+            p.add_argument("submission", help="path to the .py or .ipynb file")
+            p.add_argument("--json", action="store_true", help="print the report as JSON")
+        p.add_argument("--timeout", type=float, default=60.0, help="seconds per check (default 60)")
+        p.add_argument("--import-timeout", type=float, default=60.0, help="seconds to import (default 60)")
+        p.add_argument("--total-timeout", type=float, default=None, help="seconds per submission (default none)")
+        p.add_argument("--memory-gb", type=float, default=8.0, help="the worker's memory cap (default 8 GiB)")
+        if name != "check":
             p.add_argument("--assignments", help="the teacher's assignments folder (with aN_name/grading.py); "
                                                  "default $INFERGEN_ASSIGNMENTS or the repository's")
+        if name == "grade":
             p.add_argument("--public-only", action="store_true", help="run only the public tests")
+            p.add_argument("--student", action="store_true", help="print the student's view (hints only)")
     return parser
 
 
@@ -78,6 +91,20 @@ def main(argv=None) -> int:
                   f"check it with:  python -m infergen.course check {args.assignment} {folder / 'starter.py'}")
             return 0
         find_assignment(args.assignment)
+        limits = dict(timeout=args.timeout, import_timeout=args.import_timeout, total_timeout=args.total_timeout,
+                      memory_gb=args.memory_gb)
+        if args.command == "grade-all":
+            hidden_checks_dir(args.assignments)
+            from .batch import grade_all
+
+            if args.workers < 1:
+                raise ValueError(f"--workers must be >= 1, got {args.workers}")
+            summary = grade_all(args.assignment, args.folder, args.out, workers=args.workers,
+                                assignments=args.assignments, **limits)
+            print(f"graded {summary['submissions']} submissions in {summary['wall_seconds']} s with "
+                  f"{args.workers} workers -> {args.out}/scores.csv, feedback/, teacher/, gradescope/\n"
+                  f"{summary['isolation']}")
+            return 0
         if not Path(args.submission).is_file():
             raise FileNotFoundError(f"no such submission file: {args.submission}")
         hidden = args.command == "grade" and not args.public_only
@@ -87,8 +114,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     report = grade(args.assignment, args.submission, assignments=getattr(args, "assignments", None),
-                   hidden=hidden, timeout=args.timeout)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+                   hidden=hidden, **limits)
+    print(report_json(report) if args.json else report.table(student=getattr(args, "student", False)))
     return 0
 
 

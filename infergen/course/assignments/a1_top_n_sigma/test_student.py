@@ -69,3 +69,12 @@ def test_joins_a_pipeline_by_name(solution):
     logits = torch.randn(2, 64, generator=torch.Generator().manual_seed(2))
     expected = solution.apply_top_n_sigma(logits / 0.7, 1.0)
     assert torch.equal(pipe(logits), expected)
+
+
+# Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
+test_worked_example.points = 3
+test_n_sigma_zero_keeps_only_the_maximum.points = 2
+test_temperature_does_not_change_the_kept_set.points = 0.5
+test_input_not_modified_and_surviving_logits_unchanged.points = 0.5
+test_bad_n_sigma.points = 0.5
+test_conformance.points = 0.5

@@ -73,3 +73,8 @@ def test_conformance(solution):
     from infergen.course.checks import check_processor
 
     check_processor(solution.apply_dry, history=True, multiplier=0.8, base=1.75, allowed_length=2)
+
+
+# Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
+test_bad_parameters.points = 0.5
+test_conformance.points = 0.5

@@ -48,3 +48,8 @@ def test_bad_parameters(solution, tiny_model):
     for name, bad in [("num_draft_tokens", 0), ("max_ngram_size", 0)]:
         with raises(ValueError, match=name):
             solution.prompt_lookup_decode(tiny_model, ids, 4, **{name: bad})
+
+
+# Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
+test_bad_parameters.points = 0.5
+test_conformance.points = 0.5

@@ -236,9 +236,14 @@ def test_plot_tree_draws_the_visited_nodes(tiny_native):
 def test_show_source_prints_the_real_code_outside_jupyter(capsys, monkeypatch):
     import sys
 
-    from infergen import apply_temperature
     from infergen.book import viz
 
+    def shown(x):
+        """A docstring."""
+        return x + 1
+
     monkeypatch.setitem(sys.modules, "IPython.display", None)  # as in a plain Python session
-    viz.show_source(apply_temperature, lines=(1, 1))
-    assert capsys.readouterr().out.strip().startswith("def apply_temperature(")
+    viz.show_source(shown)
+    assert capsys.readouterr().out == 'def shown(x):\n    """A docstring."""\n    return x + 1\n\n'
+    viz.show_source(shown, lines=(3, 3))
+    assert capsys.readouterr().out == "    return x + 1\n"

@@ -45,12 +45,12 @@ What is measured (each section can be run alone with ``--sections``)
 ``dtype``      bfloat16 and int8 weights against float32, with the quality cost (log-likelihood).
 ``serving``    continuous vs static batching on a mixed-length workload (``infergen.serving``).
 
-The package: :mod:`.timing` (timers, alternation, medians, peak memory), :mod:`.roofline`,
-:mod:`.reference` (the loops without a cache), one module per kind of section (:mod:`.speed`,
-:mod:`.kv`, :mod:`.batching`, :mod:`.dtypes`, :mod:`.serving`), :mod:`.records` (each section's result
-as a dataclass, and the JSON form), :mod:`.runner` (:class:`Bench`), and the reporting apart from the
-measuring: :mod:`.report` (the table and the ratios) and :mod:`.plots`.
-Beside them, :mod:`.constraints_backends` times the structured-generation backends (chapter 12 runs it;
+The package: ``timing`` (timers, alternation, medians, peak memory), ``roofline``,
+``reference`` (the loops without a cache), one module per kind of section (``speed``,
+``kv``, ``batching``, ``dtypes``, ``serving``), ``records`` (each section's result
+as a dataclass, and the JSON form), ``runner`` (:class:`Bench`), and the reporting apart from the
+measuring: ``report`` (the table and the ratios) and ``plots``.
+Beside them, ``constraints_backends`` times the structured-generation backends (chapter 12 runs it;
 ``python -m infergen.bench.constraints_backends`` prints its tables).
 
 Pitfalls a fair benchmark avoids: timing the first call (lazy initialisation, allocator warm-up), a

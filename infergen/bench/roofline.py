@@ -54,8 +54,6 @@ def decode_matmuls(model, steps: int = 1):
     """
     from torch import nn
 
-    from ..models import llama
-
     layers = [m for m in model.modules() if not isinstance(m, nn.Embedding)
               and isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)]
     if not layers:
@@ -63,14 +61,11 @@ def decode_matmuls(model, steps: int = 1):
     device, dtype = model.device, model.dtype
     inputs = {n: torch.randn(1, n, device=device, dtype=dtype) for n in {m.in_features for m in layers}}
 
-    # the native model's layers take the decode-step hint (packed weights on the CPU); others do not
-    hint = (model.prepack,) if isinstance(model, llama.LlamaModel) else ()
-
-    def run():
+    def run():  # each layer as a decode step calls it (a prepacked layer uses its packed weight at one row)
         with torch.inference_mode():
             for _ in range(steps):
                 for m in layers:
-                    m(inputs[m.in_features], *hint)
+                    m(inputs[m.in_features])
 
     return run
 

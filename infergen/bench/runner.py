@@ -1,5 +1,5 @@
 """The runner: one (infergen model, tokenizer, transformers model) triple, the sizes of a run, and the
-sections in order, each storing its record in :class:`~.records.Results`."""
+sections in order, each storing its record in :class:`Results`."""
 from __future__ import annotations
 
 import os
@@ -36,7 +36,7 @@ class Bench:
     """Runs the sections on one (infergen model, tokenizer, transformers model) triple.
 
     ``model`` and ``hf`` must hold the same weights; ``tokenizer`` pads on the left. Each section method
-    returns its record and stores it in ``self.results`` (a :class:`~.records.Results`); ``self.size``
+    returns its record and stores it in ``self.results`` (a :class:`Results`); ``self.size``
     holds the run's sizes (``FULL`` or ``QUICK``), which may be changed before a section runs.
     """
 

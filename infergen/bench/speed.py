@@ -1,7 +1,7 @@
 """The side-by-side sections: greedy, sampling and beam search against transformers' ``generate``, and
 contrastive search / MCTS against their own reference versions without cache reuse.
 
-Each contender runs the same prompts with the same settings, alternating (:func:`~.timing.alternate`);
+Each contender runs the same prompts with the same settings, alternating (:func:`alternate`);
 EOS is off on both sides so that every contender runs exactly ``n`` steps.
 """
 from __future__ import annotations

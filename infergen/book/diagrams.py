@@ -1,6 +1,6 @@
 """Concept diagrams for the book, drawn from code so that they stay consistent with the text.
 
-Each public function returns a :class:`matplotlib.figure.Figure` that explains one mechanism:
+Each public function returns a ``matplotlib.figure.Figure`` that explains one mechanism:
 
 - :func:`prefill_decode`: the generation loop, a prefill and then one position per decode step, with
   what each step computes and what it reads from the KV cache (chapter 1);
@@ -14,7 +14,7 @@ The numbers a diagram shows are computed, not typed: the beams the beam step kee
 the scores it is given, the contrastive winner is the argmax of the score formula, the block tables
 come from running a block allocator. Change an argument and the picture follows.
 
-The figures are created with :class:`~matplotlib.figure.Figure` directly, not with ``pyplot``, so
+The figures are created with ``matplotlib.figure.Figure`` directly, not with ``pyplot``, so
 they hold no global state; a notebook cell shows one with ``diagrams.show(diagrams.beam_step())``.
 They are 6.8 inches wide, which at matplotlib's 100 dpi fits the book's text column without being
 scaled down.

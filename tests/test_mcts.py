@@ -2,19 +2,31 @@
 value functions, parameter checks, and a reward run on the bundled model."""
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import infergen
-from infergen.decoding.mcts import (Node, TreeNode, ValueContext, _Config, _RowSearch, keyword_reward,
+from infergen.decoding.mcts import (Node, RowSearch, SearchConfig, TreeNode, ValueContext, keyword_reward,
                                     length_reward, likelihood_value, mcts_decode, mix, puct_scores,
                                     select_child, snapshot)
+from infergen.params import SamplingParams
 from infergen.decoding.sampling import generate_autoregressive
 from infergen.models.hf import as_model
 
 PROMPT = [5, 17, 33, 41]
+
+
+def load_benchmark():
+    """benchmarks/mcts_nocache.py (not a package): the no-K/V-slices baseline lives there."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mcts_nocache.py"
+    spec = importlib.util.spec_from_file_location("mcts_nocache", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -146,15 +158,16 @@ def test_value_context_and_greedy_rollout_match_a_direct_forward(tiny_native):
 # K/V reuse along the tree versus re-running the prefix
 # ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,leaf_batch", [("tiny_native", 1), ("tiny_native", 4), ("tiny_gpt2", 1)])
-def test_cached_and_uncached_modes_build_the_same_trees(name, leaf_batch, request):
-    model = request.getfixturevalue(name)
+def test_kv_slices_build_the_same_trees_as_the_no_cache_baseline(name, leaf_batch, request):
+    """The K/V slices change the cost, not the search: benchmarks/mcts_nocache.py's baseline (every leaf
+    and rollout step re-run from scratch) builds the same trees and commits the same tokens."""
+    model, bench = request.getfixturevalue(name), load_benchmark()
     ids = torch.tensor([[0, 0, 0, 7, 8, 9], [11, 12, 13, 14, 15, 16]])
     kwargs = dict(num_simulations=15, top_k=4, rollout_tokens=2, attention_mask=ids != 0, pad_token_id=0,
                   return_dict=True, leaf_batch=leaf_batch)
-    cached = mcts_decode(model, ids, 5, use_cache=True, **kwargs)
-    naive = mcts_decode(model, ids, 5, use_cache=False, **kwargs)
-    assert torch.equal(cached.sequences, naive.sequences)
-    torch.testing.assert_close(cached.logprobs, naive.logprobs, atol=1e-5, rtol=0)
+    cached = mcts_decode(model, ids, 5, **kwargs)
+    naive = bench.mcts_decode_nocache(model, ids, 5, **kwargs)
+    bench.assert_same_search(cached, naive)
     for a, b in zip(cached.info["trees"], naive.info["trees"]):
         assert_same_tree(a, b)
     c, n = cached.info["stats"], naive.info["stats"]
@@ -165,8 +178,14 @@ def test_cached_and_uncached_modes_build_the_same_trees(name, leaf_batch, reques
     else:  # one forward evaluates several leaves (and advances their rollouts together)
         assert c["leaves_per_batch"] > 1.5 and c["forwards"] < c["evaluations"]
         assert c["forward_tokens"] <= 2 * c["evaluations"]  # still about one token per leaf and rollout step
-    assert n["tokens_per_simulation"] > 6  # the naive mode re-runs at least the prompt every time
-    assert c["kv_slices_written"] > 0 and n["kv_slices_written"] == 0
+    assert n["tokens_per_simulation"] > 6  # the baseline re-runs at least the prompt every time
+
+
+def test_use_cache_is_gone_from_the_library(tiny_native):
+    with pytest.raises(TypeError, match="use_cache"):
+        mcts_decode(tiny_native, torch.tensor([PROMPT]), 2, num_simulations=2, use_cache=False)
+    with pytest.raises(TypeError, match="row_search"):
+        mcts_decode(tiny_native, torch.tensor([PROMPT]), 2, num_simulations=2, row_search=object)
 
 
 def token_value(tokens) -> float:
@@ -263,23 +282,40 @@ def test_batched_search_finds_the_known_optimum(tiny_native, leaf_batch):
     assert best.visits > root.visits / 2  # the search spent most of its visits on the optimum
 
 
-def test_leaf_batch_needs_a_cache_that_assembles_rows(tiny_gpt2):
-    with pytest.raises(ValueError, match="write_row"):
-        mcts_decode(tiny_gpt2, torch.tensor([PROMPT]), 2, num_simulations=4, leaf_batch=4)
-    out = mcts_decode(tiny_gpt2, torch.tensor([PROMPT]), 2, num_simulations=4, return_dict=True)
-    assert out.info["stats"]["leaf_batch"] == 1  # the default falls back to the sequential search
-    naive = mcts_decode(tiny_gpt2, torch.tensor([PROMPT]), 2, num_simulations=8, leaf_batch=4, use_cache=False,
-                        return_dict=True, eos_token_id=[])
-    assert naive.info["stats"]["leaf_batch"] == 4 and naive.info["stats"]["leaves_per_batch"] > 1
+class Without:
+    """``inner`` (a model or a cache) without the attributes ``missing``; every other one delegated (only
+    for the checks made before the first forward pass)."""
+
+    def __init__(self, inner, missing, cache_missing=()):
+        self.inner, self.missing, self.cache_missing = inner, missing, cache_missing
+
+    def __getattr__(self, name):
+        if name in self.missing:
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def new_cache(self, *args):
+        return Without(self.inner.new_cache(*args), self.cache_missing)
+
+
+def test_a_cache_without_the_needed_protocols_is_refused_up_front(tiny_native):
+    cfg = SearchConfig(4, 1.0, 3, likelihood_value, 0, frozenset(), leaf_batch=None)
+    no_rows = Without(tiny_native, (), ("write_row", "clear_row", "compact"))
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="mcts_decode with leaf_batch=8 .*RowCache"):
+            RowSearch(no_rows, PROMPT, 2, cfg)  # a batch of leaves needs rows
+        with pytest.raises(ValueError, match="ColumnCache"):
+            RowSearch(Without(tiny_native, (), ("read_column",)), PROMPT, 2, cfg)
+    out = mcts_decode(tiny_native, torch.tensor([PROMPT]), 2, num_simulations=4, return_dict=True)
+    assert out.info["stats"]["leaf_batch"] == 8  # the default
 
 
 def test_subtree_reuse_keeps_visit_counts(tiny_native):
     model = tiny_native
-    cfg = _Config(num_simulations=25, c_puct=1.0, temperature=1.0, top_k=4, value_fn=likelihood_value,
-                  rollout_tokens=0, use_cache=True, commit_temperature=0.0, eos=frozenset([2]), tokenizer=None,
-                  generator=None)
+    cfg = SearchConfig(num_simulations=25, c_puct=1.0, top_k=4, value_fn=likelihood_value, rollout_tokens=0,
+                       eos=frozenset([2]), leaf_batch=1)
     with torch.inference_mode():
-        search = _RowSearch(model, PROMPT, 6, cfg)
+        search = RowSearch(model, PROMPT, 6, cfg)
         search.search()
         before = snapshot(search.root)
         best = max(before.children, key=lambda c: (c.visits, c.prior))
@@ -316,6 +352,22 @@ def test_deterministic_with_a_seed(tiny_native):
     d1 = mcts_decode(tiny_native, ids, 4, num_simulations=12, top_k=5)
     d2 = mcts_decode(tiny_native, ids, 4, num_simulations=12, top_k=5)
     assert torch.equal(d1, d2)
+
+
+def test_temperature_zero_is_greedy_by_the_library_rule(tiny_native):
+    """Temperature 0 puts the whole prior on the most likely token (the library's one greedy rule), so the
+    search never leaves the greedy line: MCTS at temperature 0 commits what greedy search commits."""
+    ids = torch.tensor([PROMPT, [9, 21, 30, 44]])
+    greedy = infergen.greedy_search(tiny_native, ids, 5, eos_token_id=[])
+    for leaf_batch in (1, 4):
+        out = mcts_decode(tiny_native, ids, 5, num_simulations=12, top_k=4, temperature=0, leaf_batch=leaf_batch,
+                          eos_token_id=[], return_dict=True)
+        assert torch.equal(out.sequences, greedy)
+        priors = [c.prior for c in out.info["tree"].children]
+        assert priors[0] == 1.0 and sum(priors[1:]) == 0.0
+    warm = mcts_decode(tiny_native, ids, 5, num_simulations=12, top_k=4, temperature=5.0, eos_token_id=[],
+                       value_fn=lambda ctx: token_value(ctx.path_ids.tolist()))
+    assert not torch.equal(warm, greedy)  # a flat prior and a value of its own lead elsewhere
 
 
 def test_eos_node_is_terminal_and_rows_stop_independently(tiny_native):
@@ -426,10 +478,10 @@ def test_value_fn_results_outside_the_range_are_refused(tiny_native, bad):
     ("num_simulations", 0, ValueError), ("num_simulations", 2.5, TypeError),
     ("c_puct", -1.0, ValueError), ("c_puct", float("nan"), ValueError), ("c_puct", float("inf"), ValueError),
     ("top_k", 0, ValueError), ("top_k", 2.0, TypeError),
-    ("temperature", 0.0, ValueError), ("temperature", -1.0, ValueError), ("temperature", float("nan"), ValueError),
+    ("temperature", -1.0, ValueError), ("temperature", float("nan"), ValueError),
     ("value_fn", "likelihood", TypeError), ("value_fn", 3, TypeError),
     ("rollout_tokens", -1, ValueError), ("commit_temperature", -0.5, ValueError),
-    ("commit_temperature", float("nan"), ValueError), ("use_cache", "yes", TypeError),
+    ("commit_temperature", float("nan"), ValueError), ("commit_temperature", "0", TypeError),
     ("max_new_tokens", -1, ValueError), ("seed", -3, ValueError),
     ("leaf_batch", 0, ValueError), ("leaf_batch", 2.5, TypeError),
 ])
@@ -445,7 +497,7 @@ def test_plot_tree_draws_the_visited_nodes(tiny_native):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from infergen.viz_mcts import plot_tree
+    from infergen.book.viz_mcts import plot_tree
     out = mcts_decode(tiny_native, torch.tensor([PROMPT]), 2, num_simulations=20, top_k=4, return_dict=True)
     tree = out.info["tree"]
     ax = plot_tree(tree, max_depth=2)
@@ -482,12 +534,15 @@ def test_keyword_reward_beats_plain_sampling_on_the_bundled_model(smollm):
     assert mcts_reward == 1.0 and mcts_reward > sampling_reward
 
 
-def test_front_door_on_the_bundled_model_cached_equals_uncached(smollm):
+def test_front_door_on_the_bundled_model_equals_the_no_cache_baseline(smollm):
     model, tok = smollm
-    results = [infergen.generate(model, tok, ["The future of AI is", "Here is a recipe for pancakes:"],
-                                 strategy="mcts", max_new_tokens=3, num_simulations=5, top_k=5, use_cache=flag)
-               for flag in (True, False)]
-    for a, b in zip(*results):
-        assert a.token_ids == b.token_ids and len(a.token_ids) >= 1 and a.text
-        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
-    assert_same_tree(results[0][0].info["tree"], results[1][0].info["tree"])
+    bench = load_benchmark()
+    for prompt in ["The future of AI is", "Here is a recipe for pancakes:"]:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        kwargs = dict(num_simulations=5, top_k=5, return_dict=True)
+        cached = mcts_decode(model, ids, 3, **kwargs)
+        bench.assert_same_search(cached, bench.mcts_decode_nocache(model, ids, 3, **kwargs), atol=1e-4)
+        [result] = infergen.generate(model, tok, [prompt], strategy="mcts", max_new_tokens=3, num_simulations=5,
+                                     top_k=5)
+        assert result.token_ids == cached.sequences[0, ids.shape[1]:][:len(result.token_ids)].tolist()
+        assert len(result.token_ids) >= 1 and result.text

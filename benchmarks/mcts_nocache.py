@@ -1,0 +1,128 @@
+"""MCTS without the K/V slices: the naive baseline that re-runs the whole prefix for every evaluation.
+
+    python benchmarks/mcts_nocache.py            # short and long prompt, sequential and batched leaves
+    python benchmarks/mcts_nocache.py --quick
+
+The library's search (:class:`infergen.decoding.mcts.RowSearch`) evaluates a leaf with one single-token
+forward on a cache assembled from the K/V slices its path's nodes keep. :class:`NoCacheSearch` is the
+same search, but it evaluates every leaf (and every rollout step) by running ``prompt + committed +
+path (+ rollout)`` from scratch: the naive version, kept here as the reference the slices are measured
+against. Both build the same trees and commit the same tokens (asserted by every run of this script);
+only the cost differs, and the naive cost grows with the context length.
+
+Results go to benchmarks/results/mcts/nocache.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+from infergen.decoding.mcts import RowSearch, mcts_decode
+from infergen.decoding.steps import last_logits, prefill
+
+
+class NoCacheSearch(RowSearch):
+    """:class:`~infergen.decoding.mcts.RowSearch` that recomputes every path from scratch (no K/V reuse)."""
+
+    def leaf_logits(self, paths):
+        """Next-token logits after each path, by a forward over the whole sequence; no cache is kept."""
+        return self.rollout_logits(paths, [[] for _ in paths], None), None
+
+    def rollout_logits(self, paths, rollouts, cache):
+        """Next-token logits after each path and its rollout so far: the whole sequences, left-padded,
+        run from scratch on an emptied cache (the working one for a single leaf, else a batch cache)."""
+        seqs = [self.context + [n.token for n in p] + r for p, r in zip(paths, rollouts)]
+        if len(paths) == 1:
+            cache = self.cache
+        else:
+            if self.batch is None:
+                longest = len(self.context) + self.max_new + self.cfg.rollout_tokens + 1
+                self.batch = self.model.new_cache(self.leaf_batch, longest)
+            cache = self.batch
+        seqs += seqs[-1:] * (cache.batch_size - len(seqs))  # filler rows: outputs ignored
+        T = max(len(q) for q in seqs)
+        ids = torch.zeros(len(seqs), T, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(seqs), T, dtype=torch.bool, device=self.device)
+        for i, q in enumerate(seqs):
+            ids[i, T - len(q):] = torch.tensor(q, device=self.device)
+            mask[i, T - len(q):] = True
+        cache.crop(0)
+        self.stats["forwards"] += 1
+        self.stats["forward_tokens"] += sum(len(q) for q in seqs[:len(paths)])
+        return last_logits(prefill(self.model, ids, cache, mask))[:len(paths)]
+
+
+#: ``mcts_decode`` re-running the prefix for every evaluation (what ``use_cache=False`` used to do).
+mcts_decode_nocache = functools.partial(mcts_decode, row_search=NoCacheSearch)
+
+
+def assert_same_search(cached, naive, atol=1e-5):
+    """The two ``return_dict=True`` outputs committed the same tokens and built the same first trees."""
+    assert torch.equal(cached.sequences, naive.sequences), (cached.sequences, naive.sequences)
+    torch.testing.assert_close(cached.logprobs, naive.logprobs, atol=atol, rtol=0)
+    for a, b in zip(cached.info["trees"], naive.info["trees"]):
+        pairs = [(a, b)]
+        while pairs:
+            x, y = pairs.pop()
+            assert (x.token_id, x.visits, x.terminal) == (y.token_id, y.visits, y.terminal), (x, y)
+            assert abs(x.prior - y.prior) <= atol and abs(x.value - y.value) <= atol, (x, y)
+            assert len(x.children) == len(y.children)
+            pairs.extend(zip(x.children, y.children))
+
+
+LONG_PROMPT = ("The history of computing is a story of abstraction. Early machines were programmed by rewiring "
+               "panels; stored programs made software possible; compilers let people write in languages closer "
+               "to mathematics; operating systems hid the hardware behind files and processes. ") * 4 \
+              + "The next abstraction will be"
+
+
+def stop_after(n):
+    """A stopping criterion: every row ends once it has ``n`` new tokens."""
+    return lambda new_tokens: torch.full((new_tokens.shape[0],), new_tokens.shape[1] >= n, dtype=torch.bool)
+
+
+def main(argv=None):
+    """Time the cached search against :class:`NoCacheSearch` on the bundled model; write the table."""
+    import infergen
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer tokens and simulations")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mcts"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tok = infergen.load_model("smollm2-135m", device="cpu")
+    tokens, sims = (1, 4) if args.quick else (2, 6)
+    rows = []
+    print("| prompt tokens | rollout | leaf_batch | K/V slices | forwards / sim | tokens / sim | ms / sim |")
+    print("|---:|---:|---:|:---:|---:|---:|---:|")
+    for prompt in ["The future of AI is", LONG_PROMPT]:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        for rollout in (0, 2):
+            for leaf_batch in (1, 8):
+                kwargs = dict(num_simulations=sims, top_k=10, rollout_tokens=rollout, leaf_batch=leaf_batch,
+                              stopping=stop_after(tokens), return_dict=True)
+                cached = mcts_decode(model, ids, 64, **kwargs)
+                naive = mcts_decode_nocache(model, ids, 64, **kwargs)
+                assert_same_search(cached, naive, atol=1e-4)
+                for name, out in (("yes", cached), ("no", naive)):
+                    s = out.info["stats"]
+                    row = dict(prompt_tokens=ids.shape[1], rollout=rollout, leaf_batch=leaf_batch, kv_slices=name,
+                               **{k: s[k] for k in ("forwards_per_simulation", "tokens_per_simulation",
+                                                    "ms_per_simulation", "evaluations", "simulations")})
+                    rows.append(row)
+                    print(f"| {row['prompt_tokens']} | {rollout} | {leaf_batch} | {name} "
+                          f"| {row['forwards_per_simulation']:.2f} | {row['tokens_per_simulation']:.1f} "
+                          f"| {row['ms_per_simulation']:.1f} |", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "nocache.json").write_text(json.dumps(dict(quick=args.quick, threads=args.threads, rows=rows), indent=1))
+    print("same tokens and trees with and without K/V slices in every setting (asserted)")
+
+
+if __name__ == "__main__":
+    main()

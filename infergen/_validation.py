@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 
 import torch
 
@@ -16,48 +17,62 @@ import torch
 _INT64_MAX = 2**63 - 1
 
 
-def _is_nan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+def _shown(value) -> str:
+    """``repr`` of a value for an error message; a huge integer is abbreviated (10**400 has 401 digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}... (an integer of {len(text.lstrip('-'))} digits)"
 
 
 def check_number(name: str, value, *, low=None, high=None, low_open=False, high_open=False,
                  allow_none=False, integer=False):
     """Check that ``value`` is a real number in the interval [low, high] (ends open if asked).
 
-    Returns the value unchanged. Raises ``TypeError`` for a non-number and ``ValueError`` for NaN
-    or a value outside the range; the message names ``name``, ``value`` and the valid range.
-    Tensors are checked element-wise (for per-row parameters of shape ``[B]``).
+    Returns the value: a Python ``int``/``float`` as given, any other real number (``Fraction(1, 2)``,
+    ``numpy.float32``) converted to ``int`` (integer parameters) or ``float``, a tensor unchanged.
+    Raises ``TypeError`` for a non-number (``bool`` included) and ``ValueError`` for NaN, a value outside
+    the range or one no float / 64-bit integer holds; the message names ``name``, ``value`` and the range.
+    A tensor (a per-row parameter of shape ``[B]``) is checked element-wise with tensor ops and one
+    synchronisation: a door check, never one for the decode loop.
     """
     if value is None:
         if allow_none:
             return None
         raise TypeError(f"{name} must be a number, got None")
-    if isinstance(value, torch.Tensor):
-        if integer and (value.is_floating_point() or value.is_complex()):
-            raise TypeError(f"{name} must hold integers, got a tensor of dtype {value.dtype}")
-        values = value.detach().flatten().tolist()
-    else:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            kind = "an integer" if integer else "a number"
-            raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
-        if integer and not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-        values = [value]
-    lo = "-inf" if low is None else f"{low}"
-    hi = "inf" if high is None else f"{high}"
+    lo, hi = "-inf" if low is None else f"{low}", "inf" if high is None else f"{high}"
     interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-    for v in values:
-        bad = _is_nan(float(v))
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or value.is_complex() or (integer and value.is_floating_point()):
+            kind = "integers" if integer else "real numbers"
+            raise TypeError(f"{name} must hold {kind}, got a tensor of dtype {value.dtype}")
+        bad = value.isnan()
         if low is not None:
-            bad = bad or (v <= low if low_open else v < low)
+            bad |= value <= low if low_open else value < low
         if high is not None:
-            bad = bad or (v >= high if high_open else v > high)
-        if bad:
-            shown = value if not isinstance(value, torch.Tensor) else value.tolist()
-            raise ValueError(f"{name} must be in {interval}, got {shown!r}")
-        if integer and high is None and v > _INT64_MAX:  # no tensor holds it (a count, a size)
-            raise ValueError(f"{name} must be in {interval} and fit a 64-bit integer (at most 2**63 - 1), "
-                             f"got {value!r}")
+            bad |= value >= high if high_open else value > high
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be in {interval}, got {value.tolist()!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "an integer" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}, got {_shown(value)} ({type(value).__name__})")
+    if integer and not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {_shown(value)} ({type(value).__name__})")
+    original = value
+    if not isinstance(value, (int, float)):  # Fraction, numpy scalars: one Python type from here on
+        value = int(value) if integer else float(value)
+    bad = isinstance(value, float) and math.isnan(value)
+    if low is not None:
+        bad = bad or (value <= low if low_open else value < low)
+    if high is not None:
+        bad = bad or (value >= high if high_open else value > high)
+    if bad:
+        raise ValueError(f"{name} must be in {interval}, got {_shown(original)}")
+    if integer and high is None and value > _INT64_MAX:  # no tensor holds it (a count, a size)
+        raise ValueError(f"{name} must be in {interval} and fit a 64-bit integer (at most 2**63 - 1), "
+                         f"got {_shown(original)}")
+    if not integer and isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise ValueError(f"{name} must be in {interval} and fit a float (at most {sys.float_info.max:.4g}), "
+                         f"got {_shown(original)}")
     return value
 
 
@@ -70,6 +85,41 @@ def check_logits(logits: torch.Tensor, name: str = "logits") -> torch.Tensor:
     if logits.dim() not in (1, 2):
         raise ValueError(f"{name} must have shape [V] or [B, V], got shape {tuple(logits.shape)}")
     return logits
+
+
+def as_rows(logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Check logits (:func:`check_logits`) and view them as ``[B, V]``; the flag says
+    whether the caller gave ``[V]`` (and wants the result squeezed back)."""
+    check_logits(logits)
+    return (logits.unsqueeze(0), True) if logits.dim() == 1 else (logits, False)
+
+
+def check_token_ids(token_ids, batch: int, device, name: str = "token_ids") -> torch.Tensor:
+    """Token history as a ``[B, T]`` long tensor on ``device``; ``None`` gives an empty history ``[B, 0]``.
+
+    Shapes and dtypes only (no values are read, so nothing waits for the device)."""
+    if token_ids is None:
+        return torch.empty(batch, 0, dtype=torch.long, device=device)
+    if isinstance(token_ids, (list, tuple)):
+        token_ids = torch.tensor(token_ids, dtype=torch.long)
+    if not isinstance(token_ids, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of token ids, got {type(token_ids).__name__}")
+    if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {token_ids.dtype}")
+    if token_ids.dim() == 1 and batch == 1:
+        token_ids = token_ids.unsqueeze(0)
+    if token_ids.dim() != 2 or token_ids.shape[0] != batch:
+        raise ValueError(f"{name} must have shape [T] (with [V] logits) or [B, T] with B = {batch}, "
+                         f"got shape {tuple(token_ids.shape)}")
+    return token_ids.to(device=device, dtype=torch.long)
+
+
+def check_per_row(name: str, value, batch: int):
+    """Refuse a per-row tensor whose length is not the batch's (shapes only: no synchronisation)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() != batch:
+        raise ValueError(f"{name} must be a number or a tensor of shape [B] = [{batch}], "
+                         f"got shape {tuple(value.shape)}")
+
 
 
 def check_input_ids(input_ids, name: str = "input_ids") -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 
 from ._validation import check_number
 
-__all__ = ["SETTINGS", "SamplingParams", "Setting", "setting"]
+__all__ = ["SETTINGS", "SamplingParams", "Setting", "is_greedy", "setting"]
 
 
 _INF = math.inf
@@ -43,13 +43,12 @@ def _check_logit_bias(logit_bias, vocab: int | None = None, name: str = "logit_b
     if not isinstance(logit_bias, dict):
         raise TypeError(f"{name} must be a dict {{token_id: bias}}, got {type(logit_bias).__name__}")
     high = None if vocab is None else vocab - 1
-    for token_id, bias in logit_bias.items():
-        check_number(f"{name} token id", token_id, low=0, high=high, integer=True)
-        check_number(f"{name}[{token_id}]", bias, low=-100, high=100)
-    return logit_bias
+    return {check_number(f"{name} token id", token_id, low=0, high=high, integer=True):
+            check_number(f"{name}[{token_id}]", bias, low=-100, high=100) for token_id, bias in logit_bias.items()}
 
 
 def _check_stop(stop):
+    """Stop strings as a tuple of non-empty strings (one string is one stop string)."""
     if isinstance(stop, str):
         stop = (stop,)
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
@@ -67,40 +66,46 @@ class SamplingParams:
     """
 
     logit_bias: dict | None = _setting(None, "{token_id: bias} added to the raw logits, bias in [-100, 100]",
-                                       kind=dict, allow_none=True)
+                                       kind=dict, allow_none=True, processor="apply_logit_bias")
     repetition_penalty: float = _setting(1.0, "CTRL penalty over prompt + generated ids (>1 discourages "
                                          "repeats; 1 = off)", low=0, high=_INF, low_open=True, high_open=True,
-                                         history=True)
+                                         processor="apply_repetition_penalty", history="all_ids")
     frequency_penalty: float = _setting(0.0, "OpenAI-style: subtract f * count(token) over generated ids, in "
-                                        "[-2, 2]", low=-2, high=2, history=True)
+                                        "[-2, 2]", low=-2, high=2, processor="apply_frequency_penalty",
+                                        history="generated_ids")
     presence_penalty: float = _setting(0.0, "OpenAI-style: subtract p once from every generated token, in "
-                                       "[-2, 2]", low=-2, high=2, history=True)
+                                       "[-2, 2]", low=-2, high=2, processor="apply_frequency_penalty",
+                                       history="generated_ids")
     no_repeat_ngram_size: int = _setting(0, "ban every n-gram from occurring twice (0 = off)", kind=int, low=0,
-                                         history=True)
+                                         per_row=False, processor="apply_no_repeat_ngram", history="all_ids")
     temperature: float = _setting(1.0, "divide logits by T before sampling: <1 sharper, >1 flatter, 0 = greedy",
-                                  low=0, high=_INF, high_open=True, sampling_only=True)
+                                  low=0, high=_INF, high_open=True, sampling_only=True,
+                                  processor="apply_temperature")
     top_k: int | None = _setting(None, "sample only among the k most likely tokens (0 or None = off)", kind=int,
-                                 low=0, allow_none=True, off=(0,), sampling_only=True)
+                                 low=0, allow_none=True, off=(0,), sampling_only=True, truncates=True,
+                                 processor="apply_top_k")
     top_p: float = _setting(1.0, "nucleus: the smallest set of tokens whose probability reaches p (1 = off)",
-                            low=0, high=1, low_open=True, sampling_only=True)
+                            low=0, high=1, low_open=True, sampling_only=True, truncates=True,
+                            processor="apply_top_p")
     min_p: float = _setting(0.0, "drop tokens less likely than min_p times the most likely one (0 = off)",
-                            low=0, high=1, sampling_only=True)
+                            low=0, high=1, sampling_only=True, truncates=True, processor="apply_min_p")
     typical_p: float = _setting(1.0, "locally typical sampling: keep this much mass of the most typical "
-                                "tokens (1 = off)", low=0, high=1, low_open=True, sampling_only=True)
+                                "tokens (1 = off)", low=0, high=1, low_open=True, sampling_only=True,
+                                truncates=True, processor="apply_typical")
     epsilon: float = _setting(0.0, "drop tokens with probability below epsilon (0 = off)", low=0, high=1,
-                              high_open=True, sampling_only=True)
+                              high_open=True, sampling_only=True, truncates=True, processor="apply_epsilon")
     eta: float = _setting(0.0, "eta sampling: an entropy-dependent probability floor (0 = off)", low=0, high=1,
-                          high_open=True, sampling_only=True)
+                          high_open=True, sampling_only=True, truncates=True, processor="apply_eta")
     seed: int | None = _setting(None, "seed for reproducible sampling", kind=int, low=0, high=2**64 - 1,
-                                allow_none=True, sampling_only=True)
+                                allow_none=True, per_row=False, sampling_only=True)
     stop: tuple = _setting((), "stop strings: a row ends once its text contains one (the text is cut before "
                            "it)", kind=tuple)
 
     def __post_init__(self):
+        """Check every field once (the door); store the checked value (a copy of a dict, a tuple of stop
+        strings, a ``Fraction`` as ``float``)."""
         for s in SETTINGS:
-            value = s.check(getattr(self, s.name))
-            if s.kind in (dict, tuple) and value is not None:
-                object.__setattr__(self, s.name, type(value)(value) if s.kind is dict else value)
+            object.__setattr__(self, s.name, s.check(getattr(self, s.name)))
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "SamplingParams":
@@ -114,14 +119,13 @@ class SamplingParams:
     def resolve(cls, params: "SamplingParams | None" = None, **settings) -> "SamplingParams":
         """``params`` (or the defaults) with the keyword ``settings`` that are not None applied on top:
         how every decoder turns its document-style keyword arguments into one object at the door."""
-        if params is not None and not isinstance(params, SamplingParams):
+        if params is None:
+            return cls.from_kwargs(**settings)
+        if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be an infergen.SamplingParams, got {type(params).__name__}")
-        base = cls.from_kwargs(**settings) if params is None else params
-        if params is not None:
-            cls.from_kwargs(**settings)  # refuses unknown names, checks values
-            changes = {k: v for k, v in settings.items() if v is not None}
-            base = dataclasses.replace(base, **changes) if changes else base
-        return base
+        cls.from_kwargs(**settings)  # refuses unknown names, naming the valid ones
+        changes = {k: v for k, v in settings.items() if v is not None}
+        return dataclasses.replace(params, **changes) if changes else params
 
     @classmethod
     def split(cls, kwargs: dict, params: "SamplingParams | None" = None) -> tuple["SamplingParams", dict]:
@@ -133,8 +137,7 @@ class SamplingParams:
     @property
     def is_greedy(self) -> bool:
         """Temperature 0 (in every row): the chosen token is the argmax of the processed logits."""
-        t = self.temperature
-        return bool((t == 0).all()) if isinstance(t, torch.Tensor) else t == 0
+        return is_greedy(self.temperature)
 
     @property
     def uses_history(self) -> bool:
@@ -173,7 +176,17 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Setting:
-    """What :class:`SamplingParams` knows of one field: default, "off" values, range, and its role."""
+    """What :class:`SamplingParams` knows of one field, and so everything the library does with it.
+
+    Its default, the values that switch it off, its valid range, and its role in the logits pipeline:
+    ``processor`` names the function of :mod:`infergen.processors` that applies it (fields that share one,
+    frequency and presence, form one step; the step's name is the function's without ``apply_``),
+    ``history`` the part of :class:`~infergen.processors.LogitsContext` it reads (``"all_ids"``: prompt
+    and generated ids, ``"generated_ids"``, or ``""``: none), ``sampling_only`` that it matters only when
+    sampling, and ``truncates`` that it removes tokens but always keeps the most likely one -- so at
+    temperature 0 (greedy) it cannot change the choice and the pipeline leaves it out. Adding a setting
+    is one field of :class:`SamplingParams` plus its ``apply_*`` function.
+    """
 
     name: str
     default: object
@@ -185,17 +198,29 @@ class Setting:
     high_open: bool = False
     allow_none: bool = False
     off: tuple = ()               # values besides the default that make the setting a no-op
+    per_row: bool = True          # may be a [B] tensor, one value per row
     sampling_only: bool = False   # matters only when tokens are sampled
-    history: bool = False         # reads the token history
+    truncates: bool = False       # removes tokens, never the most likely one (skipped when greedy)
+    history: str = ""             # what it reads of the token history: "all_ids", "generated_ids" or ""
+    processor: str = ""           # its function in infergen.processors ("" = not a pipeline step)
+
+    @property
+    def step(self) -> str:
+        """The name of its step in the pipeline (``apply_top_k`` -> ``"top_k"``; ``""`` for none)."""
+        return self.processor.removeprefix("apply_")
 
     def check(self, value, name: str | None = None, vocab: int | None = None):
-        """Validate ``value``; returns it (stop strings as a tuple). Errors name the field (or ``name``)
-        and the range; ``vocab`` bounds token ids where it is known."""
+        """Validate ``value`` and return it as stored (a dict copied, stop strings as a tuple, a
+        ``Fraction`` as a ``float``). Errors name the field (or ``name``) and the range; ``vocab``
+        bounds token ids where it is known."""
         name = name or self.name
         if self.kind is dict:
             return _check_logit_bias(value, vocab=vocab, name=name)
         if self.kind is tuple:
             return _check_stop(value)
+        if isinstance(value, torch.Tensor) and (not self.per_row or value.dim() > 1):
+            shape = "a number" if not self.per_row else "a number or a [B] tensor (one value per row)"
+            raise TypeError(f"{name} must be {shape}, got a tensor of shape {tuple(value.shape)}")
         return check_number(name, value, low=self.low, high=self.high, low_open=self.low_open,
                             high_open=self.high_open, allow_none=self.allow_none, integer=self.kind is int)
 
@@ -209,6 +234,15 @@ class Setting:
         if isinstance(value, torch.Tensor):
             return any(bool((value == o).all()) for o in offs if o is not None)
         return any(value == o for o in offs if o is not None)
+
+
+def is_greedy(temperature) -> bool:
+    """Is decoding at ``temperature`` greedy? Temperature 0 (for a ``[B]`` tensor: 0 in every row) means
+    "always take the argmax": the one place infergen decides it (``SamplingParams.is_greedy``,
+    ``LogitsPipeline.is_greedy`` and the decoders ask here). Called once per setup, never per token."""
+    if isinstance(temperature, torch.Tensor):
+        return bool((temperature == 0).all())
+    return temperature == 0
 
 
 #: One :class:`Setting` per field of :class:`SamplingParams`, in field order.

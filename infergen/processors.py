@@ -12,7 +12,8 @@ Conventions shared by every function in this module
 * The functions are pure: they never write into the caller's tensor, and they always return a *new*
   tensor (even when the processor is switched off), so the caller may modify the result freely.
 * A per-row parameter is either a Python number (the same for every row) or a tensor of shape ``[B]``
-  (one value per row, e.g. a batch of requests that asked for different temperatures).
+  (one value per row, e.g. a batch of requests that asked for different temperatures); put it on the
+  logits' device and nothing is copied per step.
 * ``token_ids`` (the history the penalties look at) has shape ``[T]`` with ``[V]`` logits or ``[B, T]``
   with ``[B, V]`` logits; ``None`` means an empty history. Negative ids (``-1``) are padding and are
   ignored, so ragged histories can be padded on either side. Ids ``>= V`` are ignored too, as in
@@ -22,53 +23,77 @@ Conventions shared by every function in this module
 * Removed tokens get ``-inf``. A row where *everything* was removed cannot be sampled:
   :func:`sample_from_logits` detects it and raises instead of returning a garbage token.
 
-The order of the steps matters (see :data:`PIPELINE_ORDER` and :class:`LogitsPipeline`).
+Each ``apply_*`` checks its arguments once, at the call (:func:`processor`), and then runs its *kernel*:
+the body you read below, on ``[B, V]`` logits and a ``[B, T]`` history. The kernel stays reachable as
+``apply_top_k.kernel``; :class:`LogitsPipeline` calls the kernels directly, with the values
+:class:`~infergen.params.SamplingParams` checked when it was built, so no step re-checks (or synchronises
+with the device) on every token. Which settings exist, their order, their "off" values and the history
+they read are all in one table, :data:`infergen.params.SETTINGS`; :data:`PIPELINE_ORDER` is derived from it.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from ._validation import check_logits
-from .params import SamplingParams, setting
+from ._validation import as_rows, check_per_row, check_token_ids
+from .params import SETTINGS, setting
+from .pipeline import LogitsContext, LogitsPipeline
 
 __all__ = [
-    "PIPELINE_ORDER", "LogitsContext", "LogitsPipeline",
+    "PIPELINE_ORDER", "LogitsContext", "LogitsPipeline", "processor",
     "apply_temperature", "apply_top_k", "apply_top_p", "apply_min_p", "apply_typical", "apply_epsilon",
     "apply_eta", "apply_repetition_penalty", "apply_frequency_penalty", "apply_no_repeat_ngram",
     "apply_logit_bias", "check_finite_row", "safe_probs", "sample_from_logits",
 ]
 
-#: The order in which :meth:`LogitsPipeline.from_params` runs its steps (the same as transformers and vLLM):
-#: first everything that edits scores using the history, then temperature, then the truncation rules, which
-#: therefore see the *tempered* distribution. (llama.cpp applies temperature last instead, so its top-p and
-#: min-p see the untempered distribution: the same parameters keep different tokens there.)
-PIPELINE_ORDER = (
-    "logit_bias",          # user bias, added to the raw logits
-    "repetition_penalty",  # CTRL rule over prompt + generated ids
-    "frequency_penalty",   # frequency / presence (OpenAI) over generated ids only
-    "no_repeat_ngram",     # ban n-gram repeats over prompt + generated ids
-    "temperature",
-    "top_k", "top_p", "min_p", "typical", "epsilon", "eta",
-)
+#: The order in which :meth:`LogitsPipeline.from_params` runs its steps (the same as transformers and vLLM),
+#: read off :data:`infergen.params.SETTINGS`: first everything that edits scores using the history, then
+#: temperature, then the truncation rules, which therefore see the *tempered* distribution. (llama.cpp
+#: applies temperature last instead, so its top-p and min-p see the untempered distribution: the same
+#: parameters keep different tokens there.)
+PIPELINE_ORDER: tuple[str, ...] = tuple(dict.fromkeys(s.step for s in SETTINGS if s.processor))
 
 _NEG_INF = float("-inf")
 
 
 # --------------------------------------------------------------------------------------------------------
-# Small helpers
+# The one door every apply_* goes through, and small helpers
 # --------------------------------------------------------------------------------------------------------
-def _as_rows(logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Validate logits and view them as ``[B, V]``; the flag says whether to squeeze the result back."""
-    check_logits(logits)
-    return (logits.unsqueeze(0), True) if logits.dim() == 1 else (logits, False)
+def processor(**fields: str):
+    """Make a kernel ``fn(logits [B, V], [token_ids [B, T],] *values)`` a public ``apply_*`` function.
 
+    ``fields`` maps each value argument to its :class:`~infergen.params.Setting` (``penalty=
+    "repetition_penalty"``). The public function checks everything once: the logits (``[V]`` or
+    ``[B, V]``), the history, and each value against its setting's range, with the *argument's* name in
+    the message; when every value is "off" it returns a copy. The unchecked kernel is ``fn.kernel``.
+    """
+    def wrap(kernel):
+        signature = inspect.signature(kernel)
 
-def _restore(out: torch.Tensor, squeeze: bool) -> torch.Tensor:
-    return out.squeeze(0) if squeeze else out
+        @functools.wraps(kernel)
+        def checked(logits, *args, **kwargs):
+            bound = signature.bind(logits, *args, **kwargs)
+            bound.apply_defaults()
+            values = bound.arguments
+            rows, squeeze = as_rows(logits)
+            values["logits"] = rows
+            if "token_ids" in values:
+                values["token_ids"] = check_token_ids(values["token_ids"], rows.shape[0], rows.device)
+            for arg, field in fields.items():
+                values[arg] = setting(field).check(values[arg], arg, vocab=rows.shape[-1])
+                check_per_row(arg, values[arg], rows.shape[0])
+            if all(setting(field).is_off(values[arg]) for arg, field in fields.items()):
+                return logits.clone()
+            out = kernel(**values)
+            return out.squeeze(0) if squeeze else out
+
+        checked.kernel = kernel
+        return checked
+
+    return wrap
 
 
 def _prob_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -76,59 +101,30 @@ def _prob_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
 
 
-def _is_everywhere(value, x) -> bool:
-    """True when a scalar or per-row tensor parameter equals ``x`` for every row (the step is a no-op)."""
-    if isinstance(value, torch.Tensor):
-        return bool((value == x).all())
-    return value == x
+def _row_param(value, logits: torch.Tensor, dtype, transform=None) -> torch.Tensor:
+    """A checked scalar or ``[B]`` parameter as a ``[B, 1]`` (or ``[1, 1]``) tensor that broadcasts over
+    ``[B, V]``, on the logits' device, computed with tensor ops only (no value goes back to the host).
 
-
-def _row_param(name, value, rows: int, dtype, device, transform=None) -> torch.Tensor:
-    """A (validated) scalar or ``[B]`` parameter as a ``[B, 1]`` tensor, ready to broadcast over ``[B, V]``.
-
-    ``transform`` (e.g. ``1 - p``) is applied in float64 on the CPU before the cast, so a per-row tensor
-    gives bit-for-bit what the same Python float gives.
+    ``transform`` (e.g. ``1 - p``) runs on the Python number, or on the tensor in ``dtype``: one correctly
+    rounded operation either way, so a per-row tensor gives exactly what the same float gives.
     """
     if isinstance(value, torch.Tensor):
-        if value.dim() > 1 or (value.dim() == 1 and value.numel() != rows):
-            raise ValueError(f"{name} must be a number or a tensor of shape [B] = [{rows}], "
-                             f"got shape {tuple(value.shape)}")
-        value = value.detach().to("cpu", torch.float64)
-    else:
-        value = torch.tensor(float(value), dtype=torch.float64)
-    if transform is not None:
-        value = transform(value)
-    return value.reshape(-1, 1).expand(rows, 1).to(device=device, dtype=dtype)
+        value = value.detach().to(device=logits.device, dtype=dtype).reshape(-1, 1)
+        return value if transform is None else transform(value)
+    value = value if transform is None else transform(value)
+    return torch.full((1, 1), value, dtype=dtype, device=logits.device)
 
 
-def _check_token_ids(token_ids, batch: int, device, name: str = "token_ids") -> torch.Tensor:
-    """Token history as a ``[B, T]`` long tensor on ``device``; ``None`` gives an empty history ``[B, 0]``."""
-    if token_ids is None:
-        return torch.empty(batch, 0, dtype=torch.long, device=device)
-    if isinstance(token_ids, (list, tuple)):
-        token_ids = torch.tensor(token_ids, dtype=torch.long)
-    if not isinstance(token_ids, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of token ids, got {type(token_ids).__name__}")
-    if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {token_ids.dtype}")
-    if token_ids.dim() == 1 and batch == 1:
-        token_ids = token_ids.unsqueeze(0)
-    if token_ids.dim() != 2 or token_ids.shape[0] != batch:
-        raise ValueError(f"{name} must have shape [T] (with [V] logits) or [B, T] with B = {batch}, "
-                         f"got shape {tuple(token_ids.shape)}")
-    return token_ids.to(device=device, dtype=torch.long)
-
-
-def _token_counts(token_ids, batch: int, vocab: int, device) -> torch.Tensor:
+def _token_counts(token_ids: torch.Tensor, vocab: int) -> torch.Tensor:
     """``counts[b, t]`` = how often token ``t`` occurs in row ``b`` of the history, in one scatter_add.
 
     Padding (negative ids) and ids ``>= V`` are routed to a spare column ``V`` that is dropped at the end:
     this keeps the whole count a single vectorized op, with no Python loop over tokens.
     """
-    ids = _check_token_ids(token_ids, batch, device)
-    valid = (ids >= 0) & (ids < vocab)
-    ids = torch.where(valid, ids, vocab)
-    counts = torch.zeros(batch, vocab + 1, dtype=torch.long, device=device)
+    batch = token_ids.shape[0]
+    valid = (token_ids >= 0) & (token_ids < vocab)
+    ids = torch.where(valid, token_ids, vocab)
+    counts = torch.zeros(batch, vocab + 1, dtype=torch.long, device=token_ids.device)
     counts.scatter_add_(1, ids, torch.ones_like(ids))  # in place on our own tensor, not the caller's
     return counts[:, :vocab]
 
@@ -147,10 +143,7 @@ def _entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 # --------------------------------------------------------------------------------------------------------
 # Temperature and truncation ("warpers")
 # --------------------------------------------------------------------------------------------------------
-def _check_temperature(value, name="temperature"):
-    return setting("temperature").check(value, name)
-
-
+@processor(temperature="temperature")
 def apply_temperature(logits: torch.Tensor, temperature) -> torch.Tensor:
     """Divide the logits by a temperature ``T``: ``softmax(z / T)``.
 
@@ -162,21 +155,16 @@ def apply_temperature(logits: torch.Tensor, temperature) -> torch.Tensor:
     ``temperature`` is a float in ``[0, inf)`` or a ``[B]`` tensor (rows with 0 are greedy, the others are
     divided). Pitfall: a tiny but nonzero ``T`` (say ``1e-30``) overflows the logits to ``inf``; use 0.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_temperature(temperature)
     if not isinstance(temperature, torch.Tensor) and temperature > 0:
-        return _restore(rows / temperature, squeeze)
-    t = _row_param("temperature", temperature, rows.shape[0], rows.dtype, rows.device)
+        return logits / temperature
+    t = _row_param(temperature, logits, logits.dtype)
     greedy = t == 0
-    scaled = rows / torch.where(greedy, torch.ones_like(t), t)
-    is_argmax = torch.zeros_like(rows, dtype=torch.bool).scatter(-1, rows.argmax(-1, keepdim=True), True)
-    return _restore(scaled.masked_fill(greedy & ~is_argmax, _NEG_INF), squeeze)
+    scaled = logits / torch.where(greedy, torch.ones_like(t), t)
+    is_argmax = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, logits.argmax(-1, keepdim=True), True)
+    return scaled.masked_fill(greedy & ~is_argmax, _NEG_INF)
 
 
-def _check_top_k(value, name="top_k"):
-    return setting("top_k").check(value, name)
-
-
+@processor(top_k="top_k")
 def apply_top_k(logits: torch.Tensor, top_k) -> torch.Tensor:
     """Keep the ``k`` largest logits of each row, remove the rest.
 
@@ -186,22 +174,18 @@ def apply_top_k(logits: torch.Tensor, top_k) -> torch.Tensor:
     Pitfall: a fixed ``k`` ignores the shape of the distribution -- it keeps 50 tokens both when the model
     is sure (one token has 99%) and when 5000 tokens are plausible; top-p and min-p adapt instead.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_top_k(top_k)
-    if top_k is None or _is_everywhere(top_k, 0):
-        return logits.clone()
-    vocab = rows.shape[-1]
-    k = _row_param("top_k", top_k, rows.shape[0], torch.long, rows.device).clamp(max=vocab)
-    top_values = torch.topk(rows, int(k.max()), dim=-1).values          # [B, k_max], descending
-    kth = top_values.gather(-1, (k - 1).clamp(min=0))                  # the k-th largest logit per row
-    kth = kth.masked_fill(k == 0, _NEG_INF)                            # rows with k = 0 keep everything
-    return _restore(rows.masked_fill(rows < kth, _NEG_INF), squeeze)
+    vocab = logits.shape[-1]
+    k = _row_param(top_k, logits, torch.long).clamp(max=vocab)
+    if isinstance(top_k, torch.Tensor):   # one k per row: rank the whole row, no host-side k_max
+        ranked = torch.sort(logits, dim=-1, descending=True).values
+    else:
+        ranked = torch.topk(logits, max(min(top_k, vocab), 1), dim=-1).values   # [B, k], descending
+    kth = ranked.gather(-1, (k - 1).clamp(min=0).expand(logits.shape[0], 1))   # the k-th largest logit
+    kth = kth.masked_fill(k == 0, _NEG_INF)                                     # k = 0 keeps everything
+    return logits.masked_fill(logits < kth, _NEG_INF)
 
 
-def _check_top_p(value, name="top_p"):
-    return setting("top_p").check(value, name)
-
-
+@processor(top_p="top_p")
 def apply_top_p(logits: torch.Tensor, top_p) -> torch.Tensor:
     """Nucleus sampling (Holtzman et al., 2019): keep the smallest set of top tokens whose mass reaches ``p``.
 
@@ -213,24 +197,17 @@ def apply_top_p(logits: torch.Tensor, top_p) -> torch.Tensor:
     ``top_p`` is in ``(0, 1]`` (``1`` = off) or a ``[B]`` tensor. Pitfall: computing the mask on sorted
     logits and forgetting to scatter it back to vocabulary order removes the wrong tokens.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_top_p(top_p)
-    if _is_everywhere(top_p, 1):
-        return logits.clone()
-    batch, dtype = rows.shape[0], _prob_dtype(rows)
-    sorted_logits, sorted_idx = torch.sort(rows, dim=-1)                       # ascending
+    dtype = _prob_dtype(logits)
+    sorted_logits, sorted_idx = torch.sort(logits, dim=-1)                     # ascending
     cumulative = sorted_logits.to(dtype).softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= _row_param("top_p", top_p, batch, dtype, rows.device, lambda p: 1 - p)
+    remove = cumulative <= _row_param(top_p, logits, dtype, lambda p: 1 - p)
     remove[..., -1] = False                                                    # keep the top token
     remove = remove.scatter(-1, sorted_idx, remove)                            # back to vocab order
-    remove &= _row_param("top_p", top_p, batch, dtype, rows.device) < 1        # rows with p = 1 are off
-    return _restore(rows.masked_fill(remove, _NEG_INF), squeeze)
+    remove &= _row_param(top_p, logits, dtype) < 1                             # rows with p = 1 are off
+    return logits.masked_fill(remove, _NEG_INF)
 
 
-def _check_min_p(value, name="min_p"):
-    return setting("min_p").check(value, name)
-
-
+@processor(min_p="min_p")
 def apply_min_p(logits: torch.Tensor, min_p) -> torch.Tensor:
     """Min-p (Nguyen et al., 2024): remove tokens with ``p < min_p * p_max``.
 
@@ -239,21 +216,13 @@ def apply_min_p(logits: torch.Tensor, min_p) -> torch.Tensor:
     ``1`` keeps only the argmax and its ties) or a ``[B]`` tensor. Run it after temperature, as transformers
     and vLLM do: it then sees the distribution you will actually sample from.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_min_p(min_p)
-    if _is_everywhere(min_p, 0):
-        return logits.clone()
-    dtype = _prob_dtype(rows)
-    probs = rows.to(dtype).softmax(dim=-1)
-    threshold = _row_param("min_p", min_p, rows.shape[0], dtype, rows.device) * probs.amax(-1, keepdim=True)
+    probs = logits.to(_prob_dtype(logits)).softmax(dim=-1)
+    threshold = _row_param(min_p, logits, probs.dtype) * probs.amax(-1, keepdim=True)
     remove = (probs < threshold).scatter(-1, probs.argmax(-1, keepdim=True), False)  # keep >= 1 token
-    return _restore(rows.masked_fill(remove, _NEG_INF), squeeze)
+    return logits.masked_fill(remove, _NEG_INF)
 
 
-def _check_typical(value, name="typical_p"):
-    return setting("typical_p").check(value, name)
-
-
+@processor(typical_p="typical_p")
 def apply_typical(logits: torch.Tensor, typical_p) -> torch.Tensor:
     """Locally typical sampling (Meister et al., 2022): keep the tokens whose surprise is closest to the entropy.
 
@@ -263,44 +232,32 @@ def apply_typical(logits: torch.Tensor, typical_p) -> torch.Tensor:
     ``typical_p`` is in ``(0, 1]`` (``1`` = off) or a ``[B]`` tensor. Same as transformers'
     ``TypicalLogitsWarper`` with ``min_tokens_to_keep=1``.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_typical(typical_p)
-    if _is_everywhere(typical_p, 1):
-        return logits.clone()
-    batch, vocab, dtype = rows.shape[0], rows.shape[-1], _prob_dtype(rows)
-    logp, _, entropy = _entropy(rows)
+    vocab, dtype = logits.shape[-1], _prob_dtype(logits)
+    logp, _, entropy = _entropy(logits)
     shifted = (-logp - entropy).abs()
     sorted_shift, sorted_idx = torch.sort(shifted, dim=-1)                      # most typical first
-    cumulative = rows.gather(-1, sorted_idx).to(dtype).softmax(dim=-1).cumsum(dim=-1)
-    mass = _row_param("typical_p", typical_p, batch, dtype, rows.device)
+    cumulative = logits.gather(-1, sorted_idx).to(dtype).softmax(dim=-1).cumsum(dim=-1)
+    mass = _row_param(typical_p, logits, dtype)
     last = (cumulative < mass).sum(dim=-1, keepdim=True).clamp(max=vocab - 1)   # first index reaching the mass
     remove = sorted_shift > sorted_shift.gather(-1, last)
     remove[..., 0] = False                                                      # keep at least one token
     remove = remove.scatter(-1, sorted_idx, remove) & (mass < 1)
-    return _restore(rows.masked_fill(remove, _NEG_INF), squeeze)
+    return logits.masked_fill(remove, _NEG_INF)
 
 
-def _check_epsilon(value, name="epsilon"):
-    return setting("epsilon").check(value, name)
-
-
+@processor(epsilon="epsilon")
 def apply_epsilon(logits: torch.Tensor, epsilon) -> torch.Tensor:
     """Epsilon sampling (Hewitt et al., 2022): remove tokens with ``p < epsilon``, but never the top token.
 
     A fixed absolute floor (typical values ``3e-4`` .. ``9e-4``). ``epsilon`` is in ``[0, 1)`` (``0`` = off)
     or a ``[B]`` tensor. If no token reaches ``epsilon`` the top token(s) survive, so a row is never emptied.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_epsilon(epsilon)
-    if _is_everywhere(epsilon, 0):
-        return logits.clone()
-    dtype = _prob_dtype(rows)
-    probs = rows.to(dtype).softmax(dim=-1)
-    remove = probs < _row_param("epsilon", epsilon, rows.shape[0], dtype, rows.device)
-    remove &= rows < rows.amax(dim=-1, keepdim=True)
-    return _restore(rows.masked_fill(remove, _NEG_INF), squeeze)
+    probs = logits.to(_prob_dtype(logits)).softmax(dim=-1)
+    remove = (probs < _row_param(epsilon, logits, probs.dtype)) & (logits < logits.amax(dim=-1, keepdim=True))
+    return logits.masked_fill(remove, _NEG_INF)
 
 
+@processor(epsilon="eta")
 def apply_eta(logits: torch.Tensor, epsilon) -> torch.Tensor:
     """Eta sampling (Hewitt et al., 2022): an entropy-dependent floor ``eta = min(eps, sqrt(eps) * exp(-H))``.
 
@@ -309,24 +266,17 @@ def apply_eta(logits: torch.Tensor, epsilon) -> torch.Tensor:
     ``epsilon`` is in ``[0, 1)`` (``0`` = off) or a ``[B]`` tensor; typical values ``3e-4`` .. ``2e-3``.
     Same as transformers' ``EtaLogitsWarper``.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_epsilon(epsilon)
-    if _is_everywhere(epsilon, 0):
-        return logits.clone()
-    _, probs, entropy = _entropy(rows)
-    eps = _row_param("epsilon", epsilon, rows.shape[0], probs.dtype, rows.device)
+    _, probs, entropy = _entropy(logits)
+    eps = _row_param(epsilon, logits, probs.dtype)
     eta = torch.minimum(eps, eps.sqrt() * torch.exp(-entropy))
-    remove = (probs < eta) & (rows < rows.amax(dim=-1, keepdim=True))
-    return _restore(rows.masked_fill(remove, _NEG_INF), squeeze)
+    remove = (probs < eta) & (logits < logits.amax(dim=-1, keepdim=True))
+    return logits.masked_fill(remove, _NEG_INF)
 
 
 # --------------------------------------------------------------------------------------------------------
 # Penalties and biases (they use the token history)
 # --------------------------------------------------------------------------------------------------------
-def _check_repetition_penalty(value, name="penalty"):
-    return setting("repetition_penalty").check(value, name)
-
-
+@processor(penalty="repetition_penalty")
 def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty) -> torch.Tensor:
     """Repetition penalty of CTRL (Keskar et al., 2019): make every token already seen less likely.
 
@@ -340,21 +290,13 @@ def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty) -> torch.
     ``< 1`` rewards repetition; typical 1.1 .. 1.3. Pitfall: the effect depends on the logit's scale and
     sign, so the same penalty is not comparable across models.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_repetition_penalty(penalty)
-    batch, vocab = rows.shape
-    seen = _token_counts(token_ids, batch, vocab, rows.device) > 0
-    if _is_everywhere(penalty, 1):
-        return logits.clone()
-    theta = _row_param("penalty", penalty, batch, rows.dtype, rows.device)
-    penalized = torch.where(rows < 0, rows * theta, rows / theta)
-    return _restore(torch.where(seen, penalized, rows), squeeze)
+    seen = _token_counts(token_ids, logits.shape[-1]) > 0
+    theta = _row_param(penalty, logits, logits.dtype)
+    penalized = torch.where(logits < 0, logits * theta, logits / theta)
+    return torch.where(seen, penalized, logits)
 
 
-def _check_openai_penalty(value, name):
-    return setting("frequency_penalty").check(value, name)
-
-
+@processor(frequency_penalty="frequency_penalty", presence_penalty="presence_penalty")
 def apply_frequency_penalty(logits: torch.Tensor, token_ids, frequency_penalty=0.0,
                             presence_penalty=0.0) -> torch.Tensor:
     """Frequency and presence penalties (OpenAI API, vLLM): subtract a cost that grows with use.
@@ -370,24 +312,14 @@ def apply_frequency_penalty(logits: torch.Tensor, token_ids, frequency_penalty=0
     so that a long prompt does not penalize the words of the question. The counting is one ``scatter_add``
     (no Python loop over tokens); padding ids (``-1``) are not counted.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_openai_penalty(frequency_penalty, "frequency_penalty")
-    _check_openai_penalty(presence_penalty, "presence_penalty")
-    batch, vocab = rows.shape
-    dtype = _prob_dtype(rows)
-    counts = _token_counts(token_ids, batch, vocab, rows.device).to(dtype)
-    if _is_everywhere(frequency_penalty, 0) and _is_everywhere(presence_penalty, 0):
-        return logits.clone()
-    freq = _row_param("frequency_penalty", frequency_penalty, batch, dtype, rows.device)
-    pres = _row_param("presence_penalty", presence_penalty, batch, dtype, rows.device)
-    cost = freq * counts + pres * (counts > 0).to(dtype)
-    return _restore(rows - cost.to(rows.dtype), squeeze)
+    dtype = _prob_dtype(logits)
+    counts = _token_counts(token_ids, logits.shape[-1]).to(dtype)
+    cost = (_row_param(frequency_penalty, logits, dtype) * counts
+            + _row_param(presence_penalty, logits, dtype) * (counts > 0).to(dtype))
+    return logits - cost.to(logits.dtype)
 
 
-def _check_ngram_size(value, name="ngram_size"):
-    return setting("no_repeat_ngram_size").check(value, name)
-
-
+@processor(ngram_size="no_repeat_ngram_size")
 def apply_no_repeat_ngram(logits: torch.Tensor, token_ids, ngram_size) -> torch.Tensor:
     """Forbid any n-gram from occurring twice (as transformers' ``NoRepeatNGramLogitsProcessor``).
 
@@ -401,30 +333,22 @@ def apply_no_repeat_ngram(logits: torch.Tensor, token_ids, ngram_size) -> torch.
     windows that touch padding are ignored. Pitfall: it is a hard ban -- with ``n = 2`` a text about
     "New York" can name the city only once.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_ngram_size(ngram_size)
-    batch, vocab = rows.shape
-    ids = _check_token_ids(token_ids, batch, rows.device)
-    n = ngram_size
-    if n == 0 or ids.shape[1] < n:
+    (batch, vocab), n = logits.shape, ngram_size
+    if token_ids.shape[1] < n:
         return logits.clone()
-    real = ids >= 0
+    real = token_ids >= 0
     order = torch.sort(real.to(torch.int8), dim=-1, stable=True).indices       # padding first, order kept
-    ids, real = ids.gather(-1, order), real.gather(-1, order)
+    ids, real = token_ids.gather(-1, order), real.gather(-1, order)
     prefix = ids[:, ids.shape[1] - n + 1:]                                     # last n - 1 tokens
     windows = ids.unfold(1, n, 1)                                              # [B, T - n + 1, n]
     matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(-1) & real.unfold(1, n, 1).all(-1)
     last = windows[..., -1]
     banned_ids = torch.where(matches & (last < vocab), last, vocab)            # no match -> spare column
-    banned = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=rows.device).scatter(-1, banned_ids, True)
-    return _restore(rows.masked_fill(banned[:, :vocab], _NEG_INF), squeeze)
+    banned = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=logits.device).scatter(-1, banned_ids, True)
+    return logits.masked_fill(banned[:, :vocab], _NEG_INF)
 
 
-def _check_logit_bias(logit_bias, vocab=None, name="logit_bias"):
-    """Validate ``{token_id: bias}``; ids are checked against the vocabulary when it is known."""
-    return setting("logit_bias").check(logit_bias, name, vocab=vocab)
-
-
+@processor(logit_bias="logit_bias")
 def apply_logit_bias(logits: torch.Tensor, logit_bias) -> torch.Tensor:
     """Add a fixed bias to chosen tokens: ``logit[t] += logit_bias[t]`` (the OpenAI ``logit_bias`` option).
 
@@ -432,14 +356,9 @@ def apply_logit_bias(logits: torch.Tensor, logit_bias) -> torch.Tensor:
     same for every row. ``-100`` effectively bans a token and ``+100`` effectively forces it; small values
     nudge. It runs first, on the raw logits, so the later steps see the biased distribution.
     """
-    rows, squeeze = _as_rows(logits)
-    _check_logit_bias(logit_bias, vocab=rows.shape[-1])
-    if not logit_bias:
-        return logits.clone()
-    ids = torch.tensor([int(t) for t in logit_bias], dtype=torch.long, device=rows.device)
-    values = torch.tensor([float(b) for b in logit_bias.values()], dtype=rows.dtype, device=rows.device)
-    bias = torch.zeros(rows.shape[-1], dtype=rows.dtype, device=rows.device).index_put((ids,), values)
-    return _restore(rows + bias, squeeze)
+    ids = torch.tensor(list(logit_bias), dtype=torch.long, device=logits.device)
+    values = torch.tensor(list(logit_bias.values()), dtype=logits.dtype, device=logits.device)
+    return logits + torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device).index_put((ids,), values)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -456,7 +375,7 @@ def check_finite_row(logits: torch.Tensor, name: str = "logits") -> torch.Tensor
     One pass decides: a row's maximum is finite exactly when the row has no NaN (``amax`` propagates
     NaN), no ``+inf``, and at least one finite value. Only a bad row pays for finding out which case.
     """
-    rows, _ = _as_rows(logits)
+    rows, _ = as_rows(logits)
     if bool(torch.isfinite(rows.amax(dim=-1)).all()):
         return logits
     has_nan = rows.isnan().any(dim=-1)
@@ -494,181 +413,12 @@ def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None =
     the logits' device for reproducible runs). Rows that cannot be sampled raise ``ValueError`` (see
     :func:`check_finite_row`).
     """
-    rows, squeeze = _as_rows(logits)
+    rows, squeeze = as_rows(logits)
     probs = safe_probs(rows)
     greedy_rows = torch.isfinite(rows).sum(dim=-1) == 1
     tokens = rows.argmax(dim=-1)
     if not bool(greedy_rows.all()):
         sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         tokens = torch.where(greedy_rows, tokens, sampled)
-    return _restore(tokens, squeeze)
+    return tokens.squeeze(0) if squeeze else tokens
 
-
-# --------------------------------------------------------------------------------------------------------
-# The pipeline
-# --------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LogitsContext:
-    """What a pipeline step may look at besides the logits: the token history, ``[T]`` or ``[B, T]``."""
-
-    prompt_ids: torch.Tensor | None = None
-    generated_ids: torch.Tensor | None = None
-
-    @property
-    def all_ids(self) -> torch.Tensor | None:
-        """Prompt followed by generated ids, ``[B, T_prompt + T_gen]`` (``None`` if there is neither)."""
-        parts = [p for p in (self.prompt_ids, self.generated_ids) if p is not None]
-        if len(parts) < 2:
-            return parts[0] if parts else None
-        parts = [torch.as_tensor(p, dtype=torch.long) for p in parts]
-        parts = [p.unsqueeze(0) if p.dim() == 1 else p for p in parts]
-        return torch.cat([parts[0], parts[1].to(parts[0].device)], dim=1)
-
-
-Step = Callable[[torch.Tensor, LogitsContext], torch.Tensor]
-
-
-class LogitsPipeline:
-    """An ordered list of named steps, each ``fn(logits, context) -> new logits``.
-
-    Build one from sampling parameters with :meth:`from_params`, then call it once per decoding step::
-
-        pipe = LogitsPipeline.from_params(temperature=0.7, top_p=0.9, repetition_penalty=1.1)
-        logits = pipe(logits, prompt_ids=prompt, generated_ids=generated)
-        token = sample_from_logits(logits, generator)
-
-    ``from_params`` uses the order of transformers and vLLM (:data:`PIPELINE_ORDER`):
-
-    1. ``logit_bias``  2. ``repetition_penalty`` (prompt + generated ids)
-    3. ``frequency_penalty`` (frequency and presence, generated ids only)
-    4. ``no_repeat_ngram`` (prompt + generated ids)  5. ``temperature``
-    6. ``top_k``  7. ``top_p``  8. ``min_p``  9. ``typical``  10. ``epsilon``  11. ``eta``
-
-    Order matters: top-p after temperature keeps a different set than top-p before it, because temperature
-    changes the probabilities top-p sums. Custom steps can be appended (or inserted) with :meth:`add`.
-    ``LogitsPipeline(steps, temperature)`` builds one by hand; ``temperature`` only feeds :attr:`is_greedy`.
-    """
-
-    def __init__(self, steps=(), temperature=1.0):
-        self._steps: list[tuple[str, Step]] = []
-        self._history_free: set[str] = set()
-        self.temperature = temperature
-        for name, fn in steps:
-            self.add(name, fn)
-
-    @classmethod
-    def from_params(cls, params: SamplingParams | None = None, *, sampling: bool = True,
-                    **kwargs) -> "LogitsPipeline":
-        """The pipeline of ``params`` (a :class:`~infergen.params.SamplingParams`, or its fields as keywords).
-
-        Only the steps that change something are built (defaults are the "off" values). ``sampling=False``
-        builds only the score-editing steps (bias, penalties, n-gram bans), as deterministic searches use
-        them. With ``temperature=0`` (greedy) the truncation steps are skipped: each of them always keeps
-        the top token, so after greedy masking they cannot change the result.
-        """
-        if params is None:
-            params = SamplingParams.from_kwargs(**kwargs)
-        elif kwargs:
-            raise TypeError("give either a SamplingParams or keyword settings, not both")
-        p = params
-        pipe = cls(temperature=p.temperature if sampling else 0.0)
-        active = p.active()
-        if "logit_bias" in active:
-            pipe.add("logit_bias", lambda z, ctx: apply_logit_bias(z, p.logit_bias), history=False)
-        if "repetition_penalty" in active:
-            pipe.add("repetition_penalty",
-                     lambda z, ctx: apply_repetition_penalty(z, ctx.all_ids, p.repetition_penalty))
-        if "frequency_penalty" in active or "presence_penalty" in active:
-            pipe.add("frequency_penalty", lambda z, ctx: apply_frequency_penalty(
-                z, ctx.generated_ids, p.frequency_penalty, p.presence_penalty))
-        if "no_repeat_ngram_size" in active:
-            pipe.add("no_repeat_ngram", lambda z, ctx: apply_no_repeat_ngram(z, ctx.all_ids, p.no_repeat_ngram_size))
-        if not sampling:
-            return pipe
-        if "temperature" in active:
-            pipe.add("temperature", lambda z, ctx: apply_temperature(z, p.temperature), history=False)
-        if pipe.is_greedy:
-            return pipe
-        warpers = [("top_k", apply_top_k, "top_k"), ("top_p", apply_top_p, "top_p"), ("min_p", apply_min_p, "min_p"),
-                   ("typical", apply_typical, "typical_p"), ("epsilon", apply_epsilon, "epsilon"),
-                   ("eta", apply_eta, "eta")]
-        for name, fn, field in warpers:
-            if field in active:
-                pipe.add(name, lambda z, ctx, fn=fn, value=active[field]: fn(z, value), history=False)
-        return pipe
-
-    def add(self, name: str, fn: Step, *, before: str | None = None, history: bool = True) -> "LogitsPipeline":
-        """Append a step ``fn(logits, context) -> logits`` (or insert it before the step named ``before``).
-
-        ``context`` is a :class:`LogitsContext` with ``prompt_ids``, ``generated_ids`` and ``all_ids``. The step
-        must not modify ``logits`` in place. ``history=False`` declares that the step never reads the
-        context, so decoders need not keep the token history for it (the default assumes it does).
-        Returns the pipeline, so calls can be chained.
-        """
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty string, got {name!r}")
-        if not callable(fn):
-            raise TypeError(f"fn for step {name!r} must be callable, got {type(fn).__name__}")
-        names = [n for n, _ in self._steps]
-        if name in names:
-            raise ValueError(f"name {name!r} is already a step of this pipeline: {names}")
-        if before is None:
-            self._steps.append((name, fn))
-        elif before in names:
-            self._steps.insert(names.index(before), (name, fn))
-        else:
-            raise ValueError(f"before must name an existing step, one of {names}, got {before!r}")
-        if not history:
-            self._history_free.add(name)
-        return self
-
-    def add_registered(self, name: str, *, before: str | None = None, **params) -> "LogitsPipeline":
-        """Append the processor registered as ``name`` (see :func:`infergen.register_processor`).
-
-        A registered processor is called as ``fn(logits, context, **params)``; ``params`` are bound here,
-        once, and the step is named ``name``. This is how your own processor joins a pipeline by name::
-
-            @infergen.register_processor("top_n_sigma")
-            def top_n_sigma(logits, context, n=1.0): ...
-
-            pipe = LogitsPipeline.from_params(temperature=0.8).add_registered("top_n_sigma", n=1.0)
-        """
-        from .registry import get_processor  # raises a ValueError listing the registered names
-
-        fn = get_processor(name)
-        return self.add(name, lambda z, ctx: fn(z, ctx, **params), before=before)
-
-    @property
-    def steps(self) -> list[tuple[str, Step]]:
-        """The steps as ``(name, callable)`` pairs, in the order they run (a copy)."""
-        return list(self._steps)
-
-    @property
-    def uses_history(self) -> bool:
-        """Does some step read the token history (penalties, n-gram bans, custom steps)?"""
-        return any(name not in self._history_free for name, _ in self._steps)
-
-    @property
-    def is_plain_argmax(self) -> bool:
-        """Greedy with no step but the temperature: the chosen token is simply the argmax of the logits."""
-        return self.is_greedy and all(name == "temperature" for name, _ in self._steps)
-
-    @property
-    def is_greedy(self) -> bool:
-        """True when the temperature is 0 (for a ``[B]`` tensor: 0 in every row)."""
-        return _is_everywhere(self.temperature, 0)
-
-    def __call__(self, logits: torch.Tensor, prompt_ids=None, generated_ids=None) -> torch.Tensor:
-        """Run every step in order and return new logits; the input is never modified."""
-        check_logits(logits)
-        context = LogitsContext(prompt_ids=prompt_ids, generated_ids=generated_ids)
-        out = logits
-        for _, fn in self._steps:
-            out = fn(out, context)
-        return logits.clone() if out is logits else out
-
-    def __len__(self) -> int:
-        return len(self._steps)
-
-    def __repr__(self) -> str:
-        return f"LogitsPipeline({[name for name, _ in self._steps]})"

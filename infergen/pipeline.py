@@ -1,0 +1,194 @@
+"""The logits pipeline: the processors of :mod:`infergen.processors`, in order, built from the settings table.
+
+:meth:`LogitsPipeline.from_params` reads :data:`infergen.params.SETTINGS` and nothing else: each setting
+names its processor, the part of the history it reads and whether it matters only when sampling; the
+table's order is the pipeline's order (:data:`~infergen.processors.PIPELINE_ORDER`). The values come
+from a :class:`~infergen.params.SamplingParams`, checked once when it was built, so each step calls the
+processor's *kernel* directly: nothing is checked again, and nothing waits for the device, per token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ._validation import as_rows, check_per_row, check_token_ids
+from .params import SETTINGS, SamplingParams, is_greedy
+
+__all__ = ["LogitsContext", "LogitsPipeline"]
+
+
+@dataclass(frozen=True)
+class LogitsContext:
+    """What a pipeline step may look at besides the logits: the token history, ``[T]`` or ``[B, T]``."""
+
+    prompt_ids: torch.Tensor | None = None
+    generated_ids: torch.Tensor | None = None
+
+    @property
+    def all_ids(self) -> torch.Tensor | None:
+        """Prompt followed by generated ids, ``[B, T_prompt + T_gen]`` (``None`` if there is neither)."""
+        parts = [p for p in (self.prompt_ids, self.generated_ids) if p is not None]
+        if len(parts) < 2:
+            return parts[0] if parts else None
+        parts = [torch.as_tensor(p, dtype=torch.long) for p in parts]
+        parts = [p.unsqueeze(0) if p.dim() == 1 else p for p in parts]
+        return torch.cat([parts[0], parts[1].to(parts[0].device)], dim=1)
+
+
+Step = Callable[[torch.Tensor, LogitsContext], torch.Tensor]
+
+
+def _step(kernel: Callable, history: str, values: tuple) -> Step:
+    """A pipeline step: ``kernel(logits, [context.<history>,] *values)`` with checked ``values`` (a missing
+    history is an empty ``[B, 0]`` one)."""
+    def step(logits: torch.Tensor, context: LogitsContext) -> torch.Tensor:
+        if not history:
+            return kernel(logits, *values)
+        ids = getattr(context, history)
+        return kernel(logits, check_token_ids(ids, logits.shape[0], logits.device) if ids is None else ids, *values)
+
+    return step
+
+
+class LogitsPipeline:
+    """An ordered list of named steps, each ``fn(logits, context) -> new logits``.
+
+    Build one from sampling parameters with :meth:`from_params`, then call it once per decoding step::
+
+        pipe = LogitsPipeline.from_params(temperature=0.7, top_p=0.9, repetition_penalty=1.1)
+        logits = pipe(logits, prompt_ids=prompt, generated_ids=generated)
+        token = sample_from_logits(logits, generator)
+
+    ``from_params`` uses the order of transformers and vLLM (:data:`~infergen.processors.PIPELINE_ORDER`):
+
+    1. ``logit_bias``  2. ``repetition_penalty`` (prompt + generated ids)
+    3. ``frequency_penalty`` (frequency and presence, generated ids only)
+    4. ``no_repeat_ngram`` (prompt + generated ids)  5. ``temperature``
+    6. ``top_k``  7. ``top_p``  8. ``min_p``  9. ``typical``  10. ``epsilon``  11. ``eta``
+
+    Order matters: top-p after temperature keeps a different set than top-p before it, because temperature
+    changes the probabilities top-p sums. Custom steps can be appended (or inserted) with :meth:`add`.
+    ``LogitsPipeline(steps, temperature)`` builds one by hand; ``temperature`` only feeds :attr:`is_greedy`.
+    """
+
+    def __init__(self, steps=(), temperature=1.0):
+        self._steps: list[tuple[str, Step, bool]] = []  # (name, fn, reads the history)
+        self._per_row: list[tuple[str, torch.Tensor]] = []  # [B] settings: their batch is checked per call
+        self.temperature = temperature
+        for name, fn in steps:
+            self.add(name, fn)
+
+    @classmethod
+    def from_params(cls, params: SamplingParams | None = None, *, sampling: bool = True,
+                    **kwargs) -> "LogitsPipeline":
+        """The pipeline of ``params`` (a :class:`~infergen.params.SamplingParams`, or its fields as keywords).
+
+        One step per processor named in :data:`~infergen.params.SETTINGS`, in the table's order, for the
+        settings that are not "off". ``sampling=False`` leaves out the settings that matter only when
+        sampling (temperature and truncation), as deterministic searches use them. When greedy
+        (temperature 0) the truncation steps are left out: each keeps the top token, so after greedy
+        masking they cannot change the result.
+        """
+        from . import processors  # the kernels (processors imports this module)
+
+        if params is None:
+            params = SamplingParams.from_kwargs(**kwargs)
+        elif kwargs:
+            raise TypeError("give either a SamplingParams or keyword settings, not both")
+        pipe = cls(temperature=params.temperature if sampling else 0.0)
+        groups: dict[str, list] = {}
+        for s in SETTINGS:
+            if s.processor and not (s.sampling_only and not sampling) and not (s.truncates and pipe.is_greedy):
+                groups.setdefault(s.processor, []).append(s)
+        for name, settings in groups.items():
+            values = tuple(getattr(params, s.name) for s in settings)
+            if all(s.is_off(v) for s, v in zip(settings, values)):
+                continue
+            kernel = getattr(processors, name).kernel
+            pipe._steps.append((settings[0].step, _step(kernel, settings[0].history, values),
+                                bool(settings[0].history)))
+            pipe._per_row += [(s.name, v) for s, v in zip(settings, values) if isinstance(v, torch.Tensor)]
+        return pipe
+
+    def add(self, name: str, fn: Step, *, before: str | None = None, history: bool = True) -> "LogitsPipeline":
+        """Append a step ``fn(logits, context) -> logits`` (or insert it before the step named ``before``).
+
+        ``logits`` are ``[B, V]`` and ``context`` is a :class:`LogitsContext` with ``prompt_ids``,
+        ``generated_ids`` and ``all_ids`` (``[B, T]``). The step must not modify ``logits`` in place.
+        ``history=False`` declares, once, that the step never reads the context, so decoders need not keep
+        the token history for it (the default assumes it does). Returns the pipeline, for chaining.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty string, got {name!r}")
+        if not callable(fn):
+            raise TypeError(f"fn for step {name!r} must be callable, got {type(fn).__name__}")
+        names = [n for n, _ in self.steps]
+        if name in names:
+            raise ValueError(f"name {name!r} is already a step of this pipeline: {names}")
+        if before is not None and before not in names:
+            raise ValueError(f"before must name an existing step, one of {names}, got {before!r}")
+        self._steps.insert(len(names) if before is None else names.index(before), (name, fn, history))
+        return self
+
+    def add_registered(self, name: str, *, before: str | None = None, **params) -> "LogitsPipeline":
+        """Append the processor registered as ``name`` (see :func:`infergen.register_processor`).
+
+        A registered processor is called as ``fn(logits, context, **params)``; ``params`` are bound here,
+        once, and the step is named ``name``. This is how your own processor joins a pipeline by name::
+
+            @infergen.register_processor("top_n_sigma")
+            def top_n_sigma(logits, context, n=1.0): ...
+
+            pipe = LogitsPipeline.from_params(temperature=0.8).add_registered("top_n_sigma", n=1.0)
+        """
+        from .registry import get_processor  # raises a ValueError listing the registered names
+
+        fn = get_processor(name)
+        return self.add(name, lambda z, ctx: fn(z, ctx, **params), before=before)
+
+    @property
+    def steps(self) -> list[tuple[str, Step]]:
+        """The steps as ``(name, callable)`` pairs, in the order they run (a copy)."""
+        return [(name, fn) for name, fn, _ in self._steps]
+
+    @property
+    def uses_history(self) -> bool:
+        """Does some step read the token history (penalties, n-gram bans, custom steps)?"""
+        return any(history for _, _, history in self._steps)
+
+    @property
+    def is_plain_argmax(self) -> bool:
+        """Greedy with no step but the temperature: the chosen token is simply the argmax of the logits."""
+        return self.is_greedy and all(name == "temperature" for name, _, _ in self._steps)
+
+    @property
+    def is_greedy(self) -> bool:
+        """True when the temperature is 0 (for a ``[B]`` tensor: 0 in every row); see :func:`infergen.params.is_greedy`."""
+        return is_greedy(self.temperature)
+
+    def __call__(self, logits: torch.Tensor, prompt_ids=None, generated_ids=None) -> torch.Tensor:
+        """Run every step in order and return new logits (shape ``[V]`` or ``[B, V]`` as given); the input
+        is never modified. Only shapes are checked here: the values were checked when it was built."""
+        rows, squeeze = as_rows(logits)
+        batch, device = rows.shape[0], rows.device
+        for name, value in self._per_row:
+            check_per_row(name, value, batch)
+        context = LogitsContext(
+            prompt_ids=None if prompt_ids is None else check_token_ids(prompt_ids, batch, device, "prompt_ids"),
+            generated_ids=None if generated_ids is None else check_token_ids(generated_ids, batch, device,
+                                                                             "generated_ids"))
+        out = rows
+        for _, fn, _ in self._steps:
+            out = fn(out, context)
+        out = out.clone() if out is rows else out
+        return out.squeeze(0) if squeeze else out
+
+    def __len__(self) -> int:
+        """The number of steps."""
+        return len(self._steps)
+
+    def __repr__(self) -> str:
+        """``LogitsPipeline([step names])``."""
+        return f"LogitsPipeline({[name for name, _ in self.steps]})"

@@ -1,15 +1,28 @@
 """Command line: ``python -m infergen prepare|generate`` (the benchmarks: ``python -m infergen.bench``).
 
     python -m infergen generate "The future of AI is" --strategy sample --temperature 0.8 --stream
+    python -m infergen generate "The year is" --regex "[0-9]{4}"     # constrained output
     python -m infergen generate --help          # every option, explained
+
+Every argument of ``generate`` is checked *before* the model loads (:func:`check_arguments`): the
+sampling settings go through :class:`~infergen.params.SamplingParams` (the library's one door), the
+strategy, its options, the device and the constraint options are checked here. A bad argument is one
+line on stderr and exit status 2, as argparse reports a bad option.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .params import SETTINGS
+
+#: the options a strategy may take besides the sampling settings (each a keyword of its decoder)
+STRATEGY_OPTIONS = ("num_beams", "alpha", "num_simulations")
+#: the constraint options of ``generate``, as ``infergen.generate`` names them
+CONSTRAINT_OPTIONS = ("regex", "json_schema", "grammar", "choices")
+PROG = "python -m infergen"
 
 
 def _add_generate(sub):
@@ -35,15 +48,25 @@ def _add_generate(sub):
             p.add_argument(flag, type=s.kind, default=None, help=s.help)
     p.add_argument("--num-beams", type=int, default=None, help="beam width (strategy beam)")
     p.add_argument("--penalty-alpha", "--alpha", dest="alpha", type=float, default=None,
-                   help="degeneration penalty weight (strategy contrastive)")
+                   help="degeneration penalty weight in [0, 1] (strategy contrastive); --penalty-alpha is "
+                        "transformers' name, --alpha the library's: one setting")
     p.add_argument("--num-simulations", type=int, default=None, help="MCTS simulations per token (strategy mcts)")
+    c = p.add_argument_group("constrained output (at most one; strategies greedy, sample, beam, diverse_beam)")
+    c.add_argument("--regex", default=None, help="the whole output fullmatches this regular expression")
+    c.add_argument("--json-schema", default=None,
+                   help="the output is JSON valid under this schema: a path to a .json file or inline JSON")
+    c.add_argument("--choices", action="append", default=None, metavar="CHOICE",
+                   help="the output is exactly one of the choices; repeat the option once per choice "
+                        "(--choices yes --choices no), so a choice may contain commas")
+    c.add_argument("--grammar", default=None,
+                   help="a Lark-style grammar (llguidance): the grammar text or a path to a file holding it")
+    c.add_argument("--constraint-backend", default=None, choices=("llguidance", "outlines", "teaching"),
+                   help="the constraint engine (default llguidance)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--stream", action="store_true", help="print tokens as they are generated (one prompt)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--json", action="store_true", help="print the full result as JSON")
-
-
-STRATEGY_OPTIONS = ("num_beams", "alpha", "num_simulations")
+    p.add_argument("--stream", action="store_true",
+                   help="print tokens as they are generated (one prompt; not with --json)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (or any torch device)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON (one line per row)")
 
 
 def _logit_bias(text: str) -> dict:
@@ -53,23 +76,132 @@ def _logit_bias(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"--logit-bias must be a JSON object {{token_id: bias}}, got {text!r}") from err
 
 
+def check_device(device: str) -> str:
+    """``device`` if this PyTorch can use it (``"auto"`` always can); a ``ValueError`` naming ``--device``
+    otherwise -- an unknown name, or CUDA / MPS on a build or machine without them."""
+    import torch
+
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N, mps or another torch device, got {device!r}") \
+            from None
+    backend = getattr(torch, dev.type, None) if dev.type != "cpu" else None
+    if dev.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+        why = "this PyTorch was built without CUDA" if dev.type == "cuda" and torch.version.cuda is None else \
+            f"no {dev.type} device is available here"
+        raise ValueError(f"--device {device}: {why}; use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
+    return device
+
+
+def _text_or_file(option: str, value: str) -> str:
+    """The content of the file ``value`` names, or ``value`` itself when no such file exists."""
+    if os.path.isfile(value):
+        try:
+            with open(value, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{option}: cannot read the file {value!r}: {err}") from None
+    return value
+
+
+def constraint_arguments(args) -> dict:
+    """``{kind: value}`` for ``infergen.generate`` from the constraint options (empty without one).
+
+    ``--json-schema`` and ``--grammar`` read a file when given a path; the schema must be valid JSON.
+    """
+    given = {k: getattr(args, k) for k in CONSTRAINT_OPTIONS if getattr(args, k) is not None}
+    if len(given) > 1:
+        raise ValueError("give at most one of --regex, --json-schema, --grammar, --choices; got "
+                         + " and ".join("--" + k.replace("_", "-") for k in given))
+    if "json_schema" in given:
+        text = _text_or_file("--json-schema", given["json_schema"])
+        try:
+            given["json_schema"] = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--json-schema must be a JSON file or inline JSON; {given['json_schema'][:80]!r} is "
+                             f"no file and not valid JSON ({err})") from None
+        if not isinstance(given["json_schema"], dict):
+            raise ValueError(f"--json-schema must be a JSON object (a schema), got {text[:80]!r}")
+    if "grammar" in given:
+        given["grammar"] = _text_or_file("--grammar", given["grammar"])
+    if given and args.constraint_backend is not None:
+        given["constraint_backend"] = args.constraint_backend
+    elif args.constraint_backend is not None:
+        raise ValueError("--constraint-backend needs one of --regex, --json-schema, --grammar, --choices")
+    return given
+
+
+def check_arguments(args) -> tuple[dict, dict]:
+    """Validate every ``generate`` argument without loading the model: ``(settings, constraint)``.
+
+    ``settings`` are the keyword arguments for the decoder (sampling settings, already accepted by
+    :class:`~infergen.params.SamplingParams`, and the strategy's options); ``constraint`` those of
+    :func:`constraint_arguments`. Raises ``ValueError`` / ``TypeError`` naming the option.
+    """
+    import inspect
+
+    from ._validation import check_number
+    from .params import SamplingParams
+    from .registry import get_decoder
+    from .text import CONSTRAINED_STRATEGIES, UNCONSTRAINED_STRATEGIES
+
+    if args.stream and args.json:
+        raise ValueError("--stream prints the text as it comes and --json prints the finished result: "
+                         "give one of them")
+    if args.stream and len(args.prompt) != 1:
+        raise ValueError(f"--stream takes exactly one prompt, got {len(args.prompt)}")
+    check_number("--max-new-tokens", args.max_new_tokens, low=0, integer=True)
+    check_device(args.device)
+    accepted = inspect.signature(get_decoder(args.strategy)).parameters
+    takes_settings = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())  # **settings
+    settings = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name) is not None}
+    SamplingParams.from_kwargs(**settings)  # the library's checks, with its messages
+    for name in settings:
+        if name not in accepted and not takes_settings and name != "stop":  # stop strings: generate's own
+            raise ValueError(f"--{name.replace('_', '-')} is not an option of strategy {args.strategy!r}")
+    ranges = {"num_beams": dict(low=1, integer=True), "alpha": dict(low=0, high=1),
+              "num_simulations": dict(low=1, integer=True)}
+    for name in STRATEGY_OPTIONS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        flag = "--penalty-alpha/--alpha" if name == "alpha" else "--" + name.replace("_", "-")
+        if name not in accepted:  # an explicit parameter of the strategy's decoder
+            raise ValueError(f"{flag} is not an option of strategy {args.strategy!r}")
+        check_number(flag, value, **ranges[name])
+        settings[name] = value
+    constraint = constraint_arguments(args)
+    kinds = [k for k in CONSTRAINT_OPTIONS if k in constraint]
+    if kinds and args.strategy not in CONSTRAINED_STRATEGIES:
+        why = UNCONSTRAINED_STRATEGIES.get(args.strategy, "its decoder does not take a constraint")
+        raise ValueError(f"--{kinds[0].replace('_', '-')}: strategy {args.strategy!r} does not support "
+                         f"constrained output ({why}); use one of {', '.join(CONSTRAINED_STRATEGIES)}")
+    return settings, constraint
+
+
 def _generate(args):
     import infergen
 
+    settings, constraint = check_arguments(args)  # before the model loads: a bad argument fails at once
     model, tokenizer = infergen.load_model(args.model, device=args.device)
-    names = [s.name for s in SETTINGS] + list(STRATEGY_OPTIONS)
-    params = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.stream:
-        if len(args.prompt) != 1:
-            raise SystemExit("--stream takes exactly one prompt")
         print(args.prompt[0], end="", flush=True)
         for piece in infergen.stream(model, tokenizer, args.prompt[0], strategy=args.strategy,
-                                     max_new_tokens=args.max_new_tokens, chat=args.chat, **params):
+                                     max_new_tokens=args.max_new_tokens, chat=args.chat, **settings,
+                                     **constraint):
             print(piece, end="", flush=True)
         print()
         return
     results = infergen.generate(model, tokenizer, args.prompt, strategy=args.strategy,
-                                max_new_tokens=args.max_new_tokens, chat=args.chat, **params)
+                                max_new_tokens=args.max_new_tokens, chat=args.chat, **settings, **constraint)
     for r in results:
         if args.json:
             print(json.dumps({"prompt": r.prompt, "text": r.text, "token_ids": r.token_ids,
@@ -80,8 +212,12 @@ def _generate(args):
 
 
 def main(argv=None):
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m infergen", description="infergen command line")
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    A bad argument of ``generate`` exits with status 2 and one line ``python -m infergen generate:
+    error: ...`` on stderr, before any model is loaded.
+    """
+    parser = argparse.ArgumentParser(prog=PROG, description="infergen command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="convert the bundled model into the local cache ($INFERGEN_CACHE)")
     p.add_argument("--model", default="smollm2-135m")
@@ -94,7 +230,9 @@ def main(argv=None):
         try:
             _generate(args)
         except (ValueError, TypeError) as err:
-            raise SystemExit(f"error: {err}")
+            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            print(f"{PROG} generate: error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
     return 0
 
 

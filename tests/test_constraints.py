@@ -5,6 +5,7 @@ small greedy loop on the bundled model (marked slow).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 from infergen.constraints import (FINISH_CONSTRAINT, FINISH_NO_VALID_TOKEN, RowConstraints, TokenVocabulary,
-                                  as_row_constraints, byte_level_alphabet, get_compiler, make_constraint)
+                                  as_row_constraints, byte_level_alphabet, get_compiler, is_complete,
+                                  make_constraint)
 from infergen.constraints.teaching import DEAD, parse, regex_to_dfa
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -211,6 +213,124 @@ def test_eos_is_allowed_exactly_in_accepting_states(tok, compiled, backend):
 
 
 # ------------------------------------------------------------------------------------------------------
+# Issue 21, item 3: every text a pattern fullmatches can be produced (outlines-core's DFA is leftmost-first)
+# ------------------------------------------------------------------------------------------------------
+PRODUCIBLE = {  # pattern: (alphabet of the enumerated texts, longest enumerated text, longer texts to try)
+    "yes|yesterday": ("yest", 3, ["yesterday", "yesterd"]),
+    "a|ab": ("ab", 4, []),
+    "[0-9]|[0-9]{2}": ("019", 3, []),
+    "x|x+": ("xy", 5, []),
+    "yes(terday)?": ("yest", 3, ["yesterday"]),
+    "|a|ab": ("ab", 3, []),
+    "(a|ab)(c|bcd)": ("abcd", 4, []),
+}
+
+
+def check_every_match_is_producible(tok, constraint, pattern, texts):
+    """Walk each text one character-token at a time: every fullmatch must be producible token by token,
+    and at every prefix reached, EOS is allowed (and the state accepts) exactly when the prefix matches."""
+    eos = tok.eos_token_id
+    for text in texts:
+        matches = re.fullmatch(pattern, text) is not None
+        state = constraint.start()
+        for i in range(len(text) + 1):
+            prefix_matches = re.fullmatch(pattern, text[:i]) is not None
+            assert bool(state.allowed()[eos]) == state.accepting() == prefix_matches, (pattern, text[:i])
+            if i == len(text):
+                break
+            token = tok.convert_tokens_to_ids(text[i])
+            if not state.allowed()[token]:
+                assert not matches, f"{pattern!r}: {text!r} matches but {text[i]!r} is refused after {text[:i]!r}"
+                break
+            state.advance(token)
+
+
+@pytest.mark.parametrize("backend", ["outlines", "llguidance-exact", "teaching"])
+@pytest.mark.parametrize("pattern", sorted(PRODUCIBLE))
+def test_every_fullmatch_is_producible(tok, backend, pattern):
+    """llguidance without forcing: with it, a forced stretch allows only its canonical tokens."""
+    alphabet, longest, extra = PRODUCIBLE[pattern]
+    texts = ["".join(p) for n in range(longest + 1) for p in itertools.product(alphabet, repeat=n)] + extra
+    assert any(re.fullmatch(pattern, t) for t in texts)
+    if backend == "llguidance-exact":
+        c = get_compiler(tok, "llguidance").compile("regex", pattern, pattern, forcing=False)
+    else:
+        c = make_constraint(tok, regex=pattern, backend=backend)
+    check_every_match_is_producible(tok, c, pattern, texts)
+
+
+@pytest.mark.parametrize("backend", ["outlines", "llguidance", "teaching"])
+def test_choices_with_a_common_prefix_can_produce_the_longer_one(tok, backend):
+    c = make_constraint(tok, choices=["yes", "yesterday"], backend=backend)
+    state = c.start()
+    for t in tok.encode("yes", add_special_tokens=False):
+        state.advance(t)
+    allowed = state.allowed()
+    assert allowed[tok.eos_token_id] and state.accepting()
+    assert allowed.sum() > 1, "after 'yes' only EOS is allowed: 'yesterday' cannot be produced"
+    for t in tok.encode("terday", add_special_tokens=False):
+        assert state.allowed()[t]
+        state.advance(t)
+    assert state.accepting()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Issue 21, item 4: the teaching automaton reads well-formed UTF-8 only
+# ------------------------------------------------------------------------------------------------------
+UTF8_EDGE_BYTES = [0x00, 0x0A, 0x30, 0x41, 0x61, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1,
+                   0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF]
+byte_strings = st.one_of(
+    st.binary(max_size=8),
+    st.lists(st.sampled_from(UTF8_EDGE_BYTES), max_size=8).map(bytes),
+    st.text(max_size=3).map(lambda t: t.encode("utf-8")),
+    st.lists(st.one_of(st.sampled_from(UTF8_EDGE_BYTES).map(lambda b: bytes([b])),
+                       st.characters().map(lambda c: c.encode("utf-8"))), max_size=4).map(b"".join),
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(pattern=st.sampled_from([".", ".{1,2}", r"\D", r"\W+", r"\S*", "[^a]", "[^0-9]{2}", "é.", ".*"]),
+       data=byte_strings)
+def test_teaching_dfa_accepts_exactly_well_formed_utf8(pattern, data):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    expected = text is not None and re.fullmatch(pattern, text, re.ASCII) is not None
+    assert regex_to_dfa(pattern).fullmatch(data) == expected, (pattern, data)
+
+
+@pytest.mark.parametrize("bad", [b"\xe0\x80\x80", b"\xe0\x9f\xbf", b"\xed\xa0\x80", b"\xed\xbf\xbf",
+                                 b"\xf4\x90\x80\x80", b"\xf0\x80\x80\x80"])
+def test_teaching_masks_refuse_overlong_surrogate_and_out_of_range_bytes(tok, bad):
+    """Byte tokens one at a time (SmolLM2 has a token for every byte): the walk must die before the end."""
+    vocab = get_compiler(tok, "teaching").vocab
+    byte_token = {b[0]: i for i, b in enumerate(vocab.token_bytes) if b is not None and len(b) == 1}
+    assert all(b in byte_token for b in bad)
+    c = make_constraint(tok, regex=".", backend="teaching")
+    state, refused = c.start(), False
+    for byte in bad:
+        if not state.allowed()[byte_token[byte]]:
+            refused = True
+            break
+        state.advance(byte_token[byte])
+    assert refused and not state.accepting(), bad
+
+
+# ------------------------------------------------------------------------------------------------------
+# Issue 21, item 14 (the constraint side): a pattern complete before any token
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["teaching", "outlines", "llguidance"])
+@pytest.mark.parametrize("kwargs", [dict(regex=""), dict(choices=[""]), dict(regex="(?:)")])
+def test_a_pattern_complete_before_any_token(tok, backend, kwargs):
+    c = make_constraint(tok, backend=backend, **kwargs)
+    assert is_complete(c.start())
+    rows = as_row_constraints([c, make_constraint(tok, regex="a?", backend=backend)], 2)
+    assert rows.complete().tolist() == [True, False]  # the decoder finishes row 0 "constraint" at once
+    assert rows.allowed(len(tok))[0].nonzero().flatten().tolist() == [tok.eos_token_id]
+
+
+# ------------------------------------------------------------------------------------------------------
 # The row interface: beams, ragged batches, complete and dead rows
 # ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["teaching", "outlines", "llguidance"])
@@ -299,10 +419,17 @@ def test_bad_input_names_the_parameter(tok, kwargs, pattern):
         make_constraint(tok, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(regex=5), dict(json_schema=5), dict(choices="red"), dict(grammar=["x"])])
+@pytest.mark.parametrize("kwargs", [dict(regex=5), dict(json_schema=5), dict(choices="red"), dict(grammar=["x"]),
+                                    dict(choices=5), dict(choices=["a", 5]), dict(choices={"a": 1})])
 def test_bad_types_are_type_errors(tok, kwargs):
     with pytest.raises(TypeError, match=next(iter(kwargs))):
         make_constraint(tok, **kwargs)
+
+
+def test_choices_not_a_list_names_the_parameter_value_and_what_is_expected(tok):
+    """Issue 21, item 13: ``choices=5`` said only "'int' object is not iterable"."""
+    with pytest.raises(TypeError, match=r"choices must be a list of strings .*got 5 \(int\)"):
+        make_constraint(tok, choices=5)
 
 
 def test_json_schema_from_pydantic_and_choices(tok):

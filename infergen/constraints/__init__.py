@@ -14,12 +14,12 @@
 * :mod:`.vocabulary` -- the bytes behind each token id (byte-level BPE and SentencePiece).
 """
 from .base import (FINISH_CONSTRAINT, FINISH_NO_VALID_TOKEN, Constraint, ConstraintState, RowConstraints,
-                   as_row_constraints)
+                   as_row_constraints, is_complete)
 from .front import BACKENDS, DEFAULT_BACKEND, escape_literal, get_compiler, make_constraint
 from .vocabulary import TokenVocabulary, byte_level_alphabet
 
 __all__ = [
     "BACKENDS", "DEFAULT_BACKEND", "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "Constraint",
     "ConstraintState", "RowConstraints", "TokenVocabulary", "as_row_constraints", "byte_level_alphabet",
-    "escape_literal", "get_compiler", "make_constraint",
+    "escape_literal", "get_compiler", "is_complete", "make_constraint",
 ]

@@ -47,7 +47,7 @@ import torch
 
 __all__ = [
     "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "Constraint", "ConstraintState", "RowConstraints",
-    "as_row_constraints",
+    "as_row_constraints", "is_complete",
 ]
 
 #: finish reason of a row whose constraint is complete (only EOS could follow)
@@ -88,6 +88,23 @@ class Constraint(Protocol):
 
     def start(self) -> ConstraintState:
         """A fresh state at the beginning of the pattern."""
+
+
+def is_complete(state: ConstraintState) -> bool:
+    """Does ``state`` accept and allow nothing but EOS? Then the row is finished, reason
+    :data:`FINISH_CONSTRAINT`, without choosing a token.
+
+    This can hold before the first token (``regex=""``, ``choices=[""]``): a decoder asks
+    :meth:`RowConstraints.complete` right after :func:`as_row_constraints`, and a row that is complete
+    there is finished with zero tokens -- no forward pass is spent on it (none at all if every row is).
+    """
+    allowed = state.allowed().numpy()
+    return state.accepting() and _eos_only(state, allowed)
+
+
+def _eos_only(state: ConstraintState, allowed: np.ndarray) -> bool:
+    eos = [e for e in state.constraint.eos_token_ids if e < allowed.size]
+    return int(np.count_nonzero(allowed)) == int(np.count_nonzero(allowed[eos]))
 
 
 def _index_list(index, batch_size: int) -> list[int]:
@@ -131,19 +148,15 @@ class RowConstraints:
             self._allowed[i] = self.states[i].allowed().numpy()
         return self._allowed[i]
 
-    @staticmethod
-    def _eos_only(state: ConstraintState, allowed: np.ndarray) -> bool:
-        eos = [e for e in state.constraint.eos_token_ids if e < allowed.size]
-        return int(np.count_nonzero(allowed)) == int(np.count_nonzero(allowed[eos]))
-
     def constrained(self, device=None) -> torch.Tensor:
         """Bool ``[B]``: which rows carry a constraint."""
         return torch.tensor([s is not None for s in self.states], dtype=torch.bool, device=device)
 
     def complete(self, device=None) -> torch.Tensor:
         """Bool ``[B]``: rows that accept and allow nothing but EOS (finish reason ``"constraint"``).
-        A row that already consumed EOS counts as complete too; decoders ask only about running rows."""
-        out = [s is not None and s.accepting() and self._eos_only(s, self._row(i))
+        A row that already consumed EOS counts as complete too; decoders ask only about running rows.
+        Ask it before the first token as well: ``regex=""`` is complete there (see :func:`is_complete`)."""
+        out = [s is not None and s.accepting() and _eos_only(s, self._row(i))
                for i, s in enumerate(self.states)]
         return torch.tensor(out, dtype=torch.bool, device=device)
 

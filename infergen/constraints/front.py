@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Iterable
 
 from .base import Constraint
 from .vocabulary import TokenVocabulary
@@ -123,9 +124,14 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
     elif kind == "json_schema":
         source = _schema_dict(source)
     else:
-        if isinstance(source, str) or not all(isinstance(c, str) for c in source):
-            raise TypeError(f"choices must be a list of strings, got {source!r}")
+        if isinstance(source, (str, bytes, dict)) or not isinstance(source, Iterable):
+            raise TypeError(f"choices must be a list of strings (the texts the output may be), got {source!r} "
+                            f"({type(source).__name__})")
         source = list(source)
+        bad = [c for c in source if not isinstance(c, str)]
+        if bad:
+            raise TypeError(f"choices must be a list of strings (the texts the output may be), got {source!r}: "
+                            f"{bad[0]!r} is a {type(bad[0]).__name__}")
         if not source:
             raise ValueError("choices must hold at least one string, got []")
         pattern = "|".join(f"(?:{escape_literal(c)})" for c in source)

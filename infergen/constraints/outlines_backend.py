@@ -4,6 +4,16 @@ outlines-core does, in Rust and ahead of time, what :mod:`~infergen.constraints.
 Python: regex -> DFA -> for every DFA state, the tokens that keep it alive (its ``Index``). A JSON
 schema is first turned into one big regex. So compiling costs time up front (growing with the
 pattern), and a row's state is a plain integer -- forking a beam is free.
+
+**Leftmost-first, and how we get the whole language back.** outlines-core builds its DFA with the
+Rust ``regex`` crate's default *leftmost-first* match semantics: once a higher-priority branch has
+matched, lower-priority threads are dropped. For a search that is right; for constrained decoding it
+loses texts: ``yes|yesterday`` (what ``choices=["yes", "yesterday"]`` builds), ``a|ab``, ``x|x+``,
+``yes(terday)?`` all stop at the first match. We index ``\x00(?:R)$`` instead of ``R``: with the end
+anchor ``$`` no thread can *match* before the end of the text, so none is ever dropped and the DFA
+accepts exactly the texts ``R`` fullmatches. The leading ``\x00`` (read through an extra token id,
+``vocab.size``, past the real vocabulary, that no mask shows) keeps ``$`` away from the start state, whose
+lookahead would otherwise make the index refuse any pattern that matches the empty text.
 """
 from __future__ import annotations
 
@@ -14,7 +24,7 @@ import torch
 
 from .vocabulary import TokenVocabulary
 
-__all__ = ["OutlinesCompiler", "OutlinesConstraint", "OutlinesState"]
+__all__ = ["OutlinesCompiler", "OutlinesConstraint", "OutlinesState", "anchored"]
 
 
 def _import():
@@ -26,7 +36,18 @@ def _import():
     return outlines_core
 
 
+#: the byte read before the pattern by an extra token id (``vocab.size``) that no mask ever shows
+START_BYTE = b"\x00"
+
+
+def anchored(regex: str) -> str:
+    """The pattern outlines-core indexes for ``regex``: every fullmatch kept (see the module docstring)."""
+    return f"\\x00(?:{regex})$"
+
+
 class OutlinesCompiler:
+    """Builds outlines-core ``Index`` objects for one tokenizer (its ``Vocabulary`` is made once, here)."""
+
     backend = "outlines"
     kinds = ("regex", "json_schema", "choices")
 
@@ -37,20 +58,26 @@ class OutlinesCompiler:
         for i, b in enumerate(vocab.token_bytes):
             if b is not None:
                 by_bytes.setdefault(b, []).append(i)
+        by_bytes.setdefault(START_BYTE, []).append(vocab.size)  # the extra id that reads START_BYTE
         self.vocabulary = oc.Vocabulary(vocab.eos_token_ids[0], by_bytes)
 
     def regex(self, kind: str, source, pattern: str | None) -> str:
+        """The regex (outlines' own for a JSON schema) whose fullmatches are the allowed texts."""
         if kind == "json_schema":
             return self.oc.json_schema.build_regex_from_schema(json.dumps(source))
         return pattern
 
     def compile(self, kind: str, source, pattern: str | None) -> "OutlinesConstraint":
+        """``ValueError`` with outlines-core's own message when the pattern is invalid."""
         try:
             regex = self.regex(kind, source, pattern)
-            index = self.oc.Index(regex, self.vocabulary)
+            index = self.oc.Index(anchored(regex), self.vocabulary)
         except (ValueError, RuntimeError) as e:
             raise ValueError(str(e).strip()) from None
-        return OutlinesConstraint(kind, source, regex, index, self.vocab)
+        start = index.get_next_state(index.get_initial_state(), self.vocab.size)
+        if start is None:  # pragma: no cover - the index always reads START_BYTE first
+            raise ValueError("outlines-core built no state after the start byte")
+        return OutlinesConstraint(kind, source, regex, index, self.vocab, start)
 
 
 class OutlinesConstraint:
@@ -58,8 +85,9 @@ class OutlinesConstraint:
 
     backend = "outlines"
 
-    def __init__(self, kind: str, source, regex: str, index, vocab: TokenVocabulary):
+    def __init__(self, kind: str, source, regex: str, index, vocab: TokenVocabulary, start_state: int):
         self.kind, self.source, self.regex, self.index = kind, source, regex, index
+        self.start_state = start_state  # the index state after START_BYTE: where every row begins
         self.vocab_size = vocab.size
         self.eos_token_ids = vocab.eos_token_ids
         self._masks: dict[int, torch.Tensor] = {}
@@ -68,6 +96,7 @@ class OutlinesConstraint:
         return f"OutlinesConstraint({self.kind}={self.source!r})"
 
     def mask_of(self, state: int) -> torch.Tensor:
+        """Bool ``[vocab_size]``: the tokens allowed in index state ``state`` (EOS iff it is final)."""
         if state not in self._masks:
             out = np.zeros(self.vocab_size, dtype=np.bool_)
             out[[t for t in (self.index.get_allowed_tokens(state) or []) if t < self.vocab_size]] = True
@@ -76,7 +105,8 @@ class OutlinesConstraint:
         return self._masks[state]
 
     def start(self) -> "OutlinesState":
-        return OutlinesState(self, self.index.get_initial_state())
+        """A fresh row state at the beginning of the pattern."""
+        return OutlinesState(self, self.start_state)
 
 
 class OutlinesState:
@@ -86,6 +116,7 @@ class OutlinesState:
         self.constraint, self.state, self.ended = constraint, state, ended
 
     def allowed(self) -> torch.Tensor:
+        """Bool ``[vocab_size]``: which ids may come next (EOS iff accepting); shared, do not modify."""
         c = self.constraint
         if self.state is None:
             return torch.zeros(c.vocab_size, dtype=torch.bool)
@@ -96,9 +127,11 @@ class OutlinesState:
         return c.mask_of(self.state)
 
     def accepting(self) -> bool:
+        """Is the text so far a complete match?"""
         return self.state is not None and (self.ended or self.constraint.index.is_final_state(self.state))
 
     def advance(self, token_id: int) -> None:
+        """Consume one token: EOS ends the state, a token that was not allowed kills it."""
         c = self.constraint
         if self.state is None:
             return
@@ -113,4 +146,5 @@ class OutlinesState:
             self.state = c.index.get_next_state(self.state, token_id)
 
     def fork(self) -> "OutlinesState":
+        """An independent copy."""
         return OutlinesState(self.constraint, self.state, self.ended)

@@ -228,9 +228,24 @@ def parse(pattern: str):
 # ---------------------------------------------------------------------------------------------------
 # 2. Thompson's construction: an NFA over bytes with ε-moves.
 # ---------------------------------------------------------------------------------------------------
-CONTINUATION = frozenset(range(0x80, 0xC0))
-# lead byte ranges of 2-, 3- and 4-byte UTF-8 characters, with their number of continuation bytes
-MULTIBYTE = ((frozenset(range(0xC2, 0xE0)), 1), (frozenset(range(0xE0, 0xF0)), 2), (frozenset(range(0xF0, 0xF5)), 3))
+def _span(lo: int, hi: int) -> frozenset:
+    return frozenset(range(lo, hi + 1))
+
+
+CONTINUATION = _span(0x80, 0xBF)
+# Every well-formed non-ASCII UTF-8 character, as byte-set sequences (the Unicode standard's table 3-7).
+# A lead byte alone is not enough: E0 80 80 (an overlong "\0"), ED A0 80 (a surrogate) and F4 90 80 80
+# (above U+10FFFF) are not UTF-8, and Python's re and llguidance never produce them.
+UTF8_SEQUENCES = (
+    (_span(0xC2, 0xDF), CONTINUATION),
+    (_span(0xE0, 0xE0), _span(0xA0, 0xBF), CONTINUATION),
+    (_span(0xE1, 0xEC), CONTINUATION, CONTINUATION),
+    (_span(0xED, 0xED), _span(0x80, 0x9F), CONTINUATION),
+    (_span(0xEE, 0xEF), CONTINUATION, CONTINUATION),
+    (_span(0xF0, 0xF0), _span(0x90, 0xBF), CONTINUATION, CONTINUATION),
+    (_span(0xF1, 0xF3), CONTINUATION, CONTINUATION, CONTINUATION),
+    (_span(0xF4, 0xF4), _span(0x80, 0x8F), CONTINUATION, CONTINUATION),
+)
 
 
 class NFA:
@@ -253,15 +268,14 @@ class NFA:
             s, e = self.new_state(), self.new_state()
             if node[1]:
                 self.moves[s].append((node[1], e))
-            if node[2]:  # any non-ASCII character: a lead byte, then 1-3 continuation bytes
-                for lead, n_cont in MULTIBYTE:
-                    q = self.new_state()
-                    self.moves[s].append((lead, q))
-                    for _ in range(n_cont - 1):
+            if node[2]:  # any non-ASCII character: one path per row of the well-formed UTF-8 table
+                for sequence in UTF8_SEQUENCES:
+                    q = s
+                    for byteset in sequence[:-1]:
                         r = self.new_state()
-                        self.moves[q].append((CONTINUATION, r))
+                        self.moves[q].append((byteset, r))
                         q = r
-                    self.moves[q].append((CONTINUATION, e))
+                    self.moves[q].append((sequence[-1], e))
             return s, e
         if kind == "bytes":
             s = q = self.new_state()

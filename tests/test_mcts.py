@@ -445,7 +445,7 @@ def test_rewards_and_mix():
     ids_reward = keyword_reward(7, [9, 11])
     assert ids_reward(make_ctx([7, 9, 4])) == pytest.approx(2 / 3)
     assert ids_reward(make_ctx([1, 2])) == 0.0  # the prompt's tokens do not count
-    words = keyword_reward("W12", "w40", FakeTokenizer())  # tokenizer as the last positional argument
+    words = keyword_reward("W12", ["w40"], tokenizer=FakeTokenizer())  # lists are flattened
     assert words(make_ctx([12, 3])) == 0.5
     assert keyword_reward("W12", tokenizer=FakeTokenizer(), case_sensitive=True)(make_ctx([12])) == 0.0
     assert keyword_reward("w3")(make_ctx([3], tokenizer=FakeTokenizer())) == 1.0  # the context's tokenizer

@@ -67,7 +67,9 @@ class RowSearch:
         self.cache, self.leaf_batch = model.new_cache(1, len(prompt) + max_new_tokens), cfg.leaf_batch or DEFAULT_LEAF_BATCH
         for needed in (ColumnCache, CropCache) + (RowCache,) * (self.leaf_batch > 1):  # rows: see leaf_logits
             require(self.cache, needed, f"mcts_decode with leaf_batch={self.leaf_batch}")
-        self.batch = self.scratch = None  # the leaf_batch-row cache of a batch; a row reader (batch 1)
+        longest = len(prompt) + max_new_tokens + cfg.rollout_tokens + 1  # a batch of leaves; a row reader
+        self.batch, self.scratch = (model.new_cache(self.leaf_batch, longest), model.new_cache(1, longest)) \
+            if self.leaf_batch > 1 else (None, None)
         self.cached_path: list[Node] = []
         self.priors, self.chooser = cfg.priors.pipeline(), Sampler(cfg.commit, generator=cfg.generator)
         self.stats = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0,
@@ -77,18 +79,15 @@ class RowSearch:
         self.expand(self.root, check_finite_row(last_logits(prefill(model, ids, self.cache))[0]))
 
     # -- model calls ----------------------------------------------------------------------------------
-    def forward(self, ids: torch.Tensor, cache, rows: int) -> torch.Tensor:
-        """Next-token logits [rows, V] after one decode step of ``ids`` [cache rows, 1] on ``cache`` (the
-        first ``rows`` rows are real, the others fill the batch)."""
+    def forward(self, tokens: list[int], cache) -> torch.Tensor:
+        """Next-token logits [k, V] after one decode step of ``tokens`` (one per leaf) on ``cache``. The
+        last token is repeated to fill the cache's rows: a batch of fewer leaves reuses the one cache, and
+        the extra rows' outputs are ignored."""
+        n = len(tokens)
+        ids = torch.tensor(tokens + tokens[-1:] * (cache.batch_size - n), device=self.device)
         self.stats["forwards"] += 1
-        self.stats["forward_tokens"] += rows
-        return check_finite_row(last_logits(decode_one(self.model, ids, cache))[:rows])
-
-    def column(self, tokens: list[int], cache) -> torch.Tensor:
-        """``tokens`` (one per leaf) as ids [rows, 1] for ``cache``, the last repeated to fill its rows (a
-        batch of fewer leaves reuses the one cache; the extra rows' outputs are ignored)."""
-        tokens = tokens + tokens[-1:] * (cache.batch_size - len(tokens))
-        return torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        self.stats["forward_tokens"] += n
+        return check_finite_row(last_logits(decode_one(self.model, ids, cache))[:n])
 
     def load(self, prefix: list[Node]):
         """Make the working cache hold the root context + ``prefix``'s K/V slices (reusing what is there)."""
@@ -105,42 +104,36 @@ class RowSearch:
         """Next-token logits [k, V] after each of ``k`` paths, from one forward of their leaf tokens, and
         the cache it ran on; each leaf keeps its new K/V slice.
 
-        One leaf runs on the working cache loaded with its path. Several run on a ``leaf_batch``-row cache
-        whose row ``i`` is ``padding + root context + path_i[:-1]`` (the working cache loaded with the
-        path's slices, then copied in right-aligned with ``write_row``), so that every leaf token sits in
-        the same, last column. A leaf's new column is read back through a batch-1 cache (``read_column``
-        reads row 0).
+        One leaf runs on the working cache loaded with its path. Several run on the ``leaf_batch``-row
+        cache, whose row ``i`` becomes ``padding + root context + path_i[:-1]`` (the working cache loaded
+        with the path's slices, then copied in right-aligned with ``write_row``), so that every leaf
+        token sits in the same, last column. A leaf's new column is read back through a batch-1 cache
+        (``read_column`` reads row 0).
         """
-        if len(paths) == 1:
+        single = len(paths) == 1
+        cache = self.cache if single else self.batch
+        if single:
             self.load(paths[0][:-1])
-            cache = self.cache
         else:
-            if self.batch is None:
-                longest = self.prompt_length + self.max_new + self.cfg.rollout_tokens + 1
-                self.batch, self.scratch = self.model.new_cache(self.leaf_batch, longest), self.model.new_cache(1, longest)
-            cache, width = self.batch, len(self.context) + max(len(p) for p in paths) - 1
-            cache.crop(0)
-            cache.append_mask(torch.zeros(cache.batch_size, width, dtype=torch.bool, device=self.device), width)
-            for i in range(cache.batch_size):
+            width = len(self.context) + max(len(p) for p in paths) - 1
+            cache.crop(0).append_mask(torch.zeros(cache.batch_size, width, dtype=torch.bool, device=self.device), width)
+            for i in range(cache.batch_size):  # the rows after the last leaf repeat it
                 self.load(paths[min(i, len(paths) - 1)][:-1])
                 cache.write_row(i, self.cache)
-        logits = self.forward(self.column([p[-1].token for p in paths], cache), cache, len(paths))
+        logits = self.forward([p[-1].token for p in paths], cache)
         for i, path in enumerate(paths):
-            reader = cache
-            if cache is not self.cache:
-                reader = self.scratch.crop(0)
-                reader.append_mask(torch.zeros(1, cache.length, dtype=torch.bool, device=self.device), cache.length)
-                reader.write_row(0, cache, i)
-            path[-1].kv = reader.read_column(cache.length - 1)
-        if cache is self.cache:
-            self.cached_path.append(paths[0][-1])
+            if not single:
+                self.scratch.crop(0).append_mask(torch.zeros(1, cache.length, dtype=torch.bool, device=self.device),
+                                                 cache.length)
+                self.scratch.write_row(0, cache, i)
+            path[-1].kv = (cache if single else self.scratch).read_column(cache.length - 1)
+        self.cached_path += paths[0][-1:] * single  # the leaf's column now follows its path
         return logits, cache
 
     def rollout_logits(self, paths: list[list[Node]], rollouts: list[list[int]], cache) -> torch.Tensor:
         """Next-token logits [k, V] after each path and its rollout so far: one decode step of the last
         tokens on the cache :meth:`leaf_logits` used (rows that stopped feed a token that is ignored)."""
-        last = [r[-1] if r else p[-1].token for p, r in zip(paths, rollouts)]
-        return self.forward(self.column(last, cache), cache, len(paths))
+        return self.forward([r[-1] if r else p[-1].token for p, r in zip(paths, rollouts)], cache)
 
     # -- the four steps -------------------------------------------------------------------------------
     def select(self) -> list[Node]:
@@ -210,16 +203,13 @@ class RowSearch:
         expanded and scored together, and each virtual loss is replaced by the real visit. With one
         leaf per batch this is the sequential search: no selection ever sees a virtual loss.
         """
-        pending: list[list[Node]] = []
+        k, pending, scored = self.leaf_batch, [], 0
         steering: list[list[Node]] = []  # every path holding a virtual loss (pending leaves and collisions)
-        scored = 0
-        while len(pending) < self.leaf_batch and scored + len(pending) < budget and \
-                len(steering) - len(pending) < self.leaf_batch:
+        while len(pending) < k and scored + len(pending) < budget and len(steering) - len(pending) < k:
             path = self.select()
             leaf = path[-1]
             if leaf.terminal:  # EOS or the horizon: scored once, never expanded
-                if leaf.fixed_value is None:
-                    leaf.fixed_value = self.evaluate(path)
+                leaf.fixed_value = self.evaluate(path) if leaf.fixed_value is None else leaf.fixed_value
                 self.backup(path, leaf.fixed_value)
                 scored += 1
                 continue
@@ -343,8 +333,7 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     priors = SamplingParams(temperature=setting("temperature").check(temperature))
     commit = SamplingParams(temperature=setting("temperature").check(commit_temperature, "commit_temperature"))
     if value_fn is not None and not callable(value_fn):
-        raise TypeError(f"value_fn must be a callable ctx -> float in [0, 1] (or None for the model's "
-                        f"likelihood), got {type(value_fn).__name__}")
+        raise TypeError(f"value_fn must be a callable ctx -> float in [0, 1] or None, got {type(value_fn).__name__}")
     if not (isinstance(row_search, type) and issubclass(row_search, RowSearch)):
         raise TypeError(f"row_search must be RowSearch or a subclass of it, got {row_search!r}")
     setup, _ = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,

@@ -94,8 +94,7 @@ def keyword_reward(*keywords, tokenizer=None, case_sensitive: bool = False) -> V
 
     Each keyword is a token id (an ``int``: matched among the continuation's token ids, no tokenizer
     needed) or a string (matched as a substring of the decoded continuation; needs a ``tokenizer``,
-    given here or to ``mcts_decode``). Keywords may be given one by one or in lists; as a convenience a
-    tokenizer passed as the last positional argument is taken as ``tokenizer``::
+    given here or to ``mcts_decode``). Keywords may be given one by one or in lists::
 
         keyword_reward("Paris", " museum", tokenizer=tok)     # strings
         keyword_reward([tok.encode(" Paris")[0]])              # a token id
@@ -105,9 +104,6 @@ def keyword_reward(*keywords, tokenizer=None, case_sensitive: bool = False) -> V
     words), and the reward is sparse (0 until a keyword appears), so the search only finds keywords
     within reach of its ``top_k`` / depth; mixing with the likelihood keeps the text fluent meanwhile.
     """
-    keywords = list(keywords)
-    if keywords and tokenizer is None and hasattr(keywords[-1], "decode"):
-        tokenizer = keywords.pop()
     keywords = [k for item in keywords for k in (item if isinstance(item, (list, tuple, set)) else [item])]
     if not keywords:
         raise ValueError("keyword_reward needs at least one keyword (a string or a token id)")

@@ -56,6 +56,7 @@ def get_decoder(name: str) -> Callable:
 
 
 def get_processor(name: str) -> Callable:
+    """The processor registered as ``name``; a clear error lists the registered names otherwise."""
     if name not in PROCESSORS:
         valid = ", ".join(sorted(PROCESSORS)) or "(none registered)"
         raise ValueError(f"processor must be one of: {valid}; got {name!r}")

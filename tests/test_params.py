@@ -126,3 +126,72 @@ def test_settings_are_validated_once_naming_the_field():
         SamplingParams.from_kwargs(temprature=0.5)
     with pytest.raises(ValueError, match="seed"):
         SamplingParams(seed=2**70)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 21 items 8, 9, 12: values no float holds, other real types, bool tensors
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=10**400), r"temperature must be in \[0, inf\) and fit a float .*401 digits"),
+    (dict(top_k=10**400), r"top_k must be in \[0, inf\) and fit a 64-bit integer .*401 digits"),
+    (dict(seed=10**400), r"seed must be in \[0, 18446744073709551615\], got .*401 digits"),
+    (dict(logit_bias={10**400: 1.0}), r"logit_bias token id must be in \[0, inf\) and fit a 64-bit integer"),
+    (dict(logit_bias={1: 10**400}), r"logit_bias\[1\] must be in \[-100, 100\], got .*401 digits"),
+])
+def test_huge_integers_are_refused_naming_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(**kwargs)
+
+
+def test_other_real_numbers_are_converted_once_at_the_door():
+    """A Fraction (or a numpy scalar) is accepted and stored as the Python type the processors compute with."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    params = SamplingParams(temperature=Fraction(1, 2), top_p=Fraction(9, 10), top_k=np.int64(4))
+    assert type(params.temperature) is float and params.temperature == 0.5
+    assert type(params.top_k) is int and params.top_k == 4
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(params.pipeline()(logits), SamplingParams(temperature=0.5, top_p=0.9, top_k=4)
+                               .pipeline()(logits))
+    torch.testing.assert_close(infergen.apply_temperature(logits, Fraction(1, 2)), logits / 0.5)
+    with pytest.raises(TypeError, match="top_k must be an integer"):
+        SamplingParams(top_k=Fraction(4, 1))  # not an Integral: refused, as 4.0 is
+
+
+@pytest.mark.parametrize("name", ["top_k", "temperature", "repetition_penalty"])
+def test_bool_tensors_are_refused_like_bools(name):
+    with pytest.raises(TypeError, match=rf"{name} must hold .*torch.bool"):
+        SamplingParams(**{name: torch.tensor([True, False])})
+    with pytest.raises(TypeError, match=name):
+        SamplingParams(**{name: True})
+
+
+def test_settings_that_take_no_per_row_tensor_say_so():
+    for name in ("no_repeat_ngram_size", "seed"):
+        with pytest.raises(TypeError, match=rf"{name} must be a number, got a tensor"):
+            SamplingParams(**{name: torch.tensor([2, 2])})
+    with pytest.raises(TypeError, match=r"temperature must be a number or a \[B\] tensor"):
+        SamplingParams(temperature=torch.ones(2, 2))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation happens once, at the door: the decode loop checks no setting again
+# ---------------------------------------------------------------------------------------------------------
+def test_decoding_checks_settings_once_not_per_token(tiny_native):
+    """The number of setting checks does not grow with the number of tokens (none runs per step)."""
+    from unittest import mock
+
+    from infergen.params import Setting
+
+    ids = torch.tensor([[5, 17, 33, 8, 41], [7, 7, 9, 2, 3]])
+    settings = dict(temperature=torch.tensor([0.7, 1.2]), top_k=torch.tensor([5, 0]), top_p=0.9,
+                    repetition_penalty=torch.tensor([1.3, 1.0]), frequency_penalty=0.5, no_repeat_ngram_size=2,
+                    logit_bias={3: -5.0}, seed=0)
+    counts = []
+    for n in (1, 6):
+        with mock.patch.object(Setting, "check", autospec=True, side_effect=Setting.check) as check:
+            infergen.generate_autoregressive(tiny_native, ids, n, eos_token_id=[], **settings)
+        counts.append(check.call_count)
+    assert counts[0] > 0 and counts[0] == counts[1], counts

@@ -485,3 +485,52 @@ def test_sample_from_logits_shapes_seed_and_greedy_rows():
     draws = torch.stack([sample_from_logits(mixed, gen) for _ in range(50)])
     assert (draws[:, 0] == logits[0].argmax()).all() and (draws[:, 2] == logits[2].argmax()).all()
     assert draws[:, 1].unique().numel() > 5, "a temperature-1 row over 1000 tokens should vary"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One table: the pipeline is built from infergen.params.SETTINGS, and its steps never wait for the device
+# ---------------------------------------------------------------------------------------------------------
+def test_pipeline_order_and_history_come_from_the_settings_table():
+    from infergen import processors
+    from infergen.params import SETTINGS
+
+    steps = [s.step for s in SETTINGS if s.processor]
+    assert PIPELINE_ORDER == tuple(dict.fromkeys(steps))
+    for s in SETTINGS:
+        if s.processor:
+            assert callable(getattr(processors, s.processor).kernel), s.name
+            # the "off" value, given to the public function, changes nothing
+            args = (make_ids(),) if s.history else ()
+            if s.name != "presence_penalty":
+                assert torch.equal(getattr(processors, s.processor)(X, *args, s.default), X), s.name
+    for s in SETTINGS:
+        if s.processor:
+            on = {"logit_bias": {1: 1.0}, "no_repeat_ngram_size": 2, "top_k": 5}.get(s.name, 0.5)
+            pipe = LogitsPipeline.from_params(**{s.name: on})
+            assert pipe.uses_history == bool(s.history), s.name
+
+
+def test_pipeline_steps_never_synchronise_with_the_device(monkeypatch):
+    """No .item(), .tolist(), bool(), int() or float() of a tensor in any step the pipeline runs per token,
+    even with per-row [B] tensor settings: the values were checked when the pipeline was built."""
+    pipe = LogitsPipeline.from_params(
+        logit_bias={3: 1.0}, repetition_penalty=torch.tensor([1.2, 1.0, 1.5, 2.0]), frequency_penalty=0.3,
+        presence_penalty=torch.tensor([0.0, 0.5, 0.1, 0.2]), no_repeat_ngram_size=2,
+        temperature=torch.tensor([0.0, 0.7, 1.0, 1.3]), top_k=torch.tensor([0, 5, 50, 999]), top_p=0.9,
+        min_p=torch.tensor([0.0, 0.05, 0.1, 0.0]), typical_p=0.95, epsilon=1e-4, eta=torch.tensor([0.0, 1e-3, 0.0, 1e-3]))
+    assert len(pipe) == len(PIPELINE_ORDER)
+    expected = [pipe(make_logits(seed=s), IDS[:, :20], IDS[:, 20:20 + s]) for s in range(5)]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pipeline step read a tensor's value on the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    for s in range(5):
+        assert torch.equal(pipe(make_logits(seed=s), IDS[:, :20], IDS[:, 20:20 + s]), expected[s])
+
+
+def test_pipeline_checks_per_row_settings_against_the_batch():
+    pipe = LogitsPipeline.from_params(temperature=torch.tensor([0.5, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"temperature must be a number or a tensor of shape \[B\] = \[4\]"):
+        pipe(make_logits())

@@ -279,7 +279,14 @@ def test_choices_with_a_common_prefix_can_produce_the_longer_one(tok, backend):
 # ------------------------------------------------------------------------------------------------------
 UTF8_EDGE_BYTES = [0x00, 0x0A, 0x30, 0x41, 0x61, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1,
                    0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF]
+# one "character-shaped" chunk: a lead byte and 1-3 continuation-range bytes, well-formed or not
+char_shaped = st.builds(lambda lead, rest: bytes([lead, *rest]),
+                        st.sampled_from([0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1,
+                                         0xF3, 0xF4, 0xF5]),
+                        st.lists(st.sampled_from([0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF]), min_size=1, max_size=3))
 byte_strings = st.one_of(
+    char_shaped,
+    st.lists(st.one_of(char_shaped, st.sampled_from(b"a0 \n").map(lambda b: bytes([b]))), max_size=3).map(b"".join),
     st.binary(max_size=8),
     st.lists(st.sampled_from(UTF8_EDGE_BYTES), max_size=8).map(bytes),
     st.text(max_size=3).map(lambda t: t.encode("utf-8")),

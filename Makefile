@@ -1,7 +1,7 @@
 # infergen: two commands from a fresh clone.
 #   make book   builds the rendered book (_build/html)
 #   make test   runs the whole test suite (lint, unit, parity, notebooks, book build, browser check)
-#   make lint   the layering contracts (lint-imports) and the core's docstrings (ruff)
+#   make lint   the layering contracts (lint-imports), the core's docstrings (ruff), its types (mypy)
 #   make test-floors   the unit tests with every direct dependency at the floor pyproject.toml declares
 # Both create .venv, install the pinned dependencies and prepare the model cache when missing.
 
@@ -65,10 +65,14 @@ test-browser: book
 
 # The layering of pyproject.toml's [tool.importlinter]: the core (infergen minus infergen.book, .bench
 # and .course) imports no companion and no plotting library, the companions are independent, the core's
-# layers import only downwards. Then ruff's docstring rules ([tool.ruff]) over the core.
+# layers import only downwards. Then ruff's docstring rules ([tool.ruff]) and the type checker
+# ([tool.mypy]) over the core. All three run; the target fails if any of them does.
 lint: setup
-	$(VENV)/bin/lint-imports
-	$(VENV)/bin/ruff check infergen
+	@status=0; \
+	$(VENV)/bin/lint-imports || status=1; \
+	$(VENV)/bin/ruff check infergen || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
 
 # Lint, then the unit tests, then the notebooks under nbval, then the book from nbval's outputs (no notebook runs
 # twice), then the browser check, which also verifies that the build executed no notebook itself.

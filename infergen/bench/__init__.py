@@ -33,17 +33,16 @@ prompt, so prefill is bound by arithmetic and runs at thousands of tokens/s wher
 
 What is measured (each section can be run alone with ``--sections``)
 --------------------------------------------------------------------
-``roofline``   bandwidth of the machine, bytes per token, the bound for float32/bfloat16/int8.
-``greedy``     greedy batch 1 (128 new tokens), infergen vs transformers, + % of the roofline.
-``sampling``   sampling (temperature 0.8, top-k 50, top-p 0.95) at batch 1 and batch 8.
-``beam``       beam search, 4 beams (when ``infergen.decoding.beam`` is importable).
-``search``     contrastive search and MCTS with their cache against their ``use_cache=False``
-               reference versions (when importable and they take ``use_cache``).
-``kv``         KV cache vs none, from 64 to 1024 new tokens (:func:`naive_greedy` is the reference).
-``batch``      throughput against batch size (1 ... 32).
-``prefill``    prefill vs decode time against the prompt length; KV-cache bytes; peak memory.
-``dtype``      bfloat16 and int8 weights against float32, with the quality cost (log-likelihood).
-``serving``    continuous vs static batching on a mixed-length workload (``infergen.serving``).
+* ``roofline``: bandwidth of the machine, bytes per token, the bound for float32/bfloat16/int8.
+* ``greedy``: greedy batch 1 (128 new tokens), infergen vs transformers, + % of the roofline.
+* ``sampling``: sampling (temperature 0.8, top-k 50, top-p 0.95) at batch 1 and batch 8.
+* ``beam``: beam search, 4 beams (when ``infergen.decoding.beam`` is importable).
+* ``search``: contrastive search and MCTS with their cache against their ``use_cache=False`` references.
+* ``kv``: KV cache vs none, from 64 to 1024 new tokens (:func:`naive_greedy` is the reference).
+* ``batch``: throughput against batch size (1 ... 32).
+* ``prefill``: prefill vs decode time against the prompt length; KV-cache bytes; peak memory.
+* ``dtype``: bfloat16 and int8 weights against float32, with the quality cost (log-likelihood).
+* ``serving``: continuous vs static batching on a mixed-length workload (``infergen.serving``).
 
 The package: ``timing`` (timers, alternation, medians, peak memory), ``roofline``,
 ``reference`` (the loops without a cache), one module per kind of section (``speed``,

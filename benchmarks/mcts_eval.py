@@ -12,7 +12,7 @@ Prints three tables:
    sampling (temperature 1, several seeds), MCTS with the default value (control) and MCTS with
    ``mix(likelihood_value, keyword_reward(kw), 0.5)``; with the likelihood of each, the price of steering.
 3. **Cost per simulation.** Forwards, tokens processed and milliseconds per simulation with K/V reuse
-   along the tree (``use_cache=True``) and re-running the prefix (``use_cache=False``), for a short and a
+   along the tree and re-running the prefix (:mod:`mcts_nocache`, beside this file), for a short and a
    long prompt, without and with rollouts. Timings depend on the machine and its load.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ import statistics
 import time
 
 import torch
+
+import mcts_nocache as nocache  # beside this file (python benchmarks/mcts_eval.py puts it on the path)
 
 import infergen
 from infergen.decoding.mcts import keyword_reward, likelihood_value, mix  # registers "mcts"
@@ -36,12 +38,6 @@ PROMPTS = [  # (prompt, keyword to steer towards: plausible, but not what the mo
     ("The three laws of thermodynamics are", "heat"),
     ("My favourite book is", "novel"),
 ]
-
-LONG_PROMPT = ("The history of computing is a story of abstraction. Early machines were programmed by rewiring "
-               "panels; stored programs made software possible; compilers let people write in languages closer "
-               "to mathematics; operating systems hid the hardware behind files and processes. ") * 4 + \
-              "The next abstraction will be"
-
 
 def mean(xs):
     xs = [x for x in xs if x == x]
@@ -102,36 +98,12 @@ def keyword_table(model, tok, pairs, n, sims, top_k, seeds):
 
 def cost_table(model, tok, n, sims, top_k):
     print(f"\n## 3. Cost per simulation ({n} new tokens, {sims} simulations per token, top_k={top_k})")
-    print("The horizon is set far (max_new_tokens=n+64, a stopping criterion ends the run after n tokens), so "
-          "almost every simulation evaluates a new leaf instead of re-scoring a terminal node for free.\n")
-    print("| prompt tokens | rollout | use_cache | evaluations / sim | forwards / sim | tokens / sim | ms / sim "
-          "| speed-up |")
-    print("|---------------|---------|-----------|-------------------|----------------|--------------|----------"
-          "|----------|")
-    kv_bytes = 0
-
-    def stop_after_n(new_tokens):
-        return torch.full((new_tokens.shape[0],), new_tokens.shape[1] >= n, dtype=torch.bool)
-
-    for prompt in ("The future of AI is", LONG_PROMPT):
-        length = len(tok(prompt).input_ids)
-        for rollout in (0, 4):
-            ms = {}
-            for use_cache in (True, False):
-                out = run(model, tok, prompt, "mcts", max_new_tokens=n + 64, num_simulations=sims, top_k=top_k,
-                          rollout_tokens=rollout, use_cache=use_cache, stopping=stop_after_n)
-                s = out.info["stats"]
-                ms[use_cache] = s["ms_per_simulation"]
-                if use_cache:
-                    kv_bytes = s["kv_bytes_per_node"]
-                speedup = "" if use_cache else f"{ms[False] / ms[True]:.1f}x"
-                evals = s["evaluations"] / max(s["simulations"], 1)
-                print(f"| {length:13d} | {rollout:7d} | {str(use_cache):9s} | {evals:17.2f} "
-                      f"| {s['forwards_per_simulation']:14.2f} "
-                      f"| {s['tokens_per_simulation']:12.1f} | {s['ms_per_simulation']:8.1f} | {speedup:>8s} |")
-    print(f"\nK/V kept per evaluated node (cached mode): {kv_bytes} bytes "
-          f"({model.config.num_hidden_layers} layers x {model.config.num_key_value_heads} kv heads x "
-          f"{model.config.head_dim} x 2 x {torch.finfo(model.dtype).bits // 8} bytes)")
+    print("K/V slices along the tree against re-running the prefix (benchmarks/mcts_nocache.py).\n")
+    nocache.cost_table(model, tok, n, sims, top_k, rollouts=(0, 4))
+    cfg = model.config
+    print(f"\nK/V kept per evaluated node: {cfg.num_hidden_layers} layers x {cfg.num_key_value_heads} kv heads x "
+          f"{cfg.head_dim} x 2 x {torch.finfo(model.dtype).bits // 8} bytes = "
+          f"{cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2 * torch.finfo(model.dtype).bits // 8} bytes")
 
 
 def main(argv=None):

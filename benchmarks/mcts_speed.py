@@ -35,7 +35,7 @@ def run_once(model, ids, tokens, sims, leaf_batch, top_k):
     return dict(leaf_batch=leaf_batch, seconds=seconds, tokens_per_s=tokens / seconds, load_before=load,
                 load_after=os.getloadavg()[0], forwards_per_simulation=stats["forwards_per_simulation"],
                 tokens_per_simulation=stats["tokens_per_simulation"], leaves_per_batch=stats["leaves_per_batch"],
-                ms_per_simulation=stats["ms_per_simulation"], new_ids=out.sequences[0, ids.shape[1]:].tolist())
+                ms_per_simulation=1000 * seconds / max(stats["simulations"], 1), new_ids=out.sequences[0, ids.shape[1]:].tolist())
 
 
 def table(runs: list[dict], settings: dict) -> str:

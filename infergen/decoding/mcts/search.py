@@ -8,7 +8,6 @@ with batches of one leaf (evaluated in the working cache itself, no batch cache 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -72,8 +71,7 @@ class RowSearch:
             if self.leaf_batch > 1 else (None, None)
         self.cached_path: list[Node] = []
         self.priors, self.chooser = cfg.priors.pipeline(), Sampler(cfg.commit, generator=cfg.generator)
-        self.stats = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0,
-                          seconds=0.0, reused_visits=[])
+        self.stats = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0, reused_visits=[])
         self.root = Node()
         ids = torch.tensor([self.context], device=self.device)
         self.expand(self.root, check_finite_row(last_logits(prefill(model, ids, self.cache))[0]))
@@ -234,10 +232,9 @@ class RowSearch:
     def search(self):
         """Run ``num_simulations`` simulations from the current root (which keeps its earlier visits)."""
         self.stats["reused_visits"].append(self.root.visits)
-        start, left = time.perf_counter(), self.cfg.num_simulations
+        left = self.cfg.num_simulations
         while left:
             left -= self.simulate(left)
-        self.stats["seconds"] += time.perf_counter() - start
 
     def commit(self) -> Node:
         """Commit a child of the root and make it the new root, keeping its subtree: the most visited one
@@ -262,13 +259,11 @@ class RowSearch:
 def summarise(searches: list[RowSearch]) -> dict:
     """The counters of every row's search, summed, with the per-simulation ratios and ``rows``."""
     rows = [s.stats for s in searches]
-    total = {k: sum(r[k] for r in rows) for k in ("simulations", "evaluations", "forwards", "forward_tokens",
-                                                  "leaf_batches", "seconds")}
+    total = {k: sum(r[k] for r in rows) for k in ("simulations", "evaluations", "forwards", "forward_tokens", "leaf_batches")}
     sims = max(total["simulations"], 1)
-    return dict(total, leaf_batch=max((s.leaf_batch for s in searches), default=1),
+    return dict(total, leaf_batch=max((s.leaf_batch for s in searches), default=1), rows=rows,
                 leaves_per_batch=total["evaluations"] / max(total["leaf_batches"], 1),
-                forwards_per_simulation=total["forwards"] / sims, tokens_per_simulation=total["forward_tokens"] / sims,
-                ms_per_simulation=1000 * total["seconds"] / sims, rows=rows)
+                forwards_per_simulation=total["forwards"] / sims, tokens_per_simulation=total["forward_tokens"] / sims)
 
 
 @register_decoder("mcts")
@@ -314,7 +309,7 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     the first token, a :class:`TreeNode`), ``"trees"`` (the same for every row) and ``"stats"``
     (``simulations``; ``evaluations``: the simulations that ended on a non-terminal leaf and so ran
     the model -- the others re-scored an EOS or horizon node for free; ``forwards``, ``forward_tokens``
-    and their ratios per simulation, ``ms_per_simulation``, ``leaf_batch``, ``leaves_per_batch`` (the
+    and their ratios per simulation, ``leaf_batch``, ``leaves_per_batch`` (the
     mean number of leaves a forward evaluated), and ``rows``: each row's counters, including
     ``reused_visits``: the visits each step's root already had from the previous search).
 
@@ -347,7 +342,7 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     with torch.inference_mode():
         prompts = [ids[mask].tolist() for ids, mask in zip(setup.input_ids, setup.attention_mask)]
         searches = [row_search(model, p, max_new_tokens, cfg) for p in prompts] if max_new_tokens else []
-        for step in range(max_new_tokens):
+        for _ in range(max_new_tokens):
             tokens = torch.full((B,), setup.pad_token_id, dtype=torch.long, device=dev)
             logprobs = torch.zeros(B, device=dev)
             for b in (~rows.done).nonzero().flatten().tolist():

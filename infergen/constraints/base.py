@@ -144,9 +144,12 @@ class RowConstraints:
     def _row(self, i: int) -> np.ndarray:
         # numpy view of the state's CPU tensor: a 49k-element op through torch's thread pool costs
         # more in waiting for threads than in work, on a busy machine
-        if self._allowed[i] is None:
-            self._allowed[i] = self.states[i].allowed().numpy()
-        return self._allowed[i]
+        cached = self._allowed[i]
+        if cached is None:
+            state = self.states[i]
+            assert state is not None, "an unconstrained row has no mask"
+            cached = self._allowed[i] = state.allowed().numpy()
+        return cached
 
     def constrained(self, device=None) -> torch.Tensor:
         """Bool ``[B]``: which rows carry a constraint."""
@@ -241,7 +244,7 @@ class RowConstraints:
         """New rows ``[index[0], index[1], ...]``, each an independent fork (beam search reorders and
         duplicates its beams this way; the batch size may change). ``self`` is left unchanged."""
         rows = _index_list(index, len(self.states))
-        out = RowConstraints([None if self.states[j] is None else self.states[j].fork() for j in rows])
+        out = RowConstraints([None if (s := self.states[j]) is None else s.fork() for j in rows])
         out._allowed = [self._allowed[j] for j in rows]  # the same positions: the cached masks still hold
         return out
 

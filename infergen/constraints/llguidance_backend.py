@@ -83,6 +83,8 @@ class LLGuidanceCompiler:
 
 
 class LLGuidanceConstraint:
+    """A compiled llguidance grammar: an ``LLMatcher`` at the start, forked for every row."""
+
     backend = "llguidance"
 
     def __init__(self, kind: str, source, matcher, vocab: TokenVocabulary):
@@ -95,6 +97,7 @@ class LLGuidanceConstraint:
         return f"LLGuidanceConstraint({self.kind}={self.source!r})"
 
     def start(self) -> "LLGuidanceState":
+        """A fresh row state (a deep copy of the initial matcher)."""
         return LLGuidanceState(self, self._initial.deep_copy())
 
 
@@ -105,6 +108,7 @@ class LLGuidanceState:
         self.constraint, self.matcher, self.ended, self.dead = constraint, matcher, ended, dead
 
     def allowed(self) -> torch.Tensor:
+        """Bool ``[vocab_size]``: the matcher's mask (computed now), EOS iff accepting."""
         n = self.constraint.vocab_size
         out = np.zeros(n, dtype=np.bool_)
         if self.ended:
@@ -117,9 +121,11 @@ class LLGuidanceState:
         return torch.from_numpy(out)
 
     def accepting(self) -> bool:
+        """Is the text so far a complete match?"""
         return self.ended or (not self.dead and self.matcher.is_accepting())
 
     def advance(self, token_id: int) -> None:
+        """Consume one token: EOS ends the state, a token the matcher refuses kills it."""
         if self.dead:
             return
         if token_id in self.constraint.eos_token_ids:
@@ -133,4 +139,5 @@ class LLGuidanceState:
             self.dead = True
 
     def fork(self) -> "LLGuidanceState":
+        """An independent copy (the matcher deep-copied)."""
         return LLGuidanceState(self.constraint, self.matcher.deep_copy(), self.ended, self.dead)

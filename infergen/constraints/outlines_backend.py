@@ -65,6 +65,7 @@ class OutlinesCompiler:
         """The regex (outlines' own for a JSON schema) whose fullmatches are the allowed texts."""
         if kind == "json_schema":
             return self.oc.json_schema.build_regex_from_schema(json.dumps(source))
+        assert pattern is not None, "a regex or choices constraint comes with its pattern"
         return pattern
 
     def compile(self, kind: str, source, pattern: str | None) -> "OutlinesConstraint":

@@ -323,6 +323,7 @@ class NFA:
 
 
 def build_nfa(tree) -> NFA:
+    """Thompson's construction for a :func:`parse` tree: one entry state, one exit state (the match)."""
     nfa = NFA()
     nfa.start, nfa.end = nfa.fragment(tree)
     return nfa
@@ -341,9 +342,11 @@ class DFA:
 
     @property
     def num_states(self) -> int:
+        """The number of states, the dead state 0 included."""
         return len(self.table)
 
     def walk(self, state: int, data: bytes) -> int:
+        """The state after reading ``data`` from ``state`` (``DEAD`` stays ``DEAD``)."""
         for b in data:
             state = self.table[state][b]
         return state
@@ -355,6 +358,8 @@ class DFA:
 
 
 def determinize(nfa: NFA) -> DFA:
+    """The subset construction: the DFA (state 0 dead, state 1 the start) accepting what ``nfa`` accepts."""
+
     def closure(states) -> frozenset:
         seen, stack = set(states), list(states)
         while stack:
@@ -368,7 +373,8 @@ def determinize(nfa: NFA) -> DFA:
     number = {s: i for i, s in enumerate(sets)}
     table = []
     for current in sets:  # ``sets`` grows while we walk it: a breadth-first search over subsets
-        row, targets = [DEAD] * 256, {}
+        row = [DEAD] * 256
+        targets: dict[int, set[int]] = {}
         for q in current:
             for byteset, r in nfa.moves[q]:
                 for b in byteset:
@@ -452,6 +458,7 @@ class TeachingConstraint:
         return f"TeachingConstraint({self.kind}={self.source!r}, {self.dfa.num_states} DFA states)"
 
     def start(self) -> "TeachingState":
+        """A fresh row state at the DFA's start."""
         return TeachingState(self, self.dfa.start)
 
 
@@ -465,14 +472,17 @@ class TeachingState:
         return f"TeachingState(state={self.state}, ended={self.ended})"
 
     def allowed(self) -> torch.Tensor:
+        """Bool ``[vocab_size]``: the state's row of the mask table (shared: do not modify)."""
         if self.ended:
             return self.constraint.eos_mask
         return self.constraint.masks[self.state]
 
     def accepting(self) -> bool:
+        """Is the text so far a complete match?"""
         return self.ended or self.constraint.dfa.accepting[self.state]
 
     def advance(self, token_id: int) -> None:
+        """Walk the token's bytes through the DFA; EOS ends the state, a wrong token leads to ``DEAD``."""
         c = self.constraint
         if token_id in c.eos_token_ids:
             if not self.accepting():
@@ -487,6 +497,7 @@ class TeachingState:
         self.state = DEAD if data is None else c.dfa.walk(self.state, data)
 
     def fork(self) -> "TeachingState":
+        """An independent copy."""
         return TeachingState(self.constraint, self.state, self.ended)
 
 

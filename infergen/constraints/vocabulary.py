@@ -68,6 +68,7 @@ class TokenVocabulary:
 
     @property
     def size(self) -> int:
+        """The number of token ids (``len(token_bytes)``)."""
         return len(self.token_bytes)
 
     @classmethod
@@ -93,7 +94,7 @@ class TokenVocabulary:
         kinds = _decoder_kinds(tokenizer)
         alphabet = byte_level_alphabet() if "ByteLevel" in kinds else None
         pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
-        out = []
+        out: list[bytes | None] = []
         for i, piece in enumerate(pieces):
             if i in special or piece is None:
                 out.append(None)

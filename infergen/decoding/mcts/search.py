@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
@@ -46,7 +47,7 @@ class SearchConfig:
     eos: frozenset
     priors: SamplingParams = SamplingParams()
     commit: SamplingParams = SamplingParams(temperature=0)
-    tokenizer: object = None
+    tokenizer: Any = None
     generator: torch.Generator | None = None
     leaf_batch: int | None = None
 
@@ -67,11 +68,11 @@ class RowSearch:
         for needed in (ColumnCache, CropCache) + (RowCache,) * (self.leaf_batch > 1):  # rows: see leaf_logits
             require(self.cache, needed, f"mcts_decode with leaf_batch={self.leaf_batch}")
         longest = len(prompt) + max_new_tokens + cfg.rollout_tokens + 1  # a batch of leaves; a row reader
-        self.batch, self.scratch = (model.new_cache(self.leaf_batch, longest), model.new_cache(1, longest)) \
-            if self.leaf_batch > 1 else (None, None)
+        self.batch: Any = model.new_cache(self.leaf_batch, longest) if self.leaf_batch > 1 else None
+        self.scratch: Any = model.new_cache(1, longest) if self.leaf_batch > 1 else None
         self.cached_path: list[Node] = []
         self.priors, self.chooser = cfg.priors.pipeline(), Sampler(cfg.commit, generator=cfg.generator)
-        self.stats = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0, reused_visits=[])
+        self.stats: dict[str, Any] = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0, reused_visits=[])
         self.root = Node()
         ids = torch.tensor([self.context], device=self.device)
         self.expand(self.root, check_finite_row(last_logits(prefill(model, ids, self.cache))[0]))
@@ -173,7 +174,7 @@ class RowSearch:
                 logits = self.rollout_logits(paths, tokens, cache)
         return list(zip(tokens, logprobs))
 
-    def evaluate(self, path: list[Node], rollout: list[int] = (), rollout_lps: list[float] = ()) -> float:
+    def evaluate(self, path: list[Node], rollout: Sequence[int] = (), rollout_lps: Sequence[float] = ()) -> float:
         """3. Evaluation: ``value_fn`` of the path and its rollout, checked to be a number in ``[0, 1]``."""
         cfg, dev = self.cfg, self.device
         ids, lps = self.context + [n.token for n in path] + list(rollout), [n.logprob for n in path] + list(rollout_lps)
@@ -201,7 +202,8 @@ class RowSearch:
         expanded and scored together, and each virtual loss is replaced by the real visit. With one
         leaf per batch this is the sequential search: no selection ever sees a virtual loss.
         """
-        k, pending, scored = self.leaf_batch, [], 0
+        k, scored = self.leaf_batch, 0
+        pending: list[list[Node]] = []
         steering: list[list[Node]] = []  # every path holding a virtual loss (pending leaves and collisions)
         while len(pending) < k and scored + len(pending) < budget and len(steering) - len(pending) < k:
             path = self.select()
@@ -240,7 +242,7 @@ class RowSearch:
         """Commit a child of the root and make it the new root, keeping its subtree: the most visited one
         (ties: the higher prior, listed first), or at ``commit_temperature`` tau > 0 one sampled with
         probability proportional to ``visits ** (1 / tau)`` (the softmax of ``log(visits) / tau``)."""
-        children, gen = self.root.children, self.cfg.generator
+        children, gen = self.root.children or [], self.cfg.generator
         visits = torch.tensor([float(c.visits) for c in children], device=gen.device if gen is not None else "cpu")
         child = children[int(self.chooser(visits.log()[None])[0])]
         if child.kv is not None:  # its K/V go right after the root context, which it joins

@@ -51,14 +51,13 @@ def puct_scores(node: Node, c_puct: float) -> list[float]:
     explores what the model finds plausible.
     """
     sqrt_n = math.sqrt(node.visits)
-    return [c.q + c_puct * c.prior * sqrt_n / (1 + c.visits) for c in node.children]
+    return [c.q + c_puct * c.prior * sqrt_n / (1 + c.visits) for c in node.children or ()]
 
 
 def select_child(node: Node, c_puct: float) -> Node:
     """The child with the highest PUCT score (ties: the higher prior, then the first)."""
-    scores = puct_scores(node, c_puct)
-    best = max(range(len(scores)), key=lambda i: (scores[i], node.children[i].prior))
-    return node.children[best]
+    scores, children = puct_scores(node, c_puct), node.children or []
+    return children[max(range(len(scores)), key=lambda i: (scores[i], children[i].prior))]
 
 
 @dataclass

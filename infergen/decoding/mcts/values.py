@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -44,7 +44,7 @@ class ValueContext:
     logprobs: torch.Tensor
     committed_logprobs: torch.Tensor
     ends_with_eos: bool
-    tokenizer: object = None
+    tokenizer: Any = None
     generator: torch.Generator | None = None
 
     @property
@@ -89,7 +89,7 @@ def likelihood_value(ctx: ValueContext) -> float:
     return math.exp(float(ctx.logprobs.float().mean()))
 
 
-def keyword_reward(*keywords, tokenizer=None, case_sensitive: bool = False) -> ValueFn:
+def keyword_reward(*keywords, tokenizer: Any = None, case_sensitive: bool = False) -> ValueFn:
     """A reward: the fraction of ``keywords`` that occur in the continuation, in ``[0, 1]``.
 
     Each keyword is a token id (an ``int``: matched among the continuation's token ids, no tokenizer
@@ -104,14 +104,14 @@ def keyword_reward(*keywords, tokenizer=None, case_sensitive: bool = False) -> V
     words), and the reward is sparse (0 until a keyword appears), so the search only finds keywords
     within reach of its ``top_k`` / depth; mixing with the likelihood keeps the text fluent meanwhile.
     """
-    keywords = [k for item in keywords for k in (item if isinstance(item, (list, tuple, set)) else [item])]
-    if not keywords:
+    flat = [k for item in keywords for k in (item if isinstance(item, (list, tuple, set)) else [item])]
+    if not flat:
         raise ValueError("keyword_reward needs at least one keyword (a string or a token id)")
-    for k in keywords:
+    for k in flat:
         if not (isinstance(k, str) and k) and not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
             raise TypeError(f"keyword_reward: keywords must be non-empty strings or token ids (int >= 0), got {k!r}")
-    ids = [k for k in keywords if isinstance(k, int)]
-    words = [k if case_sensitive else k.lower() for k in keywords if isinstance(k, str)]
+    ids = [k for k in flat if isinstance(k, int)]
+    words = [k if case_sensitive else k.lower() for k in flat if isinstance(k, str)]
 
     def reward(ctx: ValueContext) -> float:
         present = set(ctx.new_ids.tolist())
@@ -123,9 +123,9 @@ def keyword_reward(*keywords, tokenizer=None, case_sensitive: bool = False) -> V
                                  "keyword_reward or to mcts_decode (or give token ids instead)")
             text = tok.decode(ctx.new_ids.tolist(), skip_special_tokens=True)
             found += sum(w in (text if case_sensitive else text.lower()) for w in words)
-        return found / len(keywords)
+        return found / len(flat)
 
-    reward.__name__ = reward.__qualname__ = f"keyword_reward({keywords!r})"
+    reward.__name__ = reward.__qualname__ = f"keyword_reward({flat!r})"
     return reward
 
 

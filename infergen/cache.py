@@ -5,103 +5,163 @@ cache each step recomputes them for the whole sequence, so a step costs O(t) lay
 generation O(n^2). With a cache, the prompt is processed once (*prefill*) and each new token adds one
 column of keys and values (*decode*), so a step touches only the new token.
 
-This module has two parts.
+**The contract** is a few ``typing.Protocol`` classes, all runtime-checkable. :class:`Cache` is what
+every decoder and the model rely on: the padding bookkeeping, ``update`` (the model writes each layer's
+keys/values), and the row operations ``reorder`` / ``repeat`` / ``copy``. The rest is optional, in named
+groups a decoder asks for up front with :func:`require`:
 
-``PaddingState`` is the bookkeeping every cache needs for batches of prompts with different lengths.
-Prompts are *left*-padded so that every row's next token sits in the same column; a boolean ``mask``
-``[B, T]`` records which slots hold real tokens. From it we derive each new token's *position* (its
-index among the row's real tokens, used by the rotary embedding) and the attention mask (a token
-attends to the real tokens before it and never to padding).
+* :class:`CropCache` -- ``crop(length)``: forget the newest columns (rejected speculative tokens);
+* :class:`RowCache` -- ``write_row`` / ``clear_row`` / ``compact``: per-row slots (continuous batching);
+* :class:`ColumnCache` -- ``read_column`` / ``append_columns``: one position's keys/values out and
+  back in (MCTS keeps them per tree node).
 
-``Cache`` (a ``typing.Protocol``) is the contract: every operation a decoder may use, implemented by
-``KVCache`` here and by the transformers adapter's ``HFCache`` (:mod:`infergen.models.hf`). Decoders
-never check a cache's type or touch its storage; a decoder that needs an operation some caches cannot
-do asks :meth:`Cache.supports` up front and says so (:func:`require_ops`).
+Both caches, :class:`KVCache` here and the transformers adapter's ``HFCache``
+(:mod:`infergen.models.hf`), implement every protocol *structurally* (neither inherits from them).
+Having a method is not always enough: a sliding-window layer keeps only the last ``window`` positions,
+so it cannot crop back or read columns once a sequence may outgrow the window. Each cache therefore
+says why it cannot honour a protocol, or None, with ``unsupported(capability)``; :func:`require`
+checks both and names the decoder, the missing operations and the reason.
 
-``KVCache`` is the static, preallocated cache of infergen's native model (the gpt-fast design): one
-tensor for all keys and one for all values, ``[layers, B, kv_heads, max_len, head_dim]``, allocated
+:class:`PaddingState` is the bookkeeping both caches share. Prompts are *left*-padded so that every
+row's next token sits in the same column; a boolean ``mask`` ``[B, T]`` records which slots hold real
+tokens. From it we derive each new token's *position* (its index among the row's real tokens, used by
+the rotary embedding) and the attention mask (a token attends to the real tokens before it and never
+to padding). It also implements the row and column operations once, on the per-layer tensors a cache
+exposes through ``kv_layers()``.
+
+:class:`KVCache` is the static, preallocated cache of infergen's native model (the gpt-fast design):
+one tensor for all keys and one for all values, ``[layers, B, kv_heads, max_len, head_dim]``, allocated
 once on the model's device and dtype. Appending writes into the next free columns; nothing is
-reallocated while decoding. Decoders reshape it with four operations:
-
-* ``reorder(index)`` -- gather rows, e.g. the surviving beams of beam search (``index`` may repeat
-  rows and may change the batch size, so it also serves to *select* rows);
-* ``repeat(n)`` -- repeat each row ``n`` times, e.g. the ``k`` candidates of contrastive search;
-* ``crop(length)`` -- forget everything after ``length`` columns, e.g. rejected speculative tokens;
-* ``copy()`` -- an independent cache (e.g. to branch a search tree);
-* ``read_column(column)`` / ``append_columns(k, v)`` -- one position's keys/values out of row 0, and
-  such columns back in (MCTS keeps them per tree node).
+reallocated while decoding.
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import copy
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 import torch
 
-#: Every operation of the protocol that some cache may not support.
-OPTIONAL_OPS = ("reorder", "crop", "read_column", "append_columns", "write_row")
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @runtime_checkable
 class Cache(Protocol):
-    """What a decoder may do with a cache (implemented by :class:`KVCache` and ``HFCache``).
+    """What every decoder and the model may do with a cache (see the module docstring).
 
     ``length`` is the number of filled columns (the same for every row), ``mask`` [B, max_len] marks
-    real tokens, ``batch_size`` the rows. The model calls :meth:`append_mask` and reads
-    :meth:`attention_mask` itself; decoders use the row and column operations.
+    real tokens, ``has_padding`` whether any filled column is padding. The model calls
+    :meth:`append_mask`, :meth:`attention_mask` and :meth:`update`; decoders use the row operations.
     """
 
     length: int
     max_len: int
     mask: torch.Tensor
+    has_padding: bool
 
     @property
-    def batch_size(self) -> int: ...
+    def batch_size(self) -> int:
+        """The number of rows."""
 
     def append_mask(self, new_mask: torch.Tensor | None, t: int) -> torch.Tensor:
         """Record ``t`` new columns (``new_mask`` [B, t], None = all real); return their positions [B, t]."""
 
-    def reorder(self, index: torch.Tensor) -> "Cache":
+    def attention_mask(self, t: int) -> torch.Tensor | None:
+        """Boolean mask [B, 1, t, length] for the newest ``t`` columns as queries (None: attend to all)."""
+
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer ``layer``'s keys/values of the newest ``t`` columns [B, kv_heads, t, head_dim];
+        return all of that layer's keys/values so far [B, kv_heads, length, head_dim]."""
+
+    def reorder(self, index: torch.Tensor) -> Self:
         """Keep rows ``index`` (repeats allowed; the batch size may change)."""
 
-    def repeat(self, n: int) -> "Cache":
+    def repeat(self, n: int) -> Self:
         """Repeat every row ``n`` times (row b becomes rows b*n .. b*n+n-1)."""
 
-    def crop(self, length: int) -> "Cache":
+    def copy(self) -> Self:
+        """An independent copy: changing one never changes the other."""
+
+    def unsupported(self, capability: type) -> str | None:
+        """Why this cache cannot honour ``capability`` (one of the protocols here), or None."""
+
+
+@runtime_checkable
+class CropCache(Cache, Protocol):
+    """A cache that can forget its newest columns (speculative decoding, MCTS)."""
+
+    def crop(self, length: int) -> Self:
         """Forget every column from ``length`` on."""
 
-    def copy(self) -> "Cache":
-        """An independent copy."""
+
+@runtime_checkable
+class RowCache(Cache, Protocol):
+    """A cache with per-row slots (continuous batching, MCTS's batches of leaves)."""
+
+    def write_row(self, row: int, source: Self, source_row: int = 0) -> Self:
+        """Put ``source``'s filled columns of ``source_row`` into ``row``, right-aligned at ``length``."""
+
+    def clear_row(self, row: int) -> Self:
+        """Forget everything in ``row``: all its columns become padding."""
+
+    def compact(self) -> int:
+        """Squeeze out padding columns; return how many columns were freed."""
+
+
+@runtime_checkable
+class ColumnCache(Cache, Protocol):
+    """A batch-1 cache whose columns can be read out and appended back (MCTS's tree nodes)."""
 
     def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row 0's keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
 
-    def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> "Cache":
-        """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of a batch-1 cache."""
-
-    def write_row(self, row: int, source: "Cache", source_row: int = 0) -> "Cache":
-        """Put ``source``'s filled columns of ``source_row`` into ``row``, right-aligned (continuous batching)."""
-
-    def supports(self, op: str) -> bool:
-        """Can this cache do ``op`` (one of :data:`OPTIONAL_OPS`)?"""
-
-    def describe(self) -> str:
-        """A few words on what this cache is (for error messages)."""
+    def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> Self:
+        """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of row 0."""
 
 
-def require_ops(cache: Cache, ops, who: str) -> Cache:
-    """Raise a clear ``ValueError`` up front if ``cache`` cannot do every operation ``who`` needs."""
-    missing = [op for op in ops if not cache.supports(op)]
-    if missing:
-        raise ValueError(f"{who} needs the cache operation(s) {missing}, which this model's cache "
-                         f"({type(cache).__name__}: {cache.describe()}) does not support")
+C = TypeVar("C")
+
+
+def require(cache: C, capability: type, who: str) -> C:
+    """Return ``cache`` if it can do what ``capability`` (a protocol above) names, else raise ``ValueError``.
+
+    The message names the decoder (``who``), the protocol and its operations, and why the cache cannot
+    (a missing method, or the reason its ``unsupported`` gives). Call it before any work is done.
+    """
+    ops = sorted(n for n in vars(capability) if not n.startswith("_") and n not in vars(Cache))
+    what = f"{capability.__name__} operations ({', '.join(ops)})" if ops else capability.__name__
+    why = None if isinstance(cache, capability) else "it lacks some of them"
+    why = why or cache.unsupported(capability)  # type: ignore[attr-defined]
+    if why:
+        raise ValueError(f"{who} needs a cache with the {what}, which this model's cache "
+                         f"({type(cache).__name__}) cannot provide: {why}")
+    return cache
+
+
+#: The old string names of the optional operations, and the protocol that now carries each.
+OPTIONAL_OPS: dict[str, type] = {"reorder": Cache, "crop": CropCache, "read_column": ColumnCache,
+                                 "append_columns": ColumnCache, "write_row": RowCache}
+
+
+def require_ops(cache: C, ops, who: str) -> C:
+    """Compatibility wrapper: :func:`require` for each protocol behind the operation names ``ops``."""
+    errors = []
+    for capability in dict.fromkeys(OPTIONAL_OPS[op] for op in ops):
+        try:
+            require(cache, capability, who)
+        except ValueError as err:
+            errors.append(str(err))
+    if errors:
+        raise ValueError("; ".join(errors))
     return cache
 
 
 class PaddingState:
-    """Which cache slots hold real tokens, per row. Shared by every cache implementation.
+    """Which cache slots hold real tokens, per row, and the row/column operations shared by every cache.
 
     ``mask[b, j]`` is True when column ``j`` of row ``b`` holds a real token (False for left padding).
-    ``length`` is the number of columns filled so far (the same for every row).
+    ``length`` is the number of columns filled so far (the same for every row). A subclass provides its
+    storage as :meth:`kv_layers` and ``update`` / ``reorder`` / ``crop`` / ``copy``.
     """
 
     def __init__(self, batch_size: int, max_len: int, device):
@@ -112,7 +172,16 @@ class PaddingState:
 
     @property
     def batch_size(self) -> int:
+        """The number of rows."""
         return self.mask.shape[0]
+
+    def unsupported(self, capability: type) -> str | None:
+        """Why this cache cannot honour ``capability``, or None (here: None, it can do everything)."""
+        return None
+
+    def supports(self, op: str) -> bool:
+        """Compatibility: can this cache do the operation named ``op`` (a key of :data:`OPTIONAL_OPS`)?"""
+        return isinstance(self, OPTIONAL_OPS[op]) and self.unsupported(OPTIONAL_OPS[op]) is None
 
     def append_mask(self, new_mask: torch.Tensor | None, t: int) -> torch.Tensor:
         """Record ``t`` new columns (``new_mask`` [B, t], None = all real); return their positions [B, t].
@@ -128,8 +197,7 @@ class PaddingState:
         seen = self.mask[:, :start].sum(-1, keepdim=True)  # real tokens so far, [B, 1]
         if new_mask is None:
             self.mask[:, start:start + t] = True
-            steps = torch.arange(t, device=self.mask.device).unsqueeze(0)
-            positions = seen + steps
+            positions = seen + torch.arange(t, device=self.mask.device).unsqueeze(0)
         else:
             new_mask = new_mask.to(device=self.mask.device, dtype=torch.bool)
             self.mask[:, start:start + t] = new_mask
@@ -156,10 +224,28 @@ class PaddingState:
         diagonal = keys.unsqueeze(0) == queries.unsqueeze(1)
         return (causal & (real | diagonal)).unsqueeze(1)  # [B, 1, t, L]
 
-    # -- the row operations, applied to the mask; subclasses extend them to their storage --------
+    # -- shared operations, written once on the storage of kv_layers() ------------------------------
+    if TYPE_CHECKING:  # each subclass provides these three (see KVCache)
+        def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Store the newest columns of one layer; return all so far."""
+        def reorder(self, index: torch.Tensor) -> Self:
+            """Keep rows ``index``."""
+        def crop(self, length: int) -> Self:
+            """Forget every column from ``length`` on."""
+
+    def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The storage as ``(keys, values)`` pairs, each ``[..., B, kv_heads, columns >= length, head_dim]``
+        (one stacked pair with a leading layer dimension, or one pair per layer). ``like``: a cache of
+        the same model, whose shapes a still-empty storage may copy."""
+        raise NotImplementedError
+
     def reorder_mask(self, index: torch.Tensor):
         """Gather the mask's rows (the storage is the subclass's business)."""
         self.mask = self.mask.index_select(0, index)
+
+    def repeat(self, n: int) -> Self:
+        """Repeat every row ``n`` times (row b becomes rows b*n .. b*n+n-1)."""
+        return self.reorder(torch.arange(self.batch_size, device=self.mask.device).repeat_interleave(n))
 
     def crop_mask(self, length: int):
         """Mark every column from ``length`` on as empty."""
@@ -168,24 +254,71 @@ class PaddingState:
         self.mask[:, length:] = False
         self.length = length
 
+    def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row 0's keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
+        def column_of(ts):
+            return torch.cat([t[..., 0, :, column, :].reshape(-1, t.shape[-3], t.shape[-1]) for t in ts])
+        ks, vs = zip(*self.kv_layers())
+        return column_of(ks), column_of(vs)
 
-class StaticKV:
-    """The cache as a static-shape decode step sees it (see ``LlamaModel.decode_static``).
+    def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> Self:
+        """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of row 0 (no forward pass)."""
+        self.append_mask(None, k.shape[2])
+        for layer in range(k.shape[0]):
+            self.update(layer, k[layer].unsqueeze(0), v[layer].unsqueeze(0))
+        return self
 
-    ``update`` writes the new keys/values at ``column`` (a LongTensor [1], not a Python int) and
-    returns the *whole* preallocated ``[B, kv_heads, max_len, head_dim]`` tensors: every shape stays
-    the same from step to step, which is what ``torch.compile`` / CUDA graphs need. The attention mask
-    hides the columns that are not filled yet.
-    """
+    def write_row(self, row: int, source: Self, source_row: int = 0) -> Self:
+        """Put ``source``'s filled columns of ``source_row`` into ``row``, right-aligned at ``length``.
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, column: torch.Tensor):
-        self.k, self.v, self.column = k, v, column
+        Every row's newest token sits in the last filled column, so a request that joins a running
+        batch is written into columns ``[length - n, length)`` (``n = source.length``) and the
+        columns before them become padding for that row. Keys carry their rotary position already
+        (a token's position counts the *real* tokens before it), so they may move to any column.
+        """
+        n, L = source.length, self.length
+        if n > L:
+            raise ValueError(f"the source holds {n} columns but only {L} are filled here: append padding "
+                             "columns first (append_mask with an all-False mask)")
+        for mine, theirs in zip(self.kv_layers(like=source), source.kv_layers()):
+            for t, s in zip(mine, theirs):
+                t[..., row, :, L - n:L, :] = s[..., source_row, :, :n, :]
+        self.mask[row, :L] = False
+        self.mask[row, L - n:L] = source.mask[source_row, :n]
+        self.has_padding = self.has_padding or n < L or source.has_padding
+        return self
 
-    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
-        k, v = self.k[layer], self.v[layer]
-        k.index_copy_(2, self.column, k_new)
-        v.index_copy_(2, self.column, v_new)
-        return k, v
+    def clear_row(self, row: int) -> Self:
+        """Forget everything in ``row`` (a finished request's slot): all its columns become padding."""
+        self.mask[row] = False
+        self.has_padding = True
+        return self
+
+    def compact(self) -> int:
+        """Squeeze out padding: move every row's real columns to its right end (in order), then drop the
+        leading columns that are padding for every row. Returns how many columns were freed.
+
+        Rows fill up with padding columns in continuous batching (a request admitted with a longer
+        prompt pads every other row). Positions are unaffected: a token's rotary position was fixed
+        when its key was computed, and the next positions count real tokens, not columns.
+        """
+        L = self.length
+        counts = self.mask[:, :L].sum(-1).tolist()
+        layers = self.kv_layers()
+        for row, n in enumerate(counts):
+            if n and not bool(self.mask[row, L - n:L].all()):  # gaps: gather the real columns rightwards
+                cols = self.mask[row, :L].nonzero().flatten()
+                for t in (t for kv in layers for t in kv):
+                    t[..., row, :, L - n:L, :] = t[..., row, :, cols, :].clone()
+                self.mask[row, :L] = False
+                self.mask[row, L - n:L] = True
+        drop = L - max(counts, default=0)
+        if drop:
+            for t in (t for kv in layers for t in kv):
+                t[..., :L - drop, :] = t[..., drop:L, :].clone()
+            self.mask[:, :L - drop] = self.mask[:, drop:L].clone()
+            self.crop(L - drop)
+        return drop
 
 
 class KVCache(PaddingState):
@@ -206,13 +339,11 @@ class KVCache(PaddingState):
                              f"{[tuple(t.shape) for t in storage]}")
         self.k, self.v = storage
 
-    def supports(self, op: str) -> bool:
-        return op in OPTIONAL_OPS
+    def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One stacked pair: ``k``, ``v`` [layers, B, kv_heads, max_len, head_dim]."""
+        return [(self.k, self.v)]
 
-    def describe(self) -> str:
-        return f"{self.batch_size} rows x {self.max_len} columns"
-
-    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this layer's keys/values for the newest ``t`` columns; return all keys/values so far.
 
         Call after ``append_mask`` (which advanced ``length``). Shapes: [B, kv_heads, t, head_dim] in,
@@ -224,7 +355,7 @@ class KVCache(PaddingState):
         v.narrow(2, end - t, t).copy_(v_new)
         return k.narrow(2, 0, end), v.narrow(2, 0, end)
 
-    def reorder(self, index: torch.Tensor) -> "KVCache":
+    def reorder(self, index: torch.Tensor) -> Self:
         """Keep rows ``index`` (in that order, repeats allowed): beams that survived, chosen candidates."""
         index = index.to(self.k.device)
         L = self.length
@@ -237,32 +368,14 @@ class KVCache(PaddingState):
         self.reorder_mask(index)
         return self
 
-    def repeat(self, n: int) -> "KVCache":
-        """Repeat every row ``n`` times (row b becomes rows b*n .. b*n+n-1)."""
-        index = torch.arange(self.batch_size, device=self.k.device).repeat_interleave(n)
-        return self.reorder(index)
-
-    def crop(self, length: int) -> "KVCache":
+    def crop(self, length: int) -> Self:
         """Forget every column from ``length`` on (the stale keys are simply overwritten later)."""
         self.crop_mask(length)
         return self
 
-    def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row 0's keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
-        return self.k[:, 0, :, column].clone(), self.v[:, 0, :, column].clone()
-
-    def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
-        """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of row 0 (no forward pass)."""
-        n = k.shape[2]
-        self.append_mask(None, n)
-        end = self.length
-        self.k[:, 0, :, end - n:end] = k
-        self.v[:, 0, :, end - n:end] = v
-        return self
-
-    def copy(self) -> "KVCache":
-        new = KVCache.__new__(KVCache)
-        new.__dict__.update(self.__dict__)
+    def copy(self) -> Self:
+        """An independent copy (its own keys, values and mask)."""
+        new = copy.copy(self)
         new.k, new.v, new.mask = self.k.clone(), self.v.clone(), self.mask.clone()
         return new
 
@@ -271,54 +384,7 @@ class KVCache(PaddingState):
         """Bytes held by the preallocated keys and values."""
         return 2 * self.k.numel() * self.k.element_size()
 
-    # -- per-row slots (continuous batching, see infergen.serving) --------------------------------
-    def write_row(self, row: int, source: "KVCache", source_row: int = 0) -> "KVCache":
-        """Put ``source``'s filled columns of ``source_row`` into ``row``, right-aligned at ``length``.
 
-        Every row's newest token sits in the last filled column, so a request that joins a running
-        batch is written into columns ``[length - n, length)`` (``n = source.length``) and the
-        columns before them become padding for that row. Keys carry their rotary position already
-        (a token's position counts the *real* tokens before it), so they may move to any column.
-        """
-        n, L = source.length, self.length
-        if n > L:
-            raise ValueError(f"the source holds {n} columns but only {L} are filled here: append padding "
-                             "columns first (append_mask with an all-False mask)")
-        self.k[:, row, :, L - n:L] = source.k[:, source_row, :, :n]
-        self.v[:, row, :, L - n:L] = source.v[:, source_row, :, :n]
-        self.mask[row, :L] = False
-        self.mask[row, L - n:L] = source.mask[source_row, :n]
-        self.has_padding = self.has_padding or n < L or source.has_padding
-        return self
-
-    def clear_row(self, row: int) -> "KVCache":
-        """Forget everything in ``row`` (a finished request's slot): all its columns become padding."""
-        self.mask[row] = False
-        self.has_padding = True
-        return self
-
-    def compact(self) -> int:
-        """Squeeze out padding: move every row's real columns to its right end (in order), then drop the
-        leading columns that are padding for every row. Returns how many columns were freed.
-
-        Rows fill up with padding columns in continuous batching (a request admitted with a longer
-        prompt pads every other row). Positions are unaffected: a token's rotary position was fixed
-        when its key was computed, and the next positions count real tokens, not columns.
-        """
-        L = self.length
-        counts = self.mask[:, :L].sum(-1).tolist()
-        for row, n in enumerate(counts):
-            if n and not bool(self.mask[row, L - n:L].all()):  # gaps: gather the real columns rightwards
-                cols = self.mask[row, :L].nonzero().flatten()
-                self.k[:, row, :, L - n:L] = self.k[:, row, :, cols].clone()
-                self.v[:, row, :, L - n:L] = self.v[:, row, :, cols].clone()
-                self.mask[row, :L] = False
-                self.mask[row, L - n:L] = True
-        drop = L - max(counts, default=0)
-        if drop:
-            self.k[:, :, :, :L - drop] = self.k[:, :, :, drop:L].clone()
-            self.v[:, :, :, :L - drop] = self.v[:, :, :, drop:L].clone()
-            self.mask[:, :L - drop] = self.mask[:, drop:L].clone()
-            self.mask[:, L - drop:] = False
-            self.length = L - drop
-        return drop
+if TYPE_CHECKING:  # mypy checks here that both caches satisfy every protocol structurally
+    def _satisfies(kv: KVCache) -> tuple[Cache, CropCache, RowCache, ColumnCache]:
+        return kv, kv, kv, kv

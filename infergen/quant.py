@@ -69,6 +69,10 @@ class Int8Linear(nn.Module):
     weight and the scales are *buffers* (not parameters): nothing here is trainable.
     """
 
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         q, scales = quantize_weight(linear.weight)
@@ -81,9 +85,8 @@ class Int8Linear(nn.Module):
         self.compute_dtype = compute_dtype
         self.packed = _int8pack_available(device)
 
-    def forward(self, x: torch.Tensor, packed: bool = False) -> torch.Tensor:
-        """``packed`` (the decode-step hint the native model passes to its linear layers) is not needed:
-        the int8 weight is always read by the same kernel."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.linear(x, weight, bias)`` on the int8 weight: any shape ``[..., in_features]``, ``x``'s dtype out."""
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # the kernels take [N, in] rows
         if self.packed and x.device.type == "cpu":
             y = torch._weight_int8pack_mm(rows.to(self.compute_dtype), self.qweight, self.scales)
@@ -96,6 +99,7 @@ class Int8Linear(nn.Module):
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
+        """The layer's sizes and kernel, as ``print(model)`` shows them."""
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel, packed={self.packed}"
 
 

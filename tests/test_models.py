@@ -114,8 +114,86 @@ def test_cache_reorder_repeat_crop(which, request):
     junk.crop(6)
     assert junk.length == 6
     assert torch.allclose(next_logits(junk, nxt), ref, atol=1e-5)
-    # copy is independent of the original
-    assert base.length == 6
+
+
+@pytest.mark.parametrize("which", ["tiny_native", "tiny_gpt2"])
+def test_cache_copy_is_independent(which, request):
+    """Whatever happens to a copy -- new columns, rows gathered in place, a row cleared -- the original's
+    next step is unchanged. Fails for a copy() that returns self or shares the keys/values or the mask."""
+    model = request.getfixturevalue(which)
+    torch.manual_seed(3)
+    ids, nxt = torch.randint(3, 96, (2, 6)), torch.randint(3, 96, (2, 1))
+    base = model.new_cache(2, 16)
+    with torch.inference_mode():
+        model(ids, base)
+        ref = model(nxt, base.copy()).logits
+        twin = base.copy()
+        model(torch.randint(3, 96, (2, 3)), twin)   # writes keys/values and mask columns 6..8
+        twin.reorder(torch.tensor([1, 0]))          # gathers the rows in place (same batch size)
+        twin.clear_row(0)                           # rewrites the mask in place
+        assert base.length == 6 and twin.length == 9
+        assert torch.allclose(model(nxt, base).logits, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["tiny_native", "tiny_gpt2"])
+def test_cache_rows_write_clear_compact(which, request):
+    """Continuous batching's row operations on both caches: a request written into a running batch's
+    row (after padding columns) decodes as if alone; clearing a row and compacting frees columns."""
+    model = request.getfixturevalue(which)
+    torch.manual_seed(4)
+    ids, late, nxt = torch.randint(3, 96, (2, 6)), torch.randint(3, 96, (1, 8)), torch.randint(3, 96, (2, 1))
+    with torch.inference_mode():
+        alone = model.new_cache(1, 16)
+        model(late, alone)
+        want = model(nxt[1:], alone.copy()).logits
+        big = model.new_cache(2, 16)
+        model(ids, big)
+        big.append_mask(torch.zeros(2, 2, dtype=torch.bool), 2)  # the late prompt is longer: pad every row
+        big.write_row(1, alone)
+        assert big.has_padding and bool(big.mask[1, :8].all()) and not bool(big.mask[0, 6:8].any())
+        big.clear_row(0)
+        assert big.compact() == 0  # row 1 fills all 8 columns: nothing to free
+        got = model(nxt, big).logits[1:]
+        assert torch.allclose(got, want, atol=1e-5)
+        big.write_row(0, alone)  # row 0 holds the late request too, right-aligned at column 9
+        big.clear_row(1)
+        assert big.compact() == 1 and big.length == 8  # row 0's 8 real columns remain
+        assert torch.allclose(model(nxt[1:].repeat(2, 1), big).logits[0], want[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["tiny_native", "tiny_gpt2"])
+def test_both_caches_satisfy_every_protocol(which, request):
+    from infergen.cache import Cache, ColumnCache, CropCache, RowCache
+
+    cache = request.getfixturevalue(which).new_cache(1, 8)
+    for capability in (Cache, CropCache, RowCache, ColumnCache):
+        assert isinstance(cache, capability) and cache.unsupported(capability) is None
+    assert not isinstance(object(), Cache)
+
+
+def test_require_names_the_decoder_the_operations_and_the_reason():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from infergen.cache import Cache, ColumnCache, CropCache, RowCache, require
+
+    def mistral(window):
+        torch.manual_seed(0)
+        cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                            sliding_window=window)
+        return HFModel(MistralForCausalLM(cfg).eval())
+
+    short = mistral(window=16).new_cache(1, 9)  # the sequence cannot outgrow the window: all allowed
+    for capability in (CropCache, RowCache, ColumnCache):
+        assert require(short, capability, "mcts_decode") is short
+    long = mistral(window=4).new_cache(1, 9)
+    assert require(long, Cache, "greedy_search") is long
+    with pytest.raises(ValueError, match=r"speculative_decode needs .*CropCache operations \(crop\).*HFCache.*"
+                                         r"sliding-window layers keep only the last 4 positions"):
+        require(long, CropCache, "speculative_decode")
+    with pytest.raises(ValueError, match=r"ContinuousBatcher .*RowCache operations \(clear_row, compact, write_row\)"
+                                         r".*list.*lacks"):
+        require([], RowCache, "ContinuousBatcher")
 
 
 def test_cache_overflow_is_a_clear_error(tiny_native):
@@ -170,35 +248,48 @@ def test_load_model_missing_package_message(monkeypatch, tmp_path):
 
 
 def test_packed_decode_linear_matches_and_follows_weight_changes():
-    """The oneDNN-packed decode path gives F.linear's result, is rebuilt when the weight changes
-    (in place, new dtype), and copies of the layer do not carry the packed copy along."""
+    """The oneDNN-packed decode path gives F.linear's result, only for one-token-per-row inputs, is rebuilt
+    when the weight changes (in place, new dtype), and copies of the layer do not carry the packed copy."""
     import copy
 
     import torch.nn.functional as F
 
-    from infergen.models import llama
+    from infergen.models import fast
 
-    if torch.float32 not in llama._PACKABLE:
+    if torch.float32 not in fast.PACKABLE:
         pytest.skip("this PyTorch build has no oneDNN packing")
     torch.manual_seed(0)
-    layer = llama.Linear(64, 96, bias=True)
-    x = torch.randn(3, 64)
-
-    def decode(lin, inp):  # a decode step: the model passes packed=True to its linear layers
-        with torch.no_grad():
-            return lin(inp, packed=True)
+    layer = fast.prepack(torch.nn.Sequential(torch.nn.Linear(64, 96, bias=True)))[0]
+    assert type(layer) is fast.PackedLinear
+    x = torch.randn(3, 1, 64)  # a decode step: one token per row
 
     with torch.no_grad():
-        torch.testing.assert_close(decode(layer, x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
-        assert "_packed" in layer.__dict__  # the packed path was taken
+        assert layer.packed_weight(x) is not None and layer.packed_weight(torch.randn(3, 2, 64)) is None
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
         layer.weight.mul_(-2.0)  # an in-place update: the next step must see it
-        torch.testing.assert_close(decode(layer, x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
         twin = copy.deepcopy(layer)
-        assert "_packed" not in twin.__dict__
-        torch.testing.assert_close(decode(twin, x), decode(layer, x))
-        if torch.bfloat16 in llama._PACKABLE:
+        assert twin.__getstate__()["_packed"] is None
+        torch.testing.assert_close(twin(x), layer(x))
+        if torch.bfloat16 in fast.PACKABLE:
             low = copy.deepcopy(layer).to(torch.bfloat16)
             xb = x.bfloat16()
-            torch.testing.assert_close(decode(low, xb), F.linear(xb, low.weight, low.bias), rtol=2e-2, atol=2e-2)
-    y = layer(x, packed=True)  # with autograd on, even a decode step uses F.linear (gradients flow)
-    assert y.requires_grad
+            torch.testing.assert_close(low(xb), F.linear(xb, low.weight, low.bias), rtol=2e-2, atol=2e-2)
+    assert layer.packed_weight(x) is None and layer(x).requires_grad  # autograd on: F.linear, gradients flow
+
+
+def test_prepacked_model_keeps_its_logits_and_tied_weights(tiny_native):
+    import copy
+
+    from infergen.models import fast
+
+    packed = fast.prepack(copy.deepcopy(tiny_native))
+    layers = [m for m in packed.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers and all(type(m) is fast.PackedLinear for m in layers) or not fast.PACKABLE
+    assert packed.lm_head.weight is packed.embed.weight or not packed.config.tie_word_embeddings
+    ids = torch.randint(3, 96, (2, 5))
+    with torch.inference_mode():
+        caches = tiny_native.new_cache(2, 8), packed.new_cache(2, 8)
+        for a, b in [(tiny_native(ids, caches[0]), packed(ids, caches[1]))] + [
+                (tiny_native(ids[:, j:j + 1], caches[0]), packed(ids[:, j:j + 1], caches[1])) for j in range(3)]:
+            torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)

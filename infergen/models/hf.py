@@ -6,76 +6,91 @@ Every decoder in infergen talks to a model through three things: ``model.new_cac
 ``AutoModelForCausalLM`` -- so each decoder runs unchanged on the native model and on this adapter.
 
 The cache is transformers' own ``DynamicCache`` (it grows by concatenation instead of being
-preallocated) wrapped in :class:`HFCache`, which adds the same padding bookkeeping and the same
-reorder / repeat / crop / copy operations as :class:`~infergen.cache.KVCache`.
+preallocated) wrapped in :class:`HFCache`, which adds the same padding bookkeeping and implements the
+same protocols as :class:`~infergen.cache.KVCache` (:mod:`infergen.cache`).
 """
 from __future__ import annotations
 
 import copy
 import inspect
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..cache import PaddingState
+from ..cache import Cache, ColumnCache, CropCache, PaddingState, RowCache
 from .protocol import GenerationDefaults, ModelOutput
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class HFCache(PaddingState):
-    """A transformers ``DynamicCache`` plus infergen's padding state and row operations."""
+    """A transformers ``DynamicCache`` plus infergen's padding state: every protocol of :mod:`infergen.cache`.
+
+    The row and column operations are :class:`~infergen.cache.PaddingState`'s, on the per-layer
+    tensors of the ``DynamicCache``. Columns that only ``append_mask`` recorded (padding added without a
+    forward pass, as the batcher does) are given zero keys/values when the storage is next needed.
+    """
 
     def __init__(self, batch_size: int, max_len: int, device, config):
         super().__init__(batch_size, max_len, device)
         from transformers import DynamicCache
+
+        self.inner: Any  # transformers' DynamicCache: its layers hold keys/values [B, kv_heads, length, head_dim]
         try:
             self.inner = DynamicCache(config=config)
         except TypeError:  # older transformers take no config
             self.inner = DynamicCache()
 
-    def supports(self, op: str) -> bool:
-        """A sliding-window layer keeps only the last ``window`` positions: it cannot be cropped back or
-        read by column. Continuous batching's ``write_row`` needs the native :class:`KVCache`."""
-        if op == "write_row":
-            return False
-        if op in ("crop", "read_column", "append_columns"):
-            return not any(getattr(self.inner, "is_sliding", None) or ())
-        return op == "reorder"
+    def unsupported(self, capability: type) -> str | None:
+        """A sliding-window layer keeps only its last ``window`` positions: once a sequence may outgrow
+        that (``max_len >= window``), it cannot be cropped back, read by column or moved between rows."""
+        windows = [getattr(layer, "sliding_window", 0) for layer in getattr(self.inner, "layers", ())
+                   if getattr(layer, "is_sliding", False)]
+        if capability is Cache or not windows or self.max_len < min(windows):
+            return None
+        return (f"its sliding-window layers keep only the last {min(windows)} positions and this cache may "
+                f"hold {self.max_len}, so it cannot do the {capability.__name__} operations exactly")
 
-    def describe(self) -> str:
-        kinds = sorted({type(layer).__name__ for layer in getattr(self.inner, "layers", ())})
-        return f"transformers {type(self.inner).__name__} with {', '.join(kinds) or 'no'} layers"
+    def _pad(self, like: "HFCache | None" = None) -> None:
+        """Give the columns recorded by ``append_mask`` alone zero keys/values (shapes from ``like`` if empty)."""
+        have = self.inner.get_seq_length()
+        source = self if have else like
+        if self.length <= have or source is None or not source.inner.get_seq_length():
+            return
+        for i, layer in enumerate(source.inner.layers):
+            k, v = layer.keys, layer.values
+            self.inner.update(k.new_zeros(self.batch_size, k.shape[1], self.length - have, k.shape[3]),
+                              v.new_zeros(self.batch_size, v.shape[1], self.length - have, v.shape[3]), i)
 
-    def _layers(self):
+    def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One ``(keys, values)`` pair per layer, each [B, kv_heads, length, head_dim]."""
+        self._pad(like)
         return [(layer.keys, layer.values) for layer in self.inner.layers]
 
-    def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
-        layers = self._layers()
-        return (torch.stack([k[0, :, column] for k, _ in layers]), torch.stack([v[0, :, column] for _, v in layers]))
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append layer ``layer``'s newest keys/values; return all of them so far."""
+        return self.inner.update(k_new, v_new, layer)
 
-    def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> "HFCache":
-        self.append_mask(None, k.shape[2])
-        for layer in range(k.shape[0]):
-            self.inner.update(k[layer].unsqueeze(0), v[layer].unsqueeze(0), layer)
+    def reorder(self, index: torch.Tensor) -> Self:
+        """Keep rows ``index`` (repeats allowed; the batch size may change)."""
+        index = index.to(self.mask.device)
+        if self.inner.get_seq_length():
+            self.inner.batch_select_indices(index)
+        self.reorder_mask(index)
         return self
 
-    def reorder(self, index: torch.Tensor) -> "HFCache":
-        if self.length:
-            self.inner.batch_select_indices(index.to(self.mask.device))
-        self.reorder_mask(index.to(self.mask.device))
-        return self
-
-    def repeat(self, n: int) -> "HFCache":
-        index = torch.arange(self.batch_size, device=self.mask.device).repeat_interleave(n)
-        return self.reorder(index)
-
-    def crop(self, length: int) -> "HFCache":
-        removed = self.length - length
+    def crop(self, length: int) -> Self:
+        """Forget every column from ``length`` on."""
         self.crop_mask(length)
-        if removed > 0:  # a negative argument removes that many tokens (transformers 4.x and 5.x alike)
-            self.inner.crop(-removed)
+        extra = self.inner.get_seq_length() - length
+        if extra > 0:  # a negative argument removes that many tokens (transformers 4.x and 5.x alike)
+            self.inner.crop(-extra)
         return self
 
-    def copy(self) -> "HFCache":
+    def copy(self) -> Self:
+        """An independent (deep) copy."""
         return copy.deepcopy(self)
 
 
@@ -99,15 +114,18 @@ class HFModel(nn.Module):
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
+        """The wrapped model's device."""
         return self.hf.device
 
     @property
-    def dtype(self):
+    def dtype(self) -> torch.dtype:
+        """The wrapped model's dtype."""
         return self.hf.dtype
 
     @property
     def max_context(self) -> int:
+        """The longest sequence the config allows (its first known length field; else 2048)."""
         c = self.config
         for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
             if getattr(c, name, None):
@@ -115,11 +133,14 @@ class HFModel(nn.Module):
         return 2048
 
     def new_cache(self, batch_size: int, max_len: int) -> HFCache:
+        """An :class:`HFCache` for ``batch_size`` rows of up to ``max_len`` tokens."""
         return HFCache(batch_size, max_len, self.device, self.config)
 
     def forward(self, input_ids, cache: HFCache, attention_mask=None, logits: str = "last",
                 hidden: bool = False) -> ModelOutput:
+        """Run ``input_ids`` [B, t] through the wrapped model (same contract as ``LlamaModel.forward``)."""
         t = input_ids.shape[1]
+        cache._pad()  # padding columns recorded without a forward pass get keys/values first
         positions = cache.append_mask(attention_mask, t)
         out = self.hf(input_ids=input_ids, attention_mask=cache.mask[:, :cache.length].long(),
                       position_ids=positions, use_cache=True, output_hidden_states=hidden,
@@ -140,3 +161,8 @@ def as_model(model):
     if isinstance(model, PreTrainedModel):
         return HFModel(model)
     raise TypeError(f"model must be an infergen model or a transformers causal LM, got {type(model).__name__}")
+
+
+if TYPE_CHECKING:  # mypy checks here that the adapter's cache satisfies every protocol structurally
+    def _satisfies(hc: HFCache) -> tuple[Cache, CropCache, RowCache, ColumnCache]:
+        return hc, hc, hc, hc

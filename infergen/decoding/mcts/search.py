@@ -64,7 +64,8 @@ class RowSearch:
         self.model, self.cfg, self.max_new, self.device = model, cfg, max_new_tokens, model.device
         self.context, self.prompt_length = list(prompt), len(prompt)  # prompt + committed tokens
         self.committed_logprobs: list[float] = []
-        self.cache, self.leaf_batch = model.new_cache(1, len(prompt) + max_new_tokens), cfg.leaf_batch or DEFAULT_LEAF_BATCH
+        self.cache = model.new_cache(1, len(prompt) + max_new_tokens)
+        self.leaf_batch = cfg.leaf_batch or DEFAULT_LEAF_BATCH
         for needed in (ColumnCache, CropCache) + (RowCache,) * (self.leaf_batch > 1):  # rows: see leaf_logits
             require(self.cache, needed, f"mcts_decode with leaf_batch={self.leaf_batch}")
         longest = len(prompt) + max_new_tokens + cfg.rollout_tokens + 1  # a batch of leaves; a row reader
@@ -72,7 +73,8 @@ class RowSearch:
         self.scratch: Any = model.new_cache(1, longest) if self.leaf_batch > 1 else None
         self.cached_path: list[Node] = []
         self.priors, self.chooser = cfg.priors.pipeline(), Sampler(cfg.commit, generator=cfg.generator)
-        self.stats: dict[str, Any] = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0, reused_visits=[])
+        self.stats: dict[str, Any] = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0,
+                                          reused_visits=[])
         self.root = Node()
         ids = torch.tensor([self.context], device=self.device)
         self.expand(self.root, check_finite_row(last_logits(prefill(model, ids, self.cache))[0]))
@@ -178,8 +180,9 @@ class RowSearch:
         """3. Evaluation: ``value_fn`` of the path and its rollout, checked to be a number in ``[0, 1]``."""
         cfg, dev = self.cfg, self.device
         ids, lps = self.context + [n.token for n in path] + list(rollout), [n.logprob for n in path] + list(rollout_lps)
-        ctx = ValueContext(torch.tensor(ids, device=dev), self.prompt_length, len(self.committed_logprobs), len(path),
-                           len(rollout), torch.tensor(lps, device=dev), torch.tensor(self.committed_logprobs, device=dev),
+        ctx = ValueContext(torch.tensor(ids, device=dev), self.prompt_length, len(self.committed_logprobs),
+                           len(path), len(rollout), torch.tensor(lps, device=dev),
+                           torch.tensor(self.committed_logprobs, device=dev),
                            path[-1].eos or (len(rollout) > 0 and rollout[-1] in cfg.eos), cfg.tokenizer, cfg.generator)
         return float(check_number("value_fn(ctx)", cfg.value_fn(ctx), low=0, high=1))
 
@@ -261,7 +264,8 @@ class RowSearch:
 def summarise(searches: list[RowSearch]) -> dict:
     """The counters of every row's search, summed, with the per-simulation ratios and ``rows``."""
     rows = [s.stats for s in searches]
-    total = {k: sum(r[k] for r in rows) for k in ("simulations", "evaluations", "forwards", "forward_tokens", "leaf_batches")}
+    total = {k: sum(r[k] for r in rows) for k in ("simulations", "evaluations", "forwards", "forward_tokens",
+                                                  "leaf_batches")}
     sims = max(total["simulations"], 1)
     return dict(total, leaf_batch=max((s.leaf_batch for s in searches), default=1), rows=rows,
                 leaves_per_batch=total["evaluations"] / max(total["leaf_batches"], 1),

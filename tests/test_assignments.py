@@ -50,7 +50,7 @@ def wrong_reports():
 
 def graded_wrong(reports, stem):
     if stem not in reports:
-        reports[stem] = grade(WRONG_FAILS[stem][0], TEACHER / "wrong" / f"{stem}.py", assignments=TEACHER)
+        reports[stem] = grade(WRONG_FAILS[stem][0], TEACHER / "wrong" / f"{stem}.py", assignments=TEACHER, timeout=300)
     return reports[stem]
 
 
@@ -76,7 +76,7 @@ def test_public_tests_do_not_need_pytest():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_starter_scores_zero(name):
-    report = grade(name, PACKAGED / name / "starter.py", assignments=TEACHER)
+    report = grade(name, PACKAGED / name / "starter.py", assignments=TEACHER, timeout=300)
     assert report.score == 0 and report.max_score >= 10
     statuses = {c.status for c in report.checks}
     assert statuses <= {"todo", "fail", "error", "skip"}, statuses
@@ -85,9 +85,9 @@ def test_starter_scores_zero(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_solution_passes_everything(name):
-    report = grade(name, TEACHER / "solutions" / f"{name}.py", assignments=TEACHER)
+    report = grade(name, TEACHER / "solutions" / f"{name}.py", assignments=TEACHER, timeout=300)
     assert report.failed() == [], report.table()
-    assert report.score == report.max_score and not report.notes
+    assert report.score == report.max_score and all(n.startswith("isolation:") for n in report.notes)
     hidden = [c for c in report.checks if c.kind == "hidden"]
     assert len(hidden) >= 5 and any(c.name.startswith("conformance/") for c in hidden)
 
@@ -99,8 +99,8 @@ def test_known_wrong_solution_fails_its_specific_checks(stem, wrong_reports):
     for check in WRONG_FAILS[stem][1]:
         assert checks[check].status == "fail", f"{check}: {checks[check].status}\n{report.table()}"
     assert 0 < report.score < report.max_score
-    # the bug is targeted: most checks still pass, so the grade tells *what* is wrong
-    assert report.score >= report.max_score / 2, report.table()
+    # the bug is targeted: other checks still pass, so the grade tells *what* is wrong
+    assert sum(c.status == "pass" for c in report.checks) >= len(report.checks) / 2, report.table()
 
 
 @pytest.mark.parametrize("stem,rule,not_this", [
@@ -141,7 +141,7 @@ def test_broken_submission_is_a_result_not_a_crash(tmp_path, capsys):
     bad = tmp_path / "broken.py"
     bad.write_text("def apply_top_n_sigma(logits, n_sigma:\n    pass\n")
     report = grade("a1", bad, assignments=TEACHER)
-    assert report.error and "SyntaxError" in report.error
+    assert report.error and "SyntaxError" in report.error and "broken.py:1" in report.error
     assert report.score == 0 and all(c.status == "error" for c in report.checks)
     assert main(["grade", "a1", str(bad), "--assignments", str(TEACHER)]) == 0
     assert "score: 0/" in capsys.readouterr().out
@@ -187,7 +187,7 @@ def test_student_workflow_outside_the_repository_without_pytest(tmp_path):
     out = _run(["-c", no_pytest, "check", "a1", str(mine), "--json"], tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["score"] == report["max_score"] == 7 and {c["kind"] for c in report["checks"]} == {"public"}
+    assert report["score"] == report["max_score"] > 0 and {c["kind"] for c in report["checks"]} == {"public"}
     out = _run(["-c", no_pytest, "grade", "a1", str(mine), "--assignments", str(TEACHER), "--json"], tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

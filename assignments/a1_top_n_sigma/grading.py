@@ -5,7 +5,7 @@ The expected values are computed here from the definition, in float64, independe
 import torch
 
 #: One row per rule of infergen.course.checks.check_processor.
-CONFORMANCE = {"kind": "processor", "points": 0.25, "function": "apply_top_n_sigma", "params": {"n_sigma": 1.0}}
+CONFORMANCE = {"kind": "processor", "points": 0.2, "function": "apply_top_n_sigma", "params": {"n_sigma": 1.0}}
 
 
 def _expected_kept(logits: torch.Tensor, n: float) -> torch.Tensor:
@@ -100,8 +100,9 @@ def check_generation_with_the_processor(solution, tiny_model):
 
 
 # Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
-check_random_rows_match_definition.points = 4
+check_random_rows_match_definition.points = 5
 check_removed_tokens_do_not_count.points = 2
-check_per_row_tensor_parameter.points = 2
+check_per_row_tensor_parameter.points = 0.5
 check_half_precision.points = 2
 check_generation_with_the_processor.points = 2
+check_registered_step_uses_its_parameter.points = 0.5

@@ -78,3 +78,4 @@ test_temperature_does_not_change_the_kept_set.points = 0.5
 test_input_not_modified_and_surviving_logits_unchanged.points = 0.5
 test_bad_n_sigma.points = 0.5
 test_conformance.points = 0.5
+test_joins_a_pipeline_by_name.points = 0.5

@@ -1,0 +1,188 @@
+"""The grader against submissions that try to get marks without the work (issue 18), and batch grading.
+
+Each attack is a file in ``assignments/attacks/``; each must be caught: a failed check or a capped score,
+a report written by the grading process whatever the submission did, and no hang. Short limits keep
+this file fast (hang tests: 8 s per check, one restart).
+"""
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from infergen.course.batch import grade_all
+from infergen.course.channel import ProtocolError, loads
+from infergen.course.grade import PACKAGED, grade
+from infergen.course.notebook import notebook_source
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT / "assignments"
+ATTACKS = TEACHER / "attacks"
+FAST = dict(assignments=TEACHER, timeout=8, import_timeout=60, max_restarts=1)
+
+
+def graded(name, assignment="a1", **kw):
+    return grade(assignment, ATTACKS / f"{name}.py", **{**FAST, **kw})
+
+
+def test_patching_the_grader_changes_nothing():
+    """Old grader: 22/22 (the module replaced _run_test/_conformance_rows). Nothing of the grader is in the
+    submission's process now: the starter it is scores 0."""
+    report = graded("a1_patches_grader")
+    assert report.score == 0 and report.max_score > 20, report.table()
+
+
+def test_hidden_reference_is_not_in_the_submission_process():
+    """Old grader: the hidden module was imported next to the submission, its reference callable."""
+    report = graded("a1_calls_hidden_reference")
+    assert report.score == 0, report.table()
+    assert all(c.status in ("todo", "error", "fail") for c in report.checks)
+
+
+def test_hidden_checks_are_not_loaded_into_the_worker(tmp_path):
+    """Old grader: 125 KB of grading.py written out. Nothing is leaked from memory now; the file system is
+    readable only when the worker runs as the grader's user, and the report says so."""
+    report = graded("a1_leaks_hidden_checks")
+    assert report.score == 0
+    isolation = next(n for n in report.notes if n.startswith("isolation:"))
+    if "not readable" not in isolation:
+        assert "readable" in isolation.lower()   # said, for the teacher to see
+
+
+def test_endless_loop_times_out_and_the_report_is_written():
+    """Old grader: hung with --timeout 10. Now each check is killed from outside after its limit."""
+    start = time.monotonic()
+    report = graded("a1_endless_loop")
+    assert time.monotonic() - start < 120
+    assert report.score <= 0.25 * report.max_score
+    assert any("timed out after 8 s" in c.message for c in report.checks), report.table()
+    assert report.error and "stopped" in report.error
+
+
+def test_a_loop_that_swallows_every_exception_is_killed():
+    """Old grader: hung indefinitely (the timeout was an exception the loop caught)."""
+    report = graded("a1_swallows_everything")
+    assert report.score <= 0.25 * report.max_score
+    assert any("timed out" in c.message for c in report.checks)
+
+
+def test_exit_at_import_is_a_failed_grade_with_its_reason():
+    """Old grader: exit 0 and no output at all."""
+    report = graded("a1_exits_at_import")
+    assert report.score == 0 and "SystemExit" in report.error
+    assert all(c.status == "error" for c in report.checks)
+
+
+def test_exit_of_the_process_is_named(tmp_path):
+    bad = tmp_path / "quits.py"
+    bad.write_text("import os\nos._exit(0)\n")
+    report = grade("a1", bad, **FAST)
+    assert report.score == 0 and "exited with status 0 before the checks ran" in report.error
+
+
+def test_keyboard_interrupt_is_a_failed_check_not_a_crash():
+    """Old grader: exit 130 and a traceback, no report."""
+    report = graded("a1_keyboard_interrupt")
+    assert report.score == 0
+    assert any("KeyboardInterrupt" in c.message for c in report.checks), report.table()
+
+
+def test_100_mb_of_output_keeps_the_report_valid_json():
+    """Old grader: full marks but --json was no longer JSON. The output is truncated into a field."""
+    out = subprocess.run([sys.executable, "-m", "infergen.course", "grade", "a1", str(ATTACKS / "a1_prints_100mb.py"),
+                          "--assignments", str(TEACHER), "--json", "--timeout", "120"],
+                         capture_output=True, text=True, timeout=900)
+    report = json.loads(out.stdout)
+    assert report["score"] == report["max_score"], out.stdout[-3000:]
+    assert len(out.stdout) < 2_000_000 and "more bytes of output dropped" in report["output"]
+
+
+def test_no_state_leaks_between_submissions():
+    """Old grader: starter 0/22, the patching file, then the starter again 22/22 in one process."""
+    starter = PACKAGED / "a1_top_n_sigma" / "starter.py"
+    first = grade("a1", starter, **FAST).score
+    graded("a1_patches_grader")
+    assert first == 0 and grade("a1", starter, **FAST).score == 0
+
+
+def test_identity_processor_is_capped_at_a_quarter():
+    """Old grader: 16/22 (73%) for returning the input unchanged."""
+    report = graded("a1_identity")
+    assert report.score <= 0.25 * report.max_score, report.table()
+
+
+def test_a5_forward_passes_are_counted_in_the_grader():
+    """Old grader: 20/20 for greedy through type(m).forward(m, ...). The model stays in the grader: the
+    submission holds a proxy, so every forward pass it gets runs (and is counted) there."""
+    report = graded("a5_type_forward", "a5", timeout=120)
+    checks = report.by_name()
+    assert checks["check_forwards_reported"].status != "pass"
+    assert checks["test_fewer_forward_passes"].status != "pass"
+    assert report.score < 0.5 * report.max_score, report.table()
+
+
+def test_channel_refuses_code_in_frames():
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    with pytest.raises(ProtocolError):
+        loads(pickle.dumps(Evil()))
+    with pytest.raises(ProtocolError):
+        loads(b"\x80\x04garbage")
+
+
+def test_students_see_hints_not_hidden_assertions():
+    report = grade("a1", TEACHER / "wrong" / "a1_top_n_sigma_bfloat16.py", **{**FAST, "timeout": 120})
+    row = report.by_name()["check_half_precision"]
+    assert row.status == "fail" and "tokens kept or removed differently" in row.message
+    assert "tokens kept or removed differently" not in row.hint and row.hint
+
+
+def _notebook(path, cells):
+    nb = {"cells": [{"cell_type": "code", "source": c, "metadata": {}, "outputs": [], "execution_count": None}
+                    for c in cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def test_notebook_keeps_definitions_and_drops_experiments(tmp_path):
+    solution = (TEACHER / "solutions" / "a1_top_n_sigma.py").read_text()
+    nb = _notebook(tmp_path / "alice.ipynb", ["!pip install infergen\nimport torch", solution,
+                                              "out = apply_top_n_sigma(torch.zeros(3), 1.0)\nprint(out)\nwhile True: pass",
+                                              "def broken(:\n"])
+    source, notes = notebook_source(nb)
+    assert "def apply_top_n_sigma" in source and "while True" not in source and "print(out)" not in source
+    assert any("cell 4" in n for n in notes)
+    report = grade("a1", nb, **{**FAST, "timeout": 120})
+    assert report.score == report.max_score, report.table()
+
+
+def test_grade_all_on_a_mixed_class(tmp_path):
+    """Honest, wrong, cheating, hanging, crashing files and a notebook: a CSV, feedback, results.json each."""
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    shutil.copy(TEACHER / "solutions" / "a1_top_n_sigma.py", subs / "honest.py")
+    shutil.copy(TEACHER / "wrong" / "a1_top_n_sigma.py", subs / "wrong.py")
+    for name in ("a1_endless_loop", "a1_exits_at_import", "a1_patches_grader", "a1_identity"):
+        shutil.copy(ATTACKS / f"{name}.py", subs / f"{name}.py")
+    (subs / "crash.py").write_text("import does_not_exist\n")
+    _notebook(subs / "nb.ipynb", [(TEACHER / "solutions" / "a1_top_n_sigma.py").read_text()])
+    out = tmp_path / "results"
+    summary = grade_all("a1", subs, out, workers=2, assignments=TEACHER, timeout=8, max_restarts=0)
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and summary["submissions"] == 8
+    scores = summary["scores"]
+    assert scores["honest"][0] == scores["honest"][1] == scores["nb"][0]
+    for cheat in ("a1_endless_loop", "a1_exits_at_import", "a1_patches_grader", "crash"):
+        assert scores[cheat][0] == 0, (cheat, scores[cheat])
+    assert scores["a1_identity"][0] <= 0.25 * scores["a1_identity"][1]
+    feedback = (out / "feedback" / "wrong.md").read_text()
+    assert "FAILED" in feedback
+    gs = json.loads((out / "gradescope" / "honest" / "results.json").read_text())
+    assert gs["score"] == scores["honest"][0] and all(t["status"] == "passed" for t in gs["tests"])

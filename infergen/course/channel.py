@@ -400,7 +400,11 @@ class Endpoint:
                 if not callable(fn):
                     raise TypeError(f"{type(fn).__name__} object is not callable")
                 before = [t.clone() for _, t in leaves] if self.trusted else None
-                result = fn(*args, **kwargs)
+                if policy in (MODEL, CACHE):   # the grader's model: no autograd, as decoders run it
+                    with torch.inference_mode():
+                        result = fn(*args, **kwargs)
+                else:
+                    result = fn(*args, **kwargs)
                 made = CACHE if (policy == MODEL and name == "new_cache") or policy == CACHE else (
                     ANY if policy == ANY else PLAIN)
                 changed, aliases = [], []

@@ -275,6 +275,7 @@ class _Planned:
     points: float
     hint: str
     run: Callable[[object, dict], CheckResult]     # (solution, fixtures) -> result
+    needs: tuple = ()                               # fixtures to build before its clock starts
 
 
 def _collect(module, prefix: str) -> list[Callable]:
@@ -327,7 +328,8 @@ def _plan(folder: Path, grading, public: bool) -> list[_Planned]:
         tests = _load_support(str(folder / "test_student.py"))
         for f in _collect(tests, "test_"):
             planned.append(_Planned("public", f.__name__, float(getattr(f, "points", 1)), _hint(f, False),
-                                    lambda sol, fx, f=f: _run_test(f, {"solution": lambda: sol, **fx})))
+                                    lambda sol, fx, f=f: _run_test(f, {"solution": lambda: sol, **fx}),
+                                    tuple(inspect.signature(f).parameters)))
     if grading is not None:
         specs = _specs(getattr(grading, "CONFORMANCE", None))
         for spec in specs:
@@ -338,7 +340,8 @@ def _plan(folder: Path, grading, public: bool) -> list[_Planned]:
                                         lambda sol, fx, run=_conformance_row(spec, rule): run(sol, fx)))
         for f in _collect(grading, "check_"):
             planned.append(_Planned("hidden", f.__name__, float(getattr(f, "points", 1)), _hint(f, True),
-                                    lambda sol, fx, f=f: _run_test(f, {"solution": lambda: sol, **fx})))
+                                    lambda sol, fx, f=f: _run_test(f, {"solution": lambda: sol, **fx}),
+                                    tuple(inspect.signature(f).parameters)))
     return planned
 
 
@@ -405,6 +408,9 @@ def grade(assignment: str, submission, *, assignments=None, public: bool = True,
             if report.error is not None:
                 result = CheckResult(item.name, "error", report.error)
             else:
+                for need in item.needs:   # models load before the check's clock starts
+                    if need in fixtures:
+                        fixtures[need]()
                 sandbox.limit(timeout)
                 try:
                     result = item.run(solution, fixtures)

@@ -153,6 +153,7 @@ def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Ten
     tokens it generated. Pitfall: a batch of prompts of different lengths must be padded on the left and
     masked; the positions then follow the real tokens, so each row scores exactly as it would alone.
     """
+    from .decoding.steps import token_logprobs
     from .models.hf import as_model
 
     if reduction not in ("sum", "mean", "none"):
@@ -186,7 +187,7 @@ def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Ten
     with torch.inference_mode():
         cache = model.new_cache(B, T + n)
         logits = model(ids, cache, attention_mask=mask, logits="all").logits[:, T - 1:T + n - 1]
-        token_lp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
+        token_lp = token_logprobs(logits, targets)
         token_lp = token_lp.masked_fill(~cont_mask, 0.0)
     if reduction == "none":
         return token_lp

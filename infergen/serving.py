@@ -1,4 +1,4 @@
-"""Serving at scale: continuous batching, and the same settings in transformers and vLLM terms.
+"""Serving at scale: continuous batching against static batching.
 
 Static batching and its waste
 -----------------------------
@@ -32,13 +32,7 @@ wasted -- but the scheduling idea is this one.
 :func:`static_batching` is the baseline and :func:`compare_batching` measures both on the same
 mixed-length workload (see ``python -m infergen bench --sections serving``).
 
-Speaking the peers' language
-----------------------------
-:func:`to_generation_config` turns infergen's sampling settings into a transformers
-``GenerationConfig`` and :func:`to_vllm_sampling_params` into the fields of vLLM's
-``SamplingParams``. Settings a peer does not have raise ``ValueError`` instead of being dropped
-silently (transformers has no frequency/presence penalty; vLLM has no typical/epsilon/eta sampling
-and runs beam search through a separate entry point).
+The same settings in transformers' and vLLM's terms live in :mod:`infergen.mappings` (re-exported here).
 """
 from __future__ import annotations
 
@@ -49,11 +43,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ._validation import check_input_ids, check_number
-from .cache import require_ops
-from .decoding.base import make_generator, special_ids
-from .decoding.steps import Sampler, last_logits, prefill
+from .cache import RowCache, require
+from .decoding.base import Setup, make_generator, special_ids
+from .decoding.steps import FinishReason, Rows, Sampler, decode_one, last_logits, prefill
 from .models.hf import as_model
-from .params import SETTINGS, SamplingParams, setting
+from .mappings import (CALL_SETTINGS, TRANSFORMERS_NAMES, VLLM_NAMES, from_generation_config,  # noqa: F401
+                       to_generation_config, to_vllm_sampling_params)
+from .params import SamplingParams, setting
 
 __all__ = ["ContinuousBatcher", "Request", "compare_batching", "from_generation_config", "mixed_workload",
            "static_batching", "to_generation_config", "to_vllm_sampling_params"]
@@ -98,6 +94,7 @@ class Request:
 
     @property
     def done(self) -> bool:
+        """Has the request finished (its ``finish_reason`` is set)?"""
         return self.finish_reason is not None
 
 
@@ -123,36 +120,16 @@ class ContinuousBatcher:
         self.params = SamplingParams.resolve(params, temperature=temperature, **settings)
         if self.params.stop:
             raise ValueError("ContinuousBatcher serves token ids: stop strings need a tokenizer (use eos_token_id)")
-        eos, self.pad = special_ids(self.model, eos_token_id, pad_token_id)
-        self.eos = set(eos)
+        self.eos, self.pad = special_ids(self.model, eos_token_id, pad_token_id)
         self.stats = {}
 
-    # -- choosing tokens ----------------------------------------------------------------------------
-    def _choose(self, sampler: Sampler, logits: torch.Tensor, reqs: list, generators: dict) -> tuple[list, list]:
-        """One token for each request of ``reqs`` from its row of ``logits`` [n, V] (the shared
-        :class:`~infergen.decoding.steps.Sampler`, with each request's own history and generator)."""
-        prompt_ids = generated_ids = None
-        if sampler.uses_history:
-            prompt_ids = _pad_rows([r.prompt for r in reqs], logits.device)
-            generated_ids = _pad_rows([r.tokens for r in reqs], logits.device)
-        tokens = sampler(logits, prompt_ids, generated_ids, generator=[generators.get(id(r)) for r in reqs])
-        picked = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-        return tokens.tolist(), picked.tolist()
-
-    def _record(self, req: Request, token: int, logprob: float, step: int, start: float):
-        req.tokens.append(int(token))
-        req.logprobs.append(float(logprob))
-        if token in self.eos:
-            req.finish_reason = "eos"
-        elif len(req.tokens) >= req.max_new_tokens:
-            req.finish_reason = "length"
-        if req.done:
-            req.finished_step = step
-            req.latency_s = time.perf_counter() - start
-
-    # -- the loop -----------------------------------------------------------------------------------
     def run(self, requests: list[Request]) -> list[Request]:
-        """Serve every request; returns them (same objects, same order) with their results filled in."""
+        """Serve every request; returns them (same objects, same order) with their results filled in.
+
+        The loop is the decoders' own: :func:`~infergen.decoding.steps.prefill` (each request alone),
+        :func:`~infergen.decoding.steps.decode_one` (every slot at once), the shared ``Sampler`` and
+        :meth:`Rows.commit <infergen.decoding.steps.Rows.commit>` over the occupied slots.
+        """
         requests = list(requests)
         if not requests:
             return requests
@@ -175,52 +152,64 @@ class ContinuousBatcher:
             seed = r.seed if r.seed is not None else self.params.seed
             if seed is not None:
                 generators[id(r)] = make_generator(seed, device=device)
+        width = max(len(r.prompt) for r in requests)  # one Rows row per slot, reset for each request it holds
+        setup = Setup(model, torch.zeros(B, width, dtype=torch.long, device=device),
+                      torch.zeros(B, width, dtype=torch.bool, device=device), torch.tensor(self.eos, dtype=torch.long, device=device),
+                      self.pad, max(r.max_new_tokens for r in requests))
+        rows = Rows(setup, keep_history=sampler.uses_history)
         pending = deque(sorted(requests, key=lambda r: r.arrival))
         slots: list[Request | None] = [None] * B
         last = torch.full((B,), self.pad, dtype=torch.long, device=device)
-        cache = require_ops(model.new_cache(B, max_len), ("write_row",), "ContinuousBatcher")
-        step, start = 0, time.perf_counter()
+        cache = require(model.new_cache(B, max_len), RowCache, "ContinuousBatcher")
+        clock = {"step": 0, "start": time.perf_counter()}
         stats = dict(decode_steps=0, row_steps=0, busy_row_steps=0, prefills=0, dropped_columns=0, max_len=max_len)
+
+        def choose_and_commit(logits: torch.Tensor, occupied: list[int]):
+            """The shared Sampler and Rows.commit for the slots ``occupied``; retire the finished requests."""
+            idx = torch.tensor(occupied, device=device)
+            history = (None, None)
+            if sampler.uses_history:  # each request's own prompt and tokens (-1 = padding)
+                pw = max(len(slots[i].prompt) for i in occupied)
+                history = (rows.prompt_ids[idx, :pw], rows.history[idx, :max(1, int(rows.count[idx].max()))])
+            tokens = sampler(logits, *history, generator=[generators.get(id(slots[i])) for i in occupied])
+            rows.commit(tokens, logits, rows=idx)
+            last[idx] = tokens
+            for row, done in zip(occupied, rows.done[idx].tolist()):
+                if done:
+                    req = slots[row]
+                    req.tokens, req.logprobs, req.finish_reason = rows.result(row)
+                    req.finished_step, req.latency_s = clock["step"], time.perf_counter() - clock["start"]
+                    slots[row] = None
+                    cache.clear_row(row)
+
         with torch.inference_mode():
             while pending or any(s is not None for s in slots):
-                # 1. admit the requests that have arrived into free slots
-                while pending and pending[0].arrival <= step and None in slots:
+                # 1. admit the requests that have arrived into free slots; each chooses its first token
+                while pending and pending[0].arrival <= clock["step"] and None in slots:
                     req, row = pending.popleft(), slots.index(None)
                     first = self._admit(req, row, cache, max_len)
                     stats["prefills"] += 1
-                    req.admitted_step = step
-                    tok, lp = self._choose(sampler, first, [req], generators)
-                    self._record(req, tok[0], lp[0], step, start)
-                    if req.done:
-                        cache.clear_row(row)
-                    else:
-                        slots[row] = req
-                        last[row] = tok[0]
+                    req.admitted_step, slots[row] = clock["step"], req
+                    rows.reset(row, req.prompt, req.max_new_tokens)
+                    choose_and_commit(first, [row])
                 occupied = [i for i, s in enumerate(slots) if s is not None]
                 if not occupied:
                     if pending:
-                        step = max(step, pending[0].arrival)  # idle until the next arrival
+                        clock["step"] = max(clock["step"], pending[0].arrival)  # idle until the next arrival
                     continue
                 # 2. one decode step for every row (free rows are padding: masked, their output ignored)
                 if cache.length == max_len:
-                    self._compact(cache, slots, stats)
+                    self._compact(cache, stats)
                 active = torch.zeros(B, 1, dtype=torch.bool, device=device)
                 active[occupied] = True
-                logits = last_logits(model(last[:, None], cache, attention_mask=active))
+                logits = last_logits(decode_one(model, last, cache, active))
                 stats["decode_steps"] += 1
                 stats["row_steps"] += B
                 stats["busy_row_steps"] += len(occupied)
-                step += 1
-                # 3. record each row's token; retire finished requests at once
-                reqs = [slots[i] for i in occupied]
-                tokens, lps = self._choose(sampler, logits[occupied], reqs, generators)
-                for row, req, tok, lp in zip(occupied, reqs, tokens, lps):
-                    self._record(req, tok, lp, step, start)
-                    last[row] = tok
-                    if req.done:
-                        slots[row] = None
-                        cache.clear_row(row)
-        stats["seconds"] = time.perf_counter() - start
+                clock["step"] += 1
+                # 3. choose and commit each row's token; retire finished requests at once
+                choose_and_commit(logits[occupied], occupied)
+        stats["seconds"] = time.perf_counter() - clock["start"]
         stats["tokens"] = sum(len(r.tokens) for r in requests)
         stats["occupancy"] = stats["busy_row_steps"] / max(stats["row_steps"], 1)
         self.stats = stats
@@ -241,18 +230,12 @@ class ContinuousBatcher:
         return logits
 
     @staticmethod
-    def _compact(cache, slots: list, stats: dict):
+    def _compact(cache, stats: dict):
         """Free columns at the end of the shared cache (see :meth:`~infergen.KVCache.compact`)."""
         dropped = cache.compact()
         if dropped <= 0:  # pragma: no cover  (prevented: every request fits max_len)
             raise RuntimeError("the cache is full of real tokens; raise max_len")
         stats["dropped_columns"] += dropped
-
-
-def _pad_rows(rows: list[list[int]], device) -> torch.Tensor:
-    """Ragged id lists -> [n, max_len] with -1 padding (the processors' 'ignore me' id)."""
-    width = max(1, max(len(r) for r in rows))
-    return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
 def static_batching(model, requests: list[Request], batch_size: int = 8, *, eos_token_id=None,
@@ -273,7 +256,6 @@ def static_batching(model, requests: list[Request], batch_size: int = 8, *, eos_
         temperature = 0.0  # serving defaults to greedy
     params = SamplingParams.resolve(params, temperature=temperature, **settings)
     eos_list, pad = special_ids(model, eos_token_id, pad_token_id)
-    eos = set(eos_list)
     order = sorted(requests, key=lambda r: r.arrival)
     start = time.perf_counter()
     for i in range(0, len(order), batch_size):
@@ -293,7 +275,7 @@ def static_batching(model, requests: list[Request], batch_size: int = 8, *, eos_
             k = min(out.lengths[j], r.max_new_tokens)
             r.tokens = out.new_tokens[j, :k].tolist()
             r.logprobs = out.logprobs[j, :k].tolist()
-            r.finish_reason = "eos" if (r.tokens and r.tokens[-1] in eos) else "length"
+            r.finish_reason = out.finish_reason[j] if out.lengths[j] <= r.max_new_tokens else FinishReason.LENGTH
             r.latency_s = now
     return requests
 
@@ -344,133 +326,3 @@ def compare_batching(model, requests: list[Request], batch_size: int = 8, **para
         "speedup": static_reqs_time / cont_time,
         "same_tokens": all(a.tokens == b.tokens for a, b in zip(static_reqs, cont_reqs)),
     }
-
-
-# ------------------------------------------------------------------------------------------------
-# The same settings in the peers' terms
-# ------------------------------------------------------------------------------------------------
-#: Generation settings that are not sampling settings (they belong to the call, not to SamplingParams).
-CALL_SETTINGS = ("max_new_tokens", "min_new_tokens", "eos_token_id", "pad_token_id", "num_beams", "length_penalty",
-                 "early_stopping", "num_return_sequences")
-_SAMPLING_NAMES = tuple(s.name for s in SETTINGS)
-
-#: infergen's sampling setting -> transformers' ``GenerationConfig`` field (None: transformers has none).
-TRANSFORMERS_NAMES = {"logit_bias": "sequence_bias", "repetition_penalty": "repetition_penalty",
-                      "frequency_penalty": None, "presence_penalty": None,
-                      "no_repeat_ngram_size": "no_repeat_ngram_size", "temperature": "temperature",
-                      "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "typical_p": "typical_p",
-                      "epsilon": "epsilon_cutoff", "eta": "eta_cutoff", "seed": None, "stop": "stop_strings"}
-#: infergen's sampling setting -> vLLM's ``SamplingParams`` field (None: vLLM has none).
-VLLM_NAMES = {"logit_bias": "logit_bias", "repetition_penalty": "repetition_penalty",
-              "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
-              "no_repeat_ngram_size": None, "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
-              "min_p": "min_p", "typical_p": None, "epsilon": None, "eta": None, "seed": "seed", "stop": "stop"}
-
-
-def _split_settings(params) -> tuple[SamplingParams, dict]:
-    """A dict of generation settings (or a SamplingParams) -> (SamplingParams, the call's other settings)."""
-    if isinstance(params, SamplingParams):
-        return params, {}
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a SamplingParams or a dict of generation settings, got "
-                        f"{type(params).__name__}")
-    unknown = set(params) - set(_SAMPLING_NAMES) - set(CALL_SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown generation settings {sorted(unknown)}; known: "
-                         f"{sorted(_SAMPLING_NAMES + CALL_SETTINGS)}")
-    sampling = SamplingParams.from_kwargs(**{k: v for k, v in params.items() if k in _SAMPLING_NAMES})
-    return sampling, {k: v for k, v in params.items() if k in CALL_SETTINGS and v is not None}
-
-
-def to_generation_config(params):
-    """infergen settings (a :class:`~infergen.params.SamplingParams` or a dict that may also hold
-    :data:`CALL_SETTINGS`) -> a transformers ``GenerationConfig`` that decodes the same way.
-
-    ``temperature`` 0 means greedy (``do_sample=False``); any other temperature samples. ``logit_bias``
-    {id: bias} becomes ``sequence_bias`` {(id,): bias}. ``seed`` is not part of a ``GenerationConfig``
-    (call ``torch.manual_seed`` before ``generate``); ``stop`` strings become ``stop_strings``
-    (``generate`` then also needs ``tokenizer=``). Settings transformers lacks (frequency and presence
-    penalties, :data:`TRANSFORMERS_NAMES`) raise ``ValueError``.
-    """
-    from transformers import GenerationConfig
-
-    sampling, call = _split_settings(params)
-    active = sampling.active()
-    for name in active:
-        if TRANSFORMERS_NAMES[name] is None and name != "seed":
-            raise ValueError(f"transformers has no {name} (OpenAI/vLLM semantics); use repetition_penalty or "
-                             "infergen/vLLM")
-    do_sample = not sampling.is_greedy
-    kw = {"do_sample": do_sample, "num_beams": call.get("num_beams", 1)}
-    for name, value in active.items():
-        target = TRANSFORMERS_NAMES[name]
-        if target is None or (setting(name).sampling_only and not do_sample):
-            continue
-        if name == "logit_bias":
-            value = {(int(t),): float(b) for t, b in value.items()}
-        elif name == "stop":
-            value = list(value)
-        kw[target] = value
-    if do_sample:
-        kw.setdefault("temperature", float(sampling.temperature))
-        kw.setdefault("top_k", 0)  # transformers' default is 50; infergen's is "off"
-        kw.setdefault("top_p", 1.0)
-    kw.update({k: v for k, v in call.items() if k != "num_beams"})
-    return GenerationConfig(**kw)
-
-
-def from_generation_config(config) -> SamplingParams:
-    """A transformers ``GenerationConfig`` -> the :class:`~infergen.params.SamplingParams` that decodes the
-    same way (the inverse of :func:`to_generation_config` for the settings both know)."""
-    settings = {}
-    for name, target in TRANSFORMERS_NAMES.items():
-        value = getattr(config, target, None) if target else None
-        if value is None:
-            continue
-        if name == "logit_bias":
-            value = {int(k[0]): float(b) for k, b in value.items() if len(k) == 1}
-        elif name == "top_k" and value == 0:
-            continue  # 0 = off in both
-        settings[name] = value
-    if not getattr(config, "do_sample", False):
-        settings = {k: v for k, v in settings.items() if not setting(k).sampling_only}
-        settings["temperature"] = 0.0
-    return SamplingParams.from_kwargs(**settings)
-
-
-def to_vllm_sampling_params(params) -> dict:
-    """infergen settings -> keyword arguments for vLLM's ``SamplingParams`` (a plain dict: no vLLM needed).
-
-    ``vllm.SamplingParams(**to_vllm_sampling_params(p))``. Greedy is ``temperature=0`` in both.
-    ``max_new_tokens`` -> ``max_tokens``, ``eos_token_id`` -> ``stop_token_ids``, ``top_k`` None -> 0
-    (vLLM: 0 or -1 means "all tokens"). vLLM has no typical/epsilon/eta sampling nor n-gram bans
-    (:data:`VLLM_NAMES`), and beam search has its own entry point (``LLM.beam_search``): those raise
-    ``ValueError``.
-    """
-    sampling, call = _split_settings(params)
-    active = sampling.active()
-    for name in active:
-        if VLLM_NAMES[name] is None:
-            raise ValueError(f"vLLM's SamplingParams has no {name}")
-    if call.get("num_beams", 1) != 1:
-        raise ValueError("vLLM runs beam search through LLM.beam_search(BeamSearchParams(beam_width=...)), "
-                         "not SamplingParams")
-    out = {"temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
-           "top_k": int(sampling.top_k or 0), "min_p": float(sampling.min_p),
-           "repetition_penalty": float(sampling.repetition_penalty),
-           "frequency_penalty": float(sampling.frequency_penalty),
-           "presence_penalty": float(sampling.presence_penalty), "n": int(call.get("num_return_sequences", 1))}
-    if sampling.seed is not None:
-        out["seed"] = int(sampling.seed)
-    if sampling.stop:
-        out["stop"] = list(sampling.stop)
-    if sampling.logit_bias:
-        out["logit_bias"] = {int(t): float(b) for t, b in sampling.logit_bias.items()}
-    if "max_new_tokens" in call:
-        out["max_tokens"] = int(call["max_new_tokens"])
-    if "min_new_tokens" in call:
-        out["min_tokens"] = int(call["min_new_tokens"])
-    if "eos_token_id" in call:
-        eos = call["eos_token_id"]
-        out["stop_token_ids"] = [int(e) for e in (eos if isinstance(eos, (list, tuple, set)) else [eos])]
-    return out

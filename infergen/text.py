@@ -64,14 +64,17 @@ class GenerationResult:
 
     @property
     def num_tokens(self) -> int:
+        """How many tokens were generated."""
         return len(self.token_ids)
 
     @property
     def tokens_per_second(self) -> float:
+        """Generated tokens per wall-clock second of the whole call (NaN if it took no time)."""
         return self.num_tokens / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def mean_logprob(self) -> float:
+        """The average log-probability of the generated tokens (NaN if there are none)."""
         return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
 
 
@@ -82,6 +85,7 @@ class StopStrings:
         self.tokenizer, self.stops = tokenizer, list(SamplingParams(stop=stops).stop)
 
     def __call__(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """BoolTensor [B]: which rows' decoded text (of ``new_tokens`` [B, n], -1 ignored) holds a stop string."""
         out = torch.zeros(new_tokens.shape[0], dtype=torch.bool)
         for i, row in enumerate(new_tokens.tolist()):
             text = self.tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._validation import check_input_ids, check_number
-from ..cache import require_ops
+from ..cache import Cache, require
 from ..models.hf import as_model
 from ..models.protocol import GenerationDefaults
 from ..params import setting
@@ -48,11 +48,15 @@ class GenerationOutput:
 
     @property
     def new_tokens(self) -> torch.Tensor:
+        """The generated part of ``sequences``, [B, n]."""
         return self.sequences[:, self.prompt_length:]
 
 
 @dataclass
 class Setup:
+    """What :func:`prepare` checked and derived, shared by a decoder's steps: the model, the prompts on
+    its device, which slots are real, the ids that end a row, the pad id and the token budget."""
+
     model: object
     input_ids: torch.Tensor  # [B, T] on the model's device
     attention_mask: torch.Tensor  # [B, T] bool
@@ -109,13 +113,13 @@ def check_left_padded(attention_mask: torch.Tensor):
 
 def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_id=None,
             pad_token_id=None, cache_rows: int | None = None, extra_len: int = 0,
-            allocate: bool = True, needs: tuple[str, ...] = (), who: str = "this decoder"):
+            allocate: bool = True, needs: type = Cache, who: str = "this decoder"):
     """Validate the common arguments and allocate a cache; returns ``(setup, cache)``.
 
     ``cache_rows`` (default B) sizes the cache batch (e.g. B * num_beams); ``extra_len`` adds columns
-    beyond ``T + max_new_tokens`` (e.g. speculative drafts that may be rolled back). ``needs`` lists the
-    cache operations the decoder ``who`` uses beyond appending: a cache that cannot do them is refused
-    here, before any work (:func:`~infergen.cache.require_ops`).
+    beyond ``T + max_new_tokens`` (e.g. speculative drafts that may be rolled back). ``needs`` is the cache
+    protocol the decoder ``who`` uses (e.g. :class:`~infergen.cache.CropCache`): a cache that cannot do
+    it is refused here, before any work (:func:`~infergen.cache.require`).
     """
     model = as_model(model)
     input_ids = check_input_ids(input_ids)
@@ -148,7 +152,7 @@ def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_
                   max_new_tokens=int(max_new_tokens))
     cache = None
     if allocate:
-        cache = require_ops(model.new_cache(cache_rows or B, T + max_new_tokens + extra_len), needs, who)
+        cache = require(model.new_cache(cache_rows or B, T + max_new_tokens + extra_len), needs, who)
     return setup, cache
 
 

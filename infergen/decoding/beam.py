@@ -57,15 +57,12 @@ import math
 import torch
 
 from .._validation import check_number
-from ..params import SamplingParams
+from ..params import SamplingParams, is_greedy
 from ..registry import register_decoder
 from .base import GenerationOutput, check_stop, make_generator, prepare
-from .steps import decode_one, emit, end_stream, last_logits, prefill
+from .beam_state import LENGTH, Beams
+from .steps import REASONS, Sampler, decode_one, emit, end_stream, last_logits, log_probs, prefill
 
-#: The score transformers gives impossible beams: finite, so sums never turn into NaN.
-NEG = -1.0e9
-
-_REASONS = ("length", "eos", "stop", "constraint", "no_valid_token")  # finish-reason codes per hypothesis
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -93,170 +90,8 @@ def apply_hamming_diversity(scores: torch.Tensor, previous_tokens: torch.Tensor,
     return scores - penalty.repeat_interleave(beams_per_row, 0).to(scores.dtype)
 
 
-# --------------------------------------------------------------------------------------------------------
-# The shared machinery: running beams and finished hypotheses of every (row, group)
-# --------------------------------------------------------------------------------------------------------
-class _Beams:
-    """State of ``groups`` beam sets of ``size`` beams for each of ``B`` input rows (plain beam search:
-    one group of ``num_beams``). Every tensor is indexed ``[row, group, beam, ...]``.
-
-    Running beams: ``run_tokens`` (generated ids, padded), ``run_logprobs`` (the model's log-prob of each
-    token), ``run_scores`` (sum of processed log-probs). Finished hypotheses, kept sorted best first:
-    ``fin_*`` with ``fin_scores`` length-normalised and ``fin_done`` marking slots that hold one.
-    ``open[row, group]`` is False once no better hypothesis can appear (no more are accepted).
-
-    ``rule`` picks the early-stop test: ``"v5"`` compares the best *running* beam with the worst finished
-    hypothesis (transformers 5 beam search), ``"v4"`` the best *candidate* of the step, EOS ones included
-    (transformers 4 ``BeamHypotheses.is_done``, used by group beam search).
-    """
-
-    def __init__(self, B, groups, size, max_new, device, pad, length_penalty, early_stopping, rule,
-                 constrained=False):
-        shape = (B, groups, size)
-        self.size, self.max_new, self.pad = size, max_new, pad
-        self.length_penalty, self.early_stopping, self.rule = length_penalty, early_stopping, rule
-        self.run_tokens = torch.full(shape + (max_new,), pad, dtype=torch.long, device=device)
-        self.run_logprobs = torch.zeros(shape + (max_new,), device=device)
-        self.run_scores = torch.full(shape, NEG, device=device)
-        self.run_scores[:, :, 0] = 0.0  # only the first beam of each group is alive at the start
-        self.fin_tokens = self.run_tokens.clone()
-        self.fin_logprobs = self.run_logprobs.clone()
-        self.fin_scores = torch.full(shape, NEG, device=device)
-        self.fin_lengths = torch.zeros(shape, dtype=torch.long, device=device)
-        # a slot that never receives a hypothesis: under a constraint, no valid text was found
-        self.fin_reason = torch.full(shape, 4 if constrained else 0, dtype=torch.long, device=device)
-        self.constrained = constrained
-        self.fin_done = torch.zeros(shape, dtype=torch.bool, device=device)
-        self.open = torch.ones(B, groups, dtype=torch.bool, device=device)
-
-    def advance(self, g: int, step: int, processed: torch.Tensor, raw_logp: torch.Tensor, eos: torch.Tensor,
-                stopping=None, do_sample=False, generator=None, completes=None):
-        """One step of group ``g``: ``processed`` / ``raw_logp`` are [B, size, V]. Returns
-        ``(parents [B, size], tokens [B, size], all_candidates_ended: bool, keep [B, size])``, ``keep``
-        being the kept candidates' positions among the step's ``n_cand`` candidates.
-
-        Under a constraint (``self.constrained``), candidates with a ``-inf`` score (a token the
-        constraint forbids) are dropped, and ``completes(parent, token, live) -> BoolTensor [B, n_cand]``
-        says which candidates complete their constraint: they end like EOS, with reason ``"constraint"``.
-        """
-        B, size, V = processed.shape
-        n_cand = max(2, 1 + eos.numel()) * size
-        total = (processed + self.run_scores[:, g, :, None]).reshape(B, size * V)
-        if do_sample:  # beam sampling: draw the candidates without replacement from softmax(total)
-            probs = torch.softmax(total, -1)
-            support = int((probs > 0).sum(-1).min())
-            if support < n_cand and self.constrained:  # few allowed tokens: draw them all, pad with -inf ones
-                idx = _draw_padded(probs, total, n_cand, generator)
-                cand, order = total.gather(-1, idx).sort(-1, descending=True)
-                idx = idx.gather(-1, order)
-            elif support < n_cand:
-                raise ValueError(f"beam sampling draws {n_cand} distinct candidates per row (2 * num_beams) but "
-                                 f"the filters leave only {support}: raise top_k / top_p or lower num_beams")
-            else:
-                idx = torch.multinomial(probs, n_cand, generator=generator)
-                cand, order = total.gather(-1, idx).sort(-1, descending=True)
-                idx = idx.gather(-1, order)
-        else:
-            cand, idx = total.topk(n_cand, -1)  # [B, n_cand], best first
-        parent, token = idx // V, idx % V
-
-        def pick(t, index):  # gather along the beam dimension: t [B, n, ...], index [B, m]
-            return t.gather(1, index.view(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
-
-        hist = pick(self.run_tokens[:, g], parent)  # [B, n_cand, max_new]
-        hist[:, :, step] = token
-        hist_lp = pick(self.run_logprobs[:, g], parent)
-        hist_lp[:, :, step] = raw_logp.reshape(B, size * V).gather(-1, idx)
-        is_eos = torch.isin(token, eos)
-        stop = torch.zeros_like(is_eos)
-        if stopping is not None:
-            stop = stopping(hist[:, :, :step + 1].reshape(B * n_cand, step + 1)).to(is_eos.device).view(B, n_cand)
-        live = torch.ones_like(is_eos)
-        complete = torch.zeros_like(is_eos)
-        if self.constrained:
-            live = cand > NEG / 2  # a forbidden token (-inf), or an extension of a never-started beam
-            is_eos, stop = is_eos & live, stop & live
-            if completes is not None:
-                complete = completes(parent, token, live & ~is_eos) & live & ~is_eos & ~stop
-        ended = (is_eos | stop | complete | (step + 1 == self.max_new)) & live
-
-        # the next running beams: the best candidates that did not end. (At the last step every candidate
-        # ends by length, but the running beams still say which tokens the group chose, for diversity.)
-        run_cand = cand + (is_eos | stop | complete).float() * NEG
-        if self.constrained:
-            run_cand = run_cand.masked_fill(~live, float("-inf"))
-        keep = run_cand.topk(size, -1).indices
-        self.run_tokens[:, g] = pick(hist, keep)
-        self.run_logprobs[:, g] = pick(hist_lp, keep)
-        self.run_scores[:, g] = run_cand.gather(-1, keep)
-        parents = parent.gather(-1, keep)
-
-        # finished hypotheses: ended candidates among the top `size`, merged with the kept ones
-        lp = self.length_penalty
-        in_top = torch.arange(n_cand, device=cand.device) < size
-        new = ended & in_top
-        scores = cand / ((step + 1) ** lp)
-        full = self.fin_done[:, g].all(-1, keepdim=True)
-        scores = scores + (full & (self.early_stopping is True)).float() * NEG
-        scores = scores + (~self.open[:, g, None]).float() * NEG
-        scores = scores + (~new).float() * NEG
-        reason = torch.where(is_eos, 1, torch.where(stop, 2, torch.where(complete, 3, 0)))
-        best = torch.cat([self.fin_scores[:, g], scores], 1).topk(size, -1).indices
-        self.fin_scores[:, g] = torch.cat([self.fin_scores[:, g], scores], 1).gather(-1, best)
-        self.fin_tokens[:, g] = pick(torch.cat([self.fin_tokens[:, g], hist], 1), best)
-        self.fin_logprobs[:, g] = pick(torch.cat([self.fin_logprobs[:, g], hist_lp], 1), best)
-        lengths = torch.full_like(token, step + 1)
-        self.fin_lengths[:, g] = torch.cat([self.fin_lengths[:, g], lengths], 1).gather(-1, best)
-        self.fin_reason[:, g] = torch.cat([self.fin_reason[:, g], reason], 1).gather(-1, best)
-        self.fin_done[:, g] = torch.cat([self.fin_done[:, g], new], 1).gather(-1, best)
-
-        # can this (row, group) still improve? (the early-stopping rule)
-        length = self.max_new if (self.early_stopping == "never" and lp > 0) else step + 1
-        if self.rule == "v5":
-            best_possible = self.run_scores[:, g, :1] / (length ** lp)
-            worst = torch.where(self.fin_done[:, g], self.fin_scores[:, g].min(-1, keepdim=True).values, NEG)
-            self.open[:, g] &= (best_possible > worst).any(-1)
-        else:
-            full = self.fin_done[:, g].all(-1)
-            worst = self.fin_scores[:, g].min(-1).values
-            done = full & ((self.early_stopping is True) | (worst >= cand[:, 0] / (length ** lp)))
-            self.open[:, g] &= ~done
-        return parents, self.run_tokens[:, g, :, step], bool((ended | ~live).all()), keep
-
-    def finished(self) -> bool:
-        return not bool(self.open.any()) or (self.early_stopping is True and bool(self.fin_done.all()))
-
-    def best(self, n: int):
-        """The ``n`` best finished hypotheses of every row: (tokens, logprobs, scores, lengths, reasons, group),
-        each [B * n, ...], ordered best first within a row."""
-        B, groups, size = self.fin_scores.shape
-        flat = lambda t: t.reshape(B, groups * size, *t.shape[3:])  # noqa: E731
-        order = flat(self.fin_scores).sort(dim=-1, descending=True, stable=True).indices[:, :n]
-
-        def take(t):
-            t = flat(t)
-            idx = order.view(B, n, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
-            return t.gather(1, idx).reshape(B * n, *t.shape[2:])
-
-        group = torch.arange(groups, device=order.device).repeat_interleave(size).expand(B, -1)
-        return (take(self.fin_tokens), take(self.fin_logprobs), take(self.fin_scores), take(self.fin_lengths),
-                take(self.fin_reason), group.gather(1, order).reshape(-1))
-
-
-def _draw_padded(probs: torch.Tensor, total: torch.Tensor, n: int, generator) -> torch.Tensor:
-    """``n`` candidate indices per row: as many distinct draws from ``probs`` as it has support, then the
-    best of the rest (probability 0, so ``-inf`` scores that the caller drops)."""
-    out = []
-    for r in range(probs.shape[0]):
-        k = min(n, int((probs[r] > 0).sum()))
-        drawn = torch.multinomial(probs[r], k, generator=generator) if k else probs.new_zeros(0, dtype=torch.long)
-        rest = total[r].index_fill(0, drawn, float("inf")).topk(n, largest=False).indices[:n - k] if k < n else drawn[:0]
-        out.append(torch.cat([drawn, rest]))
-    return torch.stack(out)
-
-
 def _completion_check(rows, g: int, size: int, num_beams: int, eos: torch.Tensor, kept: list):
-    """The ``completes`` callback of :meth:`_Beams.advance` for group ``g``: forks the parent beam's state
+    """The ``completes`` callback of :meth:`Beams.advance` for group ``g``: forks the parent beam's state
     for every live candidate, advances it with the candidate's token, and says which are complete. The
     advanced candidates are appended to ``kept`` (the caller adds the indices of the kept ones)."""
 
@@ -301,10 +136,9 @@ def _check_common(num_beams, num_return_sequences, length_penalty, early_stoppin
 # The search loop shared by both strategies
 # --------------------------------------------------------------------------------------------------------
 def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, early_stopping,
-            num_return_sequences, pipeline, rule, diversity_penalty=0.0, do_sample=False, generator=None,
-            attention_mask=None, eos_token_id=None, pad_token_id=None, streamer=None, stopping=None,
+            num_return_sequences, sampler: Sampler, rule, diversity_penalty=0.0, attention_mask=None, eos_token_id=None, pad_token_id=None, streamer=None, stopping=None,
             return_dict=False, strategy="beam", constraint=None):
-    """Run ``groups`` groups of ``size`` beams per input row (see :class:`_Beams`) and assemble the output.
+    """Run ``groups`` groups of ``size`` beams per input row (see :class:`.Beams`) and assemble the output.
 
     One forward pass per step serves every beam of every row: the cache holds ``B * num_beams`` rows
     (row ``b * num_beams + g * size + j`` is beam ``j`` of group ``g`` of input row ``b``). Within a step
@@ -320,7 +154,7 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
     """
     num_beams = groups * size
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                           eos_token_id=eos_token_id, pad_token_id=pad_token_id, needs=("reorder",), who=strategy)
+                           eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     model = setup.model
     B, T = setup.input_ids.shape
     vocab = model.config.vocab_size
@@ -334,18 +168,19 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
         from ..constraints import as_row_constraints
 
         rows = as_row_constraints(constraint, B).select(torch.arange(B).repeat_interleave(num_beams))
-    beams = _Beams(B, groups, size, max_new_tokens, dev, setup.pad_token_id, length_penalty, early_stopping, rule,
+    beams = Beams(setup, groups, size, length_penalty=length_penalty, early_stopping=early_stopping, rule=rule,
+                   stopping=stopping, do_sample=not sampler.greedy, generator=sampler.generator,
                    constrained=rows is not None)
 
     # Hamming diversity joins the pipeline where transformers 4.x had it: after the bias, before penalties.
     hamming = {"previous": None}
     if groups > 1 and diversity_penalty > 0:
-        names = [n for n, _ in pipeline.steps if n != "logit_bias"]
+        names = [n for n, _ in sampler.pipeline.steps if n != "logit_bias"]
 
         def diversity_step(z, ctx):
             return apply_hamming_diversity(z, hamming["previous"], diversity_penalty, beams_per_row=size)
 
-        pipeline.add("diversity", diversity_step, before=names[0] if names else None)
+        sampler.pipeline.add("diversity", diversity_step, before=names[0] if names else None)
     prompt_ids = setup.prompt_ids_for_penalties.repeat_interleave(size, 0)  # [B * size, T]
 
     steps = 0
@@ -356,12 +191,12 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
             cache.repeat(num_beams)
         for step in range(max_new_tokens):
             steps += 1
-            logp_all = torch.log_softmax(logits, -1).view(B, groups, size, vocab)
+            logp_all = log_probs(logits).view(B, groups, size, vocab)
             if torch.isnan(logp_all).any():
                 raise ValueError("the model produced NaN logits: nothing sensible can be chosen")
             scored = logp_all  # what the beams score: renormalised over the allowed tokens under a constraint
             if rows is not None:
-                scored = torch.log_softmax(rows.mask(logits), -1)
+                scored = log_probs(rows.mask(logits))
                 scored = scored.masked_fill(rows.dead(dev)[:, None], float("-inf")).view(B, groups, size, vocab)
             parents, chosen, seen, kept = [], [], [], []  # seen: what later groups' Hamming penalty counts
             all_ended = True
@@ -375,11 +210,9 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
                 else:
                     hamming["previous"] = torch.empty(B, 0, dtype=torch.long, device=dev)
                 generated = beams.run_tokens[:, g, :, :step].reshape(B * size, step)
-                processed = pipeline(scored[:, g].reshape(B * size, vocab), prompt_ids=prompt_ids,
-                                     generated_ids=generated).view(B, size, vocab)
+                processed = sampler.process(scored[:, g].reshape(B * size, vocab), prompt_ids, generated)
                 was_open = beams.open[:, g, None].clone()
-                p, tok, ended, keep = beams.advance(g, step, processed, raw, setup.eos, stopping, do_sample, generator,
-                                                    completes)
+                p, tok, ended, keep = beams.advance(g, step, processed.view(B, size, vocab), raw, completes)
                 if rows is not None:
                     kept[-1] = (kept[-1], keep)
                 parents.append(p + g * size)
@@ -401,7 +234,7 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
         logprobs = torch.empty(B * n, 0, device=dev)
         scores = torch.zeros(B * n, device=dev)
         lengths = torch.zeros(B * n, dtype=torch.long)
-        reasons = torch.zeros(B * n, dtype=torch.long)
+        reasons = torch.full((B * n,), LENGTH, dtype=torch.long)
         group = torch.zeros(B * n, dtype=torch.long)
     else:
         tokens, logprobs, scores, lengths, reasons, group = beams.best(n)
@@ -416,7 +249,7 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
     if groups > 1:
         info.update(num_beam_groups=groups, group=group.tolist())
     return GenerationOutput(sequences=sequences, logprobs=logprobs[:, :width], prompt_length=T,
-                            finish_reason=[_REASONS[r] for r in reasons.tolist()],
+                            finish_reason=[REASONS[r] for r in reasons.tolist()],
                             lengths=[int(x) for x in lengths.tolist()], scores=scores, info=info)
 
 
@@ -463,7 +296,7 @@ def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalt
         raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
     params = SamplingParams.resolve(params, **settings)
     check_stop(params, stopping)
-    do_sample = do_sample and not params.is_greedy  # temperature 0 is greedy: beam sampling at T=0 is beam search
+    do_sample = do_sample and not is_greedy(params.temperature)  # beam sampling at temperature 0 is beam search
     if not do_sample:
         params.require_deterministic("beam_search without do_sample", "only beam_search(do_sample=True) samples")
     if num_beams == 1:  # one beam is greedy search, or plain sampling (as in transformers)
@@ -477,7 +310,7 @@ def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalt
     gen = make_generator(params.seed, generator, device=getattr(model, "device", "cpu")) if do_sample else None
     return _search(model, input_ids, max_new_tokens, groups=1, size=num_beams, length_penalty=length_penalty,
                    early_stopping=early_stopping, num_return_sequences=num_return_sequences,
-                   pipeline=params.pipeline(sampling=do_sample), rule="v5", do_sample=do_sample, generator=gen,
+                   sampler=Sampler(params, params.pipeline(sampling=do_sample), gen), rule="v5",
                    attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                    streamer=streamer, stopping=stopping, return_dict=return_dict, strategy="beam",
                    constraint=constraint)
@@ -519,10 +352,9 @@ def diverse_beam_search(model, input_ids, max_new_tokens=100, num_beams=4, num_b
     params = SamplingParams.resolve(params, **settings)
     check_stop(params, stopping)
     params.require_deterministic("diverse_beam_search", "only beam_search(do_sample=True) samples")
-    pipeline = params.pipeline(sampling=False)
     return _search(model, input_ids, max_new_tokens, groups=num_beam_groups, size=num_beams // num_beam_groups,
                    length_penalty=length_penalty, early_stopping=early_stopping,
-                   num_return_sequences=num_return_sequences, pipeline=pipeline, rule="v4",
+                   num_return_sequences=num_return_sequences, sampler=Sampler(params, params.pipeline(sampling=False)), rule="v4",
                    diversity_penalty=diversity_penalty, attention_mask=attention_mask, eos_token_id=eos_token_id,
                    pad_token_id=pad_token_id, streamer=streamer, stopping=stopping, return_dict=return_dict,
                    strategy="diverse_beam", constraint=constraint)

@@ -70,8 +70,7 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=0.6,
     check_number("top_k", top_k, low=1, integer=True)
     check_number("alpha", alpha, low=0, high=1)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                           eos_token_id=eos_token_id, pad_token_id=pad_token_id, needs=("reorder",),
-                           who="contrastive_search")
+                           eos_token_id=eos_token_id, pad_token_id=pad_token_id, who="contrastive_search")
     model = setup.model
     vocab = model.config.vocab_size
     if top_k > vocab:

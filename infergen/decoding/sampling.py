@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.hf import as_model
 from ..params import SamplingParams
 from ..processors import LogitsPipeline
 from ..registry import register_decoder
@@ -30,43 +31,44 @@ from .base import check_stop, make_generator, prepare
 from .steps import Rows, Sampler, decode_n_tokens, last_logits, prefill
 
 
-def start(model, input_ids, max_new_tokens, params: SamplingParams, *, attention_mask=None, eos_token_id=None,
-          pad_token_id=None, generator=None, stopping=None, streamer=None, constraint=None,
-          pipeline: LogitsPipeline | None = None):
-    """Set up a generation: checks, cache, sampler, rows, and the prefill's logits (None if n = 0).
-    ``pipeline`` replaces the one ``params`` would build (e.g. one with your own registered steps)."""
-    check_stop(params, stopping)
+def start(model, input_ids, max_new_tokens, sampler: Sampler, *, attention_mask=None, eos_token_id=None,
+          pad_token_id=None, stopping=None, streamer=None, constraint=None):
+    """Set up a generation with ``sampler``: checks, cache, rows, and the prefill's logits (None if n = 0)."""
+    check_stop(sampler.params, stopping)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-    sampler = Sampler(params, pipeline=pipeline,
-                      generator=make_generator(params.seed, generator, device=setup.model.device))
     rows = Rows(setup, stopping=stopping, streamer=streamer, keep_history=sampler.uses_history,
                 constraint=constraint)
     logits = None
     if setup.max_new_tokens:
         with torch.inference_mode():
             logits = last_logits(prefill(setup.model, setup.input_ids, cache, setup.attention_mask))
-    return setup, cache, sampler, rows, logits
+    return setup, cache, rows, logits
+
+
+def make_sampler(model, params: SamplingParams, generator=None, pipeline: LogitsPipeline | None = None) -> Sampler:
+    """The :class:`~infergen.decoding.steps.Sampler` of ``params`` (seeded on ``model``'s device)."""
+    return Sampler(params, pipeline, make_generator(params.seed, generator, device=as_model(model).device))
 
 
 def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | LogitsPipeline | None = None,
-                 **kwargs):
+                 generator=None, **kwargs):
     """Yield ``(tokens [B], logprobs [B])`` once per generated position (what streaming needs).
 
     ``params`` says how tokens are chosen: a :class:`~infergen.params.SamplingParams`, or a
     :class:`~infergen.processors.LogitsPipeline` of your own (e.g. with a registered processor; its
     temperature decides greedy vs sampling). ``kwargs`` are those of :func:`generate_autoregressive`
-    (``attention_mask``, ``eos_token_id``, ``generator``, ...). Finished rows yield ``pad_token_id``
-    with log-probability 0.
+    (``attention_mask``, ``eos_token_id``, ...). Finished rows yield ``pad_token_id`` with log-probability 0.
     """
     pipeline = params if isinstance(params, LogitsPipeline) else None
     params = SamplingParams() if pipeline is not None or params is None else params
-    setup, cache, sampler, rows, logits = start(model, input_ids, max_new_tokens, params, pipeline=pipeline,
-                                                **kwargs)
+    sampler = make_sampler(model, params, generator, pipeline)
+    setup, cache, rows, logits = start(model, input_ids, max_new_tokens, sampler, **kwargs)
     if logits is not None:
         yield from decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows)
 
 
+@register_decoder("sample")
 def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=None, top_k=None, top_p=None,
                             eos_token_id=None, *, attention_mask=None, pad_token_id=None, generator=None,
                             streamer=None, stopping=None, constraint=None, return_dict=False,
@@ -81,12 +83,13 @@ def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=No
     of tokens. ``constraint`` (from :func:`infergen.constraints.make_constraint`, or a list with one per
     row) restricts every row to text its constraint accepts; it is applied to the logits first, before
     every processor. Returns [B, T + n] token ids, or a :class:`~infergen.decoding.base.GenerationOutput`
-    with ``return_dict=True``.
+    with ``return_dict=True``. Registered as strategy ``"sample"``.
     """
     params = SamplingParams.resolve(params, temperature=temperature, top_k=top_k, top_p=top_p, **settings)
-    setup, cache, sampler, rows, logits = start(
-        model, input_ids, max_new_tokens, params, attention_mask=attention_mask, eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id, generator=generator, stopping=stopping, streamer=streamer, constraint=constraint)
+    sampler = make_sampler(model, params, generator)
+    setup, cache, rows, logits = start(model, input_ids, max_new_tokens, sampler, attention_mask=attention_mask,
+                                       eos_token_id=eos_token_id, pad_token_id=pad_token_id, stopping=stopping,
+                                       streamer=streamer, constraint=constraint)
     if logits is not None:
         for _ in decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows):
             pass
@@ -107,10 +110,9 @@ def greedy_search(model, input_ids, max_new_tokens=100, eos_token_id=None, *, pa
                                    params=params.replace(temperature=0.0), **rest)
 
 
-@register_decoder("sample")
 def sample_with_temperature(model, input_ids, max_new_tokens=100, temperature=None, eos_token_id=None,
                             **kwargs):
     """Sample every token from ``softmax(logits / temperature)`` (default temperature 1; top-k/top-p etc.
-    also accepted)."""
+    also accepted): :func:`generate_autoregressive` with ``eos_token_id`` as the fifth argument."""
     return generate_autoregressive(model, input_ids, max_new_tokens, temperature=temperature,
                                    eos_token_id=eos_token_id, **kwargs)

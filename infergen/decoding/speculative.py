@@ -57,14 +57,13 @@ import torch
 from torch import nn
 
 from .._validation import check_number
-from ..cache import require_ops
+from ..cache import CropCache, require
 from ..models.hf import as_model
 from ..models.llama import LlamaModel
-from ..params import SamplingParams
-from ..processors import LogitsPipeline, check_finite_row, safe_probs
+from ..params import SamplingParams, is_greedy
 from ..registry import register_decoder
 from .base import check_stop, make_generator, prepare
-from .steps import Rows, last_logits, prefill
+from .steps import Rows, Sampler, decode_many, decode_one, last_logits, prefill
 
 
 class LayerSkipDraft(LlamaModel):
@@ -140,52 +139,39 @@ def resolve_draft(target, draft_model=None, draft_layers=None):
 
 
 class Speculator:
-    """Both models, both caches and the state between rounds.
+    """Both models, both caches and the state between rounds; tokens are chosen by one shared
+    :class:`~infergen.decoding.steps.Sampler`, applied identically to draft and target.
 
     Invariant between rounds: the target's cache holds every committed token but the newest one, and
     ``pending`` [B, w] holds the committed tokens the draft has not seen yet (ending with the newest),
     so ``draft_cache.length + w == target_cache.length + 1``.
     """
 
-    def __init__(self, target, draft, setup, pipeline: LogitsPipeline, gamma: int, generator=None):
+    def __init__(self, target, draft, setup, sampler: Sampler, gamma: int):
         B, T = setup.input_ids.shape
         if T + setup.max_new_tokens > draft.max_context:
             raise ValueError(f"the draft's context ({draft.max_context}) is shorter than prompt + "
                              f"max_new_tokens ({T + setup.max_new_tokens})")
         size = T + setup.max_new_tokens + gamma + 1
-        self.target, self.draft, self.setup = target, draft, setup
-        self.pipeline, self.gamma, self.generator = pipeline, gamma, generator
-        self.greedy = pipeline.is_greedy
-        self.target_cache = require_ops(target.new_cache(B, size), ("crop",), "speculative_decode")
-        self.draft_cache = require_ops(draft.new_cache(B, size), ("crop",), "speculative_decode (its draft)")
+        self.target, self.draft, self.setup, self.sampler, self.gamma = target, draft, setup, sampler, gamma
+        self.target_cache = require(target.new_cache(B, size), CropCache, "speculative_decode")
+        self.draft_cache = require(draft.new_cache(B, size), CropCache, "speculative_decode (its draft)")
         self.pending = None
         self.drafted = torch.zeros(B, dtype=torch.long, device=setup.input_ids.device)
         self.accepted = torch.zeros_like(self.drafted)
         self.rounds = 0
 
-    def _argmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """The greedy choice of logits [..., V] after the processors (e.g. a logit bias)."""
-        flat = logits.reshape(-1, logits.shape[-1])
-        return check_finite_row(self.pipeline(flat)).argmax(-1).view(logits.shape[:-1])
-
-    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Processed probabilities of logits [..., V] (float32)."""
-        flat = logits.reshape(-1, logits.shape[-1])
-        return safe_probs(self.pipeline(flat)).view(logits.shape)
-
     def _pick(self, logits: torch.Tensor):
-        """A token [B] from logits [B, V] (argmax at temperature 0, else a sample) and its probs (or None)."""
-        if self.greedy:
-            return self._argmax(logits), None
-        probs = self._probs(logits)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1), probs
+        """Tokens [...] from logits [..., V] through the sampler, and (when sampling) their distribution."""
+        processed = self.sampler.process(logits)
+        probs = None if self.sampler.greedy else processed.softmax(-1)
+        return self.sampler.choose(processed), probs
 
     def start(self):
         """Prefill both caches with the prompt; the target picks the first token. Returns (tokens, logits)."""
         s = self.setup
         logits = last_logits(prefill(self.target, s.input_ids, self.target_cache, s.attention_mask))
-        self.draft(s.input_ids.to(self.draft.device), self.draft_cache,
-                   attention_mask=s.attention_mask.to(self.draft.device))
+        prefill(self.draft, s.input_ids.to(self.draft.device), self.draft_cache, s.attention_mask.to(self.draft.device))
         token, _ = self._pick(logits)
         self.pending = token[:, None]
         return token[:, None], logits[:, None]
@@ -203,26 +189,26 @@ class Speculator:
         drafts, qs = [], []
         x = self.pending
         for _ in range(g):  # the draft proposes g tokens, one at a time
-            logits = self.draft(x.to(self.draft.device), self.draft_cache).logits[:, -1].float().to(dev)
+            logits = last_logits(decode_one(self.draft, x.to(self.draft.device), self.draft_cache)).to(dev)
             d, q = self._pick(logits)
             drafts.append(d)
             qs.append(q)
             x = d[:, None]
         feed = torch.cat([self.pending[:, -1:]] + [d[:, None] for d in drafts], 1)  # newest + g drafts
-        target_logits = self.target(feed, self.target_cache, logits="all").logits.float()  # [B, g+1, V]
+        target_logits = decode_many(self.target, feed, self.target_cache).logits.float()  # [B, g+1, V]
         if g == 0:
             n = torch.zeros(B, dtype=torch.long, device=dev)
             nxt, _ = self._pick(target_logits[:, 0])
             drafts_t = torch.empty(B, 0, dtype=torch.long, device=dev)
         else:
             drafts_t = torch.stack(drafts, 1)
-            if self.greedy:
-                best = self._argmax(target_logits)  # [B, g+1]
+            if self.sampler.greedy:  # accept while the draft's token is the target's argmax
+                best = self.sampler.choose(self.sampler.process(target_logits))  # [B, g+1]
                 n = (drafts_t == best[:, :g]).long().cumprod(-1).sum(-1)
                 nxt = best.gather(1, n[:, None]).squeeze(1)
             else:
-                p = self._probs(target_logits)
-                n, nxt = verify_drafts(p, torch.stack(qs, 1), drafts_t, self.generator)
+                p = self.sampler.probs(target_logits)
+                n, nxt = verify_drafts(p, torch.stack(qs, 1), drafts_t, self.sampler.generator)
         # Commit the smallest accepted count over unfinished rows, plus one token per row.
         m = int(n[active].min()) if bool(active.any()) else 0
         last = nxt if m == g else torch.where(n == m, nxt, drafts_t[:, min(m, g - 1)])
@@ -241,6 +227,7 @@ class Speculator:
         return tokens, target_logits[:, :m + 1]
 
     def info(self) -> dict:
+        """Per-row ``drafted`` / ``accepted`` counts, the overall ``acceptance_rate`` and the ``rounds``."""
         drafted, accepted = self.drafted.sum().item(), self.accepted.sum().item()
         return {"num_draft_tokens": self.gamma, "rounds": self.rounds, "drafted": self.drafted.tolist(),
                 "accepted": self.accepted.tolist(),
@@ -273,7 +260,7 @@ def speculative_decode(model, input_ids, max_new_tokens=100, draft_model=None, n
     check_number("num_draft_tokens", num_draft_tokens, low=1, integer=True)
     params = SamplingParams.resolve(params, temperature=temperature, top_k=top_k, top_p=top_p, **settings)
     check_stop(params, stopping)
-    if params.is_greedy:
+    if is_greedy(params.temperature):
         params.require_deterministic("speculative_decode at temperature 0", "give a temperature > 0 to sample")
     if params.uses_history:
         raise ValueError(f"speculative_decode applies only settings that do not read the token history; got "
@@ -282,8 +269,8 @@ def speculative_decode(model, input_ids, max_new_tokens=100, draft_model=None, n
     draft = resolve_draft(target, draft_model, draft_layers)
     setup, _ = prepare(target, input_ids, max_new_tokens, attention_mask=attention_mask,
                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, allocate=False)
-    gen = make_generator(params.seed, generator, device=target.device)
-    spec = Speculator(target, draft, setup, params.pipeline(), int(num_draft_tokens), gen)
+    sampler = Sampler(params, generator=make_generator(params.seed, generator, device=target.device))
+    spec = Speculator(target, draft, setup, sampler, int(num_draft_tokens))
     rows = Rows(setup, stopping=stopping, streamer=streamer)
 
     def commit(tokens, logits) -> bool:  # one column at a time, so rows finish exactly at their EOS

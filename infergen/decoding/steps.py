@@ -7,12 +7,14 @@
         if all_done: break
         logits = decode_one(model, tokens, cache)            # one token per row, reusing the cache
 
-* :func:`prefill` and :func:`decode_one` are the only two ways a decoder calls the model; ``decode_one``
-  is the single decode step a compiled or otherwise faster model speeds up for every decoder at once.
+* :func:`prefill`, :func:`decode_one` and :func:`decode_many` are the only ways a decoder calls the model;
+  ``decode_one`` is the single decode step a compiled or otherwise faster model speeds up for every
+  decoder at once; ``decode_many`` feeds several tokens per row (speculative verification, MCTS paths).
 * :class:`Sampler` chooses tokens from logits under one :class:`~infergen.params.SamplingParams`.
-* :class:`Rows` is the per-row bookkeeping of a generation: which rows finished and why, the committed
-  tokens and their log-probabilities under the model, the token history the penalties read, streaming.
-  :meth:`Rows.commit` is the one function that commits a chosen column.
+* :class:`Rows` is the per-row bookkeeping of a generation: which rows finished and why
+  (:class:`FinishReason`), the committed tokens and their log-probabilities under the model
+  (:func:`token_logprobs`), the token history the penalties read, stop criteria, constraints, streaming.
+  :meth:`Rows.commit` is the one function that commits chosen tokens, for every decoder and the batcher.
 
 Greedy search and sampling are :func:`decode_n_tokens` over these; beam search, contrastive search,
 speculative decoding, MCTS and the continuous batcher use the same pieces around their own algorithm.
@@ -25,8 +27,8 @@ from typing import Callable, Iterator
 import torch
 
 from ..models.protocol import ModelOutput
-from ..params import SamplingParams
-from ..processors import LogitsPipeline, check_finite_row, sample_from_logits
+from ..params import SamplingParams, is_greedy
+from ..processors import LogitsPipeline, check_finite_row, safe_probs, sample_from_logits
 from .base import GenerationOutput, Setup
 
 
@@ -43,10 +45,15 @@ class FinishReason(str, Enum):
         return self.value
 
 
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)`` [..., V] in float32: the model's log-probabilities (what beams score)."""
+    return torch.log_softmax(logits.float(), -1)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``log softmax(logits)[token]``: the model's log-probability of each chosen token (the one place
     that computes it). ``logits`` [..., V], ``tokens`` [...] -> [...] in float32."""
-    return torch.log_softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return log_probs(logits).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def prefill(model, input_ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None, *,
@@ -55,9 +62,13 @@ def prefill(model, input_ids: torch.Tensor, cache, attention_mask: torch.Tensor 
     return model(input_ids, cache, attention_mask=attention_mask, hidden=hidden)
 
 
-def decode_one(model, tokens: torch.Tensor, cache, *, hidden: bool = False) -> ModelOutput:
-    """One decode step: ``tokens`` [B] (one new token per row) or [B, 1] through ``model``, reusing ``cache``."""
-    return model(tokens.reshape(-1, 1), cache, hidden=hidden)
+def decode_one(model, tokens: torch.Tensor, cache, attention_mask: torch.Tensor | None = None, *,
+               hidden: bool = False) -> ModelOutput:
+    """One decode step: ``tokens`` [B] (one new token per row) or [B, 1] through ``model``, reusing ``cache``.
+    ``attention_mask`` [B, 1] False marks rows whose token is padding (a batcher's free slots)."""
+    if attention_mask is None:
+        return model(tokens.reshape(-1, 1), cache, hidden=hidden)
+    return model(tokens.reshape(-1, 1), cache, attention_mask=attention_mask, hidden=hidden)
 
 
 def decode_many(model, tokens: torch.Tensor, cache, *, hidden: bool = False) -> ModelOutput:
@@ -84,29 +95,52 @@ def draw(logits: torch.Tensor, generator=None) -> torch.Tensor:
 class Sampler:
     """Chooses the next token of every row from the model's logits under one :class:`SamplingParams`.
 
-    ``pipeline`` defaults to ``params.pipeline()``; ``generator`` as in :func:`draw`. Greedy settings
-    with nothing else to apply take the argmax directly (no pipeline, no random numbers).
+    ``pipeline`` defaults to ``params.pipeline()``; ``generator`` as in :func:`draw`. Whether it is greedy
+    is asked once, here, of :func:`infergen.params.is_greedy` (the pipeline's temperature); greedy
+    settings with nothing else to apply take the argmax directly (no pipeline, no random numbers).
     """
 
     def __init__(self, params: SamplingParams, pipeline: LogitsPipeline | None = None, generator=None):
         self.params = params
         self.pipeline = pipeline if pipeline is not None else params.pipeline()
         self.generator = generator
+        self.greedy = is_greedy(self.pipeline.temperature)
+
+    @property
+    def plain_argmax(self) -> bool:
+        """Greedy with no pipeline step but the temperature: the token is the argmax of the raw logits."""
+        return self.greedy and all(name == "temperature" for name, _ in self.pipeline.steps)
 
     @property
     def uses_history(self) -> bool:
+        """Does the pipeline read the token history (so the rows must keep it)?"""
         return self.pipeline.uses_history
+
+    def process(self, logits: torch.Tensor, prompt_ids: torch.Tensor | None = None,
+                generated_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits [..., V] after the pipeline (the history as in :meth:`__call__`)."""
+        if self.plain_argmax:
+            return logits
+        flat = self.pipeline(logits.reshape(-1, logits.shape[-1]), prompt_ids=prompt_ids, generated_ids=generated_ids)
+        return flat.view(logits.shape)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution [..., V] tokens are drawn from (float32): softmax of :meth:`process`."""
+        return safe_probs(self.process(logits))
+
+    def choose(self, processed: torch.Tensor, generator=None) -> torch.Tensor:
+        """Tokens [...] from already processed logits [..., V]: the argmax, or one draw per row."""
+        if self.plain_argmax:
+            return check_finite_row(processed.reshape(-1, processed.shape[-1])).argmax(-1).view(processed.shape[:-1])
+        flat = processed.reshape(-1, processed.shape[-1])
+        return draw(flat, self.generator if generator is None else generator).view(processed.shape[:-1])
 
     def __call__(self, logits: torch.Tensor, prompt_ids: torch.Tensor | None = None,
                  generated_ids: torch.Tensor | None = None, generator=None) -> torch.Tensor:
         """Tokens [B] for logits [B, V]; ``prompt_ids`` / ``generated_ids`` (``[B, n]``, -1 = padding) are
         the history the penalties read; ``generator`` (as in :func:`draw`) replaces the sampler's own for
         this call (a batcher whose rows change from step to step passes one per current row)."""
-        if self.pipeline.is_plain_argmax:
-            check_finite_row(logits)
-            return logits.argmax(-1)
-        processed = self.pipeline(logits, prompt_ids=prompt_ids, generated_ids=generated_ids)
-        return draw(processed, self.generator if generator is None else generator)
+        return self.choose(self.process(logits, prompt_ids, generated_ids), generator)
 
 
 def emit(streamer, tokens: torch.Tensor):
@@ -121,25 +155,34 @@ def emit(streamer, tokens: torch.Tensor):
 
 
 def end_stream(streamer):
+    """Tell a streamer with an ``end`` method that no more tokens will come."""
     if streamer is not None and hasattr(streamer, "end"):
         streamer.end()
+
+
+#: Finish reasons by code: tensors hold the code (``REASONS.index(reason)``), outputs the enum.
+REASONS: tuple[FinishReason, ...] = tuple(FinishReason)
 
 
 class Rows:
     """Per-row state of a generation over ``setup``'s batch, and :meth:`commit`, which advances it.
 
     A row is finished at its own EOS (``"eos"``), when ``stopping(generated_ids) -> BoolTensor [B]`` says
-    so (``"stop"``), or when its constraint is complete (``"constraint"``) or allows no token at all
-    (``"no_valid_token"``); every later token of that row is ``setup.pad_token_id`` with log-probability
-    0. ``keep_history`` keeps the generated ids for the penalties (kept anyway when there is a
-    ``stopping`` criterion). ``constraint`` (see :mod:`infergen.constraints`: one constraint, one per
-    row, or None) is per-row state that :meth:`constrain` applies to the logits and :meth:`commit`
-    advances.
+    so (``"stop"``), when its constraint is complete (``"constraint"``) or allows no token at all
+    (``"no_valid_token"``), or after ``limit`` tokens (``"length"``; default ``setup.max_new_tokens``,
+    or a list with one limit per row); every later token of that row is ``setup.pad_token_id`` with
+    log-probability 0. ``keep_history`` keeps the generated ids for the penalties (kept anyway when there
+    is a ``stopping`` criterion). ``constraint`` (see :mod:`infergen.constraints`: one constraint, one per
+    row, or None) is per-row state that :meth:`constrain` applies to the logits and :meth:`commit` advances.
+
+    Everything lives in tensors on the rows' device (buffers of ``setup.max_new_tokens`` columns), so a
+    commit never synchronises with the host; a batcher reuses a row for a new request with :meth:`reset`
+    and commits only the rows that hold requests (``commit(..., rows=index)``).
     """
 
     def __init__(self, setup: Setup, *, stopping: Callable | None = None, streamer=None,
-                 keep_history: bool = False, constraint=None):
-        B = setup.input_ids.shape[0]
+                 keep_history: bool = False, constraint=None, limit=None):
+        B, dev, n = setup.input_ids.shape[0], setup.input_ids.device, setup.max_new_tokens
         self.setup, self.stopping, self.streamer = setup, stopping, streamer
         self.constraint = None
         if constraint is not None:
@@ -148,71 +191,86 @@ class Rows:
             self.constraint = as_row_constraints(constraint, B)
         self.keep_history = keep_history or stopping is not None
         self.prompt_ids = setup.prompt_ids_for_penalties
-        self.done = torch.zeros(B, dtype=torch.bool, device=setup.input_ids.device)
-        self.reason: list[FinishReason] = [FinishReason.LENGTH] * B
-        self.lengths: list[int | None] = [None] * B  # set when a row finishes
-        self.tokens: list[torch.Tensor] = []         # committed columns [B]
-        self.logprobs: list[torch.Tensor] = []
-        self._history: list[torch.Tensor] = []       # columns with -1 where a row had already finished
-
-    @property
-    def steps(self) -> int:
-        return len(self.tokens)
+        self.limit = torch.as_tensor(n if limit is None else limit, device=dev).expand(B).clone()
+        self.ids = torch.full((B, n), setup.pad_token_id, dtype=torch.long, device=dev)  # committed tokens
+        self.lp = torch.zeros(B, n, device=dev)                                            # and their log-probs
+        self.history = torch.full((B, n), -1, dtype=torch.long, device=dev)  # -1 once a row has finished
+        self.count = torch.zeros(B, dtype=torch.long, device=dev)            # tokens committed per row
+        self.done = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.reason = torch.zeros(B, dtype=torch.long, device=dev)           # REASONS codes (0 = length)
+        self.length = torch.zeros(B, dtype=torch.long, device=dev)           # real new tokens, when done
+        self.steps = 0                                                        # columns committed (fixed batch)
 
     def generated_ids(self) -> torch.Tensor | None:
         """[B, n] generated ids, -1 after a row finished (the processors ignore -1); None before any."""
-        return torch.stack(self._history, 1) if self._history else None
+        return self.history[:, :self.steps] if self.steps else None
 
     def constrain(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits with every token the rows' constraints forbid set to ``-inf`` (the first processor,
         so that truncation rules choose among allowed tokens); unchanged without a constraint."""
         return logits if self.constraint is None else self.constraint.mask(logits)
 
-    def commit(self, tokens: torch.Tensor, logits: torch.Tensor | None = None,
-               logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
-        """Commit one chosen column ``tokens`` [B], chosen from the model's ``logits`` [B, V] (or give the
-        model's ``logprobs`` [B] of the tokens directly).
+    def commit(self, tokens: torch.Tensor, logits: torch.Tensor | None = None, logprobs: torch.Tensor | None = None,
+               *, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+        """Commit the chosen ``tokens`` [n], chosen from the model's ``logits`` [n, V] (or give the model's
+        ``logprobs`` [n] of the tokens directly), one for each row of ``rows`` (default: every row).
 
-        Returns the committed column (padding for rows that had finished) and whether every row is done.
+        Records each token's log-probability, finishes rows (EOS, stop criterion, constraint, limit),
+        keeps the history, advances the constraints and streams the tokens. Returns the committed tokens
+        (padding for rows that had finished) and whether every row is done.
         """
         if self.constraint is not None:  # a row whose constraint allows nothing ends before this token
             self.finish(self.constraint.dead(self.done.device), FinishReason.NO_VALID_TOKEN)
-        running = ~self.done
+        idx = torch.arange(len(self.done), device=self.done.device) if rows is None else rows
+        done, at = self.done[idx], self.count[idx]
         logprob = token_logprobs(logits, tokens) if logprobs is None else logprobs
-        self.logprobs.append(logprob.masked_fill(self.done, 0.0))
-        if self.keep_history:
-            self._history.append(tokens.masked_fill(self.done, -1))
-        tokens = tokens.masked_fill(self.done, self.setup.pad_token_id)
-        self.tokens.append(tokens)
-        self.finish(torch.isin(tokens, self.setup.eos), FinishReason.EOS)
+        tokens = tokens.masked_fill(done, self.setup.pad_token_id)
+        self.ids[idx, at], self.lp[idx, at] = tokens, logprob.float().masked_fill(done, 0.0)
+        self.history[idx, at] = tokens.masked_fill(done, -1)
+        self.count[idx] += 1
+        self.steps = self.steps + 1 if rows is None else self.ids.shape[1]
+        hit = torch.zeros_like(self.done)
+        hit[idx] = torch.isin(tokens, self.setup.eos)
+        self.finish(hit, FinishReason.EOS)
         if self.stopping is not None:
             self.finish(self.stopping(self.generated_ids()).to(self.done.device), FinishReason.STOP)
         if self.constraint is not None:
-            self.constraint.advance(tokens, active=running)
+            self.constraint.advance(tokens, active=~done)
             self.finish(self.constraint.complete(self.done.device), FinishReason.CONSTRAINT)
+        self.finish(self.count >= self.limit, FinishReason.LENGTH)
         emit(self.streamer, tokens)
         return tokens, bool(self.done.all())
 
     def finish(self, rows: torch.Tensor, reason: FinishReason):
         """Mark ``rows`` (BoolTensor [B]) that are not finished yet as finished now, for ``reason``."""
         rows = rows & ~self.done
-        for i in rows.nonzero().flatten().tolist():
-            self.reason[i], self.lengths[i] = reason, self.steps
-        self.done |= rows
+        self.reason = torch.where(rows, REASONS.index(reason), self.reason)
+        self.length = torch.where(rows, self.count, self.length)
+        self.done = self.done | rows
+
+    def reset(self, row: int, prompt: list[int], limit: int):
+        """Make ``row`` hold a new request (a batcher's admission): ``prompt`` ids, at most ``limit`` tokens."""
+        self.prompt_ids[row] = -1
+        self.prompt_ids[row, :len(prompt)] = torch.tensor(prompt, device=self.prompt_ids.device)
+        self.ids[row], self.lp[row], self.history[row] = self.setup.pad_token_id, 0.0, -1
+        self.count[row], self.done[row], self.reason[row], self.limit[row] = 0, False, 0, limit
+
+    def result(self, row: int) -> tuple[list[int], list[float], FinishReason]:
+        """Row ``row``'s real tokens, their log-probabilities and its finish reason (host values)."""
+        n = int(self.length[row] if self.done[row] else self.count[row])
+        return self.ids[row, :n].tolist(), self.lp[row, :n].tolist(), REASONS[int(self.reason[row])]
 
     def output(self, return_dict: bool, **extra):
         """The decoder's return value: sequences [B, T + n], or a :class:`GenerationOutput`."""
         end_stream(self.streamer)
-        setup = self.setup
-        B, dev = setup.input_ids.shape[0], setup.input_ids.device
-        new = torch.stack(self.tokens, 1) if self.tokens else torch.empty(B, 0, dtype=torch.long, device=dev)
-        lp = torch.stack(self.logprobs, 1) if self.logprobs else torch.empty(B, 0, device=dev)
-        sequences = torch.cat([setup.input_ids, new], 1)
+        setup, n = self.setup, self.steps
+        sequences = torch.cat([setup.input_ids, self.ids[:, :n]], 1)
         if not return_dict:
             return sequences
-        lengths = [n if n is not None else new.shape[1] for n in self.lengths]
-        return GenerationOutput(sequences=sequences, logprobs=lp, finish_reason=list(self.reason),
-                                prompt_length=setup.input_ids.shape[1], lengths=lengths, **extra)
+        lengths = torch.where(self.done, self.length, n)
+        return GenerationOutput(sequences=sequences, logprobs=self.lp[:, :n], prompt_length=setup.input_ids.shape[1],
+                                finish_reason=[REASONS[r] for r in self.reason.tolist()],
+                                lengths=lengths.tolist(), **extra)
 
 
 def decode_n_tokens(model, cache, logits: torch.Tensor, n: int, sampler: Sampler,
@@ -226,7 +284,7 @@ def decode_n_tokens(model, cache, logits: torch.Tensor, n: int, sampler: Sampler
         for step in range(n):
             chosen = sampler(rows.constrain(logits), rows.prompt_ids, rows.generated_ids())
             tokens, all_done = rows.commit(chosen, logits)
-            yield tokens, rows.logprobs[-1]
+            yield tokens, rows.lp[:, rows.steps - 1]
             if all_done or step == n - 1:
                 return
             logits = last_logits(decode_one(model, tokens, cache))

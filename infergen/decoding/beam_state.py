@@ -1,0 +1,197 @@
+"""The state of a beam search: running beams and finished hypotheses of every (row, group).
+
+:class:`Beams` is the bookkeeping behind :func:`~infergen.decoding.beam.beam_search` and
+:func:`~infergen.decoding.beam.diverse_beam_search` (whose module docstring explains the algorithm):
+one step of a group is :meth:`Beams.advance`, in five readable pieces -- choose the candidates, see
+which end and why (a :class:`~infergen.decoding.steps.FinishReason` code), keep the best running ones,
+merge the ended ones into the finished hypotheses, and apply the early-stopping rule.
+"""
+from __future__ import annotations
+
+import torch
+
+from .steps import REASONS, FinishReason
+
+#: The score transformers gives impossible beams: finite, so sums never turn into NaN.
+NEG = -1.0e9
+
+
+def along_beams(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Gather ``t`` [B, n, ...] along the beam dimension with ``index`` [B, m] -> [B, m, ...]."""
+    return t.gather(1, index.view(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
+
+
+#: Finish-reason codes of the hypotheses (indices into :data:`~infergen.decoding.steps.REASONS`).
+LENGTH, EOS, STOP, CONSTRAINT, NO_VALID = (REASONS.index(r) for r in (
+    FinishReason.LENGTH, FinishReason.EOS, FinishReason.STOP, FinishReason.CONSTRAINT, FinishReason.NO_VALID_TOKEN))
+
+
+class Beams:
+    """State of ``groups`` beam sets of ``size`` beams for each of ``B`` input rows (plain beam search:
+    one group of ``num_beams``). Every tensor is indexed ``[row, group, beam, ...]``.
+
+    Running beams: ``run_tokens`` (generated ids, padded), ``run_logprobs`` (the model's log-prob of each
+    token), ``run_scores`` (sum of processed log-probs). Finished hypotheses, kept sorted best first:
+    ``fin_*`` with ``fin_scores`` length-normalised, ``fin_reason`` a :data:`~infergen.decoding.steps.REASONS`
+    code and ``fin_done`` marking slots that hold one. ``open[row, group]`` is False once no better
+    hypothesis can appear (no more are accepted).
+
+    ``rule`` picks the early-stop test: ``"v5"`` compares the best *running* beam with the worst finished
+    hypothesis (transformers 5 beam search), ``"v4"`` the best *candidate* of the step, EOS ones included
+    (transformers 4 ``BeamHypotheses.is_done``, used by group beam search). ``generator`` set means beam
+    sampling; ``constrained`` drops the candidates a constraint forbids.
+    """
+
+    def __init__(self, setup, groups, size, *, length_penalty, early_stopping, rule, stopping=None,
+                 do_sample=False, generator=None, constrained=False):
+        B, max_new, dev, pad = setup.input_ids.shape[0], setup.max_new_tokens, setup.input_ids.device, setup.pad_token_id
+        shape = (B, groups, size)
+        self.size, self.max_new, self.eos, self.stopping = size, max_new, setup.eos, stopping
+        self.length_penalty, self.early_stopping, self.rule = length_penalty, early_stopping, rule
+        self.do_sample, self.generator, self.constrained = do_sample, generator, constrained
+        self.run_tokens = torch.full(shape + (max_new,), pad, dtype=torch.long, device=dev)
+        self.run_logprobs = torch.zeros(shape + (max_new,), device=dev)
+        self.run_scores = torch.full(shape, NEG, device=dev)
+        self.run_scores[:, :, 0] = 0.0  # only the first beam of each group is alive at the start
+        self.fin_tokens = self.run_tokens.clone()
+        self.fin_logprobs = self.run_logprobs.clone()
+        self.fin_scores = torch.full(shape, NEG, device=dev)
+        self.fin_lengths = torch.zeros(shape, dtype=torch.long, device=dev)
+        # a slot that never receives a hypothesis: under a constraint, no valid text was found
+        self.fin_reason = torch.full(shape, NO_VALID if constrained else LENGTH, dtype=torch.long, device=dev)
+        self.fin_done = torch.zeros(shape, dtype=torch.bool, device=dev)
+        self.open = torch.ones(B, groups, dtype=torch.bool, device=dev)
+
+    def advance(self, g: int, step: int, processed: torch.Tensor, raw_logp: torch.Tensor, completes=None):
+        """One step of group ``g``: ``processed`` / ``raw_logp`` are [B, size, V]. Returns
+        ``(parents [B, size], tokens [B, size], all_candidates_ended: bool, keep [B, size])``, ``keep``
+        being the kept candidates' positions among the step's candidates.
+
+        ``completes(parent, token, live) -> BoolTensor [B, n_cand]`` (under a constraint) says which
+        candidates complete their constraint: they end like EOS, with reason ``"constraint"``.
+        """
+        B, size, V = processed.shape
+        cand, idx = self._candidates((processed + self.run_scores[:, g, :, None]).reshape(B, size * V))
+        parent, token = idx // V, idx % V
+        hist = along_beams(self.run_tokens[:, g], parent)  # [B, n_cand, max_new]: each candidate's tokens
+        hist[:, :, step] = token
+        hist_lp = along_beams(self.run_logprobs[:, g], parent)
+        hist_lp[:, :, step] = raw_logp.reshape(B, size * V).gather(-1, idx)
+        reason, live = self._endings(step, cand, parent, token, hist, completes)
+        ended = ((reason != LENGTH) | (step + 1 == self.max_new)) & live
+        keep = self._keep_running(g, cand, reason, live, hist, hist_lp)
+        self._add_finished(g, step, cand, ended, reason, hist, hist_lp)
+        self._update_open(g, step, cand)
+        return parent.gather(-1, keep), self.run_tokens[:, g, :, step], bool((ended | ~live).all()), keep
+
+    def _candidates(self, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's candidates of every row, best first: ``(scores, flat indices)`` [B, n_cand] among
+        ``total`` [B, size * V] -- the top ``n_cand``, or (beam sampling) ``n_cand`` draws without
+        replacement from ``softmax(total)``."""
+        n_cand = max(2, 1 + self.eos.numel()) * self.size
+        if not self.do_sample:
+            return total.topk(n_cand, -1)
+        probs = torch.softmax(total, -1)
+        support = int((probs > 0).sum(-1).min())
+        if support < n_cand and not self.constrained:
+            raise ValueError(f"beam sampling draws {n_cand} distinct candidates per row (2 * num_beams) but "
+                             f"the filters leave only {support}: raise top_k / top_p or lower num_beams")
+        if support < n_cand:  # few allowed tokens: draw them all, pad with -inf ones
+            idx = draw_padded(probs, total, n_cand, self.generator)
+        else:
+            idx = torch.multinomial(probs, n_cand, generator=self.generator)
+        cand, order = total.gather(-1, idx).sort(-1, descending=True)
+        return cand, idx.gather(-1, order)
+
+    def _endings(self, step, cand, parent, token, hist, completes):
+        """Why each candidate would end now (a REASONS code; ``LENGTH`` = it does not) and which are live
+        (under a constraint: not forbidden, not the extension of a never-started beam)."""
+        B, n_cand = token.shape
+        is_eos = torch.isin(token, self.eos)
+        stop = torch.zeros_like(is_eos)
+        if self.stopping is not None:
+            stop = self.stopping(hist[:, :, :step + 1].reshape(B * n_cand, step + 1)).to(is_eos.device).view(B, n_cand)
+        live = torch.ones_like(is_eos)
+        complete = torch.zeros_like(is_eos)
+        if self.constrained:
+            live = cand > NEG / 2
+            is_eos, stop = is_eos & live, stop & live
+            if completes is not None:
+                complete = completes(parent, token, live & ~is_eos) & live & ~is_eos & ~stop
+        reason = torch.where(is_eos, EOS, torch.where(stop, STOP, torch.where(complete, CONSTRAINT, LENGTH)))
+        return reason, live
+
+    def _keep_running(self, g, cand, reason, live, hist, hist_lp) -> torch.Tensor:
+        """The next running beams of group ``g``: the best candidates that did not end. (At the last step
+        every candidate ends by length, but the running beams still say which tokens the group chose, for
+        diversity.) Returns their positions among the candidates."""
+        run_cand = cand + (reason != LENGTH).float() * NEG
+        if self.constrained:
+            run_cand = run_cand.masked_fill(~live, float("-inf"))
+        keep = run_cand.topk(self.size, -1).indices
+        self.run_tokens[:, g] = along_beams(hist, keep)
+        self.run_logprobs[:, g] = along_beams(hist_lp, keep)
+        self.run_scores[:, g] = run_cand.gather(-1, keep)
+        return keep
+
+    def _add_finished(self, g, step, cand, ended, reason, hist, hist_lp):
+        """Merge the ended candidates among the top ``size`` into group ``g``'s finished hypotheses, scored
+        ``sum_logprobs / length ** length_penalty`` (none once the group is closed, or full with
+        ``early_stopping=True``)."""
+        new = ended & (torch.arange(cand.shape[1], device=cand.device) < self.size)
+        scores = cand / ((step + 1) ** self.length_penalty)
+        full = self.fin_done[:, g].all(-1, keepdim=True)
+        for refused in (full & (self.early_stopping is True), ~self.open[:, g, None], ~new):
+            scores = scores + refused.float() * NEG
+        merged = torch.cat([self.fin_scores[:, g], scores], 1)
+        best = merged.topk(self.size, -1).indices
+        self.fin_scores[:, g] = merged.gather(-1, best)
+        self.fin_tokens[:, g] = along_beams(torch.cat([self.fin_tokens[:, g], hist], 1), best)
+        self.fin_logprobs[:, g] = along_beams(torch.cat([self.fin_logprobs[:, g], hist_lp], 1), best)
+        for name, fresh in (("fin_lengths", torch.full_like(reason, step + 1)), ("fin_reason", reason),
+                            ("fin_done", new)):
+            table = getattr(self, name)
+            table[:, g] = torch.cat([table[:, g], fresh], 1).gather(-1, best)
+
+    def _update_open(self, g, step, cand):
+        """Close the (row, group)s that can no longer improve (the early-stopping rule)."""
+        lp = self.length_penalty
+        length = self.max_new if (self.early_stopping == "never" and lp > 0) else step + 1
+        if self.rule == "v5":
+            best_possible = self.run_scores[:, g, :1] / (length ** lp)
+            worst = torch.where(self.fin_done[:, g], self.fin_scores[:, g].min(-1, keepdim=True).values, NEG)
+            self.open[:, g] &= (best_possible > worst).any(-1)
+        else:
+            worst = self.fin_scores[:, g].min(-1).values
+            done = self.fin_done[:, g].all(-1) & ((self.early_stopping is True) | (worst >= cand[:, 0] / (length ** lp)))
+            self.open[:, g] &= ~done
+
+    def finished(self) -> bool:
+        """Is every (row, group) closed (or, with ``early_stopping=True``, full)?"""
+        return not bool(self.open.any()) or (self.early_stopping is True and bool(self.fin_done.all()))
+
+    def best(self, n: int):
+        """The ``n`` best finished hypotheses of every row: (tokens, logprobs, scores, lengths, reasons, group),
+        each [B * n, ...], ordered best first within a row."""
+        B, groups, size = self.fin_scores.shape
+        flat = lambda t: t.reshape(B, groups * size, *t.shape[3:])  # noqa: E731
+        order = flat(self.fin_scores).sort(dim=-1, descending=True, stable=True).indices[:, :n]
+
+        def take(t):
+            return along_beams(flat(t), order).reshape(B * n, *t.shape[3:])
+
+        group = torch.arange(groups, device=order.device).repeat_interleave(size).expand(B, -1)
+        return (take(self.fin_tokens), take(self.fin_logprobs), take(self.fin_scores), take(self.fin_lengths),
+                take(self.fin_reason), group.gather(1, order).reshape(-1))
+
+
+def draw_padded(probs: torch.Tensor, total: torch.Tensor, n: int, generator) -> torch.Tensor:
+    """``n`` candidate indices per row: as many distinct draws from ``probs`` as it has support, then the
+    best of the rest (probability 0, so ``-inf`` scores that the caller drops)."""
+    out = []
+    for r in range(probs.shape[0]):
+        k = min(n, int((probs[r] > 0).sum()))
+        drawn = torch.multinomial(probs[r], k, generator=generator) if k else probs.new_zeros(0, dtype=torch.long)
+        rest = total[r].index_fill(0, drawn, float("inf")).topk(n, largest=False).indices[:n - k] if k < n else drawn[:0]
+        out.append(torch.cat([drawn, rest]))
+    return torch.stack(out)

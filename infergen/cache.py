@@ -138,24 +138,6 @@ def require(cache: C, capability: type, who: str) -> C:
     return cache
 
 
-#: The old string names of the optional operations, and the protocol that now carries each.
-OPTIONAL_OPS: dict[str, type] = {"reorder": Cache, "crop": CropCache, "read_column": ColumnCache,
-                                 "append_columns": ColumnCache, "write_row": RowCache}
-
-
-def require_ops(cache: C, ops, who: str) -> C:
-    """Compatibility wrapper: :func:`require` for each protocol behind the operation names ``ops``."""
-    errors = []
-    for capability in dict.fromkeys(OPTIONAL_OPS[op] for op in ops):
-        try:
-            require(cache, capability, who)
-        except ValueError as err:
-            errors.append(str(err))
-    if errors:
-        raise ValueError("; ".join(errors))
-    return cache
-
-
 class PaddingState:
     """Which cache slots hold real tokens, per row, and the row/column operations shared by every cache.
 
@@ -178,10 +160,6 @@ class PaddingState:
     def unsupported(self, capability: type) -> str | None:
         """Why this cache cannot honour ``capability``, or None (here: None, it can do everything)."""
         return None
-
-    def supports(self, op: str) -> bool:
-        """Compatibility: can this cache do the operation named ``op`` (a key of :data:`OPTIONAL_OPS`)?"""
-        return isinstance(self, OPTIONAL_OPS[op]) and self.unsupported(OPTIONAL_OPS[op]) is None
 
     def append_mask(self, new_mask: torch.Tensor | None, t: int) -> torch.Tensor:
         """Record ``t`` new columns (``new_mask`` [B, t], None = all real); return their positions [B, t].

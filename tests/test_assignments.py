@@ -125,7 +125,7 @@ def test_table_prints_whole_messages(wrong_reports):
 def test_counting_model_counts_passes_run_around_it():
     """CountingModel counts what ran on the model, however it was reached (the bypass of a5's cheat)."""
     import infergen as ig
-    from infergen.course.checks import CountingModel, left_pad, tiny_model
+    from infergen.testing import CountingModel, left_pad, tiny_model
 
     ids, _ = left_pad([5], seed=2)
     model = tiny_model()

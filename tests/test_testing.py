@@ -1,5 +1,5 @@
-"""Tests for infergen.course.checks (the conformance checks, also importable as infergen.testing) and for
-the examples of book/extending.md.
+"""Tests for infergen.testing (the conformance checks, a companion the course imports; the old name
+infergen.course.checks re-exports them) and for the examples of book/extending.md.
 
 A conformance check is only worth something if it passes on correct code and fails on the bug it is
 named after: every check below is run on the library's own processors/decoders (must pass) and on a
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import infergen as ig
-from infergen.course.checks import (CheckFailed, CountingModel, ScheduledEOS, check_decoder, check_names,
-                                   check_processor, check_value_fn, decoder_check_names, left_pad,
-                                   processor_check_names, run_checks, tiny_model, value_check_names)
+from infergen.testing import (CheckFailed, CountingModel, ScheduledEOS, check_decoder, check_names,
+                             check_processor, check_value_fn, decoder_check_names, left_pad,
+                             processor_check_names, run_checks, tiny_model, value_check_names)
 
 ROOT = Path(__file__).resolve().parents[1]
 NEG_INF = float("-inf")

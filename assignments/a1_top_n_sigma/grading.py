@@ -4,7 +4,7 @@ The expected values are computed here from the definition, in float64, independe
 """
 import torch
 
-#: One row per rule of infergen.course.checks.check_processor.
+#: One row per rule of infergen.testing.check_processor.
 CONFORMANCE = {"kind": "processor", "points": 0.2, "function": "apply_top_n_sigma", "params": {"n_sigma": 1.0}}
 
 
@@ -79,7 +79,7 @@ def check_generation_with_the_processor(solution, tiny_model):
     """Sampling on a model with the processor in the pipeline: every sampled token was a kept token."""
     from infergen import LogitsPipeline, register_processor
     from infergen.decoding.sampling import decode_steps
-    from infergen.course.checks import left_pad
+    from infergen.testing import left_pad
 
     register_processor("a1_grading_top_n_sigma", solution.top_n_sigma_step, overwrite=True)
     pipe = LogitsPipeline.from_params(temperature=1.0).add_registered("a1_grading_top_n_sigma", n_sigma=0.5)

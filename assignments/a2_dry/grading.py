@@ -122,7 +122,7 @@ def check_reduces_repetition_in_generation(solution, tiny_model):
     """Greedy decoding of the tiny model loops; with DRY in the pipeline, far fewer 4-grams repeat."""
     from infergen import LogitsPipeline, register_processor
     from infergen.decoding.sampling import decode_steps
-    from infergen.course.checks import left_pad
+    from infergen.testing import left_pad
 
     register_processor("a2_grading_dry", solution.dry_step, overwrite=True)
     ids, mask = left_pad([3, 5, 7, 4], seed=6)

@@ -1,7 +1,7 @@
 """Assignment 3 (stochastic beam search): the teacher's extra checks (``python -m infergen.course grade a3 FILE``)."""
 import torch
 
-from infergen.course.checks import left_pad
+from infergen.testing import left_pad
 
 CONFORMANCE = {"kind": "decoder", "points": 0.25, "function": "stochastic_beam_search", "deterministic": False,
                "params": {"num_beams": 3}}

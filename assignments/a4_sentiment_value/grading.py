@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from infergen.course.checks import left_pad, value_contexts
+from infergen.testing import left_pad, value_contexts
 
 POS, NEG = list(range(10, 22)), list(range(22, 34))   # token-id lexicons on the tiny model (vocabulary 96)
 
@@ -12,7 +12,7 @@ def _make_value(solution):
     return solution.sentiment_value(POS, NEG, weight=0.8)
 
 
-#: infergen.course.checks's value-function rules, on the value function the submission builds. ``factory``
+#: infergen.testing's value-function rules, on the value function the submission builds. ``factory``
 #: turns the submitted ``sentiment_value`` into the callable to check.
 CONFORMANCE = {"kind": "value", "points": 0.25, "function": "sentiment_value", "factory": _make_value, "params": {}}
 

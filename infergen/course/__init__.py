@@ -1,7 +1,7 @@
 """Course tooling: the conformance checks, the assignments that ship with the package, and the grader.
 
-* :mod:`infergen.course.checks` -- the rules every processor, decoder and MCTS value function keeps,
-  checked mechanically (``check_processor``, ``check_decoder``, ``check_value_fn``, ``run_checks``).
+* :mod:`infergen.testing` (a companion of its own, imported here; ``infergen.course.checks`` re-exports
+  it) -- the rules every processor, decoder and MCTS value function keeps, checked mechanically (``check_processor``, ``check_decoder``, ``check_value_fn``, ``run_checks``).
 * :mod:`infergen.course.asserts` -- ``raises`` and ``approx`` for the public tests, so that they run
   with or without pytest.
 * :mod:`infergen.course.grade` -- the grader: public tests + the teacher's hidden checks, one row each.

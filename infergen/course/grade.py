@@ -7,7 +7,7 @@ Each assignment has two halves:
   write) and ``test_student.py`` (the public tests: functions ``test_*``);
 * ``assignments/aN_name/grading.py`` in the repository -- the teacher's hidden checks, not shipped:
   functions ``check_*`` and, optionally, a ``CONFORMANCE`` spec that expands into one row per rule of
-  :mod:`infergen.course.checks` (shapes, no mutation, EOS per row...). The folder is found from
+  :mod:`infergen.testing` (shapes, no mutation, EOS per row...). The folder is found from
   ``assignments=`` (``--assignments``), ``$INFERGEN_ASSIGNMENTS``, or a repository checkout.
 
 **Isolation.** The submission is never imported here. It runs in a worker process
@@ -44,7 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .checks import CheckResult, check_names, run_checks, run_one, tiny_model
+from infergen.testing import CheckResult, check_names, run_checks, run_one, tiny_model
+
 from .sandbox import Sandbox, Stopped, isolation_summary
 
 __all__ = ["FIXTURES", "GradeReport", "GradedCheck", "PACKAGED", "SubmissionError", "find_assignment", "grade",
@@ -299,7 +300,7 @@ def _specs(conformance) -> list[dict]:
 
 def _conformance_row(spec: dict, rule: str) -> Callable:
     """One rule of one CONFORMANCE spec, as a check: ``{"kind", "function", "params", ...}`` plus the options
-    of :func:`~infergen.course.checks.run_checks` and an optional ``"factory": f(solution) -> callable``."""
+    of :func:`~infergen.testing.run_checks` and an optional ``"factory": f(solution) -> callable``."""
     spec = dict(spec)
     for key in ("label", "points"):
         spec.pop(key, None)
@@ -336,7 +337,7 @@ def _plan(folder: Path, grading, public: bool) -> list[_Planned]:
             prefix = "conformance" if len(specs) == 1 else f"conformance/{spec.get('label', spec['function'])}"
             for rule in check_names(spec["kind"]):
                 planned.append(_Planned("conformance", f"{prefix}/{rule}", float(spec.get("points", 1)),
-                                        f"the {spec['kind']} rule '{rule}' of infergen.course.checks",
+                                        f"the {spec['kind']} rule '{rule}' of infergen.testing",
                                         lambda sol, fx, run=_conformance_row(spec, rule): run(sol, fx)))
         for f in _collect(grading, "check_"):
             planned.append(_Planned("hidden", f.__name__, float(getattr(f, "points", 1)), _hint(f, True),
@@ -451,7 +452,7 @@ def _forget_models():
     """Drop the cached tiny models: the next submission gets freshly built ones (nothing one submission did
     through the model protocol can reach the next)."""
     tiny_model.cache_clear()
-    from .checks import tiny_gpt2
+    from infergen.testing import tiny_gpt2
 
     tiny_gpt2.cache_clear()
 

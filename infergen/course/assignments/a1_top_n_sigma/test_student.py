@@ -55,8 +55,8 @@ def test_bad_n_sigma(solution):
 
 
 def test_conformance(solution):
-    """The rules every infergen processor keeps (infergen.course.checks.check_processor lists what failed)."""
-    from infergen.course.checks import check_processor
+    """The rules every infergen processor keeps (infergen.testing.check_processor lists what failed)."""
+    from infergen.testing import check_processor
 
     check_processor(solution.apply_top_n_sigma, n_sigma=1.0)
 

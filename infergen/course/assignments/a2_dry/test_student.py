@@ -70,7 +70,7 @@ def test_bad_parameters(solution):
 
 
 def test_conformance(solution):
-    from infergen.course.checks import check_processor
+    from infergen.testing import check_processor
 
     check_processor(solution.apply_dry, history=True, multiplier=0.8, base=1.75, allowed_length=2)
 

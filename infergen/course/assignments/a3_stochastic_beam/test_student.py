@@ -9,7 +9,7 @@ import torch
 
 from infergen.course.asserts import approx, raises
 
-from infergen.course.checks import left_pad
+from infergen.testing import left_pad
 
 
 def test_truncated_gumbel_worked_example(solution):
@@ -32,7 +32,7 @@ def test_truncated_gumbel_is_stable(solution):
 
 def test_conformance(solution):
     """The decoder protocol: shapes, prompt kept, EOS per row with padding, seeds, return_dict, ..."""
-    from infergen.course.checks import check_decoder
+    from infergen.testing import check_decoder
 
     check_decoder(solution.stochastic_beam_search, deterministic=False, num_beams=3)
 

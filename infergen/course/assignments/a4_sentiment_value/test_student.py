@@ -70,7 +70,7 @@ def test_bad_parameters(solution):
 
 def test_runs_inside_mcts(solution, tiny_model):
     from infergen.decoding.mcts import mcts_decode
-    from infergen.course.checks import left_pad
+    from infergen.testing import left_pad
 
     ids, _ = left_pad([4], seed=0)
     out = mcts_decode(tiny_model, ids, 4, num_simulations=6, top_k=5, seed=0,

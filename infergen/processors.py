@@ -376,20 +376,11 @@ def check_finite_row(logits: torch.Tensor, name: str = "logits") -> torch.Tensor
     NaN), no ``+inf``, and at least one finite value. Only a bad row pays for finding out which case.
     """
     rows, _ = as_rows(logits)
-    if bool(torch.isfinite(rows.amax(dim=-1)).all()):
-        return logits
-    has_nan = rows.isnan().any(dim=-1)
-    all_neg_inf = (rows == _NEG_INF).all(dim=-1)
-    has_pos_inf = (rows == math.inf).any(dim=-1)
-    bad = has_nan | all_neg_inf | has_pos_inf
+    bad = ~torch.isfinite(rows.amax(dim=-1))
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        if has_nan[i]:
-            reason = "contain NaN"
-        elif all_neg_inf[i]:
-            reason = "are all -inf (every token was removed)"
-        else:
-            reason = "contain +inf (softmax would be NaN)"
+        reason = ("contain NaN" if rows[i].isnan().any() else "contain +inf (softmax would be NaN)"
+                  if (rows[i] == math.inf).any() else "are all -inf (every token was removed)")
         raise ValueError(f"{name} for row {i} {reason}: nothing can be sampled")
     return logits
 

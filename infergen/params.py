@@ -2,10 +2,10 @@
 
 Each setting is one field of :class:`SamplingParams`; its :class:`Setting` (in the field's metadata)
 holds its default, the values that switch it off, its valid range (checked here, once, with an error
-that names the field, the value and the range), whether it only matters when sampling, and whether it
-reads the token history. Everything else is derived from those fields: :attr:`SamplingParams.is_greedy`, :attr:`SamplingParams.uses_history`,
-the logits pipeline (:meth:`SamplingParams.pipeline`), the command line's options
-(``python -m infergen generate --help``) and the mappings to transformers' ``GenerationConfig`` and vLLM's
+that names the field, the value and the range), whether it only matters when sampling, what it reads of
+the token history, and which processor applies it. Everything else is derived from those fields:
+:attr:`SamplingParams.is_greedy`, :attr:`SamplingParams.uses_history`, the logits pipeline
+(:meth:`SamplingParams.pipeline`), the command line's options (``python -m infergen generate --help``) and the mappings to transformers' ``GenerationConfig`` and vLLM's
 ``SamplingParams`` (:mod:`infergen.serving`). A decoder keeps the document's keyword arguments
 (``greedy_search(model, ids, 32, repetition_penalty=1.2)``) and turns them into one ``SamplingParams``
 at the door::

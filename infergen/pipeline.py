@@ -165,7 +165,7 @@ class LogitsPipeline:
 
     @property
     def is_greedy(self) -> bool:
-        """True when the temperature is 0 (for a ``[B]`` tensor: 0 in every row); see :func:`infergen.params.is_greedy`."""
+        """Temperature 0 (for a ``[B]`` tensor: in every row), as :func:`infergen.params.is_greedy` decides."""
         return is_greedy(self.temperature)
 
     def __call__(self, logits: torch.Tensor, prompt_ids=None, generated_ids=None) -> torch.Tensor:

@@ -23,12 +23,10 @@ Conventions shared by every function in this module
 * Removed tokens get ``-inf``. A row where *everything* was removed cannot be sampled:
   :func:`sample_from_logits` detects it and raises instead of returning a garbage token.
 
-Each ``apply_*`` checks its arguments once, at the call (:func:`processor`), and then runs its *kernel*:
-the body you read below, on ``[B, V]`` logits and a ``[B, T]`` history. The kernel stays reachable as
-``apply_top_k.kernel``; :class:`LogitsPipeline` calls the kernels directly, with the values
-:class:`~infergen.params.SamplingParams` checked when it was built, so no step re-checks (or synchronises
-with the device) on every token. Which settings exist, their order, their "off" values and the history
-they read are all in one table, :data:`infergen.params.SETTINGS`; :data:`PIPELINE_ORDER` is derived from it.
+Each ``apply_*`` checks its arguments once (:func:`processor`), then runs its *kernel*, the body below,
+on ``[B, V]`` logits and a ``[B, T]`` history; :class:`LogitsPipeline` calls the kernels (``apply_top_k.kernel``)
+with values :class:`~infergen.params.SamplingParams` has checked, so no step re-checks or waits for the
+device per token. Order, "off" values and history come from one table, :data:`infergen.params.SETTINGS`.
 """
 from __future__ import annotations
 
@@ -42,33 +40,27 @@ from ._validation import as_rows, check_per_row, check_token_ids
 from .params import SETTINGS, setting
 from .pipeline import LogitsContext, LogitsPipeline
 
-__all__ = [
-    "PIPELINE_ORDER", "LogitsContext", "LogitsPipeline", "processor",
-    "apply_temperature", "apply_top_k", "apply_top_p", "apply_min_p", "apply_typical", "apply_epsilon",
-    "apply_eta", "apply_repetition_penalty", "apply_frequency_penalty", "apply_no_repeat_ngram",
-    "apply_logit_bias", "check_finite_row", "safe_probs", "sample_from_logits",
-]
+__all__ = ["PIPELINE_ORDER", "LogitsContext", "LogitsPipeline", "processor", "apply_temperature", "apply_top_k",
+           "apply_top_p", "apply_min_p", "apply_typical", "apply_epsilon", "apply_eta", "apply_repetition_penalty",
+           "apply_frequency_penalty", "apply_no_repeat_ngram", "apply_logit_bias", "check_finite_row", "safe_probs",
+           "sample_from_logits"]
 
-#: The order in which :meth:`LogitsPipeline.from_params` runs its steps (the same as transformers and vLLM),
-#: read off :data:`infergen.params.SETTINGS`: first everything that edits scores using the history, then
-#: temperature, then the truncation rules, which therefore see the *tempered* distribution. (llama.cpp
-#: applies temperature last instead, so its top-p and min-p see the untempered distribution: the same
-#: parameters keep different tokens there.)
+#: The order in which :meth:`LogitsPipeline.from_params` runs its steps (as transformers and vLLM), read off
+#: :data:`infergen.params.SETTINGS`: first what edits scores using the history, then temperature, then the
+#: truncation rules, which therefore see the *tempered* distribution. (llama.cpp applies temperature last:
+#: its top-p and min-p see the untempered distribution, so the same parameters keep different tokens.)
 PIPELINE_ORDER: tuple[str, ...] = tuple(dict.fromkeys(s.step for s in SETTINGS if s.processor))
 
 _NEG_INF = float("-inf")
 
 
-# --------------------------------------------------------------------------------------------------------
-# The one door every apply_* goes through, and small helpers
-# --------------------------------------------------------------------------------------------------------
+# ---- The one door every apply_* goes through, and small helpers --------------------------------------------
 def processor(**fields: str):
     """Make a kernel ``fn(logits [B, V], [token_ids [B, T],] *values)`` a public ``apply_*`` function.
 
     ``fields`` maps each value argument to its :class:`~infergen.params.Setting` (``penalty=
-    "repetition_penalty"``). The public function checks everything once: the logits (``[V]`` or
-    ``[B, V]``), the history, and each value against its setting's range, with the *argument's* name in
-    the message; when every value is "off" it returns a copy. The unchecked kernel is ``fn.kernel``.
+    "repetition_penalty"``). The function checks the logits, the history and each value (errors name the
+    argument) once; when every value is "off" it returns a copy. The unchecked kernel is ``fn.kernel``.
     """
     def wrap(kernel):
         signature = inspect.signature(kernel)
@@ -102,12 +94,9 @@ def _prob_dtype(logits: torch.Tensor) -> torch.dtype:
 
 
 def _row_param(value, logits: torch.Tensor, dtype, transform=None) -> torch.Tensor:
-    """A checked scalar or ``[B]`` parameter as a ``[B, 1]`` (or ``[1, 1]``) tensor that broadcasts over
-    ``[B, V]``, on the logits' device, computed with tensor ops only (no value goes back to the host).
-
-    ``transform`` (e.g. ``1 - p``) runs on the Python number, or on the tensor in ``dtype``: one correctly
-    rounded operation either way, so a per-row tensor gives exactly what the same float gives.
-    """
+    """A checked scalar or ``[B]`` parameter as a ``[B, 1]`` (or ``[1, 1]``) tensor on the logits' device, by
+    tensor ops only. ``transform`` (e.g. ``1 - p``) is one correctly rounded operation, on the Python number
+    or on the tensor in ``dtype``: a per-row tensor gives exactly what the same float gives."""
     if isinstance(value, torch.Tensor):
         value = value.detach().to(device=logits.device, dtype=dtype).reshape(-1, 1)
         return value if transform is None else transform(value)
@@ -140,9 +129,7 @@ def _entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return logp, p, -(logp * p).nansum(dim=-1, keepdim=True)
 
 
-# --------------------------------------------------------------------------------------------------------
-# Temperature and truncation ("warpers")
-# --------------------------------------------------------------------------------------------------------
+# ---- Temperature and truncation ("warpers") ----------------------------------------------------------------
 @processor(temperature="temperature")
 def apply_temperature(logits: torch.Tensor, temperature) -> torch.Tensor:
     """Divide the logits by a temperature ``T``: ``softmax(z / T)``.
@@ -273,9 +260,7 @@ def apply_eta(logits: torch.Tensor, epsilon) -> torch.Tensor:
     return logits.masked_fill(remove, _NEG_INF)
 
 
-# --------------------------------------------------------------------------------------------------------
-# Penalties and biases (they use the token history)
-# --------------------------------------------------------------------------------------------------------
+# ---- Penalties and biases (they use the token history) -----------------------------------------------------
 @processor(penalty="repetition_penalty")
 def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty) -> torch.Tensor:
     """Repetition penalty of CTRL (Keskar et al., 2019): make every token already seen less likely.
@@ -361,9 +346,7 @@ def apply_logit_bias(logits: torch.Tensor, logit_bias) -> torch.Tensor:
     return logits + torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device).index_put((ids,), values)
 
 
-# --------------------------------------------------------------------------------------------------------
-# From logits to a token
-# --------------------------------------------------------------------------------------------------------
+# ---- From logits to a token --------------------------------------------------------------------------------
 def check_finite_row(logits: torch.Tensor, name: str = "logits") -> torch.Tensor:
     """Raise ``ValueError`` if some row cannot be sampled: all ``-inf``, or containing NaN or ``+inf``.
 

@@ -264,7 +264,8 @@ def test_packed_decode_linear_matches_and_follows_weight_changes():
     x = torch.randn(3, 1, 64)  # a decode step: one token per row
 
     with torch.no_grad():
-        assert layer.packed_weight(x) is not None and layer.packed_weight(torch.randn(3, 2, 64)) is None
+        assert layer.packed_weight(x) is not None and layer.packed_weight(torch.randn(1, 64)) is not None
+        assert layer.packed_weight(torch.randn(3, 2, 64)) is None and layer.packed_weight(torch.randn(3, 64)) is None
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
         layer.weight.mul_(-2.0)  # an in-place update: the next step must see it
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)

@@ -50,8 +50,8 @@ class PackedLinear(nn.Linear):
     (which the state dict, the tied embedding and the GPU use). It is packed without a batch-size
     hint: a hint of 1 picks a layout that is ~1.4x slower.
 
-    A decode step's input is ``[B, 1, D]``: one token per row. Every other input (a prefill's
-    ``[B, t, D]``) keeps ``F.linear``: on a long prefill oneDNN's blocking rounds differently enough
+    A decode step's input is ``[B, 1, D]``: one token per row (a single row ``[1, D]`` counts too).
+    Every other input (a prefill's ``[B, t, D]``) keeps ``F.linear``: on a long prefill oneDNN's blocking rounds differently enough
     to double the (tiny) difference from transformers' logits. The packed
     copy is rebuilt when the weight changes (new data, new dtype, or an in-place update); autograd,
     other devices and ``torch.compile`` always take ``F.linear``.
@@ -75,7 +75,7 @@ class PackedLinear(nn.Linear):
         (new data: another address or dtype; an in-place update: another version).
         """
         w = self.weight
-        if (x.device.type != "cpu" or x.dtype != w.dtype or w.dtype not in PACKABLE or x.dim() != 3 or x.shape[1] != 1
+        if (x.device.type != "cpu" or x.dtype != w.dtype or w.dtype not in PACKABLE or x.dim() < 2 or x.shape[-2] != 1
                 or torch.is_grad_enabled() or _is_compiling()):
             return None
         try:

@@ -22,7 +22,7 @@ import torch
 # The bundled model's names, re-exported: loading.prepare_bundled, loading.cache_dir, ... keep working.
 from .gguf import (BUNDLED, HUB_IDS, cache_dir, dtype_kwargs, not_installed_message,  # noqa: F401
                    prepare_bundled, tokenizer_from_gguf)
-from .gguf import gguf_fields as _gguf_fields  # noqa: F401  (tests/test_packaging.py; use gguf.gguf_fields)
+from .gguf import _find_gguf, gguf_fields as _gguf_fields  # noqa: F401  (tests/test_packaging.py: to be switched to gguf)
 from .fast import prepack
 from .hf import HFModel
 from .llama import LlamaModel, bias_layout, native_unsupported, rope_inverse_frequencies

@@ -12,7 +12,7 @@ Prints three tables:
    sampling (temperature 1, several seeds), MCTS with the default value (control) and MCTS with
    ``mix(likelihood_value, keyword_reward(kw), 0.5)``; with the likelihood of each, the price of steering.
 3. **Cost per simulation.** Forwards, tokens processed and milliseconds per simulation with K/V reuse
-   along the tree and re-running the prefix (:mod:`mcts_nocache`, beside this file), for a short and a
+   along the tree and re-running the prefix (:mod:`infergen.bench.mcts_nocache`), for a short and a
    long prompt, without and with rollouts. Timings depend on the machine and its load.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-import mcts_nocache as nocache  # beside this file (python benchmarks/mcts_eval.py puts it on the path)
+from infergen.bench import mcts_nocache as nocache
 
 import infergen
 from infergen.decoding.mcts import keyword_reward, likelihood_value, mix  # registers "mcts"
@@ -98,7 +98,7 @@ def keyword_table(model, tok, pairs, n, sims, top_k, seeds):
 
 def cost_table(model, tok, n, sims, top_k):
     print(f"\n## 3. Cost per simulation ({n} new tokens, {sims} simulations per token, top_k={top_k})")
-    print("K/V slices along the tree against re-running the prefix (benchmarks/mcts_nocache.py).\n")
+    print("K/V slices along the tree against re-running the prefix (infergen/bench/mcts_nocache.py).\n")
     nocache.cost_table(model, tok, n, sims, top_k, rollouts=(0, 4))
     cfg = model.config
     print(f"\nK/V kept per evaluated node: {cfg.num_hidden_layers} layers x {cfg.num_key_value_heads} kv heads x "

@@ -2,9 +2,8 @@
 value functions, parameter checks, and a reward run on the bundled model."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,12 +20,8 @@ PROMPT = [5, 17, 33, 41]
 
 
 def load_benchmark():
-    """benchmarks/mcts_nocache.py (not a package): the no-K/V-slices baseline lives there."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mcts_nocache.py"
-    spec = importlib.util.spec_from_file_location("mcts_nocache", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The no-K/V-slices baseline: infergen.bench.mcts_nocache (the benchmarks companion)."""
+    return importlib.import_module("infergen.bench.mcts_nocache")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,6 @@ EOS is off on both sides so that every contender runs exactly ``n`` steps.
 from __future__ import annotations
 
 import importlib
-import inspect
 
 import torch
 
@@ -88,13 +87,14 @@ def _search(bench, key, module, fn_name, params, n) -> Comparison | Skipped:
         fn = getattr(importlib.import_module(module), fn_name)
     except (ImportError, AttributeError) as err:
         return Skipped(f"{module}.{fn_name} not importable: {err}")
-    if "use_cache" in inspect.signature(fn).parameters:
-        reference, ref_name = (lambda: fn(bench.model, ids, n, eos_token_id=[], use_cache=False, **params),
-                               "reference (use_cache=False)")
+    if key == "mcts":  # the same search without the K/V slices: every leaf re-runs its whole prefix
+        from .mcts_nocache import mcts_decode_nocache
+        reference, ref_name = (lambda: mcts_decode_nocache(bench.model, ids, n, eos_token_id=[], **params),
+                               "reference (no K/V slices)")
     elif key == "contrastive":  # no switch in the decoder: the plain loop of the reference module
         reference, ref_name = lambda: naive_contrastive(bench.model, ids, n, **params), "reference (naive_contrastive)"
     else:
-        return Skipped(f"{fn_name} has no use_cache=False reference")
+        return Skipped(f"{fn_name} has no uncached reference")
     out = {}
     contenders = bench.compare({
         "cached": lambda: out.__setitem__("c", fn(bench.model, ids, n, eos_token_id=[], **params)),

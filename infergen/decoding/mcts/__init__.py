@@ -39,7 +39,7 @@ Key/values along the tree (the cost of a simulation)
 ----------------------------------------------------
 Evaluating a leaf needs the keys/values of every token on its path. Re-running the prefix costs a
 forward over ``prompt + committed + path`` tokens for *every* evaluation (the naive baseline, kept in
-``benchmarks/mcts_nocache.py`` for comparison). Instead, each evaluated node keeps only **its own
+``infergen/bench/mcts_nocache.py`` for comparison). Instead, each evaluated node keeps only **its own
 token's K/V slice** (``[layers, kv_heads, head_dim]`` for keys and for values; 46 KB per node for
 SmolLM2-135M in float32, independent of the context length). One working cache per row holds the root
 context; to evaluate a leaf we crop it back to the longest prefix of the path that is already there

@@ -57,7 +57,7 @@ class RowSearch:
 
     The working cache (batch 1) holds the root context, then the K/V slices of ``cached_path``, the
     nodes of the last path loaded. The model is called by :meth:`leaf_logits` and :meth:`rollout_logits`
-    only (a subclass that evaluates leaves differently overrides those two: benchmarks/mcts_nocache.py).
+    only (a subclass that evaluates leaves differently overrides those two: infergen/bench/mcts_nocache.py).
     """
 
     def __init__(self, model, prompt: list[int], max_new_tokens: int, cfg: SearchConfig):
@@ -307,7 +307,7 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
       ``infergen.generate``, whose own second argument is called ``tokenizer``, give the tokenizer to the
       value function instead: ``keyword_reward("Paris", tokenizer=tok)``.)
     * ``row_search``: the class that searches one row, :class:`RowSearch` or a subclass
-      (``benchmarks/mcts_nocache.py`` passes one that re-runs the whole prefix for every evaluation,
+      (``infergen/bench/mcts_nocache.py`` passes one that re-runs the whole prefix for every evaluation,
       the naive baseline the K/V slices are measured against).
 
     Returns [B, T + n] ids, or with ``return_dict=True`` a ``GenerationOutput`` whose ``logprobs`` are

@@ -1,7 +1,7 @@
 """MCTS without the K/V slices: the naive baseline that re-runs the whole prefix for every evaluation.
 
-    python benchmarks/mcts_nocache.py            # short and long prompt, sequential and batched leaves
-    python benchmarks/mcts_nocache.py --quick
+    python -m infergen.bench.mcts_nocache            # short and long prompt, sequential and batched leaves
+    python -m infergen.bench.mcts_nocache --quick
 
 The library's search (:class:`infergen.decoding.mcts.RowSearch`) evaluates a leaf with one single-token
 forward on a cache assembled from the K/V slices its path's nodes keep. :class:`NoCacheSearch` is the
@@ -129,7 +129,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens and simulations")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mcts"))
+    ap.add_argument("--out", default="benchmarks/results/mcts")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tok = infergen.load_model("smollm2-135m", device="cpu")

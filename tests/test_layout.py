@@ -64,7 +64,7 @@ class C:
 def test_the_core_is_the_package_minus_its_companions():
     files = {str(p.relative_to(ROOT)) for p in core_size.core_files()}
     assert "infergen/__init__.py" in files and "infergen/decoding/__init__.py" in files
-    assert not [f for f in files if f.startswith(("infergen/book/", "infergen/bench/", "infergen/course/"))]
+    assert not [f for f in files if f.startswith(("infergen/book/", "infergen/bench/", "infergen/course/")) or f == "infergen/testing.py"]
 
 
 def contracts() -> dict[str, dict]:
@@ -74,7 +74,7 @@ def contracts() -> dict[str, dict]:
 
 def test_the_contracts_name_every_core_module():
     """A new core module is covered by the forbidden contracts the day it is added (else they would not
-    look at it), and the companions are the three the contracts keep apart."""
+    look at it), and the companions are the ones the contracts keep apart."""
     core = core_size.core_modules()
     for name in ("core-imports-no-companion", "core-draws-nothing"):
         listed = set(contracts()[name]["source_modules"])

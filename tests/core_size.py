@@ -47,7 +47,7 @@ def core_modules(package: Path = PACKAGE) -> set[str]:
     """The dotted names of the core's top-level modules and subpackages (``infergen.decoding``, ...)."""
     names = set()
     for entry in package.iterdir():
-        if entry.name in COMPANIONS or entry.name.startswith(".") or entry.name == "__pycache__":
+        if entry.stem in COMPANIONS or entry.name.startswith(".") or entry.name == "__pycache__":
             continue
         if entry.suffix == ".py" and entry.name != "__init__.py":
             names.add(f"infergen.{entry.stem}")

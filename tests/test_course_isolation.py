@@ -108,10 +108,15 @@ def test_no_state_leaks_between_submissions():
     assert first == 0 and grade("a1", starter, **FAST).score == 0
 
 
-def test_identity_processor_is_capped_at_a_quarter():
-    """Old grader: 16/22 (73%) for returning the input unchanged."""
-    report = graded("a1_identity")
+@pytest.mark.parametrize("assignment", ["a1", "a2", "a3", "a4", "a5"])
+def test_identity_submission_is_capped_at_a_quarter(assignment):
+    """Old grader: 16/22 (73%) for an a1 processor returning its input unchanged. Each assignment's
+    identity submission (``attacks/aN_identity.py``: logits unchanged, the library's deterministic beam
+    search, a constant value, plain greedy search -- each with tidy input validation) scores at most 25%;
+    the do-nothing starter scores 0 (tests/test_assignments.py)."""
+    report = graded(f"{assignment}_identity", assignment, timeout=120)
     assert report.score <= 0.25 * report.max_score, report.table()
+    assert any(c.status == "pass" for c in report.checks), "nothing passed: the cap would prove nothing"
 
 
 def test_a5_forward_passes_are_counted_in_the_grader():

@@ -4,7 +4,7 @@ The expected penalties come from a brute-force transcription of the definition (
 """
 import torch
 
-CONFORMANCE = {"kind": "processor", "points": 0.25, "function": "apply_dry", "history": True,
+CONFORMANCE = {"kind": "processor", "points": 0.1, "function": "apply_dry", "history": True,
                "params": {"multiplier": 0.8, "base": 1.75, "allowed_length": 2, "sequence_breakers": (3,)}}
 
 
@@ -145,4 +145,5 @@ def check_reduces_repetition_in_generation(solution, tiny_model):
 # Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
 check_random_histories_match_definition.points = 4
 check_overlapping_repeats.points = 2
+check_last_token_is_a_breaker.points = 0.5   # a processor that penalises nothing passes it too
 check_reduces_repetition_in_generation.points = 2

@@ -3,7 +3,7 @@ import torch
 
 from infergen.testing import left_pad
 
-CONFORMANCE = {"kind": "decoder", "points": 0.25, "function": "stochastic_beam_search", "deterministic": False,
+CONFORMANCE = {"kind": "decoder", "points": 0.1, "function": "stochastic_beam_search", "deterministic": False,
                "params": {"num_beams": 3}}
 
 
@@ -72,6 +72,9 @@ def check_reproducible_and_seed_sensitive(solution, tiny_model):
 
 
 # Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
-check_one_beam_is_ancestral_sampling.points = 3
-check_beams_differ_from_sampling_with_replacement.points = 2
+check_one_beam_is_ancestral_sampling.points = 4
 check_scores_are_sequence_logprobs.points = 2
+check_reproducible_and_seed_sensitive.points = 2
+# Deterministic beam search passes these two as well (distinct rows, grouped by prompt): they weigh little.
+check_beams_differ_from_sampling_with_replacement.points = 1
+check_rows_grouped_by_prompt.points = 0.25

@@ -39,10 +39,12 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
     progress = Rows(setup, stopping=stopping, streamer=streamer)   # per-row EOS, padding, stop criteria
     rows = [setup.input_ids[b][setup.attention_mask[b]].tolist() for b in range(B)]   # real tokens per row
     info = {"forwards": 0, "drafted": 0, "accepted": 0}
+    last: list[torch.Tensor] = []                                  # the newest committed column
 
     def commit(tokens: torch.Tensor, logits: torch.Tensor) -> bool:
         """Commit one column (the shared commit step), and keep each row's text for the lookups."""
         tokens, all_done = progress.commit(tokens, logits)
+        last[:] = [tokens]
         for b in range(B):
             rows[b].append(int(tokens[b]))
         return all_done
@@ -59,9 +61,8 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
             drafts = [find_draft(rows[b], max_ngram_size, budget) if not progress.done[b] and budget > 0 else []
                       for b in range(B)]
             width = max(len(d) for d in drafts)
-            last = progress.tokens[-1]
             block = torch.full((B, width + 1), setup.pad_token_id, dtype=torch.long, device=dev)
-            block[:, 0] = last
+            block[:, 0] = last[0]
             for b, d in enumerate(drafts):
                 block[b, 1:1 + len(d)] = torch.tensor(d, dtype=torch.long, device=dev)
             start = cache.length

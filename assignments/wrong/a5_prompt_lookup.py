@@ -32,9 +32,11 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
     progress = Rows(setup, stopping=stopping, streamer=streamer)
     rows = [setup.input_ids[b][setup.attention_mask[b]].tolist() for b in range(B)]
     forwards = 0
+    last = []
 
     def commit(tok, logits):
         tok, all_done = progress.commit(tok, logits)
+        last[:] = [tok]
         for b in range(B):
             rows[b].append(int(tok[b]))
         return all_done
@@ -50,7 +52,7 @@ def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_toke
             drafts = [find_draft(rows[b], max_ngram_size, budget) if budget > 0 else [] for b in range(B)]
             width = max(len(d) for d in drafts)
             block = torch.full((B, width + 1), setup.pad_token_id, dtype=torch.long, device=setup.input_ids.device)
-            block[:, 0] = progress.tokens[-1]
+            block[:, 0] = last[0]
             for b, d in enumerate(drafts):
                 block[b, 1:1 + len(d)] = torch.tensor(d, dtype=torch.long)
             start = cache.length

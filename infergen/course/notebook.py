@@ -3,7 +3,7 @@
 The notebook is read as JSON (no Jupyter needed). From its code cells, in order, the grader keeps what
 *defines* the assignment: ``import``/``from`` statements, ``def`` and ``class`` blocks, and assignments of
 constants (``NEG_INF = float("-inf")``: names bound to literals, or to calls of ``float``, ``int``,
-``tuple``...). Everything else -- calls at the top level (``print(...)``, ``out = my_decode(model, ...)``),
+``tuple``...); ``from __future__`` imports, from any cell, move to the top. Everything else -- calls at the top level (``print(...)``, ``out = my_decode(model, ...)``),
 loops, plots, a model download, shell lines (``!pip ...``) and magics (``%time``) -- is left out: the
 experiments a student ran while working are not re-run by the grader (they would be slow, and need things
 the grader does not have). A cell that does not parse is left out with a note; so the functions you want
@@ -58,6 +58,7 @@ def notebook_source(path) -> tuple[str, list[str]]:
 
         raise SubmissionError(f"{path.name} is not a readable notebook: {type(err).__name__}: {err}") from err
     parts, notes, skipped = [], [], 0
+    features: set[str] = set()   # `from __future__ import ...` names, from any cell
     for number, cell in enumerate(cells, 1):
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
@@ -72,9 +73,14 @@ def notebook_source(path) -> tuple[str, list[str]]:
             continue
         kept = [node for node in tree.body if _keep(node)]
         skipped += len(tree.body) - len(kept)
+        future = [n for n in kept if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
+        for node in future:   # Python wants them first in the file: they move to the top, once each
+            features.update(a.name for a in node.names)
+        kept = [n for n in kept if n not in future]
         if kept:
             parts.append(f"# cell {number}\n" + "\n".join(_segment(lines, n) for n in kept))
     if skipped:
         notes.append(f"notebook: {skipped} top-level statement(s) that are not definitions, imports or constants "
                      "were not run (experiments, prints, plots)")
-    return "\n\n".join(parts) + "\n", notes
+    head = [f"from __future__ import {', '.join(sorted(features))}"] if features else []
+    return "\n\n".join(head + parts) + "\n", notes

@@ -77,4 +77,8 @@ def test_conformance(solution):
 
 # Points follow what the assignment teaches (the rule itself), not input validation or hygiene.
 test_bad_parameters.points = 0.5
+# A processor that penalises nothing passes these three as well: they weigh half a point.
+test_short_repeats_are_allowed.points = 0.5
+test_padding_is_ignored.points = 0.5
+test_multiplier_zero_is_identity.points = 0.5
 test_conformance.points = 0.5

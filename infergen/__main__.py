@@ -1,3 +1,5 @@
+"""``python -m infergen``: the command line (:mod:`infergen.cli`)."""
+
 from .cli import main
 
 if __name__ == "__main__":

@@ -34,46 +34,33 @@ def check_number(name: str, value, *, low=None, high=None, low_open=False, high_
     A tensor (a per-row parameter of shape ``[B]``) is checked element-wise with tensor ops and one
     synchronisation: a door check, never one for the decode loop.
     """
-    if value is None:
-        if allow_none:
-            return None
-        raise TypeError(f"{name} must be a number, got None")
-    lo, hi = "-inf" if low is None else f"{low}", "inf" if high is None else f"{high}"
-    interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-    if isinstance(value, torch.Tensor):
-        if value.dtype == torch.bool or value.is_complex() or (integer and value.is_floating_point()):
-            kind = "integers" if integer else "real numbers"
-            raise TypeError(f"{name} must hold {kind}, got a tensor of dtype {value.dtype}")
-        bad = value.isnan()
-        if low is not None:
-            bad |= value <= low if low_open else value < low
-        if high is not None:
-            bad |= value >= high if high_open else value > high
-        if bool(bad.any()):
-            raise ValueError(f"{name} must be in {interval}, got {value.tolist()!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        kind = "an integer" if integer else "a number"
-        raise TypeError(f"{name} must be {kind}, got {_shown(value)} ({type(value).__name__})")
-    if integer and not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {_shown(value)} ({type(value).__name__})")
-    original = value
-    if not isinstance(value, (int, float)):  # Fraction, numpy scalars: one Python type from here on
-        value = int(value) if integer else float(value)
-    bad = isinstance(value, float) and math.isnan(value)
+    if value is None and allow_none:
+        return None
+    interval = (f"{'(' if low_open or low is None else '['}{'-inf' if low is None else low}, "
+                f"{'inf' if high is None else high}{')' if high_open or high is None else ']'}")
+    tensor, fits = isinstance(value, torch.Tensor), ""
+    if tensor and (value.dtype == torch.bool or value.is_complex() or (integer and value.is_floating_point())):
+        raise TypeError(f"{name} must hold {'integers' if integer else 'real numbers'}, got a tensor of "
+                        f"dtype {value.dtype}")
+    if not tensor and (isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else
+                                                                 numbers.Real)):
+        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {_shown(value)} "
+                        f"({type(value).__name__})")
+    x = value if tensor or isinstance(value, (int, float)) else (int if integer else float)(value)  # Fraction
+    bad = x != x  # NaN
     if low is not None:
-        bad = bad or (value <= low if low_open else value < low)
+        bad = bad | (x <= low if low_open else x < low)
     if high is not None:
-        bad = bad or (value >= high if high_open else value > high)
-    if bad:
-        raise ValueError(f"{name} must be in {interval}, got {_shown(original)}")
-    if integer and high is None and value > _INT64_MAX:  # no tensor holds it (a count, a size)
-        raise ValueError(f"{name} must be in {interval} and fit a 64-bit integer (at most 2**63 - 1), "
-                         f"got {_shown(original)}")
-    if not integer and isinstance(value, int) and abs(value) > sys.float_info.max:
-        raise ValueError(f"{name} must be in {interval} and fit a float (at most {sys.float_info.max:.4g}), "
-                         f"got {_shown(original)}")
-    return value
+        bad = bad | (x >= high if high_open else x > high)
+    bad = bool(bad.any()) if isinstance(bad, torch.Tensor) else bad
+    if not (bad or tensor) and integer and high in (None, math.inf) and x > _INT64_MAX:  # no tensor holds it
+        fits = " and fit a 64-bit integer (at most 2**63 - 1)"
+    if not (bad or tensor or integer) and isinstance(x, int) and abs(x) > sys.float_info.max:
+        fits = f" and fit a float (at most {sys.float_info.max:.4g})"
+    if bad or fits:
+        raise ValueError(f"{name} must be in {interval}{fits}, got "
+                         f"{repr(value.tolist()) if tensor else _shown(value)}")
+    return x
 
 
 def check_logits(logits: torch.Tensor, name: str = "logits") -> torch.Tensor:

@@ -67,7 +67,7 @@ class Cache(Protocol):
         """Record ``t`` new columns (``new_mask`` [B, t], None = all real); return their positions [B, t]."""
 
     def attention_mask(self, t: int) -> torch.Tensor | None:
-        """Boolean mask [B, 1, t, length] for the newest ``t`` columns as queries (None: attend to all)."""
+        """Boolean mask [B, 1, t, length] for the newest ``t`` columns as queries (None: plain causal)."""
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store layer ``layer``'s keys/values of the newest ``t`` columns [B, kv_heads, t, head_dim];
@@ -190,10 +190,11 @@ class PaddingState:
 
         Query ``i`` (column ``length - t + i``) sees every earlier real column and itself (a padding
         query sees itself, so its softmax row is never empty and never produces NaN).
-        Returns None when there is no padding and ``t == 1`` (attend to everything).
+        Returns None when there is no padding and the queries are one token (it attends to everything)
+        or every column so far (a plain causal prefill: SDPA's ``is_causal`` path).
         """
         L = self.length
-        if not self.has_padding and t == 1:
+        if not self.has_padding and (t == 1 or t == L):
             return None
         keys = torch.arange(L, device=self.mask.device)
         queries = torch.arange(L - t, L, device=self.mask.device)
@@ -203,13 +204,11 @@ class PaddingState:
         return (causal & (real | diagonal)).unsqueeze(1)  # [B, 1, t, L]
 
     # -- shared operations, written once on the storage of kv_layers() ------------------------------
-    if TYPE_CHECKING:  # each subclass provides these three (see KVCache)
+    if TYPE_CHECKING:  # each subclass provides these two (see KVCache)
         def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Store the newest columns of one layer; return all so far."""
         def reorder(self, index: torch.Tensor) -> Self:
             """Keep rows ``index``."""
-        def crop(self, length: int) -> Self:
-            """Forget every column from ``length`` on."""
 
     def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The storage as ``(keys, values)`` pairs, each ``[..., B, kv_heads, columns >= length, head_dim]``
@@ -225,19 +224,20 @@ class PaddingState:
         """Repeat every row ``n`` times (row b becomes rows b*n .. b*n+n-1)."""
         return self.reorder(torch.arange(self.batch_size, device=self.mask.device).repeat_interleave(n))
 
-    def crop_mask(self, length: int):
-        """Mark every column from ``length`` on as empty."""
+    def crop(self, length: int) -> Self:
+        """Forget every column from ``length`` on: they are marked empty (the static cache simply
+        overwrites its stale keys later; a growing storage also cuts them, see ``HFCache.crop``)."""
         if not 0 <= length <= self.length:
             raise ValueError(f"crop length must be in [0, {self.length}], got {length}")
         self.mask[:, length:] = False
         self.length = length
+        return self
 
     def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row 0's keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
-        def column_of(ts):
-            return torch.cat([t[..., 0, :, column, :].reshape(-1, t.shape[-3], t.shape[-1]) for t in ts])
-        ks, vs = zip(*self.kv_layers())
-        return column_of(ks), column_of(vs)
+        k, v = (torch.cat([t[..., 0, :, column, :].reshape(-1, t.shape[-3], t.shape[-1]) for t in ts])
+                for ts in zip(*self.kv_layers()))
+        return k, v
 
     def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> Self:
         """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of row 0 (no forward pass)."""
@@ -281,22 +281,14 @@ class PaddingState:
         when its key was computed, and the next positions count real tokens, not columns.
         """
         L = self.length
-        counts = self.mask[:, :L].sum(-1).tolist()
-        layers = self.kv_layers()
-        for row, n in enumerate(counts):
-            if n and not bool(self.mask[row, L - n:L].all()):  # gaps: gather the real columns rightwards
-                cols = self.mask[row, :L].nonzero().flatten()
-                for t in (t for kv in layers for t in kv):
-                    t[..., row, :, L - n:L, :] = t[..., row, :, cols, :].clone()
-                self.mask[row, :L] = False
-                self.mask[row, L - n:L] = True
-        drop = L - max(counts, default=0)
-        if drop:
-            for t in (t for kv in layers for t in kv):
-                t[..., :L - drop, :] = t[..., drop:L, :].clone()
-            self.mask[:, :L - drop] = self.mask[:, drop:L].clone()
-            self.crop(L - drop)
-        return drop
+        keep = int(self.mask[:, :L].sum(-1).max()) if L else 0  # the most real columns any row holds
+        # Per row: its padding columns first, then its real ones, each in order; the last `keep` of them.
+        order = self.mask[:, :L].int().argsort(dim=-1, stable=True)[:, L - keep:]  # [B, keep]
+        for t in (t for kv in self.kv_layers() for t in kv):
+            t[..., :keep, :] = t.gather(-2, order[:, None, :, None].expand(*t.shape[:-2], keep, t.shape[-1]))
+        self.mask[:, :keep] = self.mask.gather(1, order)
+        self.crop(keep)
+        return L - keep
 
 
 class KVCache(PaddingState):
@@ -344,11 +336,6 @@ class KVCache(PaddingState):
             self.k = self.k.index_select(1, index)
             self.v = self.v.index_select(1, index)
         self.reorder_mask(index)
-        return self
-
-    def crop(self, length: int) -> Self:
-        """Forget every column from ``length`` on (the stale keys are simply overwritten later)."""
-        self.crop_mask(length)
         return self
 
     def copy(self) -> Self:

@@ -12,17 +12,39 @@ line on stderr and exit status 2, as argparse reports a bad option.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 
-from .params import SETTINGS
+import torch
 
-#: the options a strategy may take besides the sampling settings (each a keyword of its decoder)
-STRATEGY_OPTIONS = ("num_beams", "alpha", "num_simulations")
+import infergen
+
+from ._validation import check_number
+from .models.loading import prepare_bundled
+from .params import SETTINGS, SamplingParams
+from .registry import get_decoder
+from .text import CONSTRAINED_STRATEGIES, UNCONSTRAINED_STRATEGIES
+
+#: the options a strategy may take besides the sampling settings (each a keyword of its decoder):
+#: name -> (type, valid range as :func:`~infergen._validation.check_number` takes it, help)
+STRATEGY_OPTIONS = {
+    "num_beams": (int, dict(low=1, integer=True), "beam width (strategy beam)"),
+    "alpha": (float, dict(low=0, high=1), "degeneration penalty weight in [0, 1] (strategy contrastive); "
+              "--penalty-alpha is transformers' name, --alpha the library's: one setting"),
+    "num_simulations": (int, dict(low=1, integer=True), "MCTS simulations per token (strategy mcts)"),
+}
 #: the constraint options of ``generate``, as ``infergen.generate`` names them
 CONSTRAINT_OPTIONS = ("regex", "json_schema", "grammar", "choices")
+#: what the help of a setting adds for its kind (stop strings repeat, the logit bias is JSON)
+KIND_HELP = {tuple: " (repeatable)", dict: ' (JSON, e.g. \'{"13": -5}\')'}
 PROG = "python -m infergen"
+
+
+def _flag(name: str) -> str:
+    """The option of the keyword ``name`` (``top_p`` -> ``--top-p``; ``alpha`` has two spellings)."""
+    return "--penalty-alpha/--alpha" if name == "alpha" else "--" + name.replace("_", "-")
 
 
 def _add_generate(sub):
@@ -39,19 +61,12 @@ def _add_generate(sub):
                         "speculative, or any registered name")
     p.add_argument("--max-new-tokens", type=int, default=64, help="how many tokens to generate at most")
     for s in SETTINGS:  # one option per field of SamplingParams: names, help and types come from there
-        flag = "--" + s.name.replace("_", "-")
-        if s.kind is tuple:
-            p.add_argument(flag, action="append", default=None, help=s.help + " (repeatable)")
-        elif s.kind is dict:
-            p.add_argument(flag, type=_logit_bias, default=None, help=s.help + ' (JSON, e.g. \'{"13": -5}\')')
-        else:
-            p.add_argument(flag, type=s.kind, default=None, help=s.help)
-    p.add_argument("--num-beams", type=int, default=None, help="beam width (strategy beam)")
-    p.add_argument("--penalty-alpha", "--alpha", dest="alpha", type=float, default=None,
-                   help="degeneration penalty weight in [0, 1] (strategy contrastive); --penalty-alpha is "
-                        "transformers' name, --alpha the library's: one setting")
-    p.add_argument("--num-simulations", type=int, default=None, help="MCTS simulations per token (strategy mcts)")
-    c = p.add_argument_group("constrained output (at most one; strategies greedy, sample, beam, diverse_beam)")
+        how = {tuple: dict(action="append"), dict: dict(type=_logit_bias)}.get(s.kind, dict(type=s.kind))
+        p.add_argument(_flag(s.name), help=s.help + KIND_HELP.get(s.kind, ""), **how)
+    for name, (kind, _, help) in STRATEGY_OPTIONS.items():
+        p.add_argument(*_flag(name).split("/"), dest=name, type=kind, help=help)
+    c = p.add_argument_group("constrained output (at most one; strategies greedy, sample, beam, "
+                             "diverse_beam)")
     c.add_argument("--regex", default=None, help="the whole output fullmatches this regular expression")
     c.add_argument("--json-schema", default=None,
                    help="the output is JSON valid under this schema: a path to a .json file or inline JSON")
@@ -73,27 +88,24 @@ def _logit_bias(text: str) -> dict:
     try:
         return {int(k): float(v) for k, v in json.loads(text).items()}
     except (ValueError, AttributeError) as err:
-        raise argparse.ArgumentTypeError(f"--logit-bias must be a JSON object {{token_id: bias}}, got {text!r}") from err
+        raise argparse.ArgumentTypeError(f"--logit-bias must be a JSON object {{token_id: bias}}, "
+                                         f"got {text!r}") from err
 
 
 def check_device(device: str) -> str:
     """``device`` if this PyTorch can use it (``"auto"`` always can); a ``ValueError`` naming ``--device``
     otherwise -- an unknown name, or CUDA / MPS on a build or machine without them."""
-    import torch
-
     if device == "auto":
         return device
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N, mps or another torch device, got {device!r}") \
-            from None
-    backend = getattr(torch, dev.type, None) if dev.type != "cpu" else None
-    if dev.type == "mps":
-        backend = getattr(torch.backends, "mps", None)
-    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
-        why = "this PyTorch was built without CUDA" if dev.type == "cuda" and torch.version.cuda is None else \
-            f"no {dev.type} device is available here"
+        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N, mps or another torch device, "
+                         f"got {device!r}") from None
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)  # torch.cuda, ...
+    if not getattr(backend, "is_available", lambda: True)():
+        no_cuda = dev.type == "cuda" and torch.version.cuda is None
+        why = "this PyTorch was built without CUDA" if no_cuda else f"no {dev.type} device is available here"
         raise ValueError(f"--device {device}: {why}; use --device cpu (or auto)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
@@ -103,13 +115,13 @@ def check_device(device: str) -> str:
 
 def _text_or_file(option: str, value: str) -> str:
     """The content of the file ``value`` names, or ``value`` itself when no such file exists."""
-    if os.path.isfile(value):
-        try:
-            with open(value, encoding="utf-8") as f:
-                return f.read()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"{option}: cannot read the file {value!r}: {err}") from None
-    return value
+    if not os.path.isfile(value):
+        return value
+    try:
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{option}: cannot read the file {value!r}: {err}") from None
 
 
 def constraint_arguments(args) -> dict:
@@ -120,22 +132,22 @@ def constraint_arguments(args) -> dict:
     given = {k: getattr(args, k) for k in CONSTRAINT_OPTIONS if getattr(args, k) is not None}
     if len(given) > 1:
         raise ValueError("give at most one of --regex, --json-schema, --grammar, --choices; got "
-                         + " and ".join("--" + k.replace("_", "-") for k in given))
+                         + " and ".join(_flag(k) for k in given))
     if "json_schema" in given:
         text = _text_or_file("--json-schema", given["json_schema"])
         try:
             given["json_schema"] = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--json-schema must be a JSON file or inline JSON; {given['json_schema'][:80]!r} is "
-                             f"no file and not valid JSON ({err})") from None
+            raise ValueError(f"--json-schema must be a JSON file or inline JSON; "
+                             f"{given['json_schema'][:80]!r} is no file and not valid JSON ({err})") from None
         if not isinstance(given["json_schema"], dict):
             raise ValueError(f"--json-schema must be a JSON object (a schema), got {text[:80]!r}")
     if "grammar" in given:
         given["grammar"] = _text_or_file("--grammar", given["grammar"])
-    if given and args.constraint_backend is not None:
+    if args.constraint_backend is not None:
+        if not given:
+            raise ValueError("--constraint-backend needs one of --regex, --json-schema, --grammar, --choices")
         given["constraint_backend"] = args.constraint_backend
-    elif args.constraint_backend is not None:
-        raise ValueError("--constraint-backend needs one of --regex, --json-schema, --grammar, --choices")
     return given
 
 
@@ -146,13 +158,6 @@ def check_arguments(args) -> tuple[dict, dict]:
     :class:`~infergen.params.SamplingParams`, and the strategy's options); ``constraint`` those of
     :func:`constraint_arguments`. Raises ``ValueError`` / ``TypeError`` naming the option.
     """
-    import inspect
-
-    from ._validation import check_number
-    from .params import SamplingParams
-    from .registry import get_decoder
-    from .text import CONSTRAINED_STRATEGIES, UNCONSTRAINED_STRATEGIES
-
     if args.stream and args.json:
         raise ValueError("--stream prints the text as it comes and --json prints the finished result: "
                          "give one of them")
@@ -162,50 +167,38 @@ def check_arguments(args) -> tuple[dict, dict]:
     check_device(args.device)
     accepted = inspect.signature(get_decoder(args.strategy)).parameters
     takes_settings = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())  # **settings
-    settings = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name) is not None}
-    SamplingParams.from_kwargs(**settings)  # the library's checks, with its messages
-    for name in settings:
-        if name not in accepted and not takes_settings and name != "stop":  # stop strings: generate's own
-            raise ValueError(f"--{name.replace('_', '-')} is not an option of strategy {args.strategy!r}")
-    ranges = {"num_beams": dict(low=1, integer=True), "alpha": dict(low=0, high=1),
-              "num_simulations": dict(low=1, integer=True)}
-    for name in STRATEGY_OPTIONS:
-        value = getattr(args, name)
-        if value is None:
-            continue
-        flag = "--penalty-alpha/--alpha" if name == "alpha" else "--" + name.replace("_", "-")
-        if name not in accepted:  # an explicit parameter of the strategy's decoder
-            raise ValueError(f"{flag} is not an option of strategy {args.strategy!r}")
-        check_number(flag, value, **ranges[name])
-        settings[name] = value
+    names = [s.name for s in SETTINGS] + list(STRATEGY_OPTIONS)
+    settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    SamplingParams.split(settings)  # the sampling settings: the library's checks, with its messages
+    for name, value in settings.items():
+        explicit = name in STRATEGY_OPTIONS  # a strategy option must be an explicit parameter of the decoder
+        if name not in accepted and (explicit or not takes_settings) and name != "stop":  # stop: generate's
+            raise ValueError(f"{_flag(name)} is not an option of strategy {args.strategy!r}")
+        if explicit:
+            check_number(_flag(name), value, **STRATEGY_OPTIONS[name][1])
     constraint = constraint_arguments(args)
-    kinds = [k for k in CONSTRAINT_OPTIONS if k in constraint]
-    if kinds and args.strategy not in CONSTRAINED_STRATEGIES:
+    if constraint and args.strategy not in CONSTRAINED_STRATEGIES:
         why = UNCONSTRAINED_STRATEGIES.get(args.strategy, "its decoder does not take a constraint")
-        raise ValueError(f"--{kinds[0].replace('_', '-')}: strategy {args.strategy!r} does not support "
+        raise ValueError(f"{_flag(next(iter(constraint)))}: strategy {args.strategy!r} does not support "
                          f"constrained output ({why}); use one of {', '.join(CONSTRAINED_STRATEGIES)}")
     return settings, constraint
 
 
 def _generate(args):
-    import infergen
-
     settings, constraint = check_arguments(args)  # before the model loads: a bad argument fails at once
     model, tokenizer = infergen.load_model(args.model, device=args.device)
+    options = dict(strategy=args.strategy, max_new_tokens=args.max_new_tokens, chat=args.chat, **settings,
+                   **constraint)
     if args.stream:
         print(args.prompt[0], end="", flush=True)
-        for piece in infergen.stream(model, tokenizer, args.prompt[0], strategy=args.strategy,
-                                     max_new_tokens=args.max_new_tokens, chat=args.chat, **settings,
-                                     **constraint):
+        for piece in infergen.stream(model, tokenizer, args.prompt[0], **options):
             print(piece, end="", flush=True)
         print()
         return
-    results = infergen.generate(model, tokenizer, args.prompt, strategy=args.strategy,
-                                max_new_tokens=args.max_new_tokens, chat=args.chat, **settings, **constraint)
-    for r in results:
+    for r in infergen.generate(model, tokenizer, args.prompt, **options):
         if args.json:
-            print(json.dumps({"prompt": r.prompt, "text": r.text, "token_ids": r.token_ids,
-                              "logprobs": r.logprobs, "finish_reason": r.finish_reason}))
+            print(json.dumps({k: getattr(r, k) for k in ("prompt", "text", "token_ids", "logprobs",
+                                                          "finish_reason")}))
         else:
             print(f"{r.prompt}{r.text}\n  [{r.num_tokens} tokens, finish: {r.finish_reason}, "
                   f"mean log-prob {r.mean_logprob:.3f}]")
@@ -224,14 +217,12 @@ def main(argv=None):
     _add_generate(sub)
     args = parser.parse_args(argv)
     if args.command == "prepare":
-        from .models.loading import prepare_bundled
         print(prepare_bundled(args.model))
     elif args.command == "generate":
         try:
             _generate(args)
-        except (ValueError, TypeError) as err:
-            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-            print(f"{PROG} generate: error: {message}", file=sys.stderr)
+        except (ValueError, TypeError) as err:  # one line, as argparse reports a bad option
+            print(f"{PROG} generate: error: {' '.join(str(err).split())}", file=sys.stderr)
             raise SystemExit(2) from None
     return 0
 

@@ -120,7 +120,7 @@ def to_vllm_sampling_params(params) -> dict:
     if call.get("num_beams", 1) != 1:
         raise ValueError("vLLM runs beam search through LLM.beam_search(BeamSearchParams(beam_width=...)), "
                          "not SamplingParams")
-    out = {"temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
+    out: dict[str, object] = {"temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
            "top_k": int(sampling.top_k or 0), "min_p": float(sampling.min_p),
            "repetition_penalty": float(sampling.repetition_penalty),
            "frequency_penalty": float(sampling.frequency_penalty),

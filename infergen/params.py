@@ -18,7 +18,6 @@ A per-row setting may be a ``[B]`` tensor (one value per row) wherever the proce
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,32 +27,20 @@ from ._validation import check_number
 __all__ = ["SETTINGS", "SamplingParams", "Setting", "is_greedy", "setting"]
 
 
-_INF = math.inf
-
-
-def _setting(default, help: str, **spec):
+def _setting(default, range: str, help: str, **spec):
     """A dataclass field whose metadata holds its :class:`Setting` (name filled in below)."""
-    return dataclasses.field(default=default, metadata={"setting": dict(default=default, help=help, **spec)})
+    return dataclasses.field(default=default, metadata={"setting": dict(default=default, range=range, help=help,
+                                                                        **spec)})
 
 
-def _check_logit_bias(logit_bias, vocab: int | None = None, name: str = "logit_bias"):
+def _check_logit_bias(logit_bias, vocab: int | None, name: str):
     """``{token_id: bias}`` with integer ids (``< vocab`` when known) and biases in ``[-100, 100]``."""
-    if logit_bias is None:
-        return None
-    if not isinstance(logit_bias, dict):
+    if logit_bias is not None and not isinstance(logit_bias, dict):
         raise TypeError(f"{name} must be a dict {{token_id: bias}}, got {type(logit_bias).__name__}")
     high = None if vocab is None else vocab - 1
-    return {check_number(f"{name} token id", token_id, low=0, high=high, integer=True):
-            check_number(f"{name}[{token_id}]", bias, low=-100, high=100) for token_id, bias in logit_bias.items()}
-
-
-def _check_stop(stop):
-    """Stop strings as a tuple of non-empty strings (one string is one stop string)."""
-    if isinstance(stop, str):
-        stop = (stop,)
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
-    return tuple(stop)
+    return None if logit_bias is None else {
+        check_number(f"{name} token id", token_id, low=0, high=high, integer=True):
+        check_number(f"{name}[{token_id}]", bias, low=-100, high=100) for token_id, bias in logit_bias.items()}
 
 
 @dataclass(frozen=True)
@@ -65,41 +52,40 @@ class SamplingParams:
     and ``SamplingParams(temperature=0)`` is greedy decoding.
     """
 
-    logit_bias: dict | None = _setting(None, "{token_id: bias} added to the raw logits, bias in [-100, 100]",
-                                       kind=dict, allow_none=True, processor="apply_logit_bias")
-    repetition_penalty: float = _setting(1.0, "CTRL penalty over prompt + generated ids (>1 discourages "
-                                         "repeats; 1 = off)", low=0, high=_INF, low_open=True, high_open=True,
-                                         processor="apply_repetition_penalty", history="all_ids")
-    frequency_penalty: float = _setting(0.0, "OpenAI-style: subtract f * count(token) over generated ids, in "
-                                        "[-2, 2]", low=-2, high=2, processor="apply_frequency_penalty",
+    logit_bias: dict | None = _setting(None, "", "{token_id: bias} added to the raw logits, bias in "
+                                       "[-100, 100]", kind=dict, processor="apply_logit_bias")
+    repetition_penalty: float = _setting(1.0, "(0, inf)", "CTRL penalty over prompt + generated ids (>1 "
+                                         "discourages repeats; 1 = off)", processor="apply_repetition_penalty",
+                                         history="all_ids")
+    frequency_penalty: float = _setting(0.0, "[-2, 2]", "OpenAI-style: subtract f * count(token) over generated "
+                                        "ids, in [-2, 2]", processor="apply_frequency_penalty",
                                         history="generated_ids")
-    presence_penalty: float = _setting(0.0, "OpenAI-style: subtract p once from every generated token, in "
-                                       "[-2, 2]", low=-2, high=2, processor="apply_frequency_penalty",
+    presence_penalty: float = _setting(0.0, "[-2, 2]", "OpenAI-style: subtract p once from every generated "
+                                       "token, in [-2, 2]", processor="apply_frequency_penalty",
                                        history="generated_ids")
-    no_repeat_ngram_size: int = _setting(0, "ban every n-gram from occurring twice (0 = off)", kind=int, low=0,
-                                         per_row=False, processor="apply_no_repeat_ngram", history="all_ids")
-    temperature: float = _setting(1.0, "divide logits by T before sampling: <1 sharper, >1 flatter, 0 = greedy",
-                                  low=0, high=_INF, high_open=True, sampling_only=True,
-                                  processor="apply_temperature")
-    top_k: int | None = _setting(None, "sample only among the k most likely tokens (0 or None = off)", kind=int,
-                                 low=0, allow_none=True, off=(0,), sampling_only=True, truncates=True,
+    no_repeat_ngram_size: int = _setting(0, "[0, inf)", "ban every n-gram from occurring twice (0 = off)",
+                                         kind=int, per_row=False, processor="apply_no_repeat_ngram",
+                                         history="all_ids")
+    temperature: float = _setting(1.0, "[0, inf)", "divide logits by T before sampling: <1 sharper, >1 "
+                                  "flatter, 0 = greedy", sampling_only=True, processor="apply_temperature")
+    top_k: int | None = _setting(None, "[0, inf)", "sample only among the k most likely tokens (0 or None = "
+                                 "off)", kind=int, off=(0,), sampling_only=True, truncates=True,
                                  processor="apply_top_k")
-    top_p: float = _setting(1.0, "nucleus: the smallest set of tokens whose probability reaches p (1 = off)",
-                            low=0, high=1, low_open=True, sampling_only=True, truncates=True,
-                            processor="apply_top_p")
-    min_p: float = _setting(0.0, "drop tokens less likely than min_p times the most likely one (0 = off)",
-                            low=0, high=1, sampling_only=True, truncates=True, processor="apply_min_p")
-    typical_p: float = _setting(1.0, "locally typical sampling: keep this much mass of the most typical "
-                                "tokens (1 = off)", low=0, high=1, low_open=True, sampling_only=True,
-                                truncates=True, processor="apply_typical")
-    epsilon: float = _setting(0.0, "drop tokens with probability below epsilon (0 = off)", low=0, high=1,
-                              high_open=True, sampling_only=True, truncates=True, processor="apply_epsilon")
-    eta: float = _setting(0.0, "eta sampling: an entropy-dependent probability floor (0 = off)", low=0, high=1,
-                          high_open=True, sampling_only=True, truncates=True, processor="apply_eta")
-    seed: int | None = _setting(None, "seed for reproducible sampling", kind=int, low=0, high=2**64 - 1,
-                                allow_none=True, per_row=False, sampling_only=True)
-    stop: tuple = _setting((), "stop strings: a row ends once its text contains one (the text is cut before "
-                           "it)", kind=tuple)
+    top_p: float = _setting(1.0, "(0, 1]", "nucleus: the smallest set of tokens whose probability reaches p "
+                            "(1 = off)", sampling_only=True, truncates=True, processor="apply_top_p")
+    min_p: float = _setting(0.0, "[0, 1]", "drop tokens less likely than min_p times the most likely one "
+                            "(0 = off)", sampling_only=True, truncates=True, processor="apply_min_p")
+    typical_p: float = _setting(1.0, "(0, 1]", "locally typical sampling: keep this much mass of the most "
+                                "typical tokens (1 = off)", sampling_only=True, truncates=True,
+                                processor="apply_typical")
+    epsilon: float = _setting(0.0, "[0, 1)", "drop tokens with probability below epsilon (0 = off)",
+                              sampling_only=True, truncates=True, processor="apply_epsilon")
+    eta: float = _setting(0.0, "[0, 1)", "eta sampling: an entropy-dependent probability floor (0 = off)",
+                          sampling_only=True, truncates=True, processor="apply_eta")
+    seed: int | None = _setting(None, "[0, 18446744073709551615]", "seed for reproducible sampling",
+                                kind=int, per_row=False, sampling_only=True)
+    stop: tuple = _setting((), "", "stop strings: a row ends once its text contains one (the text is cut "
+                           "before it)", kind=tuple)
 
     def __post_init__(self):
         """Check every field once (the door); store the checked value (a copy of a dict, a tuple of stop
@@ -110,22 +96,19 @@ class SamplingParams:
     @classmethod
     def from_kwargs(cls, **kwargs) -> "SamplingParams":
         """Build from keyword arguments; ``None`` means "the default"; an unknown name is refused."""
-        unknown = sorted(set(kwargs) - set(_BY_NAME))
-        if unknown:
-            raise TypeError(f"unknown sampling parameter(s) {unknown}; valid: {sorted(_BY_NAME)}")
-        return cls(**{k: v for k, v in kwargs.items() if v is not None})
+        return cls.resolve(None, **kwargs)
 
     @classmethod
     def resolve(cls, params: "SamplingParams | None" = None, **settings) -> "SamplingParams":
         """``params`` (or the defaults) with the keyword ``settings`` that are not None applied on top:
         how every decoder turns its document-style keyword arguments into one object at the door."""
-        if params is None:
-            return cls.from_kwargs(**settings)
-        if not isinstance(params, SamplingParams):
+        unknown = sorted(set(settings) - set(_BY_NAME))
+        if unknown:
+            raise TypeError(f"unknown sampling parameter(s) {unknown}; valid: {sorted(_BY_NAME)}")
+        if params is not None and not isinstance(params, SamplingParams):
             raise TypeError(f"params must be an infergen.SamplingParams, got {type(params).__name__}")
-        cls.from_kwargs(**settings)  # refuses unknown names, naming the valid ones
-        changes = {k: v for k, v in settings.items() if v is not None}
-        return dataclasses.replace(params, **changes) if changes else params
+        changes, base = {k: v for k, v in settings.items() if v is not None}, params or cls()
+        return dataclasses.replace(base, **changes) if changes else base
 
     @classmethod
     def split(cls, kwargs: dict, params: "SamplingParams | None" = None) -> tuple["SamplingParams", dict]:
@@ -154,9 +137,8 @@ class SamplingParams:
 
     def require_deterministic(self, decoder: str, hint: str = "use strategy='sample' for sampling parameters"):
         """Refuse settings that only matter when sampling (a deterministic ``decoder`` would ignore them)."""
-        given = [s.name for s in self.active_settings() if s.sampling_only]
-        if self.is_greedy:
-            given.remove("temperature")  # temperature 0 *is* the deterministic choice
+        given = [s.name for s in self.active_settings()  # temperature 0 *is* the deterministic choice
+                 if s.sampling_only and not (s.name == "temperature" and self.is_greedy)]
         if given:
             shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in given)
             raise ValueError(f"{decoder} does not sample, so {shown} has no effect; {hint}")
@@ -190,13 +172,9 @@ class Setting:
 
     name: str
     default: object
+    range: str                    # its valid values as an interval, "(0, 1]" or "[0, inf)" ("" for dict, tuple)
     help: str
     kind: type = float            # float, int, dict (logit_bias) or tuple (stop strings)
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    allow_none: bool = False
     off: tuple = ()               # values besides the default that make the setting a no-op
     per_row: bool = True          # may be a [B] tensor, one value per row
     sampling_only: bool = False   # matters only when tokens are sampled
@@ -209,31 +187,35 @@ class Setting:
         """The name of its step in the pipeline (``apply_top_k`` -> ``"top_k"``; ``""`` for none)."""
         return self.processor.removeprefix("apply_")
 
+    @property
+    def bounds(self) -> dict:
+        """:attr:`range` as the keywords of :func:`~infergen._validation.check_number`: ``"(0, 1]"`` gives
+        ``low=0, high=1, low_open=True, high_open=False``."""
+        low, high = (float(x) if "inf" in x else int(x) for x in self.range[1:-1].split(", "))
+        return dict(low=low, high=high, low_open=self.range[0] == "(", high_open=self.range[-1] == ")")
+
     def check(self, value, name: str | None = None, vocab: int | None = None):
         """Validate ``value`` and return it as stored (a dict copied, stop strings as a tuple, a
         ``Fraction`` as a ``float``). Errors name the field (or ``name``) and the range; ``vocab``
-        bounds token ids where it is known."""
+        bounds token ids where it is known. ``None`` is accepted where it is the default."""
         name = name or self.name
         if self.kind is dict:
-            return _check_logit_bias(value, vocab=vocab, name=name)
-        if self.kind is tuple:
-            return _check_stop(value)
+            return _check_logit_bias(value, vocab, name)
+        if self.kind is tuple:  # stop strings: one string is one stop string
+            stop = (value,) if isinstance(value, str) else value
+            if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+                raise ValueError(f"{name} must be a non-empty string or a list of them, got {value!r}")
+            return tuple(stop)
         if isinstance(value, torch.Tensor) and (not self.per_row or value.dim() > 1):
-            shape = "a number" if not self.per_row else "a number or a [B] tensor (one value per row)"
+            shape = "a number or a [B] tensor (one value per row)" if self.per_row else "a number"
             raise TypeError(f"{name} must be {shape}, got a tensor of shape {tuple(value.shape)}")
-        return check_number(name, value, low=self.low, high=self.high, low_open=self.low_open,
-                            high_open=self.high_open, allow_none=self.allow_none, integer=self.kind is int)
+        return check_number(name, value, allow_none=self.default is None, integer=self.kind is int, **self.bounds)
 
     def is_off(self, value) -> bool:
         """True when ``value`` switches the setting off (for a ``[B]`` tensor: in every row)."""
-        if self.kind in (dict, tuple):
+        if value is None or self.kind in (dict, tuple):
             return not value
-        if value is None:
-            return self.allow_none
-        offs = (self.default,) + self.off
-        if isinstance(value, torch.Tensor):
-            return any(bool((value == o).all()) for o in offs if o is not None)
-        return any(value == o for o in offs if o is not None)
+        return any(bool(torch.as_tensor(value == off).all()) for off in (self.default, *self.off))
 
 
 def is_greedy(temperature) -> bool:

@@ -33,8 +33,7 @@ class LogitsContext:
         if len(parts) < 2:
             return parts[0] if parts else None
         parts = [torch.as_tensor(p, dtype=torch.long) for p in parts]
-        parts = [p.unsqueeze(0) if p.dim() == 1 else p for p in parts]
-        return torch.cat([parts[0], parts[1].to(parts[0].device)], dim=1)
+        return torch.cat([(p.unsqueeze(0) if p.dim() == 1 else p).to(parts[0].device) for p in parts], dim=1)
 
 
 Step = Callable[[torch.Tensor, LogitsContext], torch.Tensor]
@@ -175,10 +174,8 @@ class LogitsPipeline:
         batch, device = rows.shape[0], rows.device
         for name, value in self._per_row:
             check_per_row(name, value, batch)
-        context = LogitsContext(
-            prompt_ids=None if prompt_ids is None else check_token_ids(prompt_ids, batch, device, "prompt_ids"),
-            generated_ids=None if generated_ids is None else check_token_ids(generated_ids, batch, device,
-                                                                             "generated_ids"))
+        context = LogitsContext(*(None if ids is None else check_token_ids(ids, batch, device, name) for ids, name
+                                  in ((prompt_ids, "prompt_ids"), (generated_ids, "generated_ids"))))
         out = rows
         for _, fn, _ in self._steps:
             out = fn(out, context)

@@ -80,23 +80,20 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", q.to(device))
         self.register_buffer("scales", scales.to(device=device, dtype=compute_dtype))
-        bias = linear.bias.detach().clone() if linear.bias is not None else None
-        self.register_buffer("bias", bias)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.compute_dtype = compute_dtype
         self.packed = _int8pack_available(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``F.linear(x, weight, bias)`` on the int8 weight: any shape ``[..., in_features]``, ``x``'s dtype out."""
-        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # the kernels take [N, in] rows
-        if self.packed and x.device.type == "cpu":
-            y = torch._weight_int8pack_mm(rows.to(self.compute_dtype), self.qweight, self.scales)
+        rows = x.reshape(-1, self.in_features)  # the kernels take [N, in] rows (a view, no copy)
+        if self.packed and x.device.type == "cpu":  # .to: a no-op (no copy) when the dtypes already agree
+            y = torch._weight_int8pack_mm(rows.to(self.compute_dtype), self.qweight, self.scales).to(x.dtype)
         else:  # portable fallback: dequantize (correct everywhere, but it writes a float weight copy)
-            w = self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None]
-            y = F.linear(rows, w)
-        y = y.to(x.dtype)  # a no-op (no copy) when the dtypes already agree, as in a bfloat16 model
+            y = F.linear(rows, self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None])
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
-        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         """The layer's sizes and kernel, as ``print(model)`` shows them."""
@@ -120,9 +117,8 @@ def quantize_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
     if not targets:
         raise ValueError("model has no nn.Linear layer to quantize")
     for name, linear in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear(linear, compute_dtype))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, Int8Linear(linear, compute_dtype))
     return model
 
 

@@ -47,17 +47,17 @@ def register_processor(name: str, fn: Callable | None = None, *, overwrite: bool
     return _register(PROCESSORS, "processor", name, fn, overwrite)
 
 
+def _get(table: dict, kind: str, name: str) -> Callable:
+    if name not in table:
+        raise ValueError(f"{kind} must be one of: {', '.join(sorted(table)) or '(none registered)'}; got {name!r}")
+    return table[name]
+
+
 def get_decoder(name: str) -> Callable:
     """The decoder registered as ``name``; a clear error lists the valid names otherwise."""
-    if name not in DECODERS:
-        valid = ", ".join(sorted(DECODERS))
-        raise ValueError(f"strategy must be one of: {valid}; got {name!r}")
-    return DECODERS[name]
+    return _get(DECODERS, "strategy", name)
 
 
 def get_processor(name: str) -> Callable:
     """The processor registered as ``name``; a clear error lists the registered names otherwise."""
-    if name not in PROCESSORS:
-        valid = ", ".join(sorted(PROCESSORS)) or "(none registered)"
-        raise ValueError(f"processor must be one of: {valid}; got {name!r}")
-    return PROCESSORS[name]
+    return _get(PROCESSORS, "processor", name)

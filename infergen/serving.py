@@ -121,7 +121,7 @@ class ContinuousBatcher:
         if self.params.stop:
             raise ValueError("ContinuousBatcher serves token ids: stop strings need a tokenizer (use eos_token_id)")
         self.eos, self.pad = special_ids(self.model, eos_token_id, pad_token_id)
-        self.stats = {}
+        self.stats: dict[str, float] = {}
 
     def run(self, requests: list[Request]) -> list[Request]:
         """Serve every request; returns them (same objects, same order) with their results filled in.
@@ -161,24 +161,26 @@ class ContinuousBatcher:
         slots: list[Request | None] = [None] * B
         last = torch.full((B,), self.pad, dtype=torch.long, device=device)
         cache = require(model.new_cache(B, max_len), RowCache, "ContinuousBatcher")
-        clock = {"step": 0, "start": time.perf_counter()}
-        stats = dict(decode_steps=0, row_steps=0, busy_row_steps=0, prefills=0, dropped_columns=0, max_len=max_len)
+        clock, started = {"step": 0}, time.perf_counter()
+        stats: dict[str, float] = dict(decode_steps=0, row_steps=0, busy_row_steps=0, prefills=0, dropped_columns=0, max_len=max_len)
 
         def choose_and_commit(logits: torch.Tensor, occupied: list[int]):
             """The shared Sampler and Rows.commit for the slots ``occupied``; retire the finished requests."""
             idx = torch.tensor(occupied, device=device)
-            history = (None, None)
+            held = [slots[i] for i in occupied]
+            history: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
             if sampler.uses_history:  # each request's own prompt and tokens (-1 = padding)
-                pw = max(len(slots[i].prompt) for i in occupied)
+                pw = max(len(r.prompt) for r in held if r is not None)
                 history = (rows.prompt_ids[idx, :pw], rows.history[idx, :max(1, int(rows.count[idx].max()))])
-            tokens = sampler(logits, *history, generator=[generators.get(id(slots[i])) for i in occupied])
+            tokens = sampler(logits, *history, generator=[generators.get(id(r)) for r in held])
             rows.commit(tokens, logits, rows=idx)
             last[idx] = tokens
             for row, done in zip(occupied, rows.done[idx].tolist()):
                 if done:
                     req = slots[row]
+                    assert req is not None  # an occupied slot holds a request
                     req.tokens, req.logprobs, req.finish_reason = rows.result(row)
-                    req.finished_step, req.latency_s = clock["step"], time.perf_counter() - clock["start"]
+                    req.finished_step, req.latency_s = clock["step"], time.perf_counter() - started
                     slots[row] = None
                     cache.clear_row(row)
 
@@ -209,7 +211,7 @@ class ContinuousBatcher:
                 clock["step"] += 1
                 # 3. choose and commit each row's token; retire finished requests at once
                 choose_and_commit(logits[occupied], occupied)
-        stats["seconds"] = time.perf_counter() - clock["start"]
+        stats["seconds"] = time.perf_counter() - started
         stats["tokens"] = sum(len(r.tokens) for r in requests)
         stats["occupancy"] = stats["busy_row_steps"] / max(stats["row_steps"], 1)
         self.stats = stats
@@ -314,15 +316,15 @@ def compare_batching(model, requests: list[Request], batch_size: int = 8, **para
     start = time.perf_counter()
     cont_reqs = batcher.run(clone())
     cont_time = time.perf_counter() - start
-    static_reqs_time = max(r.latency_s for r in static_reqs)
+    static_reqs_time = max(r.latency_s or 0.0 for r in static_reqs)
     tokens = sum(len(r.tokens) for r in cont_reqs)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {
         "requests": len(requests), "batch_size": batch_size, "tokens": tokens,
         "static": {"seconds": static_reqs_time, "tokens_per_s": tokens / static_reqs_time,
-                   "mean_latency_s": mean([r.latency_s for r in static_reqs])},
+                   "mean_latency_s": mean([r.latency_s or 0.0 for r in static_reqs])},
         "continuous": {"seconds": cont_time, "tokens_per_s": tokens / cont_time,
-                       "mean_latency_s": mean([r.latency_s for r in cont_reqs]), **batcher.stats},
+                       "mean_latency_s": mean([r.latency_s or 0.0 for r in cont_reqs]), **batcher.stats},
         "speedup": static_reqs_time / cont_time,
         "same_tokens": all(a.tokens == b.tokens for a, b in zip(static_reqs, cont_reqs)),
     }

@@ -25,11 +25,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .params import SamplingParams
 from .registry import get_decoder
+
+if TYPE_CHECKING:
+    from .constraints.base import Constraint
 
 #: strategies whose decoders take ``constraint=`` (the mask is applied first, before every processor)
 CONSTRAINED_STRATEGIES = ("greedy", "sample", "beam", "diverse_beam")
@@ -165,7 +169,7 @@ def build_constraint(model, tokenizer, n_prompts: int, strategy: str, backend: s
     if eos_token_id is None:
         eos_token_id = list(model_defaults(as_model(model)).eos_token_ids)
     compiled = {}
-    out = []
+    out: list[Constraint | None] = []
     for v in _per_row(kind, value, n_prompts):
         if v is None:
             out.append(None)

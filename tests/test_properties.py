@@ -289,7 +289,9 @@ class Spec:
 
 
 def _setting_spec(s):
-    return Spec(s.kind, s.low, s.high, s.low_open, s.high_open, none=s.allow_none)
+    b = s.bounds  # "[0, inf)" -> low=0, high=inf, ...: an int setting with no upper end must fit 64 bits
+    high = None if s.kind is int and b["high"] == math.inf else b["high"]
+    return Spec(s.kind, b["low"], high, b["low_open"], b["high_open"], none=s.default is None)
 
 
 SETTING_SPECS = {s.name: _setting_spec(s) for s in SETTINGS if s.kind in (int, float)}
@@ -310,7 +312,7 @@ DECODER_PARAMS = {
     "contrastive_search": ({}, {**COMMON, "top_k": Spec(int, 1, VOCAB), "alpha": Spec(float, 0, 1)}),
     "mcts_decode": ({"num_simulations": 2}, {**COMMON, "num_simulations": Spec(int, 1),
                                               "c_puct": Spec(float, 0, math.inf, high_open=True),
-                                              "temperature": Spec(float, 0, math.inf, True, True),
+                                              "temperature": SETTING_SPECS["temperature"],
                                               "top_k": Spec(int, 1), "rollout_tokens": Spec(int, 0),
                                               "commit_temperature": Spec(float, 0, math.inf, high_open=True)}),
     "speculative_decode": ({"draft_layers": 1}, {**COMMON, "num_draft_tokens": Spec(int, 1),

@@ -120,8 +120,12 @@ def test_static_batching_and_comparison(tiny_native):
 def test_bad_arguments(tiny_native, tiny_gpt2):
     with pytest.raises(ValueError, match="max_batch"):
         ContinuousBatcher(tiny_native, max_batch=0)
-    with pytest.raises(ValueError, match="write_row"):  # refused before any work: the cache cannot hold slots
-        ContinuousBatcher(tiny_gpt2).run([Request([5, 6], max_new_tokens=2)])
+    # a cache without per-row slots is refused before any work (the RowCache protocol names write_row)
+    no_rows = type("NoRows", (), {"new_cache": lambda self, b, n: object(), "config": tiny_native.config,
+                                  "max_context": tiny_native.max_context, "device": tiny_native.device,
+                                  "forward": None, "__call__": lambda self, *a, **k: None})()
+    with pytest.raises(ValueError, match="write_row"):
+        ContinuousBatcher(no_rows).run([Request([5, 6], max_new_tokens=2)])
     with pytest.raises(ValueError, match="temperature"):
         ContinuousBatcher(tiny_native, temperature=-1)
     with pytest.raises(ValueError, match="max_len"):

@@ -10,8 +10,10 @@ import torch
 import infergen
 from infergen.decoding.base import prepare
 from infergen.decoding.speculative import LayerSkipDraft, Speculator, speculative_decode, verify_drafts
+from infergen.decoding.steps import Sampler
 from infergen.models.hf import HFModel
 from infergen.models.llama import LlamaModel
+from infergen.params import SamplingParams
 from infergen.processors import LogitsPipeline
 from infergen.testing import pad_prompts
 
@@ -197,8 +199,8 @@ def test_cache_rollback_matches_fresh_forward(tiny_native, drafts, greedy):
     target, draft = tiny_native, drafts["small_native"]
     ids, mask = pad_prompts(random_prompts([6, 2], seed=7))
     setup, _ = prepare(target, ids, 30, attention_mask=mask, eos_token_id=[], allocate=False)
-    pipe = LogitsPipeline.from_params(temperature=0.0 if greedy else 1.0)
-    spec = Speculator(target, draft, setup, pipe, gamma=4, generator=torch.Generator().manual_seed(0))
+    sampler = Sampler(SamplingParams(temperature=0.0 if greedy else 1.0), generator=torch.Generator().manual_seed(0))
+    spec = Speculator(target, draft, setup, sampler, gamma=4)
     committed = []
     active = torch.ones(2, dtype=torch.bool)
     with torch.inference_mode():

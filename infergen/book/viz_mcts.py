@@ -8,25 +8,27 @@ hidden unless ``min_visits=0``.
 """
 from __future__ import annotations
 
-from infergen.decoding.mcts import TreeNode
+from infergen.decoding.mcts import Node
 
 
-def _as_tree(tree) -> TreeNode:
-    if isinstance(tree, TreeNode):
+def _as_tree(tree) -> Node:
+    if isinstance(tree, Node):
         return tree
-    if isinstance(tree, dict):  # the output of TreeNode.to_dict(), e.g. reloaded from JSON
-        fields = {k: tree[k] for k in ("token_id", "prior", "logprob", "visits", "value", "terminal", "eos")}
-        return TreeNode(**fields, children=[_as_tree(c) for c in tree.get("children", [])])
-    raise TypeError(f"tree must be a TreeNode (info['tree']) or its to_dict(), got {type(tree).__name__}")
+    if isinstance(tree, dict):  # the output of Node.to_dict(), e.g. reloaded from JSON
+        node = Node(tree["token"], tree["prior"], tree["logprob"], eos=tree["eos"], terminal=tree["terminal"])
+        node.visits, node.value_sum = tree["visits"], tree["value_sum"]
+        node.children = [_as_tree(c) for c in tree.get("children", [])]
+        return node
+    raise TypeError(f"tree must be a Node (info['tree']) or its to_dict(), got {type(tree).__name__}")
 
 
-def _label(node: TreeNode, tokenizer) -> str:
-    if node.token_id is None:
+def _label(node: Node, tokenizer) -> str:
+    if node.token is None:
         return "root"
     if tokenizer is not None:
-        text = repr(tokenizer.decode([node.token_id]))
+        text = repr(tokenizer.decode([node.token]))
     else:
-        text = str(node.token_id)
+        text = str(node.token)
     if node.eos:
         text += " (EOS)"
     return text
@@ -35,7 +37,7 @@ def _label(node: TreeNode, tokenizer) -> str:
 def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int = 1, value_range=None):
     """Plot the top ``max_depth`` levels of an MCTS tree; returns the matplotlib ``Axes``.
 
-    ``tree``: a :class:`~infergen.decoding.mcts.TreeNode` (or its ``to_dict()``). ``tokenizer``: to
+    ``tree``: a :class:`~infergen.decoding.mcts.Node` (or its ``to_dict()``). ``tokenizer``: to
     label nodes with their text instead of token ids. ``min_visits``: hide children visited fewer
     times (1 hides the never-evaluated ones). ``value_range``: the colour scale for Q, ``(low, high)``;
     None (default) stretches it over the values shown (values are in [0, 1], but the nodes of one tree
@@ -53,13 +55,13 @@ def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int
 
     # Lay out: leaves take consecutive x slots, a parent sits above the middle of its children.
     positions: dict[int, tuple[float, float]] = {}
-    shown: list[tuple[TreeNode, TreeNode | None, int]] = []  # (node, parent, depth)
+    shown: list[tuple[Node, Node | None, int]] = []  # (node, parent, depth)
     next_x = [0.0]
 
     def visible_children(node, depth):
         if depth >= max_depth:
             return []
-        return [c for c in node.children if c.visits >= min_visits]
+        return [c for c in node.children or () if c.visits >= min_visits]
 
     def place(node, parent, depth):
         shown.append((node, parent, depth))
@@ -86,7 +88,7 @@ def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int
         best_path.add(id(node))
 
     if value_range is None:
-        values = [n.value for n, _, _ in shown if n.visits > 0] or [0.0, 1.0]
+        values = [n.q for n, _, _ in shown if n.visits > 0] or [0.0, 1.0]
         low, high = min(values), max(values)
         value_range = (low, high) if high > low else (low - 0.5, high + 0.5)
     norm = colors.Normalize(*value_range)
@@ -102,9 +104,9 @@ def plot_tree(tree, tokenizer=None, max_depth: int = 3, ax=None, min_visits: int
     for node, _, _ in shown:
         x, y = positions[id(node)]
         size = 60 + 600 * node.visits / max_visits
-        ax.scatter([x], [y], s=size, c=[cmap(norm(node.value))], edgecolors="k", zorder=2)
-        text = f"{_label(node, tokenizer)}\nN={node.visits} Q={node.value:.2f}"
-        if node.token_id is not None:
+        ax.scatter([x], [y], s=size, c=[cmap(norm(node.q))], edgecolors="k", zorder=2)
+        text = f"{_label(node, tokenizer)}\nN={node.visits} Q={node.q:.2f}"
+        if node.token is not None:
             text += f"\nP={node.prior:.2f}"
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(0, -14), ha="center", va="top",
                     fontsize=7, zorder=3, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))

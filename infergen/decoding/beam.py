@@ -167,13 +167,15 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
     if constraint is not None:
         from ..constraints import as_row_constraints
 
-        rows = as_row_constraints(constraint, B).select(torch.arange(B).repeat_interleave(num_beams))
+        per_prompt = as_row_constraints(constraint, B)
+        assert per_prompt is not None  # constraint is not None
+        rows = per_prompt.select(torch.arange(B).repeat_interleave(num_beams))
     beams = Beams(setup, groups, size, length_penalty=length_penalty, early_stopping=early_stopping, rule=rule,
                    stopping=stopping, do_sample=not sampler.greedy, generator=sampler.generator,
                    constrained=rows is not None)
 
     # Hamming diversity joins the pipeline where transformers 4.x had it: after the bias, before penalties.
-    hamming = {"previous": None}
+    hamming: dict[str, torch.Tensor | None] = {"previous": None}
     if groups > 1 and diversity_penalty > 0:
         names = [n for n, _ in sampler.pipeline.steps if n != "logit_bias"]
 
@@ -198,7 +200,10 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
             if rows is not None:
                 scored = log_probs(rows.mask(logits))
                 scored = scored.masked_fill(rows.dead(dev)[:, None], float("-inf")).view(B, groups, size, vocab)
-            parents, chosen, seen, kept = [], [], [], []  # seen: what later groups' Hamming penalty counts
+            parents: list[torch.Tensor] = []
+            chosen: list[torch.Tensor] = []
+            seen: list[torch.Tensor] = []
+            kept: list = []  # per group: what _completion_check needs of the groups before it  # seen: what later groups' Hamming penalty counts
             all_ended = True
             for g in range(groups):
                 raw = logp_all[:, g]

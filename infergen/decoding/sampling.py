@@ -46,11 +46,6 @@ def start(model, input_ids, max_new_tokens, sampler: Sampler, *, attention_mask=
     return setup, cache, rows, logits
 
 
-def make_sampler(model, params: SamplingParams, generator=None, pipeline: LogitsPipeline | None = None) -> Sampler:
-    """The :class:`~infergen.decoding.steps.Sampler` of ``params`` (seeded on ``model``'s device)."""
-    return Sampler(params, pipeline, make_generator(params.seed, generator, device=as_model(model).device))
-
-
 def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | LogitsPipeline | None = None,
                  generator=None, **kwargs):
     """Yield ``(tokens [B], logprobs [B])`` once per generated position (what streaming needs).
@@ -61,8 +56,8 @@ def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | Logi
     (``attention_mask``, ``eos_token_id``, ...). Finished rows yield ``pad_token_id`` with log-probability 0.
     """
     pipeline = params if isinstance(params, LogitsPipeline) else None
-    params = SamplingParams() if pipeline is not None or params is None else params
-    sampler = make_sampler(model, params, generator, pipeline)
+    settings = params if isinstance(params, SamplingParams) else SamplingParams()
+    sampler = Sampler(settings, pipeline, make_generator(settings.seed, generator, device=as_model(model).device))
     setup, cache, rows, logits = start(model, input_ids, max_new_tokens, sampler, **kwargs)
     if logits is not None:
         yield from decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows)
@@ -86,7 +81,7 @@ def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=No
     with ``return_dict=True``. Registered as strategy ``"sample"``.
     """
     params = SamplingParams.resolve(params, temperature=temperature, top_k=top_k, top_p=top_p, **settings)
-    sampler = make_sampler(model, params, generator)
+    sampler = Sampler(params, generator=make_generator(params.seed, generator, device=as_model(model).device))
     setup, cache, rows, logits = start(model, input_ids, max_new_tokens, sampler, attention_mask=attention_mask,
                                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, stopping=stopping,
                                        streamer=streamer, constraint=constraint)

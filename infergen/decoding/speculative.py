@@ -63,7 +63,7 @@ from ..models.llama import LlamaModel
 from ..params import SamplingParams, is_greedy
 from ..registry import register_decoder
 from .base import check_stop, make_generator, prepare
-from .steps import Rows, Sampler, decode_many, decode_one, last_logits, prefill
+from .steps import Rows, Sampler, decode_many, last_logits, prefill
 
 
 class LayerSkipDraft(LlamaModel):
@@ -156,7 +156,7 @@ class Speculator:
         self.target, self.draft, self.setup, self.sampler, self.gamma = target, draft, setup, sampler, gamma
         self.target_cache = require(target.new_cache(B, size), CropCache, "speculative_decode")
         self.draft_cache = require(draft.new_cache(B, size), CropCache, "speculative_decode (its draft)")
-        self.pending = None
+        self.pending: torch.Tensor = torch.empty(0, 0, dtype=torch.long)  # set by start()
         self.drafted = torch.zeros(B, dtype=torch.long, device=setup.input_ids.device)
         self.accepted = torch.zeros_like(self.drafted)
         self.rounds = 0
@@ -186,10 +186,12 @@ class Speculator:
         L0 = self.target_cache.length
         B = self.pending.shape[0]
         dev = self.pending.device
-        drafts, qs = [], []
+        drafts: list[torch.Tensor] = []
+        qs: list[torch.Tensor] = []
         x = self.pending
         for _ in range(g):  # the draft proposes g tokens, one at a time
-            logits = last_logits(decode_one(self.draft, x.to(self.draft.device), self.draft_cache)).to(dev)
+            # x: the draft's unseen tokens (two after a fully accepted round), then its own last proposal
+            logits = last_logits(decode_many(self.draft, x.to(self.draft.device), self.draft_cache)).to(dev)
             d, q = self._pick(logits)
             drafts.append(d)
             qs.append(q)

@@ -126,7 +126,8 @@ class Sampler:
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The distribution [..., V] tokens are drawn from (float32): softmax of :meth:`process`."""
-        return safe_probs(self.process(logits))
+        processed = self.process(logits)
+        return safe_probs(processed.reshape(-1, processed.shape[-1])).view(processed.shape)
 
     def choose(self, processed: torch.Tensor, generator=None) -> torch.Tensor:
         """Tokens [...] from already processed logits [..., V]: the argmax, or one draw per row."""
@@ -223,7 +224,10 @@ class Rows:
             self.finish(self.constraint.dead(self.done.device), FinishReason.NO_VALID_TOKEN)
         idx = torch.arange(len(self.done), device=self.done.device) if rows is None else rows
         done, at = self.done[idx], self.count[idx]
-        logprob = token_logprobs(logits, tokens) if logprobs is None else logprobs
+        if logprobs is None:
+            assert logits is not None, "commit needs the logits or the logprobs of the chosen tokens"
+            logprobs = token_logprobs(logits, tokens)
+        logprob = logprobs
         tokens = tokens.masked_fill(done, self.setup.pad_token_id)
         self.ids[idx, at], self.lp[idx, at] = tokens, logprob.float().masked_fill(done, 0.0)
         self.history[idx, at] = tokens.masked_fill(done, -1)

@@ -26,17 +26,10 @@ from .protocol import ModelOutput
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
-def _packable_dtypes() -> tuple[torch.dtype, ...]:
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return ()
-        return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
-    except (AttributeError, RuntimeError):  # pragma: no cover  (a build without oneDNN)
-        return ()
-
-
 #: The weight dtypes oneDNN can prepack on this machine (empty without oneDNN).
-PACKABLE = _packable_dtypes()
+PACKABLE: tuple[torch.dtype, ...] = ()
+if torch.backends.mkldnn.is_available():
+    PACKABLE = (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
 
 
 class PackedLinear(nn.Linear):
@@ -57,9 +50,7 @@ class PackedLinear(nn.Linear):
     other devices and ``torch.compile`` always take ``F.linear``.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._packed: tuple | None = None  # (weight, its identity, the packed copy)
+    _packed: tuple | None = None  # (weight, its identity, the packed copy), set on first use
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``F.linear(x, weight, bias)``, computed with the packed weight where it applies."""
@@ -172,7 +163,7 @@ class CompiledDecode(nn.Module):
         step = lambda *args: decode_static(model, *args)  # noqa: E731
         self.step = torch.compile(step, mode=mode, fullgraph=True, dynamic=False) if compile else step
         self.config, self.defaults = model.config, model.defaults
-        self._pool: dict[tuple[int, int], Any] = {}  # (B, max_len) -> (k, v, weak reference to the cache using them)
+        self._pool: dict[tuple[int, int], Any] = {}  # (B, max_len) -> (k, v, weak reference to its last cache)
 
     @property
     def device(self) -> torch.device:
@@ -192,24 +183,14 @@ class CompiledDecode(nn.Module):
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """A :class:`KVCache` of ``max_len`` rounded up to the bucket, reusing free pooled storage."""
         max_len = min(-(-max_len // self.bucket) * self.bucket, max(max_len, self.model.max_context))
-        c = self.model.config
-        key = (batch_size, max_len)
-        entry = self._pool.get(key)
-        user = entry[2]() if entry is not None else None
-        free = entry is not None and (user is None or user.k is not entry[0])
-        if entry is not None and free:
-            storage = entry[0], entry[1]
-        else:
-            shape = (c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim)
-            storage = (torch.zeros(shape, device=self.device, dtype=self.dtype),
-                       torch.zeros(shape, device=self.device, dtype=self.dtype))
-            if self.compiled and storage[0].device.type == "cuda":
-                for t in storage:
-                    torch._dynamo.mark_static_address(t)
-        cache = KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, max_len,
-                        device=self.device, dtype=self.dtype, storage=storage)
-        if free or entry is None:  # the pooled pair is in use elsewhere: leave it to its user
-            self._pool[key] = (cache.k, cache.v, weakref.ref(cache))
+        pooled = self._pool.get((batch_size, max_len))
+        user = pooled[2]() if pooled else None
+        free = pooled is not None and (user is None or user.k is not pooled[0])  # no live cache holds it
+        cache = self.model.new_cache(batch_size, max_len, storage=pooled[:2] if free and pooled is not None else None)
+        if not free and self.compiled and cache.k.device.type == "cuda":
+            for t in (cache.k, cache.v):
+                torch._dynamo.mark_static_address(t)
+        self._pool[batch_size, max_len] = (cache.k, cache.v, weakref.ref(cache))  # the newest storage is pooled
         return cache
 
     def forward(self, input_ids, cache, attention_mask=None, logits="last", hidden=False) -> ModelOutput:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _find_gguf(name: str) -> Path | None:
+def find_gguf(name: str) -> Path | None:
+    """The GGUF file of the bundled model ``name`` inside its installed package, or None if not installed."""
     package, filename, _ = BUNDLED[name]
     spec = importlib.util.find_spec(package)  # finds the package without running its __init__
     if spec is None or not spec.submodule_search_locations:
@@ -56,7 +56,7 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     target = cache_dir() / name
     if _is_converted(target):
         return target
-    gguf = _find_gguf(name)
+    gguf = find_gguf(name)
     if gguf is None:
         raise FileNotFoundError(not_installed_message(name))
     from transformers import AutoModelForCausalLM
@@ -64,7 +64,7 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
 
     if not progress:
         hf_logging.disable_progress_bar()
-    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **dtype_kwargs(torch.float32))
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The dequantized model still carries its GGUF quantization config, which transformers refuses to
     # save: rebuild a plain model from a clean config and copy the float weights over.
     config = hf.config
@@ -73,7 +73,9 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     state = hf.state_dict()
     # A GGUF without an output matrix ties it to the embeddings; transformers before 4.47 missed that and
     # left lm_head randomly initialised.
-    config.tie_word_embeddings = "output.weight" not in _gguf_tensor_names(gguf)
+    from gguf import GGUFReader
+
+    config.tie_word_embeddings = "output.weight" not in {t.name for t in GGUFReader(gguf).tensors}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     plain = type(hf)(config)
@@ -105,15 +107,6 @@ def _is_converted(target: Path) -> bool:
     return info.get("format") == CONVERSION_FORMAT and (target / "model.safetensors").exists()
 
 
-def dtype_kwargs(dtype) -> dict:
-    """The ``from_pretrained`` keyword for a dtype: ``dtype=`` from transformers 4.56 on, ``torch_dtype=``
-    before (older versions pass an unknown ``dtype`` on to the model's constructor, which fails)."""
-    import transformers
-
-    major_minor = tuple(int(part) for part in re.findall(r"\d+", transformers.__version__)[:2])
-    return {"dtype" if major_minor >= (4, 56) else "torch_dtype": dtype}
-
-
 def _write_portable_configs(directory: Path) -> None:
     """Rewrite the saved ``config.json`` and ``generation_config.json`` in a layout every supported
     transformers version reads the same way: the RoPE base as ``rope_theta`` (5.x writes
@@ -134,35 +127,18 @@ def _write_portable_configs(directory: Path) -> None:
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
-def gguf_fields(path: Path, keys) -> dict:
-    """Scalar, string and array metadata of a GGUF file (through ``parts``/``data``, which every version
-    of the ``gguf`` package has)."""
+def gguf_fields(path: Path, prefixes) -> dict:
+    """The metadata of a GGUF file whose keys start with one of ``prefixes``: strings, numbers, and arrays of
+    either (read through ``parts``/``data``, which every version of the ``gguf`` package has)."""
     from gguf import GGUFReader, GGUFValueType
 
-    reader = GGUFReader(path)
     out: dict[str, Any] = {}
-    for key in keys:
-        field = reader.fields.get(key)
-        if field is None:
-            continue
-        kind = field.types[0]
-        values = [field.parts[i] for i in field.data]
-        if kind == GGUFValueType.ARRAY:
-            if field.types[1] == GGUFValueType.STRING:
-                out[key] = [bytes(v).decode("utf-8") for v in values]
-            else:
-                out[key] = [int(v[0]) for v in values]
-        elif kind == GGUFValueType.STRING:
-            out[key] = bytes(values[0]).decode("utf-8")
-        else:
-            out[key] = values[0][0].item()
+    for key, field in GGUFReader(path).fields.items():
+        if key.startswith(tuple(prefixes)):
+            text = field.types[-1] == GGUFValueType.STRING
+            values = [bytes(v).decode("utf-8") if text else v[0].item() for v in (field.parts[i] for i in field.data)]
+            out[key] = values if field.types[0] == GGUFValueType.ARRAY else values[0]
     return out
-
-
-def _gguf_tensor_names(path: Path) -> set[str]:
-    from gguf import GGUFReader
-
-    return {t.name for t in GGUFReader(path).tensors}
 
 
 def tokenizer_from_gguf(path: Path):
@@ -172,11 +148,7 @@ def tokenizer_from_gguf(path: Path):
     special tokens are its control tokens, and decoding does not clean up spaces."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    meta = gguf_fields(path, [
-        "tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-        "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id",
-        "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
-        "tokenizer.chat_template", "llama.context_length"])
+    meta = gguf_fields(path, ["tokenizer.", "llama.context_length"])
     if meta.get("tokenizer.ggml.model") != "gpt2":
         raise ValueError(f"{path}: tokenizer model {meta.get('tokenizer.ggml.model')!r} is not supported "
                          "(only byte-level BPE, 'gpt2')")

@@ -82,8 +82,8 @@ class HFCache(PaddingState):
         return self
 
     def crop(self, length: int) -> Self:
-        """Forget every column from ``length`` on."""
-        self.crop_mask(length)
+        """Forget every column from ``length`` on (its layers are cut to ``length`` columns)."""
+        super().crop(length)
         extra = self.inner.get_seq_length() - length
         if extra > 0:  # a negative argument removes that many tokens (transformers 4.x and 5.x alike)
             self.inner.crop(-extra)
@@ -126,11 +126,8 @@ class HFModel(nn.Module):
     @property
     def max_context(self) -> int:
         """The longest sequence the config allows (its first known length field; else 2048)."""
-        c = self.config
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            if getattr(c, name, None):
-                return int(getattr(c, name))
-        return 2048
+        names = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+        return next((int(getattr(self.config, n)) for n in names if getattr(self.config, n, None)), 2048)
 
     def new_cache(self, batch_size: int, max_len: int) -> HFCache:
         """An :class:`HFCache` for ``batch_size`` rows of up to ``max_len`` tokens."""
@@ -154,10 +151,8 @@ def as_model(model):
     transformers ``PreTrainedModel`` is wrapped in :class:`HFModel`."""
     if hasattr(model, "new_cache"):
         return model
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover
-        PreTrainedModel = ()
+    from transformers import PreTrainedModel
+
     if isinstance(model, PreTrainedModel):
         return HFModel(model)
     raise TypeError(f"model must be an infergen model or a transformers causal LM, got {type(model).__name__}")

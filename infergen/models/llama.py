@@ -174,8 +174,6 @@ class LlamaModel(nn.Module):
     config when not given).
     """
 
-    inv_freq: torch.Tensor  # the rotary inverse frequencies (a buffer, float32)
-
     def __init__(self, cfg, defaults: GenerationDefaults | None = None):
         super().__init__()
         reason = native_unsupported(cfg)
@@ -192,8 +190,6 @@ class LlamaModel(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
-        inv_freq, self.rope_scale = rope_inverse_frequencies(cfg)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._rope_table: torch.Tensor | None = None  # cos | signed sin per position (see `rope_table`)
 
     @property
@@ -211,11 +207,12 @@ class LlamaModel(nn.Module):
         """The longest sequence the model was trained for (``max_position_embeddings``)."""
         return int(getattr(self.config, "max_position_embeddings", 2048))
 
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """A static cache for ``batch_size`` rows of up to ``max_len`` tokens, on the model's device."""
+    def new_cache(self, batch_size: int, max_len: int, storage=None) -> KVCache:
+        """A static cache for ``batch_size`` rows of up to ``max_len`` tokens, on the model's device
+        (``storage``: preallocated keys/values to reuse, see :class:`~infergen.cache.KVCache`)."""
         c = self.config
         return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, c.head_dim, max_len,
-                       device=self.device, dtype=self.dtype)
+                       device=self.device, dtype=self.dtype, storage=storage)
 
     def forward(self, input_ids: torch.Tensor, cache: Cache, attention_mask: torch.Tensor | None = None,
                 logits: str = "last", hidden: bool = False) -> ModelOutput:
@@ -228,21 +225,16 @@ class LlamaModel(nn.Module):
         """
         t = input_ids.shape[1]
         positions = cache.append_mask(attention_mask, t)  # [B, t]
-        mask = cache.attention_mask(t)
-        if mask is not None and not cache.has_padding and cache.length == t:
-            mask = None  # a plain causal prefill: let SDPA use its fast causal path
+        mask = cache.attention_mask(t)  # None: plain causal attention (SDPA's fast causal path)
         table = self.rope_table(cache.length, positions.device)
         both = F.embedding(positions, table).unsqueeze(2)  # [B, t, 1, 2 * head_dim]: cos | signed sin
         cos, sin = both.chunk(2, dim=-1)
         x = self.embed(input_ids)  # [B, t, D]
         for block in self.layers:
             x = block(x, cos, sin, cache, mask)
-        if hidden:
-            h = x = self.norm(x)
-            return ModelOutput(logits=self.lm_head(x[:, -1:] if logits == "last" else x), hidden=h)
-        if logits == "last":
-            x = x[:, -1:]  # the norm acts row by row: normalising only the last row is the same
-        return ModelOutput(logits=self.lm_head(self.norm(x)))
+        # The norm acts row by row: when only the last position's logits are wanted, normalise only it.
+        h = self.norm(x if hidden or logits == "all" else x[:, -1:])
+        return ModelOutput(logits=self.lm_head(h[:, -1:] if logits == "last" else h), hidden=h if hidden else None)
 
     def rope_table(self, needed: int, device=None) -> torch.Tensor:
         """The table ``[n >= needed, 2 * head_dim]`` of ``cos | sin_signed`` per position (see :func:`apply_rope`).
@@ -255,27 +247,21 @@ class LlamaModel(nn.Module):
         device = torch.device(device) if device is not None else self.device
         table = self._rope_table
         if table is None or table.shape[0] < needed or table.device != device or table.dtype != self.dtype:
-            if self.inv_freq.dtype != torch.float32:  # `.to(bfloat16)` also cast this buffer: restore it
-                self.inv_freq = rope_inverse_frequencies(self.config)[0].to(self.inv_freq.device)
+            inv_freq, scale = rope_inverse_frequencies(self.config)
             n = max(512, 1 << max(needed - 1, 1).bit_length())
-            steps = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
-            angles = steps[:, None] * self.inv_freq[None, :]  # [n, hd/2], float32 as the reference
-            angles = torch.cat((angles, angles), dim=-1)
-            cos = (angles.cos() * self.rope_scale).to(self.dtype)
-            sin = (angles.sin() * self.rope_scale).to(self.dtype)
-            half = sin.shape[-1] // 2
-            sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)  # see apply_rope
-            table = self._rope_table = torch.cat((cos, sin_signed), dim=-1).to(device)
+            steps = torch.arange(n, device=device, dtype=torch.float32)
+            angles = steps[:, None] * inv_freq.to(device)[None, :]  # [n, hd/2], float32 as the reference
+            cos, sin = (angles.cos() * scale).to(self.dtype), (angles.sin() * scale).to(self.dtype)
+            table = self._rope_table = torch.cat((cos, cos, -sin, sin), dim=-1)  # cos | sin_signed, see apply_rope
         return table
 
     @classmethod
     def from_hf(cls, hf_model, defaults: GenerationDefaults | None = None) -> "LlamaModel":
         """Build the native model from a transformers Llama/Qwen2/Mistral causal LM (weights copied)."""
-        from .loading import load_hf_weights
+        from .loading import native_from_state_dict
 
-        model = load_hf_weights(cls(hf_model.config, defaults=defaults), hf_model.state_dict())
+        model = native_from_state_dict(hf_model.config, hf_model.state_dict(), defaults)
         return model.to(device=hf_model.device, dtype=hf_model.dtype).eval()
-
 
 
 def bias_layout(cfg) -> dict[str, bool]:

@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 
 # The bundled model's names, re-exported: loading.prepare_bundled, loading.cache_dir, ... keep working.
-from .gguf import (BUNDLED, HUB_IDS, cache_dir, dtype_kwargs, not_installed_message,  # noqa: F401
-                   prepare_bundled, tokenizer_from_gguf)
-from .gguf import _find_gguf, gguf_fields as _gguf_fields  # noqa: F401  (tests/test_packaging.py: to be switched to gguf)
+from .gguf import (BUNDLED, HUB_IDS, cache_dir, not_installed_message, prepare_bundled,  # noqa: F401
+                   tokenizer_from_gguf)
 from .fast import prepack
 from .hf import HFModel
-from .llama import LlamaModel, bias_layout, native_unsupported, rope_inverse_frequencies
+from .llama import LlamaModel, bias_layout, native_unsupported
 from .protocol import GenerationDefaults
 
 
@@ -34,7 +33,7 @@ def resolve_device(device="auto") -> torch.device:
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
@@ -51,17 +50,12 @@ def load_tokenizer(path):
     return tokenizer
 
 
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set to a true value: never ask the Hub."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def _hub_unavailable() -> str | None:
     """Why the Hub cannot be asked at all (offline mode, or its host name does not resolve), else None.
     Asking anyway would cost the Hub client's retries (about 25 s) before the same failure. With a proxy
     configured the name may resolve only there, so the Hub is then asked."""
-    if hub_offline():
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+           for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return "HF_HUB_OFFLINE is set"
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
@@ -126,77 +120,55 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
 
     defaults = GenerationDefaults.from_config(config, tokenizer, name=str(name_or_path))
     native = backend == "native" and native_unsupported(config) is None
-    if native and Path(source).is_dir():
-        model = _load_native_from_dir(Path(source), config, device, dtype, defaults)
+    files = sorted(Path(source).glob("*.safetensors")) if native else []
+    if files:  # a local directory: read the weights straight into the native model (no transformers model)
+        from safetensors.torch import load_file
+
+        state = {name: w for f in files for name, w in load_file(f).items()}
     else:
-        hf = AutoModelForCausalLM.from_pretrained(source, **dtype_kwargs(dtype)).to(device)
-        if native:
-            model = LlamaModel.from_hf(hf, defaults=defaults)
-        else:
-            return HFModel(hf, defaults=defaults), tokenizer
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        if not native:
+            return HFModel(hf.to(device), defaults=defaults), tokenizer
+        state = hf.state_dict()
+    model = native_from_state_dict(config, state, defaults).to(device=device, dtype=dtype).eval()
     return (prepack(model) if device.type == "cpu" else model), tokenizer
 
 
-def _load_native_from_dir(path: Path, config, device, dtype, defaults=None):
-    """Fast path: read safetensors straight into the native model (no transformers model built)."""
-    from safetensors.torch import load_file
+def native_from_state_dict(config, sd: dict, defaults: GenerationDefaults | None = None) -> LlamaModel:
+    """The native model for ``config`` holding the weights of a transformers state dict ``sd`` (on the CPU).
 
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {path}")
-    state = {}
-    for f in files:
-        state.update(load_file(f))
-    with torch.device("meta"):
-        model = LlamaModel(config, defaults=defaults)
-    model = load_hf_weights(model.to_empty(device="cpu"), state)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.embed.weight
-    model.inv_freq = rope_inverse_frequencies(config)[0]  # buffers made on "meta" hold no values
-    return model.to(device=device, dtype=dtype).eval()
-
-
-def load_hf_weights(model, sd: dict):
-    """Load a transformers state dict ``sd`` into the native ``model``, fusing q|k|v and gate|up; returns it.
-
-    transformers' parameter names are mapped onto :class:`~infergen.models.llama.LlamaModel`'s.
-
-    Every weight of ``sd`` must find its place: a weight left over (a bias this model would not use,
-    say) is refused by name instead of being dropped, and so is a weight the model needs but ``sd``
-    lacks.
+    transformers' parameter names are mapped onto :class:`~infergen.models.llama.LlamaModel`'s, with
+    q|k|v and gate|up fused. The model is built on the ``meta`` device (no random initialisation to
+    throw away) and then filled. Every weight of ``sd`` must find its place: a weight left over (a bias
+    this model would not use, say) is refused by name instead of being dropped, and so is a weight the
+    model needs but ``sd`` lacks.
     """
     source = {k.removeprefix("model."): v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
-    used: set[str] = set()
-
-    def take(*names):
-        missing = [n for n in names if n not in source]
-        if missing:
-            raise ValueError(f"weights do not fit the model: the checkpoint lacks {missing}")
-        used.update(names)
-        return source[names[0]] if len(names) == 1 else torch.cat([source[n] for n in names])
-
-    tied = model.config.tie_word_embeddings
-    new = {"embed.weight": take("embed_tokens.weight"), "norm.weight": take("norm.weight")}
-    new["lm_head.weight"] = take("lm_head.weight") if "lm_head.weight" in source or not tied else new["embed.weight"]
-    bias = bias_layout(model.config)
-    for i in range(model.config.num_hidden_layers):
+    tied, bias = config.tie_word_embeddings, bias_layout(config)
+    head = "lm_head" if "lm_head.weight" in source or not tied else "embed_tokens"
+    names = {"embed.weight": ["embed_tokens.weight"], "norm.weight": ["norm.weight"],
+             "lm_head.weight": [head + ".weight"]}  # ours -> theirs (several: concatenated)
+    for i in range(config.num_hidden_layers):
         p, a, m = f"layers.{i}.", f"layers.{i}.self_attn.", f"layers.{i}.mlp."
         parts = {"attn.wqkv": ([a + n + "_proj" for n in "qkv"], bias["qkv"]),
                  "attn.wo": ([a + "o_proj"], bias["o_proj"]),
                  "mlp.w13": ([m + "gate_proj", m + "up_proj"], bias["mlp"]),
-                 "mlp.w2": ([m + "down_proj"], bias["mlp"])}
+                 "mlp.w2": ([m + "down_proj"], bias["mlp"]),
+                 "attn_norm": ([p + "input_layernorm"], False), "mlp_norm": ([p + "post_attention_layernorm"], False)}
         for ours, (theirs, has_bias) in parts.items():
-            new[p + ours + ".weight"] = take(*(n + ".weight" for n in theirs))
-            if has_bias:
-                new[p + ours + ".bias"] = take(*(n + ".bias" for n in theirs))
-        new[p + "attn_norm.weight"] = take(p + "input_layernorm.weight")
-        new[p + "mlp_norm.weight"] = take(p + "post_attention_layernorm.weight")
-    left = sorted(set(source) - used)
+            for kind in ("weight", "bias") if has_bias else ("weight",):
+                names[f"{p}{ours}.{kind}"] = [f"{n}.{kind}" for n in theirs]
+    wanted = {n for theirs in names.values() for n in theirs}
+    if wanted - set(source):
+        raise ValueError(f"weights do not fit the model: the checkpoint lacks {sorted(wanted - set(source))}")
+    left = sorted(set(source) - wanted)
     if left:
         raise ValueError(f"weights do not fit the model: the checkpoint has weights the native model would "
                          f"not use: {left[:8]}{' ...' if len(left) > 8 else ''}")
-    missing, unexpected = model.load_state_dict(new, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and tied)]
-    if missing or unexpected:
-        raise ValueError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    with torch.device("meta"):
+        model = LlamaModel(config, defaults=defaults)
+    model.to_empty(device="cpu").load_state_dict(
+        {ours: source[t[0]] if len(t) == 1 else torch.cat([source[n] for n in t]) for ours, t in names.items()})
+    if tied:
+        model.lm_head.weight = model.embed.weight  # to_empty gave the head a parameter of its own
     return model

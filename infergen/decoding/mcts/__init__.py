@@ -7,7 +7,7 @@ is how PPL-MCTS (Chaffin et al., 2022) and PPO-MCTS (Liu et al., 2024) steer a l
 towards a goal without retraining it.
 
 The package has three modules: :mod:`~infergen.decoding.mcts.tree` (the nodes, PUCT selection, a
-detached snapshot for plotting), :mod:`~infergen.decoding.mcts.values` (value functions) and
+detached copy of a tree for plotting), :mod:`~infergen.decoding.mcts.values` (value functions) and
 :mod:`~infergen.decoding.mcts.search` (the search of one row and the decoder :func:`mcts_decode`).
 
 One simulation
@@ -64,9 +64,9 @@ without padding), in lockstep: every step commits one column for all unfinished 
 stopping criteria and EOS handling behave as in the other decoders. Rows stop at their own EOS.
 """
 from .search import DEFAULT_LEAF_BATCH, RowSearch, SearchConfig, mcts_decode
-from .tree import Node, TreeNode, puct_scores, select_child, snapshot
+from .tree import Node, puct_scores, select_child, snapshot
 from .values import ValueContext, ValueFn, keyword_reward, length_reward, likelihood_value, mix
 
-__all__ = ["mcts_decode", "ValueContext", "ValueFn", "TreeNode", "Node", "likelihood_value", "keyword_reward",
+__all__ = ["mcts_decode", "ValueContext", "ValueFn", "Node", "likelihood_value", "keyword_reward",
            "length_reward", "mix", "puct_scores", "select_child", "snapshot", "RowSearch", "SearchConfig",
            "DEFAULT_LEAF_BATCH"]

@@ -20,7 +20,7 @@ from ...processors import check_finite_row
 from ...registry import register_decoder
 from ..base import make_generator, prepare
 from ..steps import Rows, Sampler, decode_one, last_logits, prefill, token_logprobs
-from .tree import Node, TreeNode, select_child, snapshot
+from .tree import Node, select_child, snapshot
 from .values import ValueContext, ValueFn, likelihood_value
 
 __all__ = ["DEFAULT_LEAF_BATCH", "SearchConfig", "RowSearch", "mcts_decode"]
@@ -92,9 +92,8 @@ class RowSearch:
 
     def load(self, prefix: list[Node]):
         """Make the working cache hold the root context + ``prefix``'s K/V slices (reusing what is there)."""
-        shared = 0
-        while shared < min(len(prefix), len(self.cached_path)) and prefix[shared] is self.cached_path[shared]:
-            shared += 1
+        shared = next((i for i, (a, b) in enumerate(zip(prefix, self.cached_path)) if a is not b),
+                      min(len(prefix), len(self.cached_path)))
         self.cache.crop(len(self.context) + shared)
         if len(prefix) > shared:
             slices = [n.kv for n in prefix[shared:]]
@@ -312,7 +311,7 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
 
     Returns [B, T + n] ids, or with ``return_dict=True`` a ``GenerationOutput`` whose ``logprobs`` are
     the model's log-probs of the committed tokens and whose ``info`` holds ``"tree"`` (row 0's tree for
-    the first token, a :class:`TreeNode`), ``"trees"`` (the same for every row) and ``"stats"``
+    the first token, a detached :class:`Node` tree, see :func:`snapshot`), ``"trees"`` (the same for every row) and ``"stats"``
     (``simulations``; ``evaluations``: the simulations that ended on a non-terminal leaf and so ran
     the model -- the others re-scored an EOS or horizon node for free; ``forwards``, ``forward_tokens``
     and their ratios per simulation, ``leaf_batch``, ``leaves_per_batch`` (the
@@ -344,7 +343,7 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
                        int(rollout_tokens), frozenset(setup.eos.tolist()), priors, commit, tokenizer,
                        make_generator(seed, generator, device=model.device), leaf_batch and int(leaf_batch))
     rows, dev = Rows(setup, stopping=stopping, streamer=streamer), setup.input_ids.device
-    trees: list[TreeNode | None] = [None] * B  # each row's tree for its first token
+    trees: list[Node | None] = [None] * B  # each row's tree for its first token
     with torch.inference_mode():
         prompts = [ids[mask].tolist() for ids, mask in zip(setup.input_ids, setup.attention_mask)]
         searches = [row_search(model, p, max_new_tokens, cfg) for p in prompts] if max_new_tokens else []

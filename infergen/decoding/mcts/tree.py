@@ -1,4 +1,4 @@
-"""The search tree: nodes, PUCT selection, and a detached snapshot for inspection and plotting.
+"""The search tree: nodes, PUCT selection, and a detached copy for inspection and plotting.
 
 The root is the text so far (prompt + committed tokens). Every other node is one token; the path from
 the root to a node is a candidate continuation. A node stores its token, its **prior** ``P`` (the
@@ -7,11 +7,11 @@ model's tempered next-token probability of that token *given its own path*, reno
 """
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, field
 from typing import Iterator
 
-__all__ = ["Node", "puct_scores", "select_child", "TreeNode", "snapshot"]
+__all__ = ["Node", "puct_scores", "select_child", "snapshot"]
 
 
 class Node:
@@ -22,7 +22,8 @@ class Node:
     ``visits`` / ``value_sum``: N and W; ``q`` = W / N (0 while unvisited). ``children`` is None until
     the node is expanded. ``kv``: this token's key/value slice once evaluated. ``gen_index``: how many
     new tokens the sequence has once this token is appended. ``terminal``: EOS or the horizon (scored,
-    never expanded); ``fixed_value``: a terminal node's value, computed once.
+    never expanded); ``fixed_value``: a terminal node's value, computed once. ``mcts_decode`` returns a
+    detached copy of a tree (:func:`snapshot`); :meth:`walk`, :attr:`size` and :meth:`to_dict` inspect it.
     """
 
     __slots__ = ("token", "prior", "logprob", "gen_index", "eos", "terminal", "children", "visits",
@@ -40,6 +41,35 @@ class Node:
     def q(self) -> float:
         """The mean value ``W / N`` (0 while unvisited: pessimistic first play)."""
         return self.value_sum / self.visits if self.visits else 0.0
+
+    @property
+    def token_id(self) -> int | None:
+        """The same as :attr:`token` (the name ``info["tree"]`` readers use: plots, the no-cache baseline)."""
+        return self.token
+
+    @property
+    def value(self) -> float:
+        """The same as :attr:`q`, the mean value (the name ``info["tree"]`` readers use)."""
+        return self.q
+
+    def walk(self) -> Iterator[tuple[int, "Node"]]:
+        """Every node below (and including) this one as ``(depth, node)``, depth first, in child order."""
+        stack = [(0, self)]
+        while stack:  # iterative: a deep tree must not hit Python's recursion limit
+            depth, node = stack.pop()
+            yield depth, node
+            stack.extend((depth + 1, c) for c in reversed(node.children or ()))
+
+    @property
+    def size(self) -> int:
+        """The number of nodes in this subtree."""
+        return sum(1 for _ in self.walk())
+
+    def to_dict(self) -> dict:
+        """Plain nested dicts (``children`` a list of them, ``q`` the mean value): JSON-ready, and accepted
+        by ``plot_tree``."""
+        keys = ("token", "prior", "logprob", "visits", "value_sum", "q", "terminal", "eos")
+        return {**{k: getattr(self, k) for k in keys}, "children": [c.to_dict() for c in self.children or ()]}
 
 
 def puct_scores(node: Node, c_puct: float) -> list[float]:
@@ -60,54 +90,14 @@ def select_child(node: Node, c_puct: float) -> Node:
     return children[max(range(len(scores)), key=lambda i: (scores[i], children[i].prior))]
 
 
-@dataclass
-class TreeNode:
-    """A lightweight, detached copy of a search tree node, for inspection and plotting.
-
-    ``token_id`` is None at the root. ``value`` is the mean value Q. ``to_dict()`` gives plain
-    nested dicts (JSON-ready); ``walk()`` yields ``(depth, node)`` in depth-first order.
-    """
-
-    token_id: int | None
-    prior: float
-    logprob: float
-    visits: int
-    value: float
-    terminal: bool
-    eos: bool
-    children: list["TreeNode"] = field(default_factory=list)
-
-    def walk(self) -> Iterator[tuple[int, "TreeNode"]]:
-        """Every node below (and including) this one as ``(depth, node)``, depth first, in child order."""
-        stack = [(0, self)]
-        while stack:  # iterative: a deep tree must not hit Python's recursion limit
-            depth, node = stack.pop()
-            yield depth, node
-            stack.extend((depth + 1, c) for c in reversed(node.children))
-
-    @property
-    def size(self) -> int:
-        """The number of nodes in this subtree."""
-        return sum(1 for _ in self.walk())
-
-    def to_dict(self) -> dict:
-        """Plain nested dicts (``children`` a list of them): JSON-ready, and accepted by ``plot_tree``."""
-        out = {k: getattr(self, k) for k in ("token_id", "prior", "logprob", "visits", "value", "terminal", "eos")}
-        out["children"] = [c.to_dict() for c in self.children]
-        return out
-
-
-def snapshot(root: Node) -> TreeNode:
-    """Copy a live tree into :class:`TreeNode` objects (numbers only: no K/V, no references kept)."""
-    def copy(n: Node) -> TreeNode:
-        return TreeNode(n.token, float(n.prior), float(n.logprob), int(n.visits), float(n.q),
-                        bool(n.terminal), bool(n.eos))
-
-    out = copy(root)
-    stack = [(root, out)]
+def snapshot(root: Node) -> Node:
+    """A detached copy of a live tree, as ``mcts_decode``'s ``info["tree"]``: the same numbers, no K/V,
+    and nothing shared, so later searches (which keep updating the live nodes) do not change it. A node
+    that was never expanded has ``children == []`` in the copy."""
+    out = copy.copy(root)
+    stack = [out]
     while stack:
-        node, twin = stack.pop()
-        for child in node.children or ():
-            twin.children.append(copy(child))
-            stack.append((child, twin.children[-1]))
+        node = stack.pop()
+        node.kv, node.children = None, [copy.copy(c) for c in node.children or ()]  # [] if never expanded
+        stack.extend(node.children)
     return out

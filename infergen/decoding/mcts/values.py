@@ -125,7 +125,6 @@ def keyword_reward(*keywords, tokenizer: Any = None, case_sensitive: bool = Fals
             found += sum(w in (text if case_sensitive else text.lower()) for w in words)
         return found / len(flat)
 
-    reward.__name__ = reward.__qualname__ = f"keyword_reward({flat!r})"
     return reward
 
 
@@ -142,7 +141,6 @@ def length_reward(target_length: int) -> ValueFn:
         n = len(ctx.new_ids) - int(ctx.ends_with_eos)
         return max(0.0, 1.0 - abs(n - target_length) / target_length)
 
-    reward.__name__ = reward.__qualname__ = f"length_reward({target_length})"
     return reward
 
 
@@ -162,6 +160,4 @@ def mix(value_a: ValueFn, value_b: ValueFn, weight: float = 0.5) -> ValueFn:
     def mixed(ctx: ValueContext) -> float:
         return (1.0 - w) * float(value_a(ctx)) + w * float(value_b(ctx))
 
-    names = ", ".join(getattr(f, "__name__", repr(f)) for f in (value_a, value_b))
-    mixed.__name__ = mixed.__qualname__ = f"mix({names}, {w})"
     return mixed

@@ -205,14 +205,15 @@ def test_version_is_written_once():
 
 def test_the_core_depends_on_no_plotting_library_and_the_book_extra_brings_them():
     """The core draws nothing: matplotlib and ipywidgets are the `book` extra's (infergen.book, the chapters'
-    figures and widgets), which the chapters' install cell asks for; the book's build tools are `docs`."""
+    figures and widgets, with IPython's display and chapter 12's jsonschema), which the chapters' install cell
+    asks for; the book's build tools are `docs`."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {Requirement(r).name for r in project["dependencies"]}
     extras = {name: {Requirement(r).name for r in reqs} for name, reqs in project["optional-dependencies"].items()}
     assert not core & {"matplotlib", "ipywidgets", "jupyter-book", "ipykernel", "playwright"}
-    assert extras["book"] == {"matplotlib", "ipywidgets"}
+    assert extras["book"] == {"matplotlib", "ipywidgets", "ipython", "jsonschema"}
     assert extras["docs"] == {"jupyter-book", "ipykernel", "playwright"}
-    assert {"import-linter", "ruff"} <= extras["dev"]
+    assert {"import-linter", "ruff", "mypy", "deptry"} <= extras["dev"]
     assert ".[dev,book,bench,docs]" in (ROOT / "Makefile").read_text()
 
 
@@ -270,3 +271,123 @@ def test_api_page_documents_every_public_name():
     names = [n for n in infergen.__all__ if not isinstance(getattr(infergen, n), types.ModuleType)]
     missing = [n for n in names if not re.search(rf"::\s+infergen\.(\w+\.)*{n}$", page, re.MULTILINE)]
     assert not missing, f"book/api.md does not document {missing}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Dependencies: every import declared, none unused, each part within the dependencies plus its own extras
+# (deptry, configured in pyproject.toml's [tool.deptry]; the chapters' imports within the extras their
+# install cell asks for)
+# --------------------------------------------------------------------------------------------------------
+COMPANIONS = {"infergen/book": ["book"], "infergen/bench": ["bench", "constraints"],
+              "infergen/course": ["course"], "infergen/testing.py": []}
+CORE_EXTRAS = ["constraints"]   # infergen.constraints' backends, imported when asked for
+
+
+def chapter_extras():
+    """The extras the chapters' first cell installs (tests/colab/run_colab.py runs that cell itself)."""
+    import json
+
+    first = json.loads((ROOT / "notebooks" / "01_autoregressive_generation.ipynb").read_text())["cells"]
+    cell = "".join(next(c for c in first if c["cell_type"] == "code")["source"])
+    (extras,) = re.findall(r'"infergen\[([a-z,]+)\] @ git\+', cell)
+    return extras.split(",")
+
+
+def deptry(roots, extras, *options, cwd=ROOT):
+    """deptry over `roots`, with every extra not in `extras` counted as a dev group: importing one of its
+    packages is DEP004. Returns (exit status, the issues' lines)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("deptry", reason="deptry is in the dev extra (make setup)")
+    project = tomllib.loads((cwd / "pyproject.toml").read_text())["project"]
+    dev = [name for name in project["optional-dependencies"] if name not in extras]
+    out = subprocess.run([sys.executable, "-m", "deptry", *roots, "--no-ansi",
+                          "--pep621-dev-dependency-groups", ",".join(dev), *options],
+                         capture_output=True, text=True, timeout=300, cwd=cwd)
+    issues = [line for line in (out.stdout + out.stderr).splitlines() if re.search(r"DEP00\d", line)]
+    return out.returncode, issues
+
+
+def _exclude(*paths):
+    return [option for path in paths for option in ("--extend-exclude", re.escape(path))]
+
+
+def test_no_import_is_undeclared_and_no_dependency_unused():
+    """The package and the chapters together: each import declared (DEP001/DEP003), each dependency of the
+    core and of the user-facing extras imported somewhere (DEP002); the tools of dev and docs are left out."""
+    status, issues = deptry(["infergen", "notebooks"], ["book", "bench", "course", "constraints"],
+                            *_exclude("notebooks/conftest.py", "notebooks/run_all.py"))
+    assert status == 0 and not issues, "\n".join(issues)
+
+
+def test_the_core_imports_only_its_dependencies():
+    status, issues = deptry(["infergen"], CORE_EXTRAS, "--ignore", "DEP002", *_exclude(*COMPANIONS))
+    assert status == 0 and not issues, "\n".join(issues)
+
+
+def test_each_companion_imports_only_the_dependencies_and_its_own_extras():
+    for part, extras in COMPANIONS.items():
+        others = [p for p in COMPANIONS if p != part]
+        core = [str(p.relative_to(ROOT)) for p in (ROOT / "infergen").iterdir()
+                if str(p.relative_to(ROOT)) not in COMPANIONS]
+        status, issues = deptry(["infergen"], extras, "--ignore", "DEP002", *_exclude(*others, *core))
+        assert status == 0 and not issues, f"{part} (extras {extras}):\n" + "\n".join(issues)
+
+
+def test_the_chapters_import_only_what_their_install_cell_installs():
+    assert chapter_extras() == ["book", "constraints"]
+    status, issues = deptry(["notebooks"], chapter_extras(), "--ignore", "DEP002",
+                            *_exclude("notebooks/conftest.py", "notebooks/run_all.py"))
+    assert status == 0 and not issues, "\n".join(issues)
+
+
+def test_the_dependency_check_fails_on_an_undeclared_import(tmp_path):
+    """The check can fail: a core module importing an installed package that nothing declares (PyYAML,
+    which jupyter-book brings), one importing nothing installed, and one drawing with the book extra's
+    matplotlib are each reported."""
+    import shutil
+
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "infergen").mkdir()
+    (tmp_path / "infergen" / "__init__.py").write_text("import torch\n")
+    (tmp_path / "infergen" / "undeclared.py").write_text("import yaml\nimport not_a_package_anyone_ships\n")
+    (tmp_path / "infergen" / "draws.py").write_text("import matplotlib.pyplot\n")
+    status, issues = deptry(["infergen"], CORE_EXTRAS, "--ignore", "DEP002", cwd=tmp_path)
+    assert status == 1
+    assert {re.search(r"DEP00\d '[\w.]+'", line).group(0) for line in issues} == {
+        "DEP003 'yaml'", "DEP001 'not_a_package_anyone_ships'", "DEP004 'matplotlib'"}, issues
+
+
+def test_sdist_ships_the_package_and_no_test_that_needs_the_repository(tmp_path):
+    """The sdist can do what it ships: the package, README, LICENSE, pyproject (MANIFEST.in prunes tests/,
+    which need the repository's conftest.py, assignments/ and notebooks/), and the wheel built from it."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+
+    import pytest
+
+    pytest.importorskip("build", reason="the build frontend is in the dev extra (make setup)")
+    source = tmp_path / "source"   # a copy with tests/ in it: setuptools adds tests/test*.py unless told not to
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("infergen", "tests"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"), str(source)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (sdist,) = (tmp_path / "dist").glob("infergen-*.tar.gz")
+    names = [n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n]
+    top = {n.split("/")[0] for n in names}
+    assert top == {"infergen", "infergen.egg-info", "LICENSE", "README.md", "pyproject.toml", "MANIFEST.in",
+                   "PKG-INFO", "setup.cfg"}, top
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    shipped = {n for n in names if n.startswith("infergen/") and n.endswith(".py")}
+    expected = {str(p.relative_to(source)) for p in (source / "infergen").rglob("*.py")
+                if "assignments" not in p.parts or p.name in ("conftest.py", "starter.py", "test_student.py")}
+    assert shipped == expected

@@ -109,6 +109,12 @@ class StopStrings:
         return text[:len(text) - hold]
 
 
+def _stop_strings(stop, params: dict):
+    """The stop strings of a call: ``stop=``, else those of ``params=`` (a SamplingParams), else None."""
+    given = params.get("params")
+    return stop or (given.stop if isinstance(given, SamplingParams) else None) or None
+
+
 def encode(tokenizer, prompts, chat: bool = False, device=None):
     """Tokenize prompts with left padding; returns (input_ids, attention_mask) on ``device``."""
     if isinstance(prompts, str):
@@ -208,8 +214,8 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
         raise TypeError(f"tokenizer must be a transformers tokenizer (the second value of load_model), got "
                         f"{type(tokenizer).__name__}")
     decoder = get_decoder(strategy)
-    if isinstance(params.get("params"), SamplingParams) and params["params"].stop:
-        stop = stop or params["params"].stop  # stop strings are recognised here, on the decoded text
+    stop = _stop_strings(stop, params)
+    if isinstance(params.get("params"), SamplingParams):  # stop strings are recognised here, on the text
         params["params"] = params["params"].replace(stop=())
     single = isinstance(prompt_or_prompts, str)
     prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
@@ -254,44 +260,47 @@ def stream(model, tokenizer, prompt: str, strategy: str = "sample", max_new_toke
     """Yield the generated text piece by piece as the decoder produces it (one prompt).
 
     The pieces joined are exactly ``generate(...).text``: text is held back while it could still be cut
-    by a stop string or ends in an incomplete character, and the rest follows once the decoder is done.
+    by a stop string (given as ``stop=`` or inside ``params=``) or ends in an incomplete character, and
+    the rest follows once the decoder is done. With ``num_return_sequences > 1`` the best sequence is
+    streamed (``generate(...)[0]``). Closing the iterator (or dropping it) stops the decoder at its next
+    token: the decoding thread ends before ``close()`` returns.
     """
     if not isinstance(prompt, str):
         raise TypeError("stream takes one prompt string")
     pieces: queue.Queue = queue.Queue()
-    result = {}
-    ids: list[int] = []
-    emitted = ""
-    stops = params.get("stop")
+    closed = threading.Event()
+    stops = _stop_strings(params.get("stop"), params)
     stopper = StopStrings(tokenizer, stops) if stops is not None else None
 
     def on_tokens(tokens):
+        if closed.is_set():
+            raise GeneratorExit("the stream was closed")  # unwinds the decoder in its thread
         pieces.put(int(tokens.reshape(-1)[0]))
 
     def run():
         try:
-            result["value"] = generate(model, tokenizer, prompt, strategy=strategy, max_new_tokens=max_new_tokens,
-                                       streamer=on_tokens, **params)
-            pieces.put(result)
+            out = generate(model, tokenizer, prompt, strategy=strategy, max_new_tokens=max_new_tokens,
+                           streamer=on_tokens, **params)
+            pieces.put(out[0] if isinstance(out, list) else out)
         except BaseException as err:  # hand the error to the consumer
             pieces.put(err)
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    while True:
-        item = pieces.get()
-        if item is result:
-            break
-        if isinstance(item, BaseException):
-            raise item
-        ids.append(item)
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        text = stopper.safe_prefix(text) if stopper is not None else text
-        text = text.rstrip("\ufffd")  # an incomplete UTF-8 character: wait for its next byte
-        if len(text) > len(emitted) and text.startswith(emitted):
-            yield text[len(emitted):]
-            emitted = text
-    worker.join()
-    final = result["value"].text
-    if final.startswith(emitted) and len(final) > len(emitted):
-        yield final[len(emitted):]
+    ids: list[int] = []
+    emitted = ""
+    try:
+        while isinstance(item := pieces.get(), int):
+            ids.append(item)
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            text = (stopper.safe_prefix(text) if stopper is not None else text).rstrip("\ufffd")  # a partial char
+            if len(text) > len(emitted) and text.startswith(emitted):
+                yield text[len(emitted):]
+                emitted = text
+    finally:
+        closed.set()
+        worker.join()
+    if isinstance(item, BaseException):
+        raise item
+    if item.text.startswith(emitted) and len(item.text) > len(emitted):
+        yield item.text[len(emitted):]

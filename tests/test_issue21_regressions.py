@@ -46,3 +46,78 @@ def test_a_pattern_complete_before_any_token_finishes_without_a_forward_pass(tin
     assert out.finish_reason == ["constraint"], out.finish_reason
     assert out.lengths == [0] and out.sequences.shape[1] == input_ids.shape[1]
     assert not calls, f"{len(calls)} forward pass(es) spent on a row that was complete before any token"
+
+
+# ---- Items 1, 2, 5, 6, 10, 11: the text front door and the settings' mappings --------------------------------
+def test_item1_stream_stops_at_a_stop_string_given_through_params(smollm):
+    """``stream`` read only the ``stop=`` keyword: stop strings inside ``params=`` were ignored."""
+    import infergen
+    from infergen import SamplingParams
+
+    model, tok = smollm
+    kw = dict(strategy="greedy", max_new_tokens=12, params=SamplingParams(temperature=0, stop=(" answer",)))
+    text = infergen.generate(model, tok, "The capital of France is", **kw).text
+    streamed = "".join(infergen.stream(model, tok, "The capital of France is", **kw))
+    assert " answer" not in streamed and streamed == text
+
+
+def test_item2_from_generation_config_fills_transformers_defaults_and_refuses_what_it_cannot_map():
+    from transformers import GenerationConfig
+
+    from infergen.mappings import from_generation_config
+
+    # transformers fills top_k=50 at generate() time when a sampling config leaves it unset
+    assert from_generation_config(GenerationConfig(do_sample=True, temperature=0.8)).top_k == 50
+    # the list form of sequence_bias is transformers' other spelling of the dict
+    assert from_generation_config(GenerationConfig(sequence_bias=[[[5], 2.0]])).logit_bias == {5: 2.0}
+    for field, value in [("sequence_bias", {(5, 6): 2.0}), ("bad_words_ids", [[5, 6]]), ("suppress_tokens", [5]),
+                         ("begin_suppress_tokens", [5]), ("encoder_repetition_penalty", 1.3),
+                         ("forced_eos_token_id", 2), ("penalty_alpha", 0.6)]:
+        with pytest.raises(ValueError, match=field):
+            from_generation_config(GenerationConfig(**{field: value}))
+    # the call's settings and the special token ids are not sampling settings: left to the call, no error
+    from_generation_config(GenerationConfig(max_new_tokens=5, eos_token_id=2, pad_token_id=0, num_beams=2))
+
+
+def test_item5_closing_a_stream_stops_its_decoding_thread():
+    """An abandoned stream left its decoder running (the interpreter then aborted at exit, status 134)."""
+    import subprocess
+    import sys
+
+    code = ("import threading, infergen\n"
+            "m, t = infergen.load_model('smollm2-135m', device='cpu')\n"
+            "it = infergen.stream(m, t, 'Once upon a time', strategy='greedy', max_new_tokens=4000)\n"
+            "next(it); it.close()\n"
+            "assert threading.active_count() == 1, threading.enumerate()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_item6_stream_with_beam_and_several_return_sequences_streams_the_best(smollm):
+    import infergen
+
+    model, tok = smollm
+    kw = dict(strategy="beam", num_beams=2, num_return_sequences=2, max_new_tokens=6)
+    best = infergen.generate(model, tok, "The capital of France is", **kw)[0].text
+    assert "".join(infergen.stream(model, tok, "The capital of France is", **kw)) == best
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_p"])
+def test_item10_mappings_name_a_per_row_tensor_setting(name):
+    from infergen.mappings import to_generation_config, to_vllm_sampling_params
+
+    value = torch.tensor([0.5, 0.7])
+    for mapping in (to_generation_config, to_vllm_sampling_params):
+        with pytest.raises(ValueError, match=name):
+            mapping({name: value})
+
+
+@pytest.mark.parametrize("name, value", [("max_new_tokens", -5), ("num_return_sequences", 0), ("num_beams", 0),
+                                         ("min_new_tokens", -1), ("eos_token_id", -3), ("eos_token_id", [2, -3]),
+                                         ("pad_token_id", 1.5), ("max_new_tokens", True)])
+def test_item11_mappings_check_the_call_settings(name, value):
+    from infergen.mappings import to_generation_config, to_vllm_sampling_params
+
+    for mapping in (to_generation_config, to_vllm_sampling_params):
+        with pytest.raises((ValueError, TypeError), match=name):
+            mapping({name: value})

@@ -5,6 +5,7 @@ a report written by the grading process whatever the submission did, and no hang
 this file fast (hang tests: 8 s per check, one restart).
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -124,9 +125,68 @@ def test_a5_forward_passes_are_counted_in_the_grader():
     submission holds a proxy, so every forward pass it gets runs (and is counted) there."""
     report = graded("a5_type_forward", "a5", timeout=120)
     checks = report.by_name()
-    assert checks["check_forwards_reported"].status != "pass"
+    assert checks["check_forwards_reported"].status == "fail"   # it ran, and the grader's count differs
+    assert "but the model was called 30 times" in checks["check_forwards_reported"].message, report.table()
     assert checks["test_fewer_forward_passes"].status != "pass"
     assert report.score < 0.5 * report.max_score, report.table()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
+def test_a_child_left_behind_by_the_worker_is_killed_with_its_group():
+    """Own attack: the worker forks a child and exits. Before: the group was killed only while the worker
+    itself ran, so the child lived on after grading. Now the whole group is killed whatever the worker did."""
+    pidfile = Path("/tmp/infergen_attack_child.pid")
+    pidfile.unlink(missing_ok=True)
+    report = graded("a1_forks_and_exits")
+    assert report.score == 0 and "exited with status 3 before the checks ran" in report.error, report.error
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(pid)
+    if alive:
+        os.kill(pid, 9)
+    assert not alive, "the submission's child process outlived the grading"
+
+
+def test_memory_cap_fails_the_check_not_the_grader():
+    """Own attack: correct code that allocates 3 GiB per call. Under a 2 GiB cap every call fails in the
+    worker (MemoryError): failed checks, a report, the grader unharmed."""
+    report = graded("a1_allocates_memory", memory_gb=2, timeout=60)
+    assert report.score <= 0.25 * report.max_score, report.table()
+    assert any("MemoryError" in c.message for c in report.checks), report.table()
+
+
+def test_the_grader_refuses_model_calls_over_its_limit():
+    """Own attack: a5's model runs in the grader, so a submission asks it for a million-position cache and a
+    forward pass of a million tokens. Refused before any work is done: the checks fail with the reason."""
+    start = time.monotonic()
+    report = graded("a5_floods_the_model", "a5", timeout=60)
+    assert time.monotonic() - start < 600 and report.score <= 0.25 * report.max_score, report.table()
+    assert any("over the grader's limit" in c.message for c in report.checks), report.table()
+    assert not any("a forward pass of a million tokens" in c.message for c in report.checks)
+
+
+def test_a_grading_process_that_dies_is_a_row_not_a_crashed_batch(tmp_path):
+    """A grading process can die (the machine's out-of-memory killer); simulated with a teacher's folder
+    whose grading.py exits. The pool breaks; the batch still ends with a row for each submission."""
+    teacher = tmp_path / "teacher" / "a1_top_n_sigma"
+    teacher.mkdir(parents=True)
+    (teacher / "grading.py").write_text("import os\nos._exit(1)\n")
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name in ("ann", "bob"):
+        shutil.copy(PACKAGED / "a1_top_n_sigma" / "starter.py", subs / f"{name}.py")
+    summary = grade_all("a1", subs, tmp_path / "out", workers=2, assignments=tmp_path / "teacher", timeout=8)
+    assert summary["submissions"] == 2
+    assert "the grading process died" in (tmp_path / "out" / "scores.csv").read_text()
 
 
 def test_channel_refuses_code_in_frames():
@@ -191,3 +251,16 @@ def test_grade_all_on_a_mixed_class(tmp_path):
     assert "FAILED" in feedback
     gs = json.loads((out / "gradescope" / "honest" / "results.json").read_text())
     assert gs["score"] == scores["honest"][0] and all(t["status"] == "passed" for t in gs["tests"])
+
+
+def test_gradescope_autograder_writes_results_json(tmp_path):
+    """On Gradescope, run_autograder grades one submission and writes /autograder/results/results.json."""
+    from infergen.course.__main__ import main
+
+    bad = tmp_path / "submission.py"
+    bad.write_text("def apply_top_n_sigma(logits, n_sigma:\n    pass\n")
+    target = tmp_path / "results" / "results.json"
+    assert main(["grade", "a1", str(bad), "--assignments", str(TEACHER), "--gradescope", str(target)]) == 0
+    result = json.loads(target.read_text())
+    assert result["score"] == 0 and result["tests"] and "SyntaxError" in result["output"]
+    assert {t["status"] for t in result["tests"]} == {"failed"} and all("max_score" in t for t in result["tests"])

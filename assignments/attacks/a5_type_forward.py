@@ -27,7 +27,10 @@ class _Uncounted:
         return getattr(self.m, name)
 
     def __call__(self, *args, **kwargs):
-        return type(self.m).forward(self.m, *args, **kwargs)
+        forward = getattr(type(self.m), "forward", None)   # the class's forward: no hooks, no wrapper
+        if forward is None:                                # a proxy has none at class level: go around it
+            return self.m.forward(*args, **kwargs)
+        return forward(self.m, *args, **kwargs)
 
 
 def prompt_lookup_decode(model, input_ids, max_new_tokens=100, *, num_draft_tokens=10, max_ngram_size=3,

@@ -63,10 +63,14 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("submission", help="path to the .py or .ipynb file")
             p.add_argument("--json", action="store_true", help="print the report as JSON")
+            p.add_argument("--gradescope", metavar="PATH", help="also write the Gradescope results.json there "
+                                                                "(/autograder/results/results.json)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds per check (default 60)")
         p.add_argument("--import-timeout", type=float, default=60.0, help="seconds to import (default 60)")
         p.add_argument("--total-timeout", type=float, default=None, help="seconds per submission (default none)")
         p.add_argument("--memory-gb", type=float, default=8.0, help="the worker's memory cap (default 8 GiB)")
+        p.add_argument("--max-restarts", type=int, default=3,
+                       help="fresh workers after one is stopped, before the remaining checks fail (default 3)")
         if name != "check":
             p.add_argument("--assignments", help="the teacher's assignments folder (with aN_name/grading.py); "
                                                  "default $INFERGEN_ASSIGNMENTS or the repository's")
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
             return 0
         find_assignment(args.assignment)
         limits = dict(timeout=args.timeout, import_timeout=args.import_timeout, total_timeout=args.total_timeout,
-                      memory_gb=args.memory_gb)
+                      memory_gb=args.memory_gb, max_restarts=args.max_restarts)
         if args.command == "grade-all":
             hidden_checks_dir(args.assignments)
             from .batch import grade_all
@@ -116,6 +120,13 @@ def main(argv=None) -> int:
     report = grade(args.assignment, args.submission, assignments=getattr(args, "assignments", None),
                    hidden=hidden, **limits)
     print(report_json(report) if args.json else report.table(student=getattr(args, "student", False)))
+    if args.gradescope:
+        import json
+
+        from .batch import gradescope_json
+
+        Path(args.gradescope).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.gradescope).write_text(json.dumps(gradescope_json(report), indent=2))
     return 0
 
 

@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import os
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from .grade import GradeReport, GradedCheck, find_assignment, grade
@@ -44,9 +45,35 @@ def _grade_one(args) -> dict:
         torch.set_num_threads(1)
         return grade(assignment, path, **options).to_dict()
     except Exception as err:  # the grader itself failed on this file: a row that says so, not a crash
-        return {"assignment": assignment, "submission": str(path), "score": 0.0, "max_score": 0.0,
-                "error": f"the grader failed: {type(err).__name__}: {err}", "notes": [], "checks": [],
-                "output": "", "seconds": 0.0}
+        return _failed(args, f"the grader failed: {type(err).__name__}: {err}")
+
+
+def _pooled(jobs: list, workers: int) -> list[dict]:
+    """``_grade_one`` of each job in a pool of fresh grading processes. A grading process that dies (killed
+    by the machine's out-of-memory killer, say) breaks the pool: the jobs it took down are graded again,
+    one pool each, and a job that breaks its own pool too gets a row saying so -- never a crashed batch."""
+    ctx = multiprocessing.get_context("spawn")   # fresh grading processes: no state shared between them
+    results: list = [None] * len(jobs)
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_grade_one, job): i for i, job in enumerate(jobs)}
+        for future in cf.as_completed(futures):
+            try:
+                results[futures[future]] = future.result()
+            except BrokenProcessPool:
+                pass
+    for i, job in enumerate(jobs):
+        if results[i] is None:
+            with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as alone:
+                try:
+                    results[i] = alone.submit(_grade_one, job).result()
+                except BrokenProcessPool as err:
+                    results[i] = _failed(job, f"the grading process died ({err})")
+    return results
+
+
+def _failed(job, why: str) -> dict:
+    return {"assignment": job[0], "submission": job[1], "score": 0.0, "max_score": 0.0, "error": why,
+            "notes": [], "checks": [], "output": "", "seconds": 0.0}
 
 
 def _report(d: dict) -> GradeReport:
@@ -107,12 +134,7 @@ def grade_all(assignment: str, folder, out, *, workers: int = 2, **options) -> d
         (out / sub).mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     jobs = [(name, str(path), options) for _, path in students]
-    if workers <= 1:
-        results = [_grade_one(j) for j in jobs]
-    else:
-        ctx = multiprocessing.get_context("spawn")   # fresh grading processes: no state shared between them
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = list(pool.map(_grade_one, jobs))
+    results = [_grade_one(j) for j in jobs] if workers <= 1 else _pooled(jobs, workers)
     wall = time.monotonic() - start
     reports = [(student, _report(d)) for (student, _), d in zip(students, results)]
     names: list[str] = []

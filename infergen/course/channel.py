@@ -41,7 +41,8 @@ __all__ = ["ChannelClosed", "Endpoint", "ProtocolError", "Remote", "RemoteError"
 
 MAX_FRAME = 512 * 2**20      # bytes; a larger frame is a protocol error
 MAX_DEPTH = 40               # nesting of containers in one message
-MAX_TENSOR_ELEMENTS = 2**26  # a model call with more input elements than this is refused
+MAX_MODEL_TOKENS = 2**14     # a call on the grader's model with more input elements (or a cache of more
+                             # rows x positions) is refused: the model runs in the grader, out of the clock
 
 # handle policies: what the *other* side may do with an object it holds a handle to
 ANY, MODEL, CACHE, PLAIN = "any", "model", "cache", "plain"
@@ -394,9 +395,7 @@ class Endpoint:
                 args = self.decode(frame[4], leaves, ("a",))
                 kwargs = self.decode(frame[5], leaves, ("k",))
                 if policy == MODEL:
-                    big = [t.numel() for _, t in leaves if t.numel() > MAX_TENSOR_ELEMENTS]
-                    if big:
-                        raise ValueError(f"an input of {big[0]} elements is over the limit ({MAX_TENSOR_ELEMENTS})")
+                    _check_model_call(name, leaves, args, kwargs)
                 if not callable(fn):
                     raise TypeError(f"{type(fn).__name__} object is not callable")
                 before = [t.clone() for _, t in leaves] if self.trusted else None
@@ -425,6 +424,19 @@ class Endpoint:
         except (ValueError, TypeError, RecursionError) as err:  # the result itself could not be sent
             self._send(("err", rid, [type(err).__name__, "Exception"],
                         f"the result could not be sent back: {err}", ""))
+
+
+def _check_model_call(name, leaves, args, kwargs):
+    """Refuse a call on the grader's model that would cost the grader more than any assignment needs: a
+    forward pass runs in the grading process, where the check's clock cannot stop it mid-call, and a cache
+    is allocated there."""
+    size = sum(t.numel() for _, t in leaves)
+    if name == "new_cache":
+        ints = [v for v in (*args, *kwargs.values()) if type(v) is int]
+        size = max(size, ints[0] * ints[1] if len(ints) >= 2 else 0)
+    if size > MAX_MODEL_TOKENS:
+        raise ValueError(f"a call of the model's {name or 'forward'} with {size} input elements or cache "
+                         f"positions is over the grader's limit ({MAX_MODEL_TOKENS})")
 
 
 def _message(err: BaseException) -> str:

@@ -71,7 +71,7 @@ def isolation_summary(hidden: Path | None, separate_user: bool) -> str:
         who = ("same user as the grader (not root: no other user to switch to)" if os.geteuid() else
                "same user as the grader (root, but the Python interpreter is not usable by another user)"
                if not other_user_can_run() else "same user as the grader (root; separate user disabled)")
-        return f"isolation: {who}; hidden files readable by the submission's process"
+        return f"isolation: {who}; hidden files (and the grader's memory) readable by the submission's process"
     if hidden is None:
         return "isolation: separate unprivileged user"
     files = [p for p in Path(hidden).rglob("*") if p.is_file()]
@@ -165,8 +165,8 @@ class Sandbox:
         """Kill the worker's process group (and, as a separate user, every process of that user)."""
         if self.stopped is None:
             self.stopped = reason
-        if self.proc is not None and self.proc.poll() is None:
-            try:
+        if self.proc is not None:   # the group, even when the worker itself has exited: a child it left
+            try:                    # behind is still in it (Linux does not reuse a pid while its group lives)
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass

@@ -3,6 +3,7 @@
 #   make test   runs the whole test suite (lint, unit, parity, notebooks, book build, browser check)
 #   make lint   the layering contracts (lint-imports), the core's docstrings (ruff), its types (mypy)
 #   make test-floors   the unit tests with every direct dependency at the floor pyproject.toml declares
+#   make test-colab    every chapter as Colab runs it: the wheel in a fresh environment, the notebooks alone
 # Both create .venv, install the pinned dependencies and prepare the model cache when missing.
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ export INFERGEN_CACHE ?= $(CURDIR)/.cache/infergen
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model lint test test-unit test-notebooks test-browser test-floors notebooks-floors test-dist book book-assets bench bench-peers gpu-check clean
+.PHONY: setup model lint test test-unit test-notebooks test-browser test-floors notebooks-floors test-dist test-colab book book-assets bench bench-peers gpu-check clean
 
 JUPYTER_BOOK := $(VENV)/bin/jupyter-book
 NPM          ?= npm
@@ -161,6 +162,18 @@ test-dist: setup
 	rm -rf _build/dist
 	$(PY) -m build --outdir _build/dist .
 	$(PY) -m twine check --strict _build/dist/*
+
+# Every chapter as a reader runs it on Colab (tests/colab/run_colab.py): the wheel of the working tree, a fresh
+# environment (_build/colab/venv: torch==2.13.0 and a Jupyter kernel, then the chapters' own first cell with the
+# wheel in place of the git URL, held to constraints.txt), the bundled model converted once there (as a reader's
+# first chapter does), then notebooks/*.ipynb copied alone into an empty folder and executed with nbclient.
+# Timed step by step; the executed notebooks are left in _build/colab/executed. COLAB_CACHE=$(INFERGEN_CACHE)
+# reuses a converted model instead (the conversion then goes untested here).
+COLAB_CELL_TIMEOUT ?= 1200
+COLAB_CACHE        ?=
+test-colab: setup
+	$(PY) tests/colab/run_colab.py --workdir _build/colab --cell-timeout $(COLAB_CELL_TIMEOUT) \
+	    $(if $(COLAB_CACHE),--cache $(COLAB_CACHE))
 
 clean:
 	rm -rf _build bench-results $(VENV_FLOORS) $(FLOORS_CACHE)

@@ -37,6 +37,7 @@ Pitfalls of the naive versions
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -55,17 +56,17 @@ def _as_token_lists(texts, tokenize: Callable[[str], Sequence]) -> list[list]:
     if not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a string, a list of strings or a list of token sequences, "
                         f"got {type(texts).__name__}")
-    out = []
-    for item in texts:
-        if isinstance(item, str):
-            out.append(list(tokenize(item)))
-        elif isinstance(item, torch.Tensor):
-            out.append(item.flatten().tolist())
-        elif isinstance(item, Iterable):
-            out.append(list(item))
-        else:
-            raise TypeError(f"each text must be a string or a sequence of tokens, got {type(item).__name__}")
-    return out
+    bad = [type(item).__name__ for item in texts if not isinstance(item, (str, torch.Tensor, Iterable))]
+    if bad:
+        raise TypeError(f"each text must be a string or a sequence of tokens, got {bad[0]}")
+    return [list(tokenize(item)) if isinstance(item, str) else item.flatten().tolist()
+            if isinstance(item, torch.Tensor) else list(item) for item in texts]
+
+
+def _ngrams_per_text(texts, n: int, tokenize) -> list[list[tuple]]:
+    """The n-grams of each text (``n`` checked once)."""
+    check_number("n", n, low=1, integer=True)
+    return [ngrams(tokens, n) for tokens in _as_token_lists(texts, tokenize)]
 
 
 def ngrams(tokens: Sequence, n: int) -> list[tuple]:
@@ -85,13 +86,9 @@ def rep_n(texts, n: int = 2, tokenize: Callable[[str], Sequence] = str.split) ->
 
     Example: ``"a b a b"`` has bigrams ``ab, ba, ab``: 2 unique of 3, so rep-2 = 33.3.
     """
-    check_number("n", n, low=1, integer=True)
-    unique = total = 0
-    for tokens in _as_token_lists(texts, tokenize):
-        grams = ngrams(tokens, n)
-        unique += len(set(grams))
-        total += len(grams)
-    return float("nan") if total == 0 else 100.0 * (1.0 - unique / total)
+    grams = _ngrams_per_text(texts, n, tokenize)
+    total = sum(map(len, grams))
+    return float("nan") if total == 0 else 100.0 * (1.0 - sum(len(set(g)) for g in grams) / total)
 
 
 def distinct_n(texts, n: int = 2, tokenize: Callable[[str], Sequence] = str.split) -> float:
@@ -103,13 +100,9 @@ def distinct_n(texts, n: int = 2, tokenize: Callable[[str], Sequence] = str.spli
     Example: ``["a b", "a b"]`` has bigrams ``ab, ab``: 1 distinct of 2, so distinct-2 = 0.5
     (whereas rep-2 of the same corpus is 0: neither text repeats itself).
     """
-    check_number("n", n, low=1, integer=True)
-    seen, total = set(), 0
-    for tokens in _as_token_lists(texts, tokenize):
-        grams = ngrams(tokens, n)
-        seen.update(grams)
-        total += len(grams)
-    return float("nan") if total == 0 else len(seen) / total
+    grams = _ngrams_per_text(texts, n, tokenize)
+    total = sum(map(len, grams))
+    return float("nan") if total == 0 else len(set().union(*grams)) / total
 
 
 def diversity(texts, tokenize: Callable[[str], Sequence] = str.split, orders: Sequence[int] = (2, 3, 4)) -> float:
@@ -120,15 +113,13 @@ def diversity(texts, tokenize: Callable[[str], Sequence] = str.split, orders: Se
     """
     if not orders:
         raise ValueError("orders must name at least one n-gram order, got an empty sequence")
-    value = 100.0
-    for n in orders:
-        value *= 1.0 - rep_n(texts, n, tokenize) / 100.0
-    return value
+    return 100.0 * math.prod(1.0 - rep_n(texts, n, tokenize) / 100.0 for n in orders)
 
 
-def _check_mask(name: str, mask, shape) -> torch.Tensor | None:
+def _check_mask(name: str, mask, shape) -> torch.Tensor:
+    """``mask`` as a bool tensor of ``shape`` (all True when None)."""
     if mask is None:
-        return None
+        return torch.ones(shape, dtype=torch.bool)
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"{name} must be a tensor of shape {tuple(shape)}, got {got}")
@@ -177,8 +168,6 @@ def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Ten
     device = model.device
     prompt_mask = _check_mask("attention_mask", attention_mask, (B, T))
     cont_mask = _check_mask("continuation_mask", continuation_mask, (B, n))
-    prompt_mask = torch.ones(B, T, dtype=torch.bool) if prompt_mask is None else prompt_mask
-    cont_mask = torch.ones(B, n, dtype=torch.bool) if cont_mask is None else cont_mask
     if not bool(prompt_mask.any(-1).all()):
         raise ValueError("attention_mask has a row with no real token: every prompt needs at least one token")
     ids = torch.cat([input_ids, continuation_ids], 1).to(device)
@@ -187,14 +176,11 @@ def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Ten
     with torch.inference_mode():
         cache = model.new_cache(B, T + n)
         logits = model(ids, cache, attention_mask=mask, logits="all").logits[:, T - 1:T + n - 1]
-        token_lp = token_logprobs(logits, targets)
-        token_lp = token_lp.masked_fill(~cont_mask, 0.0)
+        token_lp = token_logprobs(logits, targets).masked_fill(~cont_mask, 0.0)
     if reduction == "none":
         return token_lp
     total = token_lp.sum(-1)
-    if reduction == "sum":
-        return total
-    return total / cont_mask.sum(-1).clamp(min=1)
+    return total if reduction == "sum" else total / cont_mask.sum(-1).clamp(min=1)
 
 
 def mean_logprob(model, input_ids, continuation_ids, **kwargs) -> torch.Tensor:

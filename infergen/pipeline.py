@@ -21,19 +21,17 @@ __all__ = ["LogitsContext", "LogitsPipeline"]
 
 @dataclass(frozen=True)
 class LogitsContext:
-    """What a pipeline step may look at besides the logits: the token history, ``[T]`` or ``[B, T]``."""
+    """What a pipeline step may look at besides the logits: the token history, ``[B, T]`` long tensors."""
 
     prompt_ids: torch.Tensor | None = None
     generated_ids: torch.Tensor | None = None
 
     @property
     def all_ids(self) -> torch.Tensor | None:
-        """Prompt followed by generated ids, ``[B, T_prompt + T_gen]`` (``None`` if there is neither)."""
+        """Prompt followed by generated ids, ``[B, T_prompt + T_gen]`` (``None`` if there is neither); both
+        parts are ``[B, T]`` tensors on one device, as :class:`LogitsPipeline` builds them."""
         parts = [p for p in (self.prompt_ids, self.generated_ids) if p is not None]
-        if len(parts) < 2:
-            return parts[0] if parts else None
-        parts = [torch.as_tensor(p, dtype=torch.long) for p in parts]
-        return torch.cat([(p.unsqueeze(0) if p.dim() == 1 else p).to(parts[0].device) for p in parts], dim=1)
+        return torch.cat(parts, dim=1) if len(parts) == 2 else (parts[0] if parts else None)
 
 
 Step = Callable[[torch.Tensor, LogitsContext], torch.Tensor]

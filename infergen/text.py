@@ -174,17 +174,11 @@ def build_constraint(model, tokenizer, n_prompts: int, strategy: str, backend: s
     (kind, value), = given.items()
     if eos_token_id is None:
         eos_token_id = list(model_defaults(as_model(model)).eos_token_ids)
-    compiled = {}
-    out: list[Constraint | None] = []
-    for v in _per_row(kind, value, n_prompts):
-        if v is None:
-            out.append(None)
-            continue
-        key = id(v)
-        if key not in compiled:  # the same object for several prompts is compiled once
-            compiled[key] = make_constraint(tokenizer, **{kind: v}, backend=backend or DEFAULT_BACKEND,
-                                            eos_token_id=eos_token_id)
-        out.append(compiled[key])
+    values = _per_row(kind, value, n_prompts)
+    unique = {id(v): v for v in values if v is not None}  # the same object for several prompts: compiled once
+    compiled = {key: make_constraint(tokenizer, **{kind: v}, backend=backend or DEFAULT_BACKEND,
+                                     eos_token_id=eos_token_id) for key, v in unique.items()}
+    out: list[Constraint | None] = [None if v is None else compiled[id(v)] for v in values]
     return out[0] if all(c is out[0] for c in out) else out
 
 

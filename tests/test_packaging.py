@@ -3,6 +3,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -338,7 +339,7 @@ def test_each_companion_imports_only_the_dependencies_and_its_own_extras():
 
 
 def test_the_chapters_import_only_what_their_install_cell_installs():
-    assert chapter_extras() == ["book", "constraints"]
+    assert {"book", "constraints"} <= set(chapter_extras())
     status, issues = deptry(["notebooks"], chapter_extras(), "--ignore", "DEP002",
                             *_exclude("notebooks/conftest.py", "notebooks/run_all.py"))
     assert status == 0 and not issues, "\n".join(issues)
@@ -391,3 +392,39 @@ def test_sdist_ships_the_package_and_no_test_that_needs_the_repository(tmp_path)
     expected = {str(p.relative_to(source)) for p in (source / "infergen").rglob("*.py")
                 if "assignments" not in p.parts or p.name in ("conftest.py", "starter.py", "test_student.py")}
     assert shipped == expected
+
+
+def chapter_companions():
+    """{companion: [chapters importing it]} for infergen.book, .bench, .course, .testing (any import form)."""
+    import ast
+    import json
+
+    found = {}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            lines = "".join(cell["source"]).splitlines()
+            tree = ast.parse("\n".join(line for line in lines if not line.lstrip().startswith(("%", "!"))))
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "infergen" and len(parts) > 1 and parts[1] in ("book", "bench", "course", "testing"):
+                        found.setdefault(parts[1], set()).add(path.name[:2])
+    return {k: sorted(v) for k, v in found.items()}
+
+
+@pytest.mark.xfail(strict=True, reason="chapters 06, 11 and 12 import infergen.bench, whose `bench` extra (psutil "
+                                       "off glibc) their install cell does not ask for: the cell should install "
+                                       "infergen[book,bench,constraints] (then remove this mark)")
+def test_the_chapters_install_the_extras_of_the_companions_they_import():
+    """A chapter importing a companion installs that companion's extra (infergen.testing has none)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = set(chapter_extras())
+    needed = {name for name in chapter_companions() if name in project["optional-dependencies"]}
+    assert needed <= extras, f"the chapters import {chapter_companions()}; the cell installs only {sorted(extras)}"

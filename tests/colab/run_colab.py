@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
     for i, path in enumerate(notebooks, 1):
         nb = nbformat.read(content / path.name, as_version=4)
         t0 = time.perf_counter()
-        client = NotebookClient(nb, timeout=args.cell_timeout, kernel_name="colab",
+        client = NotebookClient(nb, timeout=args.cell_timeout, kernel_name="colab", startup_timeout=300,
                                 resources={"metadata": {"path": str(content)}})
         try:
             client.execute()

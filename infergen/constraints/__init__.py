@@ -10,16 +10,19 @@
   ``"no_valid_token"``, forking for beam search, ragged batches.
 * :mod:`.front` -- :func:`make_constraint`, which checks the arguments and picks a backend:
   llguidance (default), outlines-core, or the teaching automaton.
+* :mod:`.schema` -- :class:`SchemaOptions`: unique keys, default bounds, ``oneOf`` coercion, refusals.
+* :mod:`.budget` -- budget closing: finish inside ``max_new_tokens`` whenever a completion fits.
 * :mod:`.teaching` -- regex -> NFA -> DFA -> per-state token masks, from scratch in one file.
 * :mod:`.vocabulary` -- the bytes behind each token id (byte-level BPE and SentencePiece).
 """
 from .base import (FINISH_CONSTRAINT, FINISH_NO_VALID_TOKEN, Constraint, ConstraintState, RowConstraints,
                    as_row_constraints, is_complete)
+from .schema import DEFAULT_OPTIONS, UNBOUNDED, SchemaOptions
 from .front import BACKENDS, DEFAULT_BACKEND, escape_literal, get_compiler, make_constraint
 from .vocabulary import TokenVocabulary, byte_level_alphabet
 
 __all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "Constraint",
+    "BACKENDS", "DEFAULT_BACKEND", "DEFAULT_OPTIONS", "UNBOUNDED", "SchemaOptions", "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "Constraint",
     "ConstraintState", "RowConstraints", "TokenVocabulary", "as_row_constraints", "byte_level_alphabet",
     "escape_literal", "get_compiler", "is_complete", "make_constraint",
 ]

@@ -85,6 +85,8 @@ class Constraint(Protocol):
     source: object        # the pattern as given
     vocab_size: int       # the number of token ids the masks cover (len(tokenizer))
     eos_token_ids: tuple  # the ids allowed exactly in accepting states
+    # optional: closing_rank, int64 [vocab_size], the order in which budget closing tries tokens
+    # (infergen.constraints.budget.closing_rank); without it, by id
 
     def start(self) -> ConstraintState:
         """A fresh state at the beginning of the pattern."""
@@ -127,12 +129,20 @@ class RowConstraints:
     llguidance compute it lazily) and reused by :meth:`mask`, :meth:`complete` and :meth:`dead`.
     """
 
-    def __init__(self, states: Sequence[ConstraintState | None]):
+    def __init__(self, states: Sequence[ConstraintState | None], budget=None):
         self.states = list(states)
         for i, s in enumerate(self.states):
             if s is not None and not isinstance(s, ConstraintState):
                 raise TypeError(f"states[{i}] must be a ConstraintState or None, got {type(s).__name__}")
         self._allowed: list[np.ndarray | None] = [None] * len(self.states)
+        n = len(self.states)
+        budget = list(budget) if isinstance(budget, (list, tuple)) else [budget] * n
+        if len(budget) != n or any(b is not None and (not isinstance(b, int) or b < 0) for b in budget):
+            raise ValueError(f"budget must be None, a token count >= 0 or one per row ({n}), got {budget}")
+        self.budget: list[int | None] = budget  # max new tokens per row: budget closing (see .budget)
+        self.used = [0] * n                      # tokens each row has consumed
+        self._estimate: list[tuple[int, int] | None] = [None] * n  # (closing path length, at used)
+        self._closed = [False] * n
 
     def __len__(self) -> int:
         return len(self.states)
@@ -167,6 +177,41 @@ class RowConstraints:
         """Bool ``[B]``: rows where no token at all is allowed (finish reason ``"no_valid_token"``)."""
         out = [s is not None and not self._row(i).any() for i, s in enumerate(self.states)]
         return torch.tensor(out, dtype=torch.bool, device=device)
+
+    def closed(self, device=None) -> torch.Tensor:
+        """Bool ``[B]``: rows where budget closing refused the model's most likely allowed token at least
+        once, because no completion after it fits in the tokens left (see :mod:`.budget`)."""
+        return torch.tensor(self._closed, dtype=torch.bool, device=device)
+
+    def _close(self, i: int, logits: torch.Tensor) -> None:
+        """Budget closing of row ``i`` (see :mod:`.budget`): near its limit, narrow its cached mask to
+        the tokens after which a closing path still fits; to nothing when none does (the row is dead)."""
+        from .budget import MARGIN, TOP_K, closing_path
+        state, budget = self.states[i], self.budget[i]
+        if state is None or budget is None:
+            return
+        left, est = budget - self.used[i], self._estimate[i]
+        if left <= 0 or est is not None and est[0] + MARGIN * (self.used[i] - est[1] + 1) < left:
+            return
+        rank = getattr(state.constraint, "closing_rank", None)
+        rank = np.arange(state.constraint.vocab_size) if rank is None else rank
+        path = closing_path(state, left, rank)
+        if path is not None:
+            self._estimate[i] = (len(path), self.used[i])
+            if not path or len(path) + MARGIN < left:
+                return
+        raw = self._row(i)
+        out = np.zeros_like(raw)
+        if path:
+            out[path[0]] = True
+            scores = logits[i, :raw.size].float().cpu().numpy()  # a host copy, in the window only
+            top = np.argsort(np.where(raw[:scores.size], -scores, np.inf), kind="stable")[:TOP_K]
+            for t in (int(t) for t in top if raw[t] and t != path[0]):
+                after = state.fork()
+                after.advance(t)
+                out[t] = closing_path(after, left - 1, rank) is not None
+            self._closed[i] = self._closed[i] or not out[top[0]]
+        self._allowed[i] = out
 
     def precompute(self) -> None:
         """Compute every row's mask now and keep it for this position. On a GPU, call it right after
@@ -208,6 +253,8 @@ class RowConstraints:
             raise ValueError(f"logits has {logits.shape[0]} rows but the constraints have {len(self.states)}; "
                              "after reordering beams, call select(index) first")
         width = logits.shape[1]
+        for i in range(len(self.states)):
+            self._close(i, logits)
         allowed = self._allowed_array(width)
         for i, s in enumerate(self.states):
             if s is not None and not allowed[i].any():
@@ -231,45 +278,53 @@ class RowConstraints:
             if s is not None and a:
                 s.advance(int(t))
                 self._allowed[i] = None
+                self.used[i] += 1
 
     @classmethod
     def concat(cls, parts: Sequence["RowConstraints"]) -> "RowConstraints":
         """The rows of ``parts`` one after the other, sharing their states (not forked: use :meth:`select`
         on the result for independent copies). Beam search gathers candidates of several groups this way."""
-        out = cls([s for p in parts for s in p.states])
-        out._allowed = [a for p in parts for a in p._allowed]
+        out = cls([s for p in parts for s in p.states], [b for p in parts for b in p.budget])
+        for name in ("_allowed", "used", "_estimate", "_closed"):
+            setattr(out, name, [x for p in parts for x in getattr(p, name)])
         return out
 
     def select(self, index) -> "RowConstraints":
         """New rows ``[index[0], index[1], ...]``, each an independent fork (beam search reorders and
         duplicates its beams this way; the batch size may change). ``self`` is left unchanged."""
         rows = _index_list(index, len(self.states))
-        out = RowConstraints([None if (s := self.states[j]) is None else s.fork() for j in rows])
-        out._allowed = [self._allowed[j] for j in rows]  # the same positions: the cached masks still hold
+        out = RowConstraints([None if (s := self.states[j]) is None else s.fork() for j in rows],
+                             [self.budget[j] for j in rows])
+        for name in ("_allowed", "used", "_estimate", "_closed"):  # the same positions: masks still hold
+            setattr(out, name, [getattr(self, name)[j] for j in rows])
         return out
 
 
-def as_row_constraints(constraint, batch_size: int) -> RowConstraints | None:
+def as_row_constraints(constraint, batch_size: int, budget=None) -> RowConstraints | None:
     """Normalise a decoder's ``constraint=`` argument to a fresh :class:`RowConstraints` (or None).
 
     Accepts ``None``; one :class:`Constraint` (every row gets its own state); a sequence of
     ``batch_size`` constraints or ``None`` (a ragged batch, one per row); or a :class:`RowConstraints`
-    with ``batch_size`` rows (forked, so the caller's object is not advanced).
+    with ``batch_size`` rows (forked, so the caller's object is not advanced; it keeps its budget).
+    ``budget`` (the decoder's ``max_new_tokens``, or one per row) switches on budget closing
+    (:mod:`infergen.constraints.budget`): rows then finish complete within it whenever they can.
     """
     if constraint is None:
         return None
     if isinstance(constraint, RowConstraints):
         if len(constraint) != batch_size:
             raise ValueError(f"constraint has {len(constraint)} rows, the batch has {batch_size}")
-        return constraint.select(range(batch_size))
+        out = constraint.select(range(batch_size))
+        out.budget = out.budget if budget is None else RowConstraints(out.states, budget).budget
+        return out
     if isinstance(constraint, Constraint):
-        return RowConstraints([constraint.start() for _ in range(batch_size)])
+        return RowConstraints([constraint.start() for _ in range(batch_size)], budget)
     if isinstance(constraint, (list, tuple)):
         if len(constraint) != batch_size:
             raise ValueError(f"constraint must have one entry per row ({batch_size}), got {len(constraint)}")
         for i, c in enumerate(constraint):
             if c is not None and not isinstance(c, Constraint):
                 raise TypeError(f"constraint[{i}] must be a Constraint or None, got {type(c).__name__}")
-        return RowConstraints([None if c is None else c.start() for c in constraint])
+        return RowConstraints([None if c is None else c.start() for c in constraint], budget)
     raise TypeError("constraint must be a Constraint (make_constraint(...)), a list of them (one per row), "
                     f"a RowConstraints or None, got {type(constraint).__name__}")

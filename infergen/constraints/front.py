@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Iterable
 
 from .base import Constraint
+from .schema import DEFAULT_OPTIONS, UNBOUNDED, SchemaOptions, bound_schema, explain_refusal
 from .vocabulary import TokenVocabulary
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "escape_literal", "get_compiler", "make_constraint"]
@@ -89,7 +90,8 @@ def _schema_dict(json_schema):
 
 
 def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, grammar: str | None = None,
-                    choices=None, backend: str = DEFAULT_BACKEND, eos_token_id=None) -> Constraint:
+                    choices=None, backend: str = DEFAULT_BACKEND, eos_token_id=None,
+                    json_options: SchemaOptions = DEFAULT_OPTIONS) -> Constraint:
     """Compile one pattern for ``tokenizer`` into a :class:`~infergen.constraints.base.Constraint`.
 
     Give exactly one of:
@@ -105,6 +107,9 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
     ``backend``: ``"llguidance"`` (default; all four kinds), ``"outlines"`` (regex, json_schema,
     choices) or ``"teaching"`` (regex and choices, the from-scratch automaton of
     :mod:`infergen.constraints.teaching`). ``eos_token_id`` (int or list) defaults to the tokenizer's.
+    ``json_options`` (:class:`~infergen.constraints.schema.SchemaOptions`): how a JSON schema is bounded
+    before compiling -- unique keys and default bounds on open-ended values (``UNBOUNDED``: none), and
+    the opt-in ``oneOf`` coercion; a schema the bounds make uncompilable is compiled as given.
     """
     given = {k: v for k, v in (("regex", regex), ("json_schema", json_schema), ("grammar", grammar),
                                ("choices", choices)) if v is not None}
@@ -135,14 +140,24 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
         if not source:
             raise ValueError("choices must hold at least one string, got []")
         pattern = "|".join(f"(?:{escape_literal(c)})" for c in source)
+    if not isinstance(json_options, SchemaOptions):
+        raise TypeError(f"json_options must be a SchemaOptions, got {type(json_options).__name__}")
     compiler = get_compiler(tokenizer, backend, eos_token_id)
     if kind not in compiler.kinds:
         raise ValueError(f"{kind}: backend {backend!r} supports {', '.join(compiler.kinds)}; use "
                          f"backend='llguidance' for {kind}")
-    try:
-        return compiler.compile(kind, source, pattern)
-    except ValueError as e:
-        shown = json.dumps(source) if kind == "json_schema" else repr(source)
-        if len(shown) > 200:
-            shown = shown[:200] + "..."
-        raise ValueError(f"invalid {kind} {shown} ({backend}: {e})") from None
+    tries = [source]
+    if kind == "json_schema":  # bounded first; as given (but for oneOf coercion) when that fails
+        as_given = bound_schema(source, SchemaOptions(**{**vars(UNBOUNDED), "coerce_one_of": json_options.coerce_one_of}))
+        tries = [bound_schema(source, json_options), as_given]
+    for attempt in tries:
+        try:
+            return compiler.compile(kind, attempt, pattern)
+        except ValueError as e:
+            error = e
+    shown = json.dumps(source) if kind == "json_schema" else repr(source)
+    if len(shown) > 200:
+        shown = shown[:200] + "..."
+    where = explain_refusal(source, str(error)) if kind == "json_schema" else None
+    lead = f"invalid {kind} -- {where} " if where else f"invalid {kind} "
+    raise ValueError(f"{lead}{shown} ({backend}: {error})") from None

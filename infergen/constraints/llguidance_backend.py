@@ -18,6 +18,7 @@ import json
 import numpy as np
 import torch
 
+from .budget import closing_rank
 from .vocabulary import TokenVocabulary
 
 __all__ = ["LLGuidanceCompiler", "LLGuidanceConstraint", "LLGuidanceState"]
@@ -47,6 +48,7 @@ class LLGuidanceCompiler:
         llg = _import()
         self.llg, self.vocab = llg, vocab
         self.tokenizer = llg.hf.from_tokenizer(tokenizer, n_vocab=vocab.size, eos_token=list(vocab.eos_token_ids))
+        self.closing_rank = closing_rank(vocab.token_bytes)  # budget closing's token order, once per tokenizer
 
     def grammar(self, kind: str, source, pattern: str | None) -> str:
         """The llguidance grammar text (not yet checked) for a regex, a schema dict or Lark text."""
@@ -79,7 +81,7 @@ class LLGuidanceCompiler:
         matcher = self.llg.LLMatcher(self.tokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise ValueError(matcher.get_error().strip())
-        return LLGuidanceConstraint(kind, source, matcher, self.vocab)
+        return LLGuidanceConstraint(kind, source, matcher, self.vocab, self.closing_rank)
 
 
 class LLGuidanceConstraint:
@@ -87,8 +89,8 @@ class LLGuidanceConstraint:
 
     backend = "llguidance"
 
-    def __init__(self, kind: str, source, matcher, vocab: TokenVocabulary):
-        self.kind, self.source = kind, source
+    def __init__(self, kind: str, source, matcher, vocab: TokenVocabulary, closing_rank=None):
+        self.kind, self.source, self.closing_rank = kind, source, closing_rank
         self._initial = matcher  # never advanced: start() forks it
         self.vocab_size = vocab.size
         self.eos_token_ids = vocab.eos_token_ids

@@ -108,7 +108,6 @@ def check_per_row(name: str, value, batch: int):
                          f"got shape {tuple(value.shape)}")
 
 
-
 def check_input_ids(input_ids, name: str = "input_ids") -> torch.Tensor:
     """Check token ids: an integer tensor of shape [T] or [B, T] with T >= 1; returns [B, T]."""
     if not isinstance(input_ids, torch.Tensor):

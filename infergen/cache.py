@@ -179,8 +179,7 @@ class PaddingState:
         else:
             new_mask = new_mask.to(device=self.mask.device, dtype=torch.bool)
             self.mask[:, start:start + t] = new_mask
-            if not bool(new_mask.all()):
-                self.has_padding = True
+            self.has_padding = self.has_padding or not bool(new_mask.all())
             positions = (seen + new_mask.long().cumsum(-1) - 1).clamp_(min=0)
         self.length = start + t
         return positions
@@ -330,11 +329,10 @@ class KVCache(PaddingState):
         index = index.to(self.k.device)
         L = self.length
         if index.numel() == self.batch_size:  # same batch size: gather the used columns in place
-            self.k[:, :, :, :L] = self.k[:, index, :, :L]
-            self.v[:, :, :, :L] = self.v[:, index, :, :L]
+            for t in (self.k, self.v):
+                t[:, :, :, :L] = t[:, index, :, :L]
         else:
-            self.k = self.k.index_select(1, index)
-            self.v = self.v.index_select(1, index)
+            self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
         self.reorder_mask(index)
         return self
 

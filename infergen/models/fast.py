@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import KVCache
-from .protocol import ModelOutput
+from .protocol import ModelBase, ModelOutput
 
 # True while torch.compile traces the model (then the eager-only oneDNN path steps aside).
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
@@ -137,7 +137,7 @@ def decode_static(model, table, input_ids, positions, column, mask, k, v) -> tor
     return model.lm_head(model.norm(x))
 
 
-class CompiledDecode(nn.Module):
+class CompiledDecode(ModelBase):
     """A native model whose decode steps run :func:`decode_static` (optionally compiled).
 
     It speaks the same model protocol as the model it wraps (``forward``, ``new_cache``, ``device``,
@@ -164,21 +164,6 @@ class CompiledDecode(nn.Module):
         self.step = torch.compile(step, mode=mode, fullgraph=True, dynamic=False) if compile else step
         self.config, self.defaults = model.config, model.defaults
         self._pool: dict[tuple[int, int], Any] = {}  # (B, max_len) -> (k, v, weak reference to its last cache)
-
-    @property
-    def device(self) -> torch.device:
-        """The wrapped model's device."""
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The wrapped model's dtype."""
-        return self.model.dtype
-
-    @property
-    def max_context(self) -> int:
-        """The wrapped model's context length."""
-        return self.model.max_context
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """A :class:`KVCache` of ``max_len`` rounded up to the bucket, reusing free pooled storage."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,8 @@ HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 def cache_dir() -> Path:
     """Where converted models are stored: ``$INFERGEN_CACHE`` or ``~/.cache/infergen``."""
-    root = os.environ.get("INFERGEN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "infergen")
-    return Path(root)
+    return Path(os.environ.get("INFERGEN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "infergen"))
 
 
 def find_gguf(name: str) -> Path | None:
@@ -92,9 +92,7 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     (tmp / "infergen.json").write_text(json.dumps({"source": str(gguf), "dtype": "float32",
                                                    "format": CONVERSION_FORMAT}))
-    if target.exists():
-        import shutil
-        shutil.rmtree(target)
+    shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
 
@@ -163,20 +161,18 @@ def tokenizer_from_gguf(path: Path):
                             for t, kind in zip(tokens, meta["tokenizer.ggml.token_type"]) if kind == control])
     special = {role: tokens[meta[f"tokenizer.ggml.{role}_token_id"]]
                for role in ("bos", "eos", "unknown", "padding") if f"tokenizer.ggml.{role}_token_id" in meta}
+    if meta.get("tokenizer.ggml.add_bos_token") or meta.get("tokenizer.ggml.add_eos_token"):
+        raise ValueError(f"{path}: a GGUF tokenizer that adds start/end tokens is not supported here")
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": special.get("bos"), "eos_token": special.get("eos"),
         "unk_token": special.get("unknown"), "pad_token": special.get("padding", special.get("eos")),
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-        "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
-        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
         "model_input_names": ["input_ids", "attention_mask"],   # no token_type_ids (4.x's default adds them)
         "model_max_length": int(meta.get("llama.context_length", 2048)),
     }
     if "tokenizer.chat_template" in meta:
         config["chat_template"] = meta["tokenizer.chat_template"]
-    if config["add_bos_token"] or config["add_eos_token"]:
-        raise ValueError(f"{path}: a GGUF tokenizer that adds start/end tokens is not supported here")
     return tok, config
 
 

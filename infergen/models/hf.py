@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..cache import Cache, ColumnCache, CropCache, PaddingState, RowCache
-from .protocol import GenerationDefaults, ModelOutput
+from .protocol import GenerationDefaults, ModelBase, ModelOutput
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -94,7 +94,7 @@ class HFCache(PaddingState):
         return copy.deepcopy(self)
 
 
-class HFModel(nn.Module):
+class HFModel(ModelBase):
     """Wrap ``hf_model`` (a transformers causal LM) so infergen's decoders can drive it.
 
     ``defaults``: its :class:`~infergen.models.protocol.GenerationDefaults` (by default from the model's
@@ -112,22 +112,6 @@ class HFModel(nn.Module):
         # transformers 5.x renamed ``past_key_values`` to ``cache``; speak whichever this version knows.
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-
-    @property
-    def device(self) -> torch.device:
-        """The wrapped model's device."""
-        return self.hf.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The wrapped model's dtype."""
-        return self.hf.dtype
-
-    @property
-    def max_context(self) -> int:
-        """The longest sequence the config allows (its first known length field; else 2048)."""
-        names = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-        return next((int(getattr(self.config, n)) for n in names if getattr(self.config, n, None)), 2048)
 
     def new_cache(self, batch_size: int, max_len: int) -> HFCache:
         """An :class:`HFCache` for ``batch_size`` rows of up to ``max_len`` tokens."""

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import Cache, KVCache
-from .protocol import GenerationDefaults, ModelOutput
+from .protocol import GenerationDefaults, ModelBase, ModelOutput
 
 NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -107,10 +107,8 @@ class Attention(nn.Module):
             # Decode: the `groups` query heads that share a kv head are stacked as `groups` queries of
             # that head -- GQA without copying keys/values. Mask [B,1,1,L] broadcasts over them.
             q = q.view(B, nkv, groups, hd)
-            if B > 1 and x.device.type == "cpu":
-                out = decode_attention(q, k, v, mask)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            attend = decode_attention if B > 1 and x.device.type == "cpu" else F.scaled_dot_product_attention
+            out = attend(q, k, v, mask)
             return self.wo(out.reshape(B, 1, nh * hd))
         q = q.transpose(1, 2)
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -163,7 +161,7 @@ def rope_inverse_frequencies(cfg) -> tuple[torch.Tensor, float]:
     return inv_freq.float(), float(scale)
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(ModelBase):
     """The native decoder. ``forward(input_ids, cache, attention_mask)`` -> :class:`ModelOutput`.
 
     ``cfg`` is a transformers config (``LlamaConfig``, ``Qwen2Config``, ...): the native model reads
@@ -191,21 +189,6 @@ class LlamaModel(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
         self._rope_table: torch.Tensor | None = None  # cos | signed sin per position (see `rope_table`)
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the weights."""
-        return self.embed.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights."""
-        return self.embed.weight.dtype
-
-    @property
-    def max_context(self) -> int:
-        """The longest sequence the model was trained for (``max_position_embeddings``)."""
-        return int(getattr(self.config, "max_position_embeddings", 2048))
 
     def new_cache(self, batch_size: int, max_len: int, storage=None) -> KVCache:
         """A static cache for ``batch_size`` rows of up to ``max_len`` tokens, on the model's device

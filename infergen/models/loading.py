@@ -30,13 +30,10 @@ from .protocol import GenerationDefaults
 
 def resolve_device(device="auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple's MPS, then the CPU."""
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+    if device is not None and device != "auto":
+        return torch.device(device)
+    mps = torch.backends.mps.is_available()
+    return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
 
 
 def load_tokenizer(path):

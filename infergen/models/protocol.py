@@ -14,9 +14,10 @@ finished row, its name -- as an ordinary constructor argument, not as attributes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -75,3 +76,29 @@ class LanguageModel(Protocol):
     def __call__(self, input_ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None,
                  logits: str = "last", hidden: bool = False) -> ModelOutput:
         """Run ``input_ids`` [B, t], appending their keys/values to ``cache``."""
+
+
+class ModelBase(nn.Module):
+    """The attributes of :class:`LanguageModel` that every infergen model derives the same way, written once
+    (the native :class:`~infergen.models.llama.LlamaModel`, the transformers adapter
+    :class:`~infergen.models.hf.HFModel` and :class:`~infergen.models.fast.CompiledDecode` inherit them):
+    ``device`` and ``dtype`` are those of the first weight (the token embedding), ``max_context`` comes
+    from ``self.config``."""
+
+    config: Any  # a transformers-style config
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the weights (and of the caches)."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (and of the caches' keys/values)."""
+        return next(self.parameters()).dtype
+
+    @property
+    def max_context(self) -> int:
+        """The longest sequence the config allows (its first known length field; else 2048)."""
+        names = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+        return next((int(getattr(self.config, n)) for n in names if getattr(self.config, n, None)), 2048)

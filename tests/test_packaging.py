@@ -419,9 +419,6 @@ def chapter_companions():
     return {k: sorted(v) for k, v in found.items()}
 
 
-@pytest.mark.xfail(strict=True, reason="chapters 06, 11 and 12 import infergen.bench, whose `bench` extra (psutil "
-                                       "off glibc) their install cell does not ask for: the cell should install "
-                                       "infergen[book,bench,constraints] (then remove this mark)")
 def test_the_chapters_install_the_extras_of_the_companions_they_import():
     """A chapter importing a companion installs that companion's extra (infergen.testing has none)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -222,9 +222,7 @@ def is_greedy(temperature) -> bool:
     """Is decoding at ``temperature`` greedy? Temperature 0 (for a ``[B]`` tensor: 0 in every row) means
     "always take the argmax": the one place infergen decides it (``SamplingParams.is_greedy``,
     ``LogitsPipeline.is_greedy`` and the decoders ask here). Called once per setup, never per token."""
-    if isinstance(temperature, torch.Tensor):
-        return bool((temperature == 0).all())
-    return temperature == 0
+    return bool(torch.as_tensor(temperature == 0).all())
 
 
 #: One :class:`Setting` per field of :class:`SamplingParams`, in field order.

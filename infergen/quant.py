@@ -54,10 +54,8 @@ def _int8pack_available(device: torch.device) -> bool:
     if device.type != "cpu" or not hasattr(torch, "_weight_int8pack_mm"):
         return False
     try:
-        a = torch.ones(1, 32, dtype=torch.bfloat16)
-        b = torch.ones(8, 32, dtype=torch.int8)
-        out = torch._weight_int8pack_mm(a, b, torch.ones(8, dtype=torch.bfloat16))
-        return bool(out[0, 0] == 32)
+        ones = torch.ones(8, 32, dtype=torch.bfloat16)
+        return bool(torch._weight_int8pack_mm(ones[:1], ones.to(torch.int8), ones[0, :8])[0, 0] == 32)
     except (RuntimeError, NotImplementedError):  # pragma: no cover  (old torch / unsupported CPU)
         return False
 
@@ -75,14 +73,13 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        q, scales = quantize_weight(linear.weight)
-        device = linear.weight.device
+        q, scales = quantize_weight(linear.weight)  # on the weight's device
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("qweight", q.to(device))
-        self.register_buffer("scales", scales.to(device=device, dtype=compute_dtype))
+        self.register_buffer("qweight", q)
+        self.register_buffer("scales", scales.to(compute_dtype))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.compute_dtype = compute_dtype
-        self.packed = _int8pack_available(device)
+        self.packed = _int8pack_available(q.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``F.linear(x, weight, bias)`` on the int8 weight: any shape ``[..., in_features]``, ``x``'s dtype out."""

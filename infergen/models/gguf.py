@@ -70,16 +70,8 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     config = hf.config
     config.quantization_config = None
     del config.quantization_config
-    state = hf.state_dict()
-    # A GGUF without an output matrix ties it to the embeddings; transformers before 4.47 missed that and
-    # left lm_head randomly initialised.
-    from gguf import GGUFReader
-
-    config.tie_word_embeddings = "output.weight" not in {t.name for t in GGUFReader(gguf).tensors}
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    plain = type(hf)(config)
-    missing, unexpected = plain.load_state_dict(state, strict=False)
+    plain = type(hf)(config)  # a GGUF without an output matrix ties it to the embeddings (in config)
+    missing, unexpected = plain.load_state_dict(hf.state_dict(), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise RuntimeError(f"{gguf}: weights that do not fit {type(hf).__name__}: missing {missing}, "
                            f"unexpected {unexpected}")

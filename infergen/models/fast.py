@@ -22,9 +22,6 @@ from torch import nn
 from ..cache import KVCache
 from .protocol import ModelBase, ModelOutput
 
-# True while torch.compile traces the model (then the eager-only oneDNN path steps aside).
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
-
 
 #: The weight dtypes oneDNN can prepack on this machine (empty without oneDNN).
 PACKABLE: tuple[torch.dtype, ...] = ()
@@ -67,7 +64,7 @@ class PackedLinear(nn.Linear):
         """
         w = self.weight
         if (x.device.type != "cpu" or x.dtype != w.dtype or w.dtype not in PACKABLE or x.dim() < 2 or x.shape[-2] != 1
-                or torch.is_grad_enabled() or _is_compiling()):
+                or torch.is_grad_enabled() or torch.compiler.is_compiling()):  # compiling: F.linear
             return None
         try:
             identity = (w.data_ptr(), w.dtype, w._version)
@@ -129,11 +126,7 @@ def decode_static(model, table, input_ids, positions, column, mask, k, v) -> tor
     the model's :meth:`~infergen.models.llama.LlamaModel.rope_table`. No ``.item()``, no branch on
     data. ``k``/``v`` are the cache's tensors (written in place). Returns logits [B, 1, V].
     """
-    cos, sin = F.embedding(positions, table).unsqueeze(2).chunk(2, dim=-1)
-    kv = StaticKV(k, v, column)
-    x = model.embed(input_ids)
-    for block in model.layers:
-        x = block(x, cos, sin, kv, mask)
+    x = model.blocks(input_ids, positions, table, StaticKV(k, v, column), mask)
     return model.lm_head(model.norm(x))
 
 
@@ -175,7 +168,8 @@ class CompiledDecode(ModelBase):
         if not free and self.compiled and cache.k.device.type == "cuda":
             for t in (cache.k, cache.v):
                 torch._dynamo.mark_static_address(t)
-        self._pool[batch_size, max_len] = (cache.k, cache.v, weakref.ref(cache))  # the newest storage is pooled
+        if free or pooled is None:  # a pooled pair in use elsewhere stays pooled: its user may drop it later
+            self._pool[batch_size, max_len] = (cache.k, cache.v, weakref.ref(cache))
         return cache
 
     def forward(self, input_ids, cache, attention_mask=None, logits="last", hidden=False) -> ModelOutput:

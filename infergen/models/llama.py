@@ -209,15 +209,23 @@ class LlamaModel(ModelBase):
         t = input_ids.shape[1]
         positions = cache.append_mask(attention_mask, t)  # [B, t]
         mask = cache.attention_mask(t)  # None: plain causal attention (SDPA's fast causal path)
-        table = self.rope_table(cache.length, positions.device)
-        both = F.embedding(positions, table).unsqueeze(2)  # [B, t, 1, 2 * head_dim]: cos | signed sin
-        cos, sin = both.chunk(2, dim=-1)
-        x = self.embed(input_ids)  # [B, t, D]
-        for block in self.layers:
-            x = block(x, cos, sin, cache, mask)
+        x = self.blocks(input_ids, positions, self.rope_table(cache.length, positions.device), cache, mask)
         # The norm acts row by row: when only the last position's logits are wanted, normalise only it.
         h = self.norm(x if hidden or logits == "all" else x[:, -1:])
         return ModelOutput(logits=self.lm_head(h[:, -1:] if logits == "last" else h), hidden=h if hidden else None)
+
+    def blocks(self, input_ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor, cache, mask):
+        """Embed ``input_ids`` [B, t] and run every block: the hidden states [B, t, D] before the final norm.
+
+        ``positions`` [B, t] index the :meth:`rope_table` ``table``; ``cache`` takes each layer's keys and
+        values (a :class:`~infergen.cache.Cache`, or the static view that
+        :func:`~infergen.models.fast.decode_static` passes); ``mask`` is the attention mask (None: causal).
+        """
+        cos, sin = F.embedding(positions, table).unsqueeze(2).chunk(2, dim=-1)  # [B, t, 1, head_dim] each
+        x = self.embed(input_ids)  # [B, t, D]
+        for block in self.layers:
+            x = block(x, cos, sin, cache, mask)
+        return x
 
     def rope_table(self, needed: int, device=None) -> torch.Tensor:
         """The table ``[n >= needed, 2 * head_dim]`` of ``cos | sin_signed`` per position (see :func:`apply_rope`).

@@ -99,9 +99,8 @@ def _row_param(value, logits: torch.Tensor, dtype, transform=None) -> torch.Tens
     or on the tensor in ``dtype``: a per-row tensor gives exactly what the same float gives."""
     if isinstance(value, torch.Tensor):
         value = value.detach().to(device=logits.device, dtype=dtype).reshape(-1, 1)
-        return value if transform is None else transform(value)
     value = value if transform is None else transform(value)
-    return torch.full((1, 1), value, dtype=dtype, device=logits.device)
+    return value if isinstance(value, torch.Tensor) else logits.new_full((1, 1), value, dtype=dtype)
 
 
 def _token_counts(token_ids: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -110,12 +109,9 @@ def _token_counts(token_ids: torch.Tensor, vocab: int) -> torch.Tensor:
     Padding (negative ids) and ids ``>= V`` are routed to a spare column ``V`` that is dropped at the end:
     this keeps the whole count a single vectorized op, with no Python loop over tokens.
     """
-    batch = token_ids.shape[0]
-    valid = (token_ids >= 0) & (token_ids < vocab)
-    ids = torch.where(valid, token_ids, vocab)
-    counts = torch.zeros(batch, vocab + 1, dtype=torch.long, device=token_ids.device)
-    counts.scatter_add_(1, ids, torch.ones_like(ids))  # in place on our own tensor, not the caller's
-    return counts[:, :vocab]
+    ids = torch.where((token_ids >= 0) & (token_ids < vocab), token_ids, vocab)
+    counts = token_ids.new_zeros(token_ids.shape[0], vocab + 1)  # long, like the checked history
+    return counts.scatter_add_(1, ids, torch.ones_like(ids))[:, :vocab]  # in place on our own tensor
 
 
 def _entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -42,12 +42,10 @@ class GenerationDefaults:
     @classmethod
     def from_config(cls, config, tokenizer=None, name: str = "") -> "GenerationDefaults":
         """The EOS ids of ``config`` (one id or a list) and of ``tokenizer``, and the config's pad id."""
-        ids: list[int] = []
-        for source in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-            if source is not None:
-                ids.extend(source if isinstance(source, (list, tuple)) else [source])
+        sources = (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None))
+        ids = {int(i) for s in sources if s is not None for i in (s if isinstance(s, (list, tuple)) else [s])}
         pad = getattr(config, "pad_token_id", None)
-        return cls(eos_token_ids=tuple(sorted({int(i) for i in ids})),
+        return cls(eos_token_ids=tuple(sorted(ids)),
                    pad_token_id=None if pad is None else int(pad), name=name)
 
 

@@ -87,6 +87,7 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
+        """Did the check pass?"""
         return self.status == "pass"
 
     def __str__(self) -> str:
@@ -189,6 +190,7 @@ class ScheduledEOS(_ModelWrapper):
         self.defaults = dataclasses.replace(self._inner.defaults, eos_token_ids=(self.eos,))
 
     def forward(self, input_ids, cache, attention_mask=None, logits="last", hidden=False, **kwargs):
+        """Run the wrapped model, then force or forbid EOS as the class docstring says."""
         out = self._inner(input_ids, cache, attention_mask=attention_mask, logits=logits, hidden=hidden, **kwargs)
         t, L = input_ids.shape[1], cache.length
         real = cache.mask[:, :L].long().cumsum(-1)[:, L - t:]          # [B, t] real tokens up to here
@@ -239,10 +241,12 @@ class CountingModel(_ModelWrapper):
 
     @property
     def calls(self) -> int:
+        """Forward passes counted so far."""
         return self._counts.calls
 
     @property
     def tokens(self) -> int:
+        """Token positions processed by the counted passes (B * t summed)."""
         return self._counts.tokens
 
     def close(self) -> None:
@@ -288,6 +292,7 @@ def left_pad(lengths, *, vocab: int = TINY_VOCAB, pad_token_id: int = PAD, avoid
 # Running checks
 # --------------------------------------------------------------------------------------------------------
 def run_one(name: str, check: Callable[[], str | None]) -> CheckResult:
+    """Run ``check`` as the check ``name``: pass, or fail/error/todo/skip with a message (never raises)."""
     start = time.perf_counter()
     try:
         note = check()

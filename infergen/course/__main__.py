@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the command line (``argv``: its arguments); the exit status: 0, or 2 for a usage error."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as stop:  # argparse's usage errors exit 2; --help exits 0

@@ -113,6 +113,7 @@ class Remote:
         raise AttributeError(f"cannot set {name!r} on an object of the other process")
 
     def __call__(self, *args, **kwargs):
+        """Call the remote object with these arguments (one round trip)."""
         return self._ep.call(self._hid, None, args, kwargs)
 
     def __repr__(self) -> str:
@@ -335,6 +336,7 @@ class Endpoint:
         return value
 
     def getattr(self, hid: int, name: str):
+        """Read the attribute ``name`` of the remote object ``hid`` (a method comes back as a callable)."""
         answer = self.request(("getattr", hid, name))
         if answer[0] == "err":
             raise self._exception(answer)

@@ -195,12 +195,10 @@ class PaddingState:
         L = self.length
         if not self.has_padding and (t == 1 or t == L):
             return None
-        keys = torch.arange(L, device=self.mask.device)
-        queries = torch.arange(L - t, L, device=self.mask.device)
-        causal = keys.unsqueeze(0) <= queries.unsqueeze(1)  # [t, L]
-        real = self.mask[:, :L].unsqueeze(1)  # [B, 1, L]
-        diagonal = keys.unsqueeze(0) == queries.unsqueeze(1)
-        return (causal & (real | diagonal)).unsqueeze(1)  # [B, 1, t, L]
+        keys = torch.arange(L, device=self.mask.device)  # [L]
+        queries = keys[L - t:, None]  # [t, 1]: the columns of the newest t tokens
+        real = self.mask[:, None, :L]  # [B, 1, L]
+        return ((keys <= queries) & (real | (keys == queries))).unsqueeze(1)  # [B, 1, t, L]
 
     # -- shared operations, written once on the storage of kv_layers() ------------------------------
     if TYPE_CHECKING:  # each subclass provides these two (see KVCache)

@@ -30,7 +30,7 @@ shared columns reach the end of the cache, padding is squeezed out and the freed
 wasted -- but the scheduling idea is this one.
 
 :func:`static_batching` is the baseline and :func:`compare_batching` measures both on the same
-mixed-length workload (see ``python -m infergen bench --sections serving``).
+mixed-length workload (see ``python -m infergen.bench --sections serving``).
 
 The same settings in transformers' and vLLM's terms live in :mod:`infergen.mappings` (re-exported here).
 """
@@ -45,6 +45,7 @@ import torch
 from ._validation import check_input_ids, check_number
 from .cache import RowCache, require
 from .decoding.base import Setup, make_generator, special_ids
+from .decoding.sampling import generate_autoregressive
 from .decoding.steps import FinishReason, Rows, Sampler, decode_one, last_logits, prefill
 from .models.hf import as_model
 from .mappings import (CALL_SETTINGS, TRANSFORMERS_NAMES, VLLM_NAMES, from_generation_config,  # noqa: F401
@@ -137,21 +138,19 @@ class ContinuousBatcher:
             if not isinstance(r, Request):
                 raise TypeError(f"requests must be infergen.serving.Request objects, got {type(r).__name__}")
             r.tokens, r.logprobs, r.finish_reason = [], [], None
-        longest = max(len(r.prompt) + r.max_new_tokens for r in requests)
-        max_len = self.max_len or min(self.model.max_context, 2 * longest)
-        if longest > max_len:
-            raise ValueError(f"a request needs {longest} columns (prompt + max_new_tokens) but max_len is {max_len}")
-        vocab = self.model.config.vocab_size
+        model, B, device = self.model, self.max_batch, self.model.device
+        vocab, context = model.config.vocab_size, model.max_context
+        max_len = self.max_len or min(context, 2 * max(len(r.prompt) + r.max_new_tokens for r in requests))
         for r in requests:
+            if len(r.prompt) + r.max_new_tokens > max_len:
+                raise ValueError(f"request {r.id!r} needs {len(r.prompt) + r.max_new_tokens} columns (prompt "
+                                 f"{len(r.prompt)} + max_new_tokens {r.max_new_tokens}) but max_len is {max_len} "
+                                 f"(the model's context: {context} tokens)")
             if min(r.prompt) < 0 or max(r.prompt) >= vocab:
                 raise ValueError(f"request {r.id!r} has token ids outside [0, {vocab - 1}]")
-        model, B, device = self.model, self.max_batch, self.model.device
         sampler = Sampler(self.params)
-        generators = {}  # each request draws from its own generator: its seed, or the params' seed
-        for r in requests:
-            seed = r.seed if r.seed is not None else self.params.seed
-            if seed is not None:
-                generators[id(r)] = make_generator(seed, device=device)
+        generators = {id(r): make_generator(self.params.seed if r.seed is None else r.seed, device=device)
+                      for r in requests}  # each request draws from its own generator: its seed, or the params'
         width = max(len(r.prompt) for r in requests)  # one Rows row per slot, reset for each request it holds
         setup = Setup(model, torch.zeros(B, width, dtype=torch.long, device=device),
                       torch.zeros(B, width, dtype=torch.bool, device=device), torch.tensor(self.eos, dtype=torch.long, device=device),
@@ -189,19 +188,18 @@ class ContinuousBatcher:
                 # 1. admit the requests that have arrived into free slots; each chooses its first token
                 while pending and pending[0].arrival <= clock["step"] and None in slots:
                     req, row = pending.popleft(), slots.index(None)
-                    first = self._admit(req, row, cache, max_len)
+                    first = self._admit(req, row, cache)
                     stats["prefills"] += 1
                     req.admitted_step, slots[row] = clock["step"], req
                     rows.reset(row, req.prompt, req.max_new_tokens)
                     choose_and_commit(first, [row])
                 occupied = [i for i, s in enumerate(slots) if s is not None]
-                if not occupied:
-                    if pending:
-                        clock["step"] = max(clock["step"], pending[0].arrival)  # idle until the next arrival
+                if not occupied:  # then some request is still to arrive: idle until it does
+                    clock["step"] = max(clock["step"], pending[0].arrival)
                     continue
                 # 2. one decode step for every row (free rows are padding: masked, their output ignored)
-                if cache.length == max_len:
-                    self._compact(cache, stats)
+                if cache.length == max_len:  # free the columns that hold only padding (every request fits)
+                    stats["dropped_columns"] += cache.compact()
                 active = torch.zeros(B, 1, dtype=torch.bool, device=device)
                 active[occupied] = True
                 logits = last_logits(decode_one(model, last, cache, active))
@@ -217,12 +215,10 @@ class ContinuousBatcher:
         self.stats = stats
         return requests
 
-    def _admit(self, req: Request, row: int, cache, max_len: int):
+    def _admit(self, req: Request, row: int, cache):
         """Prefill ``req`` alone, copy its keys/values into slot ``row``; returns its next-token logits."""
         T = len(req.prompt)
         if cache.length < T:  # the prompt is longer than the shared columns: pad every row on the left
-            if cache.length + (T - cache.length) > max_len:  # pragma: no cover  (T <= max_len is checked)
-                raise ValueError("prompt does not fit the cache")
             cache.append_mask(torch.zeros(cache.batch_size, T - cache.length, dtype=torch.bool,
                                           device=cache.mask.device), T - cache.length)
         ids = torch.tensor([req.prompt], dtype=torch.long, device=self.model.device)
@@ -230,14 +226,6 @@ class ContinuousBatcher:
         logits = last_logits(prefill(self.model, ids, alone))
         cache.write_row(row, alone)
         return logits
-
-    @staticmethod
-    def _compact(cache, stats: dict):
-        """Free columns at the end of the shared cache (see :meth:`~infergen.KVCache.compact`)."""
-        dropped = cache.compact()
-        if dropped <= 0:  # pragma: no cover  (prevented: every request fits max_len)
-            raise RuntimeError("the cache is full of real tokens; raise max_len")
-        stats["dropped_columns"] += dropped
 
 
 def static_batching(model, requests: list[Request], batch_size: int = 8, *, eos_token_id=None,
@@ -250,8 +238,6 @@ def static_batching(model, requests: list[Request], batch_size: int = 8, *, eos_
     samples with its own generator (its request's seed), so a request's tokens do not depend on its
     batch.
     """
-    from .decoding.sampling import generate_autoregressive
-
     check_number("batch_size", batch_size, low=1, integer=True)
     model = as_model(model)
     if params is None and temperature is None:
@@ -294,10 +280,8 @@ def mixed_workload(n: int = 16, prompt_lengths=(4, 32), new_tokens=(8, 128), voc
     lo, hi = new_tokens
     for i in range(n):
         T = int(torch.randint(prompt_lengths[0], prompt_lengths[1] + 1, (1,), generator=g))
-        u = float(torch.rand(1, generator=g))
-        m = int(round(lo * (hi / lo) ** u))
-        prompt = torch.randint(3, vocab, (T,), generator=g).tolist()
-        reqs.append(Request(prompt=prompt, max_new_tokens=m, id=i))
+        m = int(round(lo * (hi / lo) ** float(torch.rand(1, generator=g))))
+        reqs.append(Request(prompt=torch.randint(3, vocab, (T,), generator=g).tolist(), max_new_tokens=m, id=i))
     return reqs
 
 

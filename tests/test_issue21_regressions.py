@@ -25,8 +25,6 @@ def _forward_calls(model):
     return calls, handle
 
 
-@pytest.mark.xfail(strict=True, reason="decoders' part of issue 21 item 14: Rows must finish rows that are "
-                                       "complete before the first token, and skip the prefill when all are")
 @pytest.mark.parametrize("kwargs", [dict(regex=""), dict(choices=[""])])
 @pytest.mark.parametrize("strategy", ["greedy", "sample"])
 def test_a_pattern_complete_before_any_token_finishes_without_a_forward_pass(tiny_native, tok, kwargs, strategy):
@@ -121,3 +119,21 @@ def test_item11_mappings_check_the_call_settings(name, value):
     for mapping in (to_generation_config, to_vllm_sampling_params):
         with pytest.raises((ValueError, TypeError), match=name):
             mapping({name: value})
+
+
+# ---- Item 14, the decoders' other messages ---------------------------------------------------------------------
+def test_item14_speculative_names_draft_model(tiny_native):
+    """``draft_model="small"`` said "model must be ...", naming the target's parameter instead."""
+    from infergen.decoding import speculative_decode
+
+    with pytest.raises(TypeError, match="draft_model must be"):
+        speculative_decode(tiny_native, torch.tensor([[5, 6]]), 4, draft_model="small")
+
+
+def test_item14_batcher_names_the_request_and_the_models_context(tiny_native):
+    """A request too long for the batcher named neither the request nor the model's context."""
+    from infergen.serving import ContinuousBatcher, Request
+
+    context = tiny_native.max_context
+    with pytest.raises(ValueError, match=rf"request 'long'.*context: {context}"):
+        ContinuousBatcher(tiny_native).run([Request([5] * 6, max_new_tokens=context, id="long")])

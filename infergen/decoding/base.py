@@ -112,11 +112,11 @@ def check_left_padded(attention_mask: torch.Tensor):
 
 
 def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_id=None,
-            pad_token_id=None, cache_rows: int | None = None, extra_len: int = 0,
+            pad_token_id=None, extra_len: int = 0,
             allocate: bool = True, needs: type = Cache, who: str = "this decoder"):
     """Validate the common arguments and allocate a cache; returns ``(setup, cache)``.
 
-    ``cache_rows`` (default B) sizes the cache batch (e.g. B * num_beams); ``extra_len`` adds columns
+    The cache has one row per prompt (a decoder that needs more repeats it); ``extra_len`` adds columns
     beyond ``T + max_new_tokens`` (e.g. speculative drafts that may be rolled back). ``needs`` is the cache
     protocol the decoder ``who`` uses (e.g. :class:`~infergen.cache.CropCache`): a cache that cannot do
     it is refused here, before any work (:func:`~infergen.cache.require`).
@@ -131,14 +131,13 @@ def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_
                          f"[{int(input_ids.min())}, {int(input_ids.max())}]")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-    else:
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, T):
-            shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
-            raise ValueError(f"attention_mask must have the shape of input_ids {(B, T)}, got {shape}")
-        attention_mask = attention_mask.bool()
-        if not bool(attention_mask.any(-1).all()):
-            raise ValueError("attention_mask has a row with no real token: every prompt needs at least one token")
-        check_left_padded(attention_mask)
+    elif not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, T):
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must have the shape of input_ids {(B, T)}, got {shape}")
+    attention_mask = attention_mask.bool()
+    if not bool(attention_mask.any(-1).all()):
+        raise ValueError("attention_mask has a row with no real token: every prompt needs at least one token")
+    check_left_padded(attention_mask)
     context = model.max_context
     if T + max_new_tokens > context:
         raise ValueError(
@@ -150,10 +149,7 @@ def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_
     setup = Setup(model=model, input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                   eos=torch.tensor(eos, dtype=torch.long, device=device), pad_token_id=pad,
                   max_new_tokens=int(max_new_tokens))
-    cache = None
-    if allocate:
-        cache = require(model.new_cache(cache_rows or B, T + max_new_tokens + extra_len), needs, who)
-    return setup, cache
+    return setup, require(model.new_cache(B, T + max_new_tokens + extra_len), needs, who) if allocate else None
 
 
 def check_stop(params, stopping):
@@ -167,14 +163,11 @@ def make_generator(seed=None, generator=None, device="cpu"):
     """Randomness for sampling: the ``generator`` given (a ``torch.Generator``, or a list of them, one per
     row: each row then draws from its own), one seeded with ``seed``, or None (torch's global one)."""
     if generator is not None:
-        gens = generator if isinstance(generator, (list, tuple)) else [generator]
-        for g in gens:
+        many = isinstance(generator, (list, tuple))
+        for g in generator if many else [generator]:
             if not isinstance(g, torch.Generator):
                 raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(g).__name__}")
-        return list(generator) if isinstance(generator, (list, tuple)) else generator
+        return list(generator) if many else generator
     if seed is None:
         return None
-    setting("seed").check(seed)
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
+    return torch.Generator(device=device).manual_seed(int(setting("seed").check(seed)))

@@ -57,10 +57,12 @@ import math
 import torch
 
 from .._validation import check_number
+from ..constraints.base import RowConstraints, as_row_constraints
 from ..params import SamplingParams, is_greedy
 from ..registry import register_decoder
 from .base import GenerationOutput, check_stop, make_generator, prepare
 from .beam_state import LENGTH, Beams
+from .sampling import generate_autoregressive
 from .steps import REASONS, Sampler, decode_one, emit, end_stream, last_logits, log_probs, prefill
 
 
@@ -90,7 +92,7 @@ def apply_hamming_diversity(scores: torch.Tensor, previous_tokens: torch.Tensor,
     return scores - penalty.repeat_interleave(beams_per_row, 0).to(scores.dtype)
 
 
-def _completion_check(rows, g: int, size: int, num_beams: int, eos: torch.Tensor, kept: list):
+def _completion_check(rows, g: int, size: int, num_beams: int, kept: list):
     """The ``completes`` callback of :meth:`Beams.advance` for group ``g``: forks the parent beam's state
     for every live candidate, advances it with the candidate's token, and says which are complete. The
     advanced candidates are appended to ``kept`` (the caller adds the indices of the kept ones)."""
@@ -108,16 +110,10 @@ def _completion_check(rows, g: int, size: int, num_beams: int, eos: torch.Tensor
 
 def _next_rows(kept: list, B: int):
     """One step's surviving beam states ``[b, g, j]`` from each group's (candidates, keep [B, size])."""
-    from ..constraints import RowConstraints
-
-    cands = RowConstraints.concat([c for c, _ in kept])
-    index = []
-    n = [len(c) // B for c, _ in kept]
-    starts = [sum(len(c) for c, _ in kept[:g]) for g in range(len(kept))]
-    for b in range(B):
-        for g, (_, keep) in enumerate(kept):
-            index += [starts[g] + b * n[g] + int(k) for k in keep[b].tolist()]
-    return cands.select(index)
+    starts = [sum(len(c) for c, _ in kept[:g]) for g in range(len(kept))]  # group g's candidates, b-major
+    index = torch.stack([start + torch.arange(B)[:, None] * (len(c) // B) + keep.cpu()
+                         for (c, keep), start in zip(kept, starts)], 1)  # [B, groups, size]
+    return RowConstraints.concat([c for c, _ in kept]).select(index.reshape(-1).tolist())
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -127,8 +123,7 @@ def _check_common(num_beams, num_return_sequences, length_penalty, early_stoppin
     check_number("num_beams", num_beams, low=1, integer=True)
     check_number("num_return_sequences", num_return_sequences, low=1, high=num_beams, integer=True)
     check_number("length_penalty", length_penalty, low=-math.inf, high=math.inf, low_open=True, high_open=True)
-    if not (early_stopping is True or early_stopping is False
-            or (isinstance(early_stopping, str) and early_stopping == "never")):
+    if not (isinstance(early_stopping, bool) or (isinstance(early_stopping, str) and early_stopping == "never")):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
 
 
@@ -165,8 +160,6 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
     dev = setup.input_ids.device
     rows = None
     if constraint is not None:
-        from ..constraints import as_row_constraints
-
         per_prompt = as_row_constraints(constraint, B)
         assert per_prompt is not None  # constraint is not None
         rows = per_prompt.select(torch.arange(B).repeat_interleave(num_beams))
@@ -202,22 +195,16 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
                 scored = scored.masked_fill(rows.dead(dev)[:, None], float("-inf")).view(B, groups, size, vocab)
             parents: list[torch.Tensor] = []
             chosen: list[torch.Tensor] = []
-            seen: list[torch.Tensor] = []
-            kept: list = []  # per group: what _completion_check needs of the groups before it  # seen: what later groups' Hamming penalty counts
+            seen = [torch.empty(B, 0, dtype=torch.long, device=dev)]  # what later groups' Hamming penalty counts
+            kept: list = []  # per group: its advanced candidates' constraint states and which were kept
             all_ended = True
             for g in range(groups):
-                raw = logp_all[:, g]
-                completes = None
-                if rows is not None:
-                    completes = _completion_check(rows, g, size, num_beams, setup.eos, kept)
-                if seen:
-                    hamming["previous"] = torch.cat(seen, 1)
-                else:
-                    hamming["previous"] = torch.empty(B, 0, dtype=torch.long, device=dev)
+                completes = None if rows is None else _completion_check(rows, g, size, num_beams, kept)
+                hamming["previous"] = torch.cat(seen, 1)
                 generated = beams.run_tokens[:, g, :, :step].reshape(B * size, step)
                 processed = sampler.process(scored[:, g].reshape(B * size, vocab), prompt_ids, generated)
                 was_open = beams.open[:, g, None].clone()
-                p, tok, ended, keep = beams.advance(g, step, processed.view(B, size, vocab), raw, completes)
+                p, tok, ended, keep = beams.advance(g, step, processed.view(B, size, vocab), logp_all[:, g], completes)
                 if rows is not None:
                     kept[-1] = (kept[-1], keep)
                 parents.append(p + g * size)
@@ -234,16 +221,10 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
             logits = last_logits(decode_one(model, torch.cat(chosen, 1).reshape(-1), cache))
 
     n = num_return_sequences
-    if max_new_tokens == 0:
-        tokens = torch.empty(B * n, 0, dtype=torch.long, device=dev)
-        logprobs = torch.empty(B * n, 0, device=dev)
-        scores = torch.zeros(B * n, device=dev)
-        lengths = torch.zeros(B * n, dtype=torch.long)
-        reasons = torch.full((B * n,), LENGTH, dtype=torch.long)
-        group = torch.zeros(B * n, dtype=torch.long)
-    else:
-        tokens, logprobs, scores, lengths, reasons, group = beams.best(n)
-    width = int(lengths.max()) if lengths.numel() else 0
+    tokens, logprobs, scores, lengths, reasons, group = beams.best(n)
+    if max_new_tokens == 0:  # no step: the prompt itself, with score 0
+        scores, reasons = torch.zeros_like(scores), torch.full_like(reasons, LENGTH)
+    width = int(lengths.max())
     sequences = torch.cat([setup.input_ids.repeat_interleave(n, 0), tokens[:, :width]], 1)
     for col in range(width):
         emit(streamer, sequences[:, T + col])
@@ -305,8 +286,6 @@ def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalt
     if not do_sample:
         params.require_deterministic("beam_search without do_sample", "only beam_search(do_sample=True) samples")
     if num_beams == 1:  # one beam is greedy search, or plain sampling (as in transformers)
-        from .sampling import generate_autoregressive
-
         return generate_autoregressive(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
                                        streamer=streamer, stopping=stopping, return_dict=return_dict,

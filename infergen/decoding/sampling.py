@@ -33,17 +33,17 @@ from .steps import Rows, Sampler, decode_n_tokens, last_logits, prefill
 
 def start(model, input_ids, max_new_tokens, sampler: Sampler, *, attention_mask=None, eos_token_id=None,
           pad_token_id=None, stopping=None, streamer=None, constraint=None):
-    """Set up a generation with ``sampler``: checks, cache, rows, and the prefill's logits (None if n = 0)."""
+    """Set up a generation with ``sampler``: checks, cache, rows, and the prefill's logits (None when there
+    is nothing to generate: ``max_new_tokens`` 0, or every row's constraint complete before any token)."""
     check_stop(sampler.params, stopping)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     rows = Rows(setup, stopping=stopping, streamer=streamer, keep_history=sampler.uses_history,
                 constraint=constraint)
-    logits = None
-    if setup.max_new_tokens:
-        with torch.inference_mode():
-            logits = last_logits(prefill(setup.model, setup.input_ids, cache, setup.attention_mask))
-    return setup, cache, rows, logits
+    if not setup.max_new_tokens or bool(rows.done.all()):  # nothing to generate: no forward pass
+        return setup, cache, rows, None
+    with torch.inference_mode():
+        return setup, cache, rows, last_logits(prefill(setup.model, setup.input_ids, cache, setup.attention_mask))
 
 
 def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | LogitsPipeline | None = None,

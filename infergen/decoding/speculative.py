@@ -123,7 +123,11 @@ def resolve_draft(target, draft_model=None, draft_layers=None):
     if draft_model is not None:
         if draft_layers is not None:
             raise ValueError("give either draft_model or draft_layers (a self-speculative draft), not both")
-        draft = as_model(draft_model)
+        try:
+            draft = as_model(draft_model)
+        except TypeError:
+            raise TypeError(f"draft_model must be an infergen model or a transformers causal LM with the target's "
+                            f"vocabulary, got {type(draft_model).__name__}") from None
         if draft.config.vocab_size != target.config.vocab_size:
             raise ValueError(f"draft_model must share the target's vocabulary: vocab_size "
                              f"{draft.config.vocab_size} != {target.config.vocab_size}")
@@ -164,8 +168,7 @@ class Speculator:
     def _pick(self, logits: torch.Tensor):
         """Tokens [...] from logits [..., V] through the sampler, and (when sampling) their distribution."""
         processed = self.sampler.process(logits)
-        probs = None if self.sampler.greedy else processed.softmax(-1)
-        return self.sampler.choose(processed), probs
+        return self.sampler.choose(processed), None if self.sampler.greedy else processed.softmax(-1)
 
     def start(self):
         """Prefill both caches with the prompt; the target picks the first token. Returns (tokens, logits)."""
@@ -198,34 +201,27 @@ class Speculator:
             x = d[:, None]
         feed = torch.cat([self.pending[:, -1:]] + [d[:, None] for d in drafts], 1)  # newest + g drafts
         target_logits = decode_many(self.target, feed, self.target_cache).logits.float()  # [B, g+1, V]
-        if g == 0:
-            n = torch.zeros(B, dtype=torch.long, device=dev)
-            nxt, _ = self._pick(target_logits[:, 0])
-            drafts_t = torch.empty(B, 0, dtype=torch.long, device=dev)
+        drafts_t = torch.stack(drafts, 1) if drafts else feed[:, :0]  # [B, g]
+        if self.sampler.greedy:  # accept while the draft's token is the target's argmax
+            best = self.sampler.choose(self.sampler.process(target_logits))  # [B, g+1]
+            n = (drafts_t == best[:, :g]).long().cumprod(-1).sum(-1)
+            nxt = best.gather(1, n[:, None]).squeeze(1)
         else:
-            drafts_t = torch.stack(drafts, 1)
-            if self.sampler.greedy:  # accept while the draft's token is the target's argmax
-                best = self.sampler.choose(self.sampler.process(target_logits))  # [B, g+1]
-                n = (drafts_t == best[:, :g]).long().cumprod(-1).sum(-1)
-                nxt = best.gather(1, n[:, None]).squeeze(1)
-            else:
-                p = self.sampler.probs(target_logits)
-                n, nxt = verify_drafts(p, torch.stack(qs, 1), drafts_t, self.sampler.generator)
+            q = torch.stack(qs, 1) if qs else target_logits[:, :0]
+            n, nxt = verify_drafts(self.sampler.probs(target_logits), q, drafts_t, self.sampler.generator)
         # Commit the smallest accepted count over unfinished rows, plus one token per row.
         m = int(n[active].min()) if bool(active.any()) else 0
-        last = nxt if m == g else torch.where(n == m, nxt, drafts_t[:, min(m, g - 1)])
+        last = nxt if m == g else torch.where(n == m, nxt, drafts_t[:, m])
         tokens = torch.cat([drafts_t[:, :m], last[:, None]], 1)  # [B, m + 1]
         self.rounds += 1
         self.drafted += g * active
         self.accepted += n * active
-        # Roll back: the target keeps the newest old token and the m accepted drafts.
+        # Roll back: the target keeps the newest old token and the m accepted drafts; the draft never fed
+        # its last proposal. ``pending`` starts at the draft cache's old length L0 + 1 - w.
         self.target_cache.crop(L0 + 1 + m)
-        if g == 0:
-            self.pending = torch.cat([self.pending, tokens], 1)
-        else:
-            keep = min(self.draft_cache.length, L0 + 1 + m)  # the draft never fed its last proposal
-            self.draft_cache.crop(keep)
-            self.pending = tokens[:, keep - L0 - 1:]
+        keep = min(self.draft_cache.length, L0 + 1 + m)
+        self.draft_cache.crop(keep)
+        self.pending = torch.cat([self.pending, tokens], 1)[:, keep - (L0 + 1 - self.pending.shape[1]):]
         return tokens, target_logits[:, :m + 1]
 
     def info(self) -> dict:

@@ -26,8 +26,9 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..constraints.base import as_row_constraints
 from ..models.protocol import ModelOutput
-from ..params import SamplingParams, is_greedy
+from ..params import SamplingParams
 from ..processors import LogitsPipeline, check_finite_row, safe_probs, sample_from_logits
 from .base import GenerationOutput, Setup
 
@@ -66,8 +67,6 @@ def decode_one(model, tokens: torch.Tensor, cache, attention_mask: torch.Tensor 
                hidden: bool = False) -> ModelOutput:
     """One decode step: ``tokens`` [B] (one new token per row) or [B, 1] through ``model``, reusing ``cache``.
     ``attention_mask`` [B, 1] False marks rows whose token is padding (a batcher's free slots)."""
-    if attention_mask is None:
-        return model(tokens.reshape(-1, 1), cache, hidden=hidden)
     return model(tokens.reshape(-1, 1), cache, attention_mask=attention_mask, hidden=hidden)
 
 
@@ -96,20 +95,16 @@ class Sampler:
     """Chooses the next token of every row from the model's logits under one :class:`SamplingParams`.
 
     ``pipeline`` defaults to ``params.pipeline()``; ``generator`` as in :func:`draw`. Whether it is greedy
-    is asked once, here, of :func:`infergen.params.is_greedy` (the pipeline's temperature); greedy
-    settings with nothing else to apply take the argmax directly (no pipeline, no random numbers).
+    is the pipeline's answer (``pipeline.is_greedy``, by the one rule of :func:`infergen.params.is_greedy`);
+    greedy settings with nothing else to apply take the argmax directly (``pipeline.is_plain_argmax``:
+    no pipeline step, no random numbers).
     """
 
     def __init__(self, params: SamplingParams, pipeline: LogitsPipeline | None = None, generator=None):
         self.params = params
         self.pipeline = pipeline if pipeline is not None else params.pipeline()
         self.generator = generator
-        self.greedy = is_greedy(self.pipeline.temperature)
-
-    @property
-    def plain_argmax(self) -> bool:
-        """Greedy with no pipeline step but the temperature: the token is the argmax of the raw logits."""
-        return self.greedy and all(name == "temperature" for name, _ in self.pipeline.steps)
+        self.greedy = self.pipeline.is_greedy
 
     @property
     def uses_history(self) -> bool:
@@ -119,7 +114,7 @@ class Sampler:
     def process(self, logits: torch.Tensor, prompt_ids: torch.Tensor | None = None,
                 generated_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The logits [..., V] after the pipeline (the history as in :meth:`__call__`)."""
-        if self.plain_argmax:
+        if self.pipeline.is_plain_argmax:
             return logits
         flat = self.pipeline(logits.reshape(-1, logits.shape[-1]), prompt_ids=prompt_ids, generated_ids=generated_ids)
         return flat.view(logits.shape)
@@ -131,7 +126,7 @@ class Sampler:
 
     def choose(self, processed: torch.Tensor, generator=None) -> torch.Tensor:
         """Tokens [...] from already processed logits [..., V]: the argmax, or one draw per row."""
-        if self.plain_argmax:
+        if self.pipeline.is_plain_argmax:
             return check_finite_row(processed.reshape(-1, processed.shape[-1])).argmax(-1).view(processed.shape[:-1])
         flat = processed.reshape(-1, processed.shape[-1])
         return draw(flat, self.generator if generator is None else generator).view(processed.shape[:-1])
@@ -185,11 +180,7 @@ class Rows:
                  keep_history: bool = False, constraint=None, limit=None):
         B, dev, n = setup.input_ids.shape[0], setup.input_ids.device, setup.max_new_tokens
         self.setup, self.stopping, self.streamer = setup, stopping, streamer
-        self.constraint = None
-        if constraint is not None:
-            from ..constraints import as_row_constraints
-
-            self.constraint = as_row_constraints(constraint, B)
+        self.constraint = as_row_constraints(constraint, B)
         self.keep_history = keep_history or stopping is not None
         self.prompt_ids = setup.prompt_ids_for_penalties
         self.limit = torch.as_tensor(n if limit is None else limit, device=dev).expand(B).clone()
@@ -201,6 +192,8 @@ class Rows:
         self.reason = torch.zeros(B, dtype=torch.long, device=dev)           # REASONS codes (0 = length)
         self.length = torch.zeros(B, dtype=torch.long, device=dev)           # real new tokens, when done
         self.steps = 0                                                        # columns committed (fixed batch)
+        if self.constraint is not None:  # a pattern complete before any token (regex="") ends at once
+            self.finish(self.constraint.complete(dev), FinishReason.CONSTRAINT)
 
     def generated_ids(self) -> torch.Tensor | None:
         """[B, n] generated ids, -1 after a row finished (the processors ignore -1); None before any."""
@@ -227,9 +220,8 @@ class Rows:
         if logprobs is None:
             assert logits is not None, "commit needs the logits or the logprobs of the chosen tokens"
             logprobs = token_logprobs(logits, tokens)
-        logprob = logprobs
         tokens = tokens.masked_fill(done, self.setup.pad_token_id)
-        self.ids[idx, at], self.lp[idx, at] = tokens, logprob.float().masked_fill(done, 0.0)
+        self.ids[idx, at], self.lp[idx, at] = tokens, logprobs.float().masked_fill(done, 0.0)
         self.history[idx, at] = tokens.masked_fill(done, -1)
         self.count[idx] += 1
         self.steps = self.steps + 1 if rows is None else self.ids.shape[1]

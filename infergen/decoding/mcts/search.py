@@ -73,6 +73,7 @@ class RowSearch:
         self.scratch: Any = model.new_cache(1, longest) if self.leaf_batch > 1 else None
         self.cached_path: list[Node] = []
         self.priors, self.chooser = cfg.priors.pipeline(), Sampler(cfg.commit, generator=cfg.generator)
+        self.rollout_sampler = Sampler(SamplingParams(temperature=0))  # rollouts are greedy
         self.stats: dict[str, Any] = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0,
                                           reused_visits=[])
         self.root = Node()
@@ -165,10 +166,10 @@ class RowSearch:
         logprobs: list[list[float]] = [[] for _ in paths]
         active = [i for i, n in enumerate(limits) if n > 0]
         while active:
-            best = logits.argmax(-1)
-            lps = token_logprobs(logits, best).tolist()
+            best = self.rollout_sampler(logits)
+            chosen, lps = best.tolist(), token_logprobs(logits, best).tolist()
             for i in active:
-                tokens[i].append(int(best[i]))
+                tokens[i].append(chosen[i])
                 logprobs[i].append(lps[i])
             active = [i for i in active if tokens[i][-1] not in self.cfg.eos and len(tokens[i]) < limits[i]]
             if active:

@@ -55,7 +55,8 @@ _CONSTRAINT_KINDS = ("regex", "json_schema", "grammar", "choices")
 class GenerationResult:
     """One prompt's generation: the text, the new token ids, their log-probabilities under the
     model, and why it finished (``"eos"``, ``"length"``, ``"stop"``, or under a constraint
-    ``"constraint"``: complete, or ``"no_valid_token"``: nothing was allowed)."""
+    ``"constraint"``: complete, ``"closed"``: complete after budget closing steered it to fit in
+    ``max_new_tokens``, ``"budget"``: no completion fitted, or ``"no_valid_token"``: nothing was allowed)."""
     prompt: str
     text: str
     token_ids: list[int]

@@ -1,6 +1,7 @@
 """Budget closing (infergen.constraints.budget): a constrained output finishes complete inside
 ``max_new_tokens`` whenever a completion fits, for greedy, sampling and beam search, per row; a budget
-too small for any completion ends the row at once with ``"no_valid_token"``.
+too small for any completion ends the row at once with ``"budget"``. The decoders close within their
+``max_new_tokens`` by default; a :class:`RowConstraints` built with ``budget=None`` switches it off.
 
 Runs the bundled model with a few new tokens (marked slow)."""
 from __future__ import annotations
@@ -49,14 +50,29 @@ def test_a_budget_that_fits_gives_a_complete_valid_object(mt, constraint, strate
     r = infergen.generate(model, tok, "Write a long note as JSON:", strategy=strategy, max_new_tokens=n,
                           constraint=rows, **STRATEGIES[strategy])
     jsonschema.validate(json.loads(r.text), SCHEMA)
-    assert r.finish_reason == "constraint" and len(r.token_ids) <= n
+    assert r.finish_reason in ("constraint", "closed") and len(r.token_ids) <= n
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_the_decoders_close_within_max_new_tokens_by_default(mt, constraint, strategy):
+    """No budget given: the decoder's own max_new_tokens is the budget, and the finish reason says that
+    closing had to steer the output (the model alone would write a longer note)."""
+    model, tok = mt
+    n = shortest(constraint)
+    r = infergen.generate(model, tok, "Write a long note as JSON:", strategy=strategy, max_new_tokens=n,
+                          constraint=constraint, **STRATEGIES[strategy])
+    jsonschema.validate(json.loads(r.text), SCHEMA)
+    assert len(r.token_ids) <= n
+    assert r.finish_reason == ("closed" if strategy == "greedy" else "constraint")
 
 
 def test_without_a_budget_the_same_run_is_cut(mt, constraint):
-    """The control: the same prompt and limit without closing ends inside the object."""
+    """The control: the same prompt and limit with closing switched off (a RowConstraints without a
+    budget) ends inside the object."""
     model, tok = mt
     n = shortest(constraint) + 12
-    r = infergen.generate(model, tok, "Write a long note as JSON:", max_new_tokens=n, constraint=constraint)
+    r = infergen.generate(model, tok, "Write a long note as JSON:", max_new_tokens=n,
+                          constraint=as_row_constraints(constraint, 1))
     assert r.finish_reason == "length"
     with pytest.raises(json.JSONDecodeError):
         json.loads(r.text)
@@ -69,7 +85,7 @@ def test_a_budget_too_small_ends_the_row_with_a_clear_reason(mt, constraint, str
     rows = as_row_constraints(constraint, 1, budget=n)
     r = infergen.generate(model, tok, "Write JSON:", strategy=strategy, max_new_tokens=n, constraint=rows,
                           **STRATEGIES[strategy])
-    assert r.finish_reason == "no_valid_token" and r.token_ids == []
+    assert r.finish_reason == "budget" and r.token_ids == []
 
 
 def test_closing_is_per_row_and_reported(mt, constraint):

@@ -143,6 +143,7 @@ class RowConstraints:
         self.used = [0] * n                      # tokens each row has consumed
         self._estimate: list[tuple[int, int] | None] = [None] * n  # (closing path length, at used)
         self._closed = [False] * n
+        self._no_fit = [False] * n  # rows where no completion fitted in the tokens left
 
     def __len__(self) -> int:
         return len(self.states)
@@ -183,6 +184,11 @@ class RowConstraints:
         once, because no completion after it fits in the tokens left (see :mod:`.budget`)."""
         return torch.tensor(self._closed, dtype=torch.bool, device=device)
 
+    def no_fit(self, device=None) -> torch.Tensor:
+        """Bool ``[B]``: rows where budget closing found no completion that fits in the tokens left (such a
+        row allows no token: its decoder ends it with finish reason ``"budget"``)."""
+        return torch.tensor(self._no_fit, dtype=torch.bool, device=device)
+
     def _close(self, i: int, logits: torch.Tensor) -> None:
         """Budget closing of row ``i`` (see :mod:`.budget`): near its limit, narrow its cached mask to
         the tokens after which a closing path still fits; to nothing when none does (the row is dead)."""
@@ -196,6 +202,7 @@ class RowConstraints:
         rank = getattr(state.constraint, "closing_rank", None)
         rank = np.arange(state.constraint.vocab_size) if rank is None else rank
         path = closing_path(state, left, rank)
+        self._no_fit[i] = path is None
         if path is not None:
             self._estimate[i] = (len(path), self.used[i])
             if not path or len(path) + MARGIN < left:
@@ -285,7 +292,7 @@ class RowConstraints:
         """The rows of ``parts`` one after the other, sharing their states (not forked: use :meth:`select`
         on the result for independent copies). Beam search gathers candidates of several groups this way."""
         out = cls([s for p in parts for s in p.states], [b for p in parts for b in p.budget])
-        for name in ("_allowed", "used", "_estimate", "_closed"):
+        for name in ("_allowed", "used", "_estimate", "_closed", "_no_fit"):
             setattr(out, name, [x for p in parts for x in getattr(p, name)])
         return out
 
@@ -295,7 +302,7 @@ class RowConstraints:
         rows = _index_list(index, len(self.states))
         out = RowConstraints([None if (s := self.states[j]) is None else s.fork() for j in rows],
                              [self.budget[j] for j in rows])
-        for name in ("_allowed", "used", "_estimate", "_closed"):  # the same positions: masks still hold
+        for name in ("_allowed", "used", "_estimate", "_closed", "_no_fit"):  # the same positions: masks still hold
             setattr(out, name, [getattr(self, name)[j] for j in rows])
         return out
 

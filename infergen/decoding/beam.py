@@ -61,9 +61,9 @@ from ..constraints.base import RowConstraints, as_row_constraints
 from ..params import SamplingParams, is_greedy
 from ..registry import register_decoder
 from .base import GenerationOutput, check_stop, make_generator, prepare
-from .beam_state import LENGTH, Beams
+from .beam_state import LENGTH, NO_VALID, Beams
 from .sampling import generate_autoregressive
-from .steps import REASONS, Sampler, decode_one, emit, end_stream, last_logits, log_probs, prefill
+from .steps import REASONS, FinishReason, Sampler, decode_one, emit, end_stream, last_logits, log_probs, prefill
 
 
 
@@ -160,7 +160,9 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
     dev = setup.input_ids.device
     rows = None
     if constraint is not None:
-        per_prompt = as_row_constraints(constraint, B)
+        # budget closing per beam, unless the caller's RowConstraints brings its own budget (or None: off)
+        own = isinstance(constraint, RowConstraints)
+        per_prompt = as_row_constraints(constraint, B, budget=None if own else max_new_tokens)
         assert per_prompt is not None  # constraint is not None
         rows = per_prompt.select(torch.arange(B).repeat_interleave(num_beams))
     beams = Beams(setup, groups, size, length_penalty=length_penalty, early_stopping=early_stopping, rule=rule,
@@ -224,6 +226,9 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
     tokens, logprobs, scores, lengths, reasons, group = beams.best(n)
     if max_new_tokens == 0:  # no step: the prompt itself, with score 0
         scores, reasons = torch.zeros_like(scores), torch.full_like(reasons, LENGTH)
+    if rows is not None:  # no valid hypothesis because budget closing found no completion that fits
+        no_fit = rows.no_fit(dev).view(B, -1).any(1).repeat_interleave(n)
+        reasons = torch.where((reasons == NO_VALID) & no_fit, REASONS.index(FinishReason.BUDGET), reasons)
     width = int(lengths.max())
     sequences = torch.cat([setup.input_ids.repeat_interleave(n, 0), tokens[:, :width]], 1)
     for col in range(width):

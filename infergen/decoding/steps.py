@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..constraints.base import as_row_constraints
+from ..constraints.base import RowConstraints, as_row_constraints
 from ..models.protocol import ModelOutput
 from ..params import SamplingParams
 from ..processors import LogitsPipeline, check_finite_row, safe_probs, sample_from_logits
@@ -41,6 +41,8 @@ class FinishReason(str, Enum):
     STOP = "stop"                      #: a stopping criterion (e.g. a stop string) said so
     CONSTRAINT = "constraint"          #: its constraint is complete: nothing but the end can follow
     NO_VALID_TOKEN = "no_valid_token"  #: its constraint allowed no token at all
+    CLOSED = "closed"                  #: complete, after budget closing refused the model's choice
+    BUDGET = "budget"                  #: no completion of its constraint fits in the tokens left
 
     def __str__(self) -> str:
         return self.value
@@ -164,8 +166,9 @@ class Rows:
     """Per-row state of a generation over ``setup``'s batch, and :meth:`commit`, which advances it.
 
     A row is finished at its own EOS (``"eos"``), when ``stopping(generated_ids) -> BoolTensor [B]`` says
-    so (``"stop"``), when its constraint is complete (``"constraint"``) or allows no token at all
-    (``"no_valid_token"``), or after ``limit`` tokens (``"length"``; default ``setup.max_new_tokens``,
+    so (``"stop"``), when its constraint is complete (``"constraint"``; ``"closed"`` if budget closing had
+    to steer it there) or allows no token at all (``"no_valid_token"``; ``"budget"`` when no completion fits
+    in the tokens left), or after ``limit`` tokens (``"length"``; default ``setup.max_new_tokens``,
     or a list with one limit per row); every later token of that row is ``setup.pad_token_id`` with
     log-probability 0. ``keep_history`` keeps the generated ids for the penalties (kept anyway when there
     is a ``stopping`` criterion). ``constraint`` (see :mod:`infergen.constraints`: one constraint, one per
@@ -180,7 +183,10 @@ class Rows:
                  keep_history: bool = False, constraint=None, limit=None):
         B, dev, n = setup.input_ids.shape[0], setup.input_ids.device, setup.max_new_tokens
         self.setup, self.stopping, self.streamer = setup, stopping, streamer
-        self.constraint = as_row_constraints(constraint, B)
+        # budget closing (infergen.constraints.budget): a constrained row finishes complete within its
+        # limit; a RowConstraints of the caller's keeps its own budget (budget=None switches closing off)
+        budget = n if limit is None else [int(x) for x in limit] if isinstance(limit, (list, tuple)) else int(limit)
+        self.constraint = as_row_constraints(constraint, B, None if isinstance(constraint, RowConstraints) else budget)
         self.keep_history = keep_history or stopping is not None
         self.prompt_ids = setup.prompt_ids_for_penalties
         self.limit = torch.as_tensor(n if limit is None else limit, device=dev).expand(B).clone()
@@ -214,7 +220,9 @@ class Rows:
         (padding for rows that had finished) and whether every row is done.
         """
         if self.constraint is not None:  # a row whose constraint allows nothing ends before this token
-            self.finish(self.constraint.dead(self.done.device), FinishReason.NO_VALID_TOKEN)
+            dead, dev = self.constraint.dead(self.done.device), self.done.device
+            self.finish(dead & self.constraint.no_fit(dev), FinishReason.BUDGET)
+            self.finish(dead, FinishReason.NO_VALID_TOKEN)
         idx = torch.arange(len(self.done), device=self.done.device) if rows is None else rows
         done, at = self.done[idx], self.count[idx]
         if logprobs is None:
@@ -232,7 +240,9 @@ class Rows:
             self.finish(self.stopping(self.generated_ids()).to(self.done.device), FinishReason.STOP)
         if self.constraint is not None:
             self.constraint.advance(tokens, active=~done)
-            self.finish(self.constraint.complete(self.done.device), FinishReason.CONSTRAINT)
+            complete, dev = self.constraint.complete(self.done.device), self.done.device
+            self.finish(complete & self.constraint.closed(dev), FinishReason.CLOSED)
+            self.finish(complete, FinishReason.CONSTRAINT)
         self.finish(self.count >= self.limit, FinishReason.LENGTH)
         emit(self.streamer, tokens)
         return tokens, bool(self.done.all())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -399,3 +400,15 @@ def test_decode_matmuls_runs_every_linear_once_per_step(tiny_native):
     per_step = [n for n, _ in calls[:len(calls) // 3]]
     assert len(calls) == 3 * (4 * model.config.num_hidden_layers + 1)
     assert [n for n, _ in calls] == per_step * 3  # the same layers, in the same order, each step
+
+
+def test_the_committed_runs_ship_with_the_package_unchanged():
+    """Chapter 11 reads the committed runs from the package (infergen.bench.committed); they are the same
+    files as benchmarks/results/, and an unknown name is refused by name."""
+    from infergen.bench.committed import RUNS, committed_results
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    for name in RUNS:
+        assert committed_results(name) == json.loads((root / name / "results.json").read_text()), name
+    with pytest.raises(ValueError, match="name must be one of"):
+        committed_results("gpu")

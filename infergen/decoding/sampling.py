@@ -63,7 +63,6 @@ def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | Logi
         yield from decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows)
 
 
-@register_decoder("sample")
 def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=None, top_k=None, top_p=None,
                             eos_token_id=None, *, attention_mask=None, pad_token_id=None, generator=None,
                             streamer=None, stopping=None, constraint=None, return_dict=False,
@@ -78,7 +77,7 @@ def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=No
     of tokens. ``constraint`` (from :func:`infergen.constraints.make_constraint`, or a list with one per
     row) restricts every row to text its constraint accepts; it is applied to the logits first, before
     every processor. Returns [B, T + n] token ids, or a :class:`~infergen.decoding.base.GenerationOutput`
-    with ``return_dict=True``. Registered as strategy ``"sample"``.
+    with ``return_dict=True``. Strategy ``"sample"`` runs it through :func:`sample_with_temperature`.
     """
     params = SamplingParams.resolve(params, temperature=temperature, top_k=top_k, top_p=top_p, **settings)
     sampler = Sampler(params, generator=make_generator(params.seed, generator, device=as_model(model).device))
@@ -105,9 +104,11 @@ def greedy_search(model, input_ids, max_new_tokens=100, eos_token_id=None, *, pa
                                    params=params.replace(temperature=0.0), **rest)
 
 
+@register_decoder("sample")
 def sample_with_temperature(model, input_ids, max_new_tokens=100, temperature=None, eos_token_id=None,
                             **kwargs):
     """Sample every token from ``softmax(logits / temperature)`` (default temperature 1; top-k/top-p etc.
-    also accepted): :func:`generate_autoregressive` with ``eos_token_id`` as the fifth argument."""
+    also accepted): :func:`generate_autoregressive` with ``eos_token_id`` as the fifth argument.
+    Registered as strategy ``"sample"``."""
     return generate_autoregressive(model, input_ids, max_new_tokens, temperature=temperature,
                                    eos_token_id=eos_token_id, **kwargs)

@@ -47,6 +47,9 @@ class FinishReason(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    def __repr__(self) -> str:  # lists of reasons print as ['eos', 'length'], as plain strings would
+        return repr(self.value)
+
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
     """``log softmax(logits)`` [..., V] in float32: the model's log-probabilities (what beams score)."""

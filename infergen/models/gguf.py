@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,16 @@ CONVERSION_FORMAT = 2
 def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     """Dequantize the bundled GGUF once into ``cache_dir()/name``; return that directory.
 
+    The file is parsed once (one ``GGUFReader``: parsing walks the whole 49k-token vocabulary, so it is the
+    slow part) and everything is read from that reader: the config (:func:`llama_config`), the weights,
+    dequantized straight into a state dict (:func:`llama_state_dict`) and written with safetensors, and the
+    tokenizer (:func:`tokenizer_from_gguf`). No transformers model is built.
+
     The directory does not depend on the transformers version that wrote it: the weights are plain
     float32 tensors, ``config.json`` is written in the layout every supported version reads, and the
-    tokenizer is built here from the GGUF's own vocabulary, merges and special-token ids
-    (:func:`tokenizer_from_gguf`) rather than by transformers' GGUF converter, whose output changed
-    between versions (4.56 added a start token to every prompt and named ``<|im_start|>`` the end token).
+    tokenizer is built here from the GGUF's own vocabulary, merges and special-token ids rather than by
+    transformers' GGUF converter, whose output changed between versions (4.56 added a start token to
+    every prompt and named ``<|im_start|>`` the end token).
     """
     target = cache_dir() / name
     if _is_converted(target):
@@ -59,27 +65,19 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     gguf = find_gguf(name)
     if gguf is None:
         raise FileNotFoundError(not_installed_message(name))
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    from gguf import GGUFReader
+    from safetensors.torch import save_file
 
-    if not progress:
-        hf_logging.disable_progress_bar()
-    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The dequantized model still carries its GGUF quantization config, which transformers refuses to
-    # save: rebuild a plain model from a clean config and copy the float weights over.
-    config = hf.config
-    config.quantization_config = None
-    del config.quantization_config
-    plain = type(hf)(config)  # a GGUF without an output matrix ties it to the embeddings (in config)
-    missing, unexpected = plain.load_state_dict(hf.state_dict(), strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise RuntimeError(f"{gguf}: weights that do not fit {type(hf).__name__}: missing {missing}, "
-                           f"unexpected {unexpected}")
-    plain.tie_weights()
+    if progress:
+        print(f"infergen: converting {gguf.name} once into {target} ...", file=sys.stderr)
+    reader = GGUFReader(gguf)
     tmp = target.with_name(target.name + ".tmp")
-    plain.save_pretrained(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    config = llama_config(reader)
+    config.save_pretrained(tmp)
     _write_portable_configs(tmp)
-    tokenizer, tokenizer_config = tokenizer_from_gguf(gguf)
+    save_file(llama_state_dict(reader, config), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer, tokenizer_config = tokenizer_from_gguf(reader)
     tokenizer.save(str(tmp / "tokenizer.json"))
     (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     (tmp / "infergen.json").write_text(json.dumps({"source": str(gguf), "dtype": "float32",
@@ -87,6 +85,72 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
+
+
+#: GGUF ``llama.*`` metadata -> transformers ``LlamaConfig`` fields (transformers' own GGUF table for llama).
+LLAMA_CONFIG_KEYS = {
+    "context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
+    "rope.dimension_count": "head_dim", "rope.freq_base": "rope_theta", "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads", "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "vocab_size": "vocab_size"}
+#: GGUF tensor names (llama.cpp's ``blk.N.<part>``) -> transformers ``LlamaForCausalLM`` parameter names.
+LLAMA_TENSOR_NAMES = {
+    "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+#: GGUF special-token roles (``tokenizer.ggml.<role>_token_id``) -> config fields.
+_TOKEN_ROLES = {"bos": "bos_token_id", "eos": "eos_token_id", "unknown": "unk_token_id", "padding": "pad_token_id"}
+
+
+def llama_config(source):
+    """The transformers ``LlamaConfig`` of a llama GGUF (a path or an open ``GGUFReader``), read as
+    transformers' GGUF loader reads it: the ``llama.*`` sizes, the special-token ids, and tied embeddings
+    when the file has no ``output.weight``."""
+    from transformers import LlamaConfig
+
+    reader = _reader(source)
+    meta = gguf_fields(reader, ["general.", "llama."] + [f"tokenizer.ggml.{r}_token_id" for r in _TOKEN_ROLES])
+    if meta.get("general.architecture") != "llama":
+        raise ValueError(f"{_where(reader)}: architecture {meta.get('general.architecture')!r} is not "
+                         "supported (only 'llama')")
+    names = [t.name for t in reader.tensors]
+    kwargs = {ours: meta[f"llama.{theirs}"] for theirs, ours in LLAMA_CONFIG_KEYS.items() if f"llama.{theirs}" in meta}
+    kwargs.setdefault("vocab_size", int(reader.tensors[names.index("token_embd.weight")].shape[-1]))
+    kwargs |= {ours: meta[f"tokenizer.ggml.{role}_token_id"] for role, ours in _TOKEN_ROLES.items()
+               if f"tokenizer.ggml.{role}_token_id" in meta}
+    if "general.name" in meta:
+        kwargs["_model_name_or_path"] = meta["general.name"]
+    config = LlamaConfig(tie_word_embeddings="output.weight" not in names, **kwargs)
+    config.architectures = ["LlamaForCausalLM"]
+    return config
+
+
+def llama_state_dict(source, config) -> dict[str, torch.Tensor]:
+    """Every tensor of a llama GGUF dequantized to float32, under transformers' parameter names.
+
+    llama.cpp stores the query and key matrices with each head's rows permuted (interleaved halves, for
+    its RoPE kernel); that permutation is undone here, as transformers' GGUF loader does. A tensor with no
+    place in ``LlamaForCausalLM`` is refused by name.
+    """
+    import numpy as np
+    from gguf import dequantize
+
+    reader, out = _reader(source), {}
+    for tensor in reader.tensors:
+        parts = tensor.name.split(".")
+        block, part = (parts[1], parts[2]) if parts[0] == "blk" else (None, parts[0])
+        if part not in LLAMA_TENSOR_NAMES:
+            raise ValueError(f"{_where(reader)}: tensor {tensor.name!r} has no place in a llama model")
+        # a plain array (not a memmap: a third faster), and a copy: the file stays read-only
+        w = torch.tensor(dequantize(np.asarray(tensor.data), tensor.tensor_type))
+        heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}.get(part)
+        if heads is not None:
+            w = w.reshape(heads, -1, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+        prefix = "" if block is None else f"model.layers.{block}."
+        out[prefix + LLAMA_TENSOR_NAMES[part] + "." + parts[-1]] = w
+    return out
 
 
 def _is_converted(target: Path) -> bool:
@@ -117,13 +181,14 @@ def _write_portable_configs(directory: Path) -> None:
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
-def gguf_fields(path: Path, prefixes) -> dict:
-    """The metadata of a GGUF file whose keys start with one of ``prefixes``: strings, numbers, and arrays of
-    either (read through ``parts``/``data``, which every version of the ``gguf`` package has)."""
-    from gguf import GGUFReader, GGUFValueType
+def gguf_fields(source, prefixes) -> dict:
+    """The metadata of a GGUF file (a path, or a ``GGUFReader`` already open: parsing is the slow part)
+    whose keys start with one of ``prefixes``: strings, numbers, and arrays of either (read through
+    ``parts``/``data``, which every version of the ``gguf`` package has)."""
+    from gguf import GGUFValueType
 
     out: dict[str, Any] = {}
-    for key, field in GGUFReader(path).fields.items():
+    for key, field in _reader(source).fields.items():
         if key.startswith(tuple(prefixes)):
             text = field.types[-1] == GGUFValueType.STRING
             values = [bytes(v).decode("utf-8") if text else v[0].item() for v in (field.parts[i] for i in field.data)]
@@ -131,16 +196,30 @@ def gguf_fields(path: Path, prefixes) -> dict:
     return out
 
 
-def tokenizer_from_gguf(path: Path):
-    """The byte-level BPE tokenizer stored in a GGUF file (``tokenizer.ggml.model == "gpt2"``), as a
+def _reader(source):
+    """``source`` itself if it is an open ``GGUFReader``, else a reader of the file at ``source``."""
+    from gguf import GGUFReader
+
+    return source if isinstance(source, GGUFReader) else GGUFReader(source)
+
+
+def _where(reader) -> str:
+    """The file a ``GGUFReader`` reads, for error messages."""
+    return str(getattr(reader.data, "filename", "the GGUF file"))
+
+
+def tokenizer_from_gguf(source):
+    """The byte-level BPE tokenizer stored in a GGUF file (a path or an open ``GGUFReader``;
+    ``tokenizer.ggml.model == "gpt2"``), as a
     ``tokenizers.Tokenizer`` plus the ``tokenizer_config.json`` settings, every one written explicitly:
     no start or end token is added to an encoded text (the GGUF says ``add_bos_token = False``), the
     special tokens are its control tokens, and decoding does not clean up spaces."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    meta = gguf_fields(path, ["tokenizer.", "llama.context_length"])
+    reader = _reader(source)
+    meta = gguf_fields(reader, ["tokenizer.", "llama.context_length"])
     if meta.get("tokenizer.ggml.model") != "gpt2":
-        raise ValueError(f"{path}: tokenizer model {meta.get('tokenizer.ggml.model')!r} is not supported "
+        raise ValueError(f"{_where(reader)}: tokenizer model {meta.get('tokenizer.ggml.model')!r} is not supported "
                          "(only byte-level BPE, 'gpt2')")
     tokens = meta["tokenizer.ggml.tokens"]
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
@@ -154,7 +233,7 @@ def tokenizer_from_gguf(path: Path):
     special = {role: tokens[meta[f"tokenizer.ggml.{role}_token_id"]]
                for role in ("bos", "eos", "unknown", "padding") if f"tokenizer.ggml.{role}_token_id" in meta}
     if meta.get("tokenizer.ggml.add_bos_token") or meta.get("tokenizer.ggml.add_eos_token"):
-        raise ValueError(f"{path}: a GGUF tokenizer that adds start/end tokens is not supported here")
+        raise ValueError(f"{_where(reader)}: a GGUF tokenizer that adds start/end tokens is not supported here")
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": special.get("bos"), "eos_token": special.get("eos"),

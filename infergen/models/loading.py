@@ -164,8 +164,12 @@ def native_from_state_dict(config, sd: dict, defaults: GenerationDefaults | None
                          f"not use: {left[:8]}{' ...' if len(left) > 8 else ''}")
     with torch.device("meta"):
         model = LlamaModel(config, defaults=defaults)
-    model.to_empty(device="cpu").load_state_dict(
-        {ours: source[t[0]] if len(t) == 1 else torch.cat([source[n] for n in t]) for ours, t in names.items()})
+    dtype = torch.get_default_dtype()  # the parameters' dtype, as if the model had been built on the CPU
+    # A fused weight is a fresh tensor (torch.cat) and is adopted as it is; the others are copied, so that
+    # the model never shares memory with ``sd``.
+    model.load_state_dict({ours: source[t[0]].to("cpu", dtype, copy=True) if len(t) == 1
+                           else torch.cat([source[n] for n in t]).to("cpu", dtype) for ours, t in names.items()},
+                          assign=True)
     if tied:
-        model.lm_head.weight = model.embed.weight  # to_empty gave the head a parameter of its own
+        model.lm_head.weight = model.embed.weight  # one parameter, as the checkpoint has one tensor
     return model

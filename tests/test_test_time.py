@@ -146,3 +146,13 @@ def test_wilson_interval():
     assert tt.wilson_interval(10, 10)[1] == pytest.approx(1.0) and tt.wilson_interval(10, 10)[0] < 1
     with pytest.raises(ValueError, match="successes"):
         tt.wilson_interval(11, 10)
+
+
+def test_strategies_reuse_given_samples(tiny_native, monkeypatch):
+    out = tt.sample_candidates(tiny_native, PROMPT, 4, 4, seed=2)
+    monkeypatch.setattr(tt, "generate_autoregressive", lambda *a, **k: pytest.fail("sampled again"))
+    [a] = tt.mbr(tiny_native, PROMPT, n=4, samples=out)
+    assert a.candidates == [row[:k] for row, k in zip(out.new_tokens.tolist(), out.lengths)]
+    assert a.model_calls == sum(out.lengths)
+    with pytest.raises(ValueError, match="samples"):
+        tt.best_of_n(tiny_native, PROMPT, n=3, samples=out)

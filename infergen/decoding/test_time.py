@@ -17,7 +17,9 @@ All three draw the ``n`` samples in **one batched call** (:func:`sample_candidat
 repeated ``n`` times (``repeat_interleave``) and the rows are sampled together through the library's
 shared steps, so ``n`` samples cost ``n`` rows of one batch, not ``n`` generations in a loop. Each
 :class:`Choice` records ``model_calls``: the tokens the model generated for that prompt (the sum of its
-samples' lengths), the unit in which the chapter compares strategies at equal compute.
+samples' lengths), the unit in which the chapter compares strategies at equal compute. Each strategy
+also takes ``samples=``, the output of an earlier :func:`sample_candidates` call with the same ``n``: the
+three rules then choose from the very same samples, at the cost of one sampling call.
 """
 from __future__ import annotations
 
@@ -73,9 +75,14 @@ def sample_candidates(model, input_ids, n: int, max_new_tokens: int = 32, *, att
 
 
 def _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_mask, settings) -> list[Choice]:
-    """Sample, split the rows per prompt, and let ``select(candidates, logprobs)`` return
-    ``(index, scores, answers)`` for each prompt."""
-    out = sample_candidates(model, input_ids, n, max_new_tokens, attention_mask=attention_mask, **settings)
+    """Sample (or take ``settings["samples"]``), split the rows per prompt, and let
+    ``select(candidates, logprobs)`` return ``(index, scores, answers)`` for each prompt."""
+    out = settings.pop("samples", None)
+    if out is None:
+        out = sample_candidates(model, input_ids, n, max_new_tokens, attention_mask=attention_mask, **settings)
+    elif not isinstance(out, GenerationOutput) or out.sequences.shape[0] != input_ids.shape[0] * n:
+        raise ValueError(f"samples must be the GenerationOutput of sample_candidates with n={n} rows per prompt "
+                         f"({input_ids.shape[0] * n} rows), got {type(out).__name__}")
     lengths = out.lengths or [out.new_tokens.shape[1]] * out.new_tokens.shape[0]
     ids = [row[:k] for row, k in zip(out.new_tokens.tolist(), lengths)]
     lps = [row[:k] for row, k in zip(out.logprobs.tolist(), lengths)]

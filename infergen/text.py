@@ -113,7 +113,9 @@ class StopStrings:
 def _stop_strings(stop, params: dict):
     """The stop strings of a call: ``stop=``, else those of ``params=`` (a SamplingParams), else None."""
     given = params.get("params")
-    return stop or (given.stop if isinstance(given, SamplingParams) else None) or None
+    if stop is not None:  # given, even empty: checked where the stop strings are built
+        return stop
+    return (given.stop if isinstance(given, SamplingParams) else None) or None
 
 
 def encode(tokenizer, prompts, chat: bool = False, device=None):

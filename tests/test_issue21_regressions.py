@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import infergen
 from infergen.constraints import make_constraint
 
 
@@ -137,3 +138,12 @@ def test_item14_batcher_names_the_request_and_the_models_context(tiny_native):
     context = tiny_native.max_context
     with pytest.raises(ValueError, match=rf"request 'long'.*context: {context}"):
         ContinuousBatcher(tiny_native).run([Request([5] * 6, max_new_tokens=context, id="long")])
+
+
+@pytest.mark.parametrize("front", ["generate", "stream"])
+def test_item1_an_empty_stop_string_is_still_refused(smollm, front):
+    """Reading stop strings from params= must not let stop='' through as 'no stop strings'."""
+    model, tok = smollm
+    with pytest.raises(ValueError, match="stop must be a non-empty string"):
+        out = getattr(infergen, front)(model, tok, "Hello", stop="", max_new_tokens=2)
+        list(out) if front == "stream" else out

@@ -194,8 +194,9 @@ class ContinuousBatcher:
                     rows.reset(row, req.prompt, req.max_new_tokens)
                     choose_and_commit(first, [row])
                 occupied = [i for i, s in enumerate(slots) if s is not None]
-                if not occupied:  # then some request is still to arrive: idle until it does
-                    clock["step"] = max(clock["step"], pending[0].arrival)
+                if not occupied:  # every admitted request finished at its first token, or none has arrived yet
+                    if pending:  # idle until the next arrival
+                        clock["step"] = max(clock["step"], pending[0].arrival)
                     continue
                 # 2. one decode step for every row (free rows are padding: masked, their output ignored)
                 if cache.length == max_len:  # free the columns that hold only padding (every request fits)

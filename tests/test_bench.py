@@ -241,20 +241,15 @@ def test_the_committed_results_still_read():
 
 def test_beam_and_search_sections_run(tiny_bench):
     """Beam and contrastive search are in the library: their sections run and agree with their references.
-    MCTS runs only while ``mcts_decode`` has a ``use_cache=False`` reference, and otherwise says so."""
-    import inspect
-
-    from infergen import mcts_decode
-
+    MCTS runs against :func:`infergen.bench.mcts_nocache.mcts_decode_nocache`, the same search without
+    the K/V slices, and must commit the same tokens."""
     res = tiny_bench.run(["beam", "search"])
     for name in ("beam", "contrastive"):
         e = getattr(res, name)
         assert not isinstance(e, bench.Skipped), f"{name}: {e}"
         assert e.ratio > 0 and e.same_tokens is True, name
-    if "use_cache" in inspect.signature(mcts_decode).parameters:
-        assert not isinstance(res.mcts, bench.Skipped) and res.mcts.same_tokens is True, res.mcts
-    else:
-        assert isinstance(res.mcts, bench.Skipped) and "use_cache=False" in res.mcts.skipped
+    assert not isinstance(res.mcts, bench.Skipped), res.mcts  # against mcts_nocache, its no-cache reference
+    assert res.mcts.ratio > 0 and res.mcts.same_tokens is True, res.mcts
 
 
 def test_bench_rejects_bad_arguments(tiny_bench, tiny_native, tiny_hf):

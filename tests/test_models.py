@@ -208,16 +208,22 @@ def test_as_model_wraps_transformers_and_rejects_others(tiny_hf):
         infergen.as_model(object())
 
 
-def test_load_model_bundled_is_native_and_fast(smollm):
-    import time
+def test_load_model_bundled_is_native_from_the_cache(smollm, monkeypatch):
+    """The bundled model loads as the native LlamaModel with its defaults; a second load reads the cache
+    and never converts again (speed itself is measured in benchmarks, not asserted here)."""
+    from infergen.models import gguf
 
     model, tok = smollm
     assert isinstance(model, LlamaModel)
     assert model.defaults.eos_token_ids == (tok.eos_token_id,) and model.defaults.name == "smollm2-135m"
     assert tok.padding_side == "left"
-    start = time.perf_counter()
-    infergen.load_model("smollm2-135m", device="cpu")
-    assert time.perf_counter() - start < 10  # the brief asks < 3 s; generous here, measured in the note
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the cache was converted again")
+
+    monkeypatch.setattr(gguf, "llama_state_dict", no_conversion)
+    again, _ = infergen.load_model("smollm2-135m", device="cpu")
+    assert isinstance(again, LlamaModel)
 
 
 def test_load_model_backend_hf(smollm):

@@ -37,7 +37,7 @@ What is measured (each section can be run alone with ``--sections``)
 * ``greedy``: greedy batch 1 (128 new tokens), infergen vs transformers, + % of the roofline.
 * ``sampling``: sampling (temperature 0.8, top-k 50, top-p 0.95) at batch 1 and batch 8.
 * ``beam``: beam search, 4 beams (when ``infergen.decoding.beam`` is importable).
-* ``search``: contrastive search and MCTS against their no-cache references (for MCTS, :mod:`.mcts_nocache`).
+* ``search``: contrastive search and MCTS against their no-cache references (for MCTS, ``infergen.bench.mcts_nocache``).
 * ``kv``: KV cache vs none, from 64 to 1024 new tokens (:func:`naive_greedy` is the reference).
 * ``batch``: throughput against batch size (1 ... 32).
 * ``prefill``: prefill vs decode time against the prompt length; KV-cache bytes; peak memory.

@@ -62,7 +62,7 @@ def sample_candidates(model, input_ids, n: int, max_new_tokens: int = 32, *, att
     """``n`` samples for each of the prompts ``input_ids`` [B, T], in one batched call.
 
     Rows ``b * n ... b * n + n - 1`` of the result belong to prompt ``b``. ``settings`` are those of
-    :func:`~infergen.decoding.sampling.generate_autoregressive` (``temperature``, ``top_p``, ``seed``,
+    :func:`~infergen.generate_autoregressive` (``temperature``, ``top_p``, ``seed``,
     ``eos_token_id``, ...); a ``seed`` makes the whole set of samples reproducible.
     """
     check_number("n", n, low=1, integer=True)

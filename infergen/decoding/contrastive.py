@@ -55,7 +55,8 @@ def degeneration_penalty(candidates: torch.Tensor, context: torch.Tensor, valid:
 
 @register_decoder("contrastive")
 def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=0.6, *, attention_mask=None,
-                       eos_token_id=None, pad_token_id=None, streamer=None, stopping=None, return_dict=False):
+                       eos_token_id=None, pad_token_id=None, streamer=None, stopping=None, return_dict=False,
+                       penalty_alpha=None):
     """Contrastive search: ``argmax_{v in top-k} (1 - alpha) * p(v) - alpha * max_j cos(h_v, h_j)``.
 
     ``top_k`` (int >= 1, at most the vocabulary size) is the number of candidates scored per step;
@@ -65,8 +66,14 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=0.6,
     or with ``return_dict=True`` a :class:`~infergen.decoding.base.GenerationOutput` whose
     ``info["penalty"]`` [B, n] holds the degeneration penalty of every chosen token (0 for padding).
 
+    ``penalty_alpha`` is transformers' name for ``alpha`` (give one or the other).
+
     Cost per step: one forward of ``B * top_k`` single tokens, plus a ``[k, D] x [D, L]`` product per row.
     """
+    if penalty_alpha is not None:  # transformers' name for the same setting
+        if alpha != 0.6:
+            raise ValueError(f"give alpha or penalty_alpha, not both (alpha={alpha}, penalty_alpha={penalty_alpha})")
+        alpha = penalty_alpha
     check_number("top_k", top_k, low=1, integer=True)
     check_number("alpha", alpha, low=0, high=1)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,

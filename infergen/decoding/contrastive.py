@@ -53,8 +53,12 @@ def degeneration_penalty(candidates: torch.Tensor, context: torch.Tensor, valid:
     return cos.masked_fill(~valid.unsqueeze(1), float("-inf")).amax(-1)
 
 
+#: the default degeneration-penalty weight (Su et al. recommend about 0.6 with k about 5)
+DEFAULT_ALPHA = 0.6
+
+
 @register_decoder("contrastive")
-def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=0.6, *, attention_mask=None,
+def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=DEFAULT_ALPHA, *, attention_mask=None,
                        eos_token_id=None, pad_token_id=None, streamer=None, stopping=None, return_dict=False,
                        penalty_alpha=None):
     """Contrastive search: ``argmax_{v in top-k} (1 - alpha) * p(v) - alpha * max_j cos(h_v, h_j)``.
@@ -71,7 +75,7 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=0.6,
     Cost per step: one forward of ``B * top_k`` single tokens, plus a ``[k, D] x [D, L]`` product per row.
     """
     if penalty_alpha is not None:  # transformers' name for the same setting
-        if alpha != 0.6:
+        if alpha != DEFAULT_ALPHA:
             raise ValueError(f"give alpha or penalty_alpha, not both (alpha={alpha}, penalty_alpha={penalty_alpha})")
         alpha = penalty_alpha
     check_number("top_k", top_k, low=1, integer=True)

@@ -28,7 +28,7 @@ from .registry import get_decoder
 from .text import CONSTRAINED_STRATEGIES, UNCONSTRAINED_STRATEGIES
 
 #: the options a strategy may take besides the sampling settings (each a keyword of its decoder):
-#: name -> (type, valid range as :func:`~infergen._validation.check_number` takes it, help)
+#: name -> (type, valid range as ``check_number`` takes it, help)
 STRATEGY_OPTIONS = {
     "num_beams": (int, dict(low=1, integer=True), "beam width (strategy beam)"),
     "alpha": (float, dict(low=0, high=1), "degeneration penalty weight in [0, 1] (strategy contrastive); "

@@ -20,7 +20,7 @@ __all__ = ["CALL_SETTINGS", "TRANSFORMERS_CALL_FIELDS", "TRANSFORMERS_NAMES", "T
            "to_vllm_sampling_params"]
 
 #: Generation settings that are not sampling settings (they belong to the call, not to SamplingParams), each
-#: with its valid values as :func:`~infergen._validation.check_number` takes them (``None``: any).
+#: with its valid values as ``check_number`` takes them (``None``: any).
 CALL_SETTINGS: dict[str, dict | None] = {
     "max_new_tokens": dict(low=0, integer=True), "min_new_tokens": dict(low=0, integer=True),
     "eos_token_id": dict(low=0, integer=True), "pad_token_id": dict(low=0, integer=True),

@@ -145,7 +145,7 @@ class SamplingParams:
         return self
 
     def pipeline(self, *, sampling: bool = True):
-        """The :class:`~infergen.processors.LogitsPipeline` of these settings. ``sampling=False`` keeps only
+        """The :class:`~infergen.LogitsPipeline` of these settings. ``sampling=False`` keeps only
         the steps that edit scores (bias, penalties, n-gram bans), as deterministic searches use them."""
         from .processors import LogitsPipeline
 
@@ -163,7 +163,7 @@ class Setting:
     Its default, the values that switch it off, its valid range, and its role in the logits pipeline:
     ``processor`` names the function of :mod:`infergen.processors` that applies it (fields that share one,
     frequency and presence, form one step; the step's name is the function's without ``apply_``),
-    ``history`` the part of :class:`~infergen.processors.LogitsContext` it reads (``"all_ids"``: prompt
+    ``history`` the part of :class:`~infergen.LogitsContext` it reads (``"all_ids"``: prompt
     and generated ids, ``"generated_ids"``, or ``""``: none), ``sampling_only`` that it matters only when
     sampling, and ``truncates`` that it removes tokens but always keeps the most likely one -- so at
     temperature 0 (greedy) it cannot change the choice and the pipeline leaves it out. Adding a setting
@@ -189,7 +189,7 @@ class Setting:
 
     @property
     def bounds(self) -> dict:
-        """:attr:`range` as the keywords of :func:`~infergen._validation.check_number`: ``"(0, 1]"`` gives
+        """:attr:`range` as the keywords of ``check_number``: ``"(0, 1]"`` gives
         ``low=0, high=1, low_open=True, high_open=False``."""
         low, high = (float(x) if "inf" in x else int(x) for x in self.range[1:-1].split(", "))
         return dict(low=low, high=high, low_open=self.range[0] == "(", high_open=self.range[-1] == ")")

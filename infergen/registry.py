@@ -12,7 +12,7 @@ A decoder is any function ``decoder(model, input_ids, max_new_tokens, **params)`
     infergen.generate(model, tokenizer, "Once upon a time", strategy="my_search")
 
 Processors register the same way (``register_processor``) and can then join a
-:class:`~infergen.processors.LogitsPipeline` by name.
+:class:`~infergen.LogitsPipeline` by name.
 """
 from __future__ import annotations
 

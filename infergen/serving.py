@@ -127,9 +127,9 @@ class ContinuousBatcher:
     def run(self, requests: list[Request]) -> list[Request]:
         """Serve every request; returns them (same objects, same order) with their results filled in.
 
-        The loop is the decoders' own: :func:`~infergen.decoding.steps.prefill` (each request alone),
-        :func:`~infergen.decoding.steps.decode_one` (every slot at once), the shared ``Sampler`` and
-        :meth:`Rows.commit <infergen.decoding.steps.Rows.commit>` over the occupied slots.
+        The loop is the decoders' own: :func:`~infergen.prefill` (each request alone),
+        :func:`~infergen.decode_one` (every slot at once), the shared ``Sampler`` and
+        :meth:`Rows.commit <infergen.Rows.commit>` over the occupied slots.
         """
         requests = list(requests)
         if not requests:

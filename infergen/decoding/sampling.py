@@ -51,7 +51,7 @@ def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | Logi
     """Yield ``(tokens [B], logprobs [B])`` once per generated position (what streaming needs).
 
     ``params`` says how tokens are chosen: a :class:`~infergen.params.SamplingParams`, or a
-    :class:`~infergen.processors.LogitsPipeline` of your own (e.g. with a registered processor; its
+    :class:`~infergen.LogitsPipeline` of your own (e.g. with a registered processor; its
     temperature decides greedy vs sampling). ``kwargs`` are those of :func:`generate_autoregressive`
     (``attention_mask``, ``eos_token_id``, ...). Finished rows yield ``pad_token_id`` with log-probability 0.
     """

@@ -123,7 +123,7 @@ def decode_static(model, table, input_ids, positions, column, mask, k, v) -> tor
     is fixed by the cache's size: attention runs over *all* ``max_len`` columns and ``mask``
     [B, 1, 1, max_len] (True = attend) hides the unfilled ones; the new keys/values are written at
     ``column`` (a LongTensor [1]) with ``index_copy_``; ``positions`` [B, 1] is a tensor and ``table``
-    the model's :meth:`~infergen.models.llama.LlamaModel.rope_table`. No ``.item()``, no branch on
+    the model's :meth:`~infergen.LlamaModel.rope_table`. No ``.item()``, no branch on
     data. ``k``/``v`` are the cache's tensors (written in place). Returns logits [B, 1, V].
     """
     x = model.blocks(input_ids, positions, table, StaticKV(k, v, column), mask)

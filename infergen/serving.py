@@ -27,7 +27,9 @@ alone). A finished request's slot is cleared (:meth:`~infergen.KVCache.clear_row
 shared columns reach the end of the cache, padding is squeezed out and the freed columns reused
 (:meth:`~infergen.KVCache.compact`). Production engines go further -- *paged* caches
 (vLLM's PagedAttention) give every request its own list of fixed-size blocks so no column is ever
-wasted -- but the scheduling idea is this one.
+wasted -- but the scheduling idea is this one. As in such an engine, each :class:`Request` carries its
+own settings (a :class:`~infergen.SamplingParams`: seed and stop strings included) and constraint, and
+may be cancelled; whatever it is batched with, it decodes exactly the tokens it decodes alone.
 
 :func:`static_batching` is the baseline and :func:`compare_batching` measures both on the same
 mixed-length workload (see ``python -m infergen.bench --sections serving``).
@@ -36,6 +38,7 @@ The same settings in transformers' and vLLM's terms live in :mod:`infergen.mappi
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ import torch
 
 from ._validation import check_input_ids, check_number
 from .cache import RowCache, require
+from .constraints.base import Constraint, RowConstraints, as_row_constraints
 from .decoding.base import Setup, make_generator, special_ids
 from .decoding.sampling import generate_autoregressive
 from .decoding.steps import FinishReason, Rows, Sampler, decode_one, last_logits, prefill
@@ -61,20 +65,30 @@ class Request:
     """One generation request and, after serving, its result.
 
     ``prompt``: token ids (a list or a 1-D tensor, no padding). ``max_new_tokens``: its own limit.
-    ``arrival``: when it arrives, in decode steps of the batcher's clock (0 = at the start).
-    ``seed``: makes this request's sampling reproducible whatever it is batched with.
+    ``arrival``: when it arrives, in decode steps of the batcher's clock (0 = at the start). ``seed``: makes
+    its sampling reproducible whatever it is batched with (default: its params'). ``params``: its own
+    :class:`~infergen.SamplingParams`, stop strings included, as vLLM takes one per request (default: the
+    batcher's). ``constraint``: its own (:func:`infergen.constraints.make_constraint`). ``cancel_at``: the
+    step at which its client cancels it (simulated, as ``arrival``; :meth:`ContinuousBatcher.cancel` is live).
     Filled by the batcher: ``tokens`` (generated ids, EOS included), ``logprobs`` (model log-probability
-    of each), ``finish_reason`` (``"eos"`` or ``"length"``), ``admitted_step``/``finished_step`` (clock),
-    ``latency_s`` (wall seconds from the start of serving to its last token).
+    of each), ``finish_reason`` (a :class:`~infergen.FinishReason`: ``"eos"``, ``"length"``, ``"stop"`` (a stop
+    string, or cancelled: its tokens so far), or its constraint's ``"constraint"``, ``"closed"``, ``"budget"``,
+    ``"no_valid_token"``), ``text`` (with the batcher's tokenizer, cut before a stop string as
+    :func:`infergen.generate` cuts it), ``admitted_step``/``finished_step`` (clock), ``latency_s`` (wall
+    seconds from the start of serving to its last token).
     """
     prompt: list
     max_new_tokens: int = 64
     arrival: int = 0
     seed: int | None = None
     id: object = None
+    params: SamplingParams | None = None
+    constraint: Constraint | None = None
+    cancel_at: int | None = None
     tokens: list = field(default_factory=list)
     logprobs: list = field(default_factory=list)
     finish_reason: str | None = None
+    text: str | None = None
     admitted_step: int | None = None
     finished_step: int | None = None
     latency_s: float | None = None
@@ -82,8 +96,7 @@ class Request:
     def __post_init__(self):
         prompt = self.prompt
         if not isinstance(prompt, torch.Tensor):
-            if not isinstance(prompt, (list, tuple)) or not all(
-                    isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            if not isinstance(prompt, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
                 raise TypeError(f"prompt must be a list of integer token ids or a 1-D tensor, got {prompt!r}")
             prompt = torch.tensor(list(prompt), dtype=torch.long)
         if prompt.dim() != 1:
@@ -91,7 +104,10 @@ class Request:
         self.prompt = check_input_ids(prompt, "prompt")[0].tolist()
         check_number("max_new_tokens", self.max_new_tokens, low=1, integer=True)
         check_number("arrival", self.arrival, low=0, integer=True)
+        check_number("cancel_at", self.cancel_at, low=0, integer=True, allow_none=True)
         setting("seed").check(self.seed)
+        _one_row(SamplingParams.resolve(self.params), "params")
+        as_row_constraints(self.constraint, 1)  # checks it: a Constraint (make_constraint(...)) or None
 
     @property
     def done(self) -> bool:
@@ -99,45 +115,65 @@ class Request:
         return self.finish_reason is not None
 
 
+def _one_row(params: SamplingParams, name: str) -> SamplingParams:
+    """``params`` if every setting is one number: a request is one row, whatever rows it is batched with."""
+    if tensors := [k for k, v in vars(params).items() if isinstance(v, torch.Tensor)]:
+        raise TypeError(f"{name} must hold one value per setting (a request is one row), got a tensor for {tensors}")
+    return params
+
+
 class ContinuousBatcher:
     """Serve :class:`Request` objects with continuous batching (see the module docstring).
 
     ``model``: infergen's native model (its :class:`~infergen.cache.KVCache` provides the row slots).
     ``max_batch``: rows decoded together. ``max_len``: columns of the shared cache (default: twice
-    the longest request, at most the model's context). Sampling settings (``temperature`` -- 0, the
-    default, is greedy --, ``top_k``, ``top_p``, ``min_p``, penalties, ...) apply to every request;
-    ``eos_token_id`` defaults to the model's.
+    the longest request, at most the model's context). The sampling settings (``params`` and/or keywords:
+    ``temperature`` -- 0, the default, is greedy --, ``top_k``, ``top_p``, penalties, ``stop``, ...) are
+    those of every request without ``params`` of its own; ``eos_token_id`` defaults to the model's.
+    ``tokenizer`` (transformers') decodes each request's ``text`` and is needed for stop strings.
     """
 
     def __init__(self, model, max_batch: int = 8, max_len: int | None = None, *, eos_token_id=None,
-                 pad_token_id=None, params: SamplingParams | None = None, temperature=None, **settings):
+                 pad_token_id=None, params: SamplingParams | None = None, temperature=None, tokenizer=None,
+                 **settings):
         self.model = as_model(model)
         check_number("max_batch", max_batch, low=1, integer=True)
-        if max_len is not None:
-            check_number("max_len", max_len, low=2, high=self.model.max_context, integer=True)
+        check_number("max_len", max_len, low=2, high=self.model.max_context, integer=True, allow_none=True)
         self.max_batch, self.max_len = int(max_batch), max_len
-        if params is None and temperature is None:
-            temperature = 0.0  # serving defaults to greedy
-        self.params = SamplingParams.resolve(params, temperature=temperature, **settings)
-        if self.params.stop:
-            raise ValueError("ContinuousBatcher serves token ids: stop strings need a tokenizer (use eos_token_id)")
+        temperature = 0.0 if params is None and temperature is None else temperature  # serving defaults to greedy
+        self.params = _one_row(SamplingParams.resolve(params, temperature=temperature, **settings), "params")
+        if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
+            raise TypeError(f"tokenizer must be a transformers tokenizer (with decode), got {type(tokenizer).__name__}")
         self.eos, self.pad = special_ids(self.model, eos_token_id, pad_token_id)
-        self.stats: dict[str, float] = {}
+        self.tokenizer, self.stats = tokenizer, dict[str, float]()
+        self.serving: dict[object, Request] = {}  # the requests of the current run, by id (what cancel names)
+
+    def cancel(self, request_id):
+        """Cancel the request ``request_id`` of the current (or last) :meth:`run`, from another thread or
+        between its steps: it finishes ``"stop"`` with its tokens so far, its slot free at the next step
+        (a finished request is left as it is)."""
+        if request_id not in self.serving:
+            raise ValueError(f"request_id {request_id!r} names no request of the run (known: {list(self.serving)[:8]})")
+        self.serving[request_id].cancel_at = 0
 
     def run(self, requests: list[Request]) -> list[Request]:
         """Serve every request; returns them (same objects, same order) with their results filled in.
 
         The loop is the decoders' own: :func:`~infergen.prefill` (each request alone),
-        :func:`~infergen.decode_one` (every slot at once), the shared ``Sampler`` and
-        :meth:`Rows.commit <infergen.Rows.commit>` over the occupied slots.
+        :func:`~infergen.decode_one` (every slot at once), each request's ``Sampler`` (the occupied slots
+        grouped by their settings) and :meth:`Rows.commit <infergen.Rows.commit>` over the occupied slots;
+        a request's constraint masks its row, its stop strings end it, ``cancel_at`` retires it.
         """
         requests = list(requests)
-        if not requests:
-            return requests
         for r in requests:
             if not isinstance(r, Request):
                 raise TypeError(f"requests must be infergen.serving.Request objects, got {type(r).__name__}")
-            r.tokens, r.logprobs, r.finish_reason = [], [], None
+            r.tokens, r.logprobs, r.finish_reason, r.text = [], [], None, None
+        self.serving = {r.id: r for r in requests if r.id is not None}
+        if len(self.serving) < len(named := [r.id for r in requests if r.id is not None]):
+            raise ValueError(f"request ids must be unique (cancel names a request by its id), got {named}")
+        if not requests:
+            return requests
         model, B, device = self.model, self.max_batch, self.model.device
         vocab, context = model.config.vocab_size, model.max_context
         max_len = self.max_len or min(context, 2 * max(len(r.prompt) + r.max_new_tokens for r in requests))
@@ -148,55 +184,94 @@ class ContinuousBatcher:
                                  f"(the model's context: {context} tokens)")
             if min(r.prompt) < 0 or max(r.prompt) >= vocab:
                 raise ValueError(f"request {r.id!r} has token ids outside [0, {vocab - 1}]")
-        sampler = Sampler(self.params)
-        generators = {id(r): make_generator(self.params.seed if r.seed is None else r.seed, device=device)
-                      for r in requests}  # each request draws from its own generator: its seed, or the params'
+        # each request's Sampler (shared by equal settings), its generator (its seed, or its params'), its stops
+        samplers: dict[str, Sampler] = {}
+        plan = {id(r): self._plan(r, samplers, device) for r in requests}
         width = max(len(r.prompt) for r in requests)  # one Rows row per slot, reset for each request it holds
         setup = Setup(model, torch.zeros(B, width, dtype=torch.long, device=device),
                       torch.zeros(B, width, dtype=torch.bool, device=device), torch.tensor(self.eos, dtype=torch.long, device=device),
                       self.pad, max(r.max_new_tokens for r in requests))
-        rows = Rows(setup, keep_history=sampler.uses_history)
         pending = deque(sorted(requests, key=lambda r: r.arrival))
         slots: list[Request | None] = [None] * B
+        held: list[RowConstraints | None] = [None] * B  # the constraint state of each slot's request
+
+        def stopping(generated: torch.Tensor) -> torch.Tensor:
+            """Rows.commit's stopping criterion, asked after EOS and before the length limit (commit's
+            order): finishes the rows whose constraint is now complete; returns those at a stop string."""
+            stop = torch.zeros(B, dtype=torch.bool)
+            for row in (row for row, req in enumerate(slots) if req is not None):
+                if stops := plan[id(slots[row])][2]:
+                    text = self.tokenizer.decode([t for t in generated[row].tolist() if t >= 0], skip_special_tokens=True)
+                    stop[row] = any(s in text for s in stops)
+                if (rc := held[row]) is not None and not stop[row] and rc.complete()[0]:
+                    rows.finish(one(row), FinishReason.CLOSED if rc.closed()[0] else FinishReason.CONSTRAINT)
+            return stop.to(device)
+
+        one = lambda row: torch.arange(B, device=device) == row  # noqa: E731  (a row as a mask for Rows.finish)
+        rows = Rows(setup, keep_history=True, stopping=stopping if any(p[2] for p in plan.values()) or any(
+            r.constraint for r in requests) else None)  # (no host work per step without stops and constraints)
         last = torch.full((B,), self.pad, dtype=torch.long, device=device)
         cache = require(model.new_cache(B, max_len), RowCache, "ContinuousBatcher")
-        clock, started = {"step": 0}, time.perf_counter()
-        stats: dict[str, float] = dict(decode_steps=0, row_steps=0, busy_row_steps=0, prefills=0, dropped_columns=0, max_len=max_len)
+        step, started = 0, time.perf_counter()
+        stats: dict[str, float] = dict(decode_steps=0, busy_row_steps=0, prefills=0, dropped_columns=0, max_len=max_len)
+
+        def retire(req, row: int | None, reason: FinishReason | None = None):
+            """``req`` is finished (``reason``, else its row's): fill in its result, free its slot ``row``."""
+            if row is not None:
+                req.tokens, req.logprobs, got = rows.result(row)
+                slots[row], held[row] = None, None
+                cache.clear_row(row)
+            req.finish_reason, req.finished_step, req.latency_s = reason or got, step, time.perf_counter() - started
+            if self.tokenizer is not None:  # the text, cut before the first stop string (as generate cuts it)
+                text = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
+                req.text = text[:min([text.find(s) for s in plan[id(req)][2] if s in text], default=len(text))]
 
         def choose_and_commit(logits: torch.Tensor, occupied: list[int]):
-            """The shared Sampler and Rows.commit for the slots ``occupied``; retire the finished requests."""
-            idx = torch.tensor(occupied, device=device)
-            held = [slots[i] for i in occupied]
-            history: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-            if sampler.uses_history:  # each request's own prompt and tokens (-1 = padding)
-                pw = max(len(r.prompt) for r in held if r is not None)
-                history = (rows.prompt_ids[idx, :pw], rows.history[idx, :max(1, int(rows.count[idx].max()))])
-            tokens = sampler(logits, *history, generator=[generators.get(id(r)) for r in held])
+            """Each request's Sampler and constraint, Rows.commit for the slots ``occupied``; retire the finished."""
+            idx, masked = torch.tensor(occupied, device=device), logits.clone()
+            for j, row in enumerate(occupied):  # a constraint masks its row first (and ends a dead one)
+                if (rc := held[row]) is not None:
+                    masked[j] = rc.mask(logits[j:j + 1])[0]
+                    if rc.dead()[0]:
+                        rows.finish(one(row), FinishReason.BUDGET if rc.no_fit()[0] else FinishReason.NO_VALID_TOKEN)
+            groups: dict[Sampler, list[int]] = {}
+            for j, row in enumerate(occupied):
+                groups.setdefault(plan[id(slots[row])][0], []).append(j)
+            tokens = torch.empty(len(occupied), dtype=torch.long, device=device)
+            for sampler, js in groups.items():  # penalties read each request's own prompt and tokens (-1 = padding)
+                sel = slice(None) if len(groups) == 1 else torch.tensor(js, device=device)  # (one group: no copy)
+                tokens[sel] = sampler(masked[sel], rows.prompt_ids[idx[sel]], rows.history[idx[sel]],
+                                      generator=[plan[id(slots[occupied[j]])][1] for j in js])
+            for j, row in enumerate(occupied):  # each constraint consumes its row's token
+                if (rc := held[row]) is not None and not rc.dead()[0]:
+                    rc.advance(tokens[j:j + 1])
             rows.commit(tokens, logits, rows=idx)
             last[idx] = tokens
             for row, done in zip(occupied, rows.done[idx].tolist()):
                 if done:
-                    req = slots[row]
-                    assert req is not None  # an occupied slot holds a request
-                    req.tokens, req.logprobs, req.finish_reason = rows.result(row)
-                    req.finished_step, req.latency_s = clock["step"], time.perf_counter() - started
-                    slots[row] = None
-                    cache.clear_row(row)
+                    retire(slots[row], row)
 
         with torch.inference_mode():
             while pending or any(s is not None for s in slots):
+                for row, req in enumerate(slots):  # 0. retire the requests their clients cancelled
+                    if req is not None and req.cancel_at is not None and req.cancel_at <= step:
+                        retire(req, row, FinishReason.STOP)
                 # 1. admit the requests that have arrived into free slots; each chooses its first token
-                while pending and pending[0].arrival <= clock["step"] and None in slots:
+                while pending and pending[0].arrival <= step and None in slots:
                     req, row = pending.popleft(), slots.index(None)
+                    rc = as_row_constraints(req.constraint, 1, req.max_new_tokens)
+                    if req.cancel_at is not None and req.cancel_at <= step or rc is not None and rc.complete()[0]:
+                        retire(req, None, FinishReason.CONSTRAINT if req.cancel_at is None else FinishReason.STOP)
+                        continue  # cancelled before it ran, or complete before any token: no forward pass
                     first = self._admit(req, row, cache)
                     stats["prefills"] += 1
-                    req.admitted_step, slots[row] = clock["step"], req
+                    req.admitted_step, slots[row], held[row] = step, req, rc
                     rows.reset(row, req.prompt, req.max_new_tokens)
                     choose_and_commit(first, [row])
                 occupied = [i for i, s in enumerate(slots) if s is not None]
                 if not occupied:  # every admitted request finished at its first token, or none has arrived yet
                     if pending:  # idle until the next arrival
-                        clock["step"] = max(clock["step"], pending[0].arrival)
+                        step = max(step, pending[0].arrival)
                     continue
                 # 2. one decode step for every row (free rows are padding: masked, their output ignored)
                 if cache.length == max_len:  # free the columns that hold only padding (every request fits)
@@ -205,16 +280,26 @@ class ContinuousBatcher:
                 active[occupied] = True
                 logits = last_logits(decode_one(model, last, cache, active))
                 stats["decode_steps"] += 1
-                stats["row_steps"] += B
                 stats["busy_row_steps"] += len(occupied)
-                clock["step"] += 1
+                step += 1
                 # 3. choose and commit each row's token; retire finished requests at once
                 choose_and_commit(logits[occupied], occupied)
-        stats["seconds"] = time.perf_counter() - started
-        stats["tokens"] = sum(len(r.tokens) for r in requests)
+        stats.update(seconds=time.perf_counter() - started, row_steps=B * stats["decode_steps"],
+                     tokens=sum(len(r.tokens) for r in requests))
         stats["occupancy"] = stats["busy_row_steps"] / max(stats["row_steps"], 1)
         self.stats = stats
         return requests
+
+    def _plan(self, req: Request, samplers: dict, device) -> tuple[Sampler, torch.Generator | None, tuple]:
+        """The Sampler of ``req``'s settings without seed and stop strings (from ``samplers``: requests with
+        equal settings share one), its generator (its seed, else its params'), its stop strings."""
+        p = self.params if req.params is None else req.params
+        if p.stop and self.tokenizer is None:
+            raise ValueError(f"request {req.id!r} has stop strings {p.stop}: they need a tokenizer "
+                             "(ContinuousBatcher(..., tokenizer=...))")
+        settings = p.replace(seed=None, stop=())
+        sampler = samplers.setdefault(repr(settings), Sampler(settings))
+        return sampler, make_generator(p.seed if req.seed is None else req.seed, device=device), p.stop
 
     def _admit(self, req: Request, row: int, cache):
         """Prefill ``req`` alone, copy its keys/values into slot ``row``; returns its next-token logits."""
@@ -241,10 +326,12 @@ def static_batching(model, requests: list[Request], batch_size: int = 8, *, eos_
     """
     check_number("batch_size", batch_size, low=1, integer=True)
     model = as_model(model)
-    if params is None and temperature is None:
-        temperature = 0.0  # serving defaults to greedy
+    temperature = 0.0 if params is None and temperature is None else temperature  # serving defaults to greedy
     params = SamplingParams.resolve(params, temperature=temperature, **settings)
     eos_list, pad = special_ids(model, eos_token_id, pad_token_id)
+    if any(r.params is not None or r.constraint is not None for r in requests):
+        raise ValueError("static_batching serves every request with one set of settings: requests with params "
+                         "or a constraint of their own need the ContinuousBatcher")
     order = sorted(requests, key=lambda r: r.arrival)
     start = time.perf_counter()
     for i in range(0, len(order), batch_size):
@@ -292,9 +379,7 @@ def compare_batching(model, requests: list[Request], batch_size: int = 8, **para
     EOS is ignored (``eos_token_id=[]``) so both serve exactly ``max_new_tokens`` per request and the
     comparison measures scheduling, not luck. With greedy settings the tokens must agree (``same_tokens``).
     """
-    def clone():
-        return [Request(prompt=list(r.prompt), max_new_tokens=r.max_new_tokens, arrival=r.arrival, seed=r.seed,
-                        id=r.id) for r in requests]
+    clone = lambda: [dataclasses.replace(r) for r in requests]  # noqa: E731  (copies: each run fills in its own results)
 
     static_reqs = static_batching(model, clone(), batch_size, eos_token_id=[], **params)
     batcher = ContinuousBatcher(model, max_batch=batch_size, eos_token_id=[], **params)

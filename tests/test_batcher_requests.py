@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from infergen.constraints import make_constraint
 from infergen.decoding.sampling import generate_autoregressive
 from infergen.params import SamplingParams
-from infergen.serving import ContinuousBatcher, Request
+from infergen.serving import ContinuousBatcher, Request, static_batching
 from infergen.text import StopStrings
 
 pytest.importorskip("llguidance")
@@ -163,6 +163,10 @@ def test_bad_request_settings_are_refused_naming_them(tiny_native, tok):
         ContinuousBatcher(tiny_native).run([Request([5], id="a"), Request([6], id="a")])
     with pytest.raises(TypeError, match="tokenizer"):
         ContinuousBatcher(tiny_native, tokenizer="gpt2")
+    with pytest.raises(ValueError, match="request_id 'x' names no request"):
+        ContinuousBatcher(tiny_native).cancel("x")  # no run yet: set Request.cancel_at instead
+    with pytest.raises(ValueError, match="static_batching serves every request with one set of settings"):
+        static_batching(tiny_native, [Request([5], params=SETTINGS[1])])  # it would ignore them silently
 
 
 # -- the property: random workloads ---------------------------------------------------------------

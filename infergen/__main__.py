@@ -1,6 +1,6 @@
-"""``python -m infergen``: the command line (:mod:`infergen.cli`)."""
+"""``python -m infergen``: the command line (:mod:`infergen.interop.cli`, a companion)."""
 
-from .cli import main
+from .interop.cli import main
 
 if __name__ == "__main__":
     main()

@@ -34,7 +34,7 @@ may be cancelled; whatever it is batched with, it decodes exactly the tokens it 
 :func:`static_batching` is the baseline and :func:`compare_batching` measures both on the same
 mixed-length workload (see ``python -m infergen.bench --sections serving``).
 
-The same settings in transformers' and vLLM's terms live in :mod:`infergen.mappings` (re-exported here).
+The same settings in transformers' and vLLM's terms: :mod:`infergen.interop.mappings` (a companion).
 """
 from __future__ import annotations
 
@@ -52,12 +52,9 @@ from .decoding.base import Setup, make_generator, special_ids
 from .decoding.sampling import generate_autoregressive
 from .decoding.steps import FinishReason, Rows, Sampler, decode_one, last_logits, prefill
 from .models.hf import as_model
-from .mappings import (CALL_SETTINGS, TRANSFORMERS_NAMES, VLLM_NAMES, from_generation_config,  # noqa: F401
-                       to_generation_config, to_vllm_sampling_params)
 from .params import SamplingParams, setting
 
-__all__ = ["ContinuousBatcher", "Request", "compare_batching", "from_generation_config", "mixed_workload",
-           "static_batching", "to_generation_config", "to_vllm_sampling_params"]
+__all__ = ["ContinuousBatcher", "Request", "compare_batching", "mixed_workload", "static_batching"]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "infergen"
-COMPANIONS = ("book", "bench", "course", "testing")  # infergen.book, .bench, .course, .testing
+COMPANIONS = ("book", "bench", "course", "testing", "interop", "__main__")  # infergen.book, ... and python -m infergen
 MAX_CODE_LINES = 3500   # the whole core, code lines
 MAX_MODULE_LINES = 400  # any one core module, physical lines (docstrings and comments included)
 

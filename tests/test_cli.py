@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import infergen
-from infergen.cli import main
+from infergen.interop.cli import main
 
 
 class ModelLoaded(AssertionError):

@@ -213,7 +213,7 @@ def test_max_new_tokens_zero_returns_the_prompt(tiny_native):
 
 
 def test_cli_generate(smollm, capsys):
-    from infergen.cli import main
+    from infergen.interop.cli import main
 
     main(["generate", "The capital of France is", "--max-new-tokens", "5"])
     out = capsys.readouterr().out

@@ -63,7 +63,7 @@ def test_item1_stream_stops_at_a_stop_string_given_through_params(smollm):
 def test_item2_from_generation_config_fills_transformers_defaults_and_refuses_what_it_cannot_map():
     from transformers import GenerationConfig
 
-    from infergen.mappings import from_generation_config
+    from infergen.interop.mappings import from_generation_config
 
     # transformers fills top_k=50 at generate() time when a sampling config leaves it unset
     assert from_generation_config(GenerationConfig(do_sample=True, temperature=0.8)).top_k == 50
@@ -103,7 +103,7 @@ def test_item6_stream_with_beam_and_several_return_sequences_streams_the_best(sm
 
 @pytest.mark.parametrize("name", ["temperature", "top_p"])
 def test_item10_mappings_name_a_per_row_tensor_setting(name):
-    from infergen.mappings import to_generation_config, to_vllm_sampling_params
+    from infergen.interop.mappings import to_generation_config, to_vllm_sampling_params
 
     value = torch.tensor([0.5, 0.7])
     for mapping in (to_generation_config, to_vllm_sampling_params):
@@ -115,7 +115,7 @@ def test_item10_mappings_name_a_per_row_tensor_setting(name):
                                          ("min_new_tokens", -1), ("eos_token_id", -3), ("eos_token_id", [2, -3]),
                                          ("pad_token_id", 1.5), ("max_new_tokens", True)])
 def test_item11_mappings_check_the_call_settings(name, value):
-    from infergen.mappings import to_generation_config, to_vllm_sampling_params
+    from infergen.interop.mappings import to_generation_config, to_vllm_sampling_params
 
     for mapping in (to_generation_config, to_vllm_sampling_params):
         with pytest.raises((ValueError, TypeError), match=name):

@@ -224,9 +224,9 @@ def test_importing_the_core_loads_no_companion_and_no_plotting_library():
     import subprocess
     import sys
 
-    code = ("import sys, infergen, infergen.cli, infergen.decoding, infergen.serving, infergen.metrics; "
+    code = ("import sys, infergen, infergen.decoding, infergen.serving, infergen.metrics; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'ipywidgets') "
-            "or m.startswith(('infergen.book', 'infergen.bench', 'infergen.course'))))")
+            "or m.startswith(('infergen.book', 'infergen.bench', 'infergen.course', 'infergen.interop'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"importing the core loaded {out.stdout.strip()}"
@@ -280,7 +280,8 @@ def test_api_page_documents_every_public_name():
 # install cell asks for)
 # --------------------------------------------------------------------------------------------------------
 COMPANIONS = {"infergen/book": ["book"], "infergen/bench": ["bench", "constraints"],
-              "infergen/course": ["course"], "infergen/testing.py": []}
+              "infergen/course": ["course"], "infergen/testing.py": [], "infergen/interop": [],
+              "infergen/__main__.py": []}
 CORE_EXTRAS = ["constraints"]   # infergen.constraints' backends, imported when asked for
 
 
@@ -395,7 +396,7 @@ def test_sdist_ships_the_package_and_no_test_that_needs_the_repository(tmp_path)
 
 
 def chapter_companions():
-    """{companion: [chapters importing it]} for infergen.book, .bench, .course, .testing (any import form)."""
+    """{companion: [chapters importing it]} for infergen.book, .bench, .course, .testing, .interop (any import form)."""
     import ast
     import json
 
@@ -414,7 +415,7 @@ def chapter_companions():
                     names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
                 for name in names:
                     parts = name.split(".")
-                    if parts[0] == "infergen" and len(parts) > 1 and parts[1] in ("book", "bench", "course", "testing"):
+                    if parts[0] == "infergen" and len(parts) > 1 and parts[1] in ("book", "bench", "course", "testing", "interop"):
                         found.setdefault(parts[1], set()).add(path.name[:2])
     return {k: sorted(v) for k, v in found.items()}
 

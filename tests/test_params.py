@@ -13,8 +13,8 @@ import torch
 import infergen
 from infergen import SamplingParams
 from infergen.params import SETTINGS
-from infergen.serving import ContinuousBatcher, Request, from_generation_config, static_batching, \
-    to_generation_config
+from infergen.interop import from_generation_config, to_generation_config
+from infergen.serving import ContinuousBatcher, Request, static_batching
 
 #: A value that matters for each field (fields that need no case say why).
 ACTIVE = {

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from infergen.decoding.sampling import generate_autoregressive, greedy_search
-from infergen.serving import (ContinuousBatcher, Request, compare_batching, mixed_workload, static_batching,
-                              to_generation_config, to_vllm_sampling_params)
+from infergen.interop import to_generation_config, to_vllm_sampling_params
+from infergen.serving import ContinuousBatcher, Request, compare_batching, mixed_workload, static_batching
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ import dataclasses
 
 import torch
 
-from ._validation import check_number
-from .params import SETTINGS, SamplingParams, setting
+from .._validation import check_number
+from ..params import SETTINGS, SamplingParams, setting
 
 __all__ = ["CALL_SETTINGS", "TRANSFORMERS_CALL_FIELDS", "TRANSFORMERS_NAMES", "TRANSFORMERS_UNSET", "VLLM_NAMES", "from_generation_config", "to_generation_config",
            "to_vllm_sampling_params"]

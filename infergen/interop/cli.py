@@ -21,11 +21,11 @@ import torch
 
 import infergen
 
-from ._validation import check_number
-from .models.loading import prepare_bundled
-from .params import SETTINGS, SamplingParams
-from .registry import get_decoder
-from .text import CONSTRAINED_STRATEGIES, UNCONSTRAINED_STRATEGIES
+from .._validation import check_number
+from ..models.loading import prepare_bundled
+from ..params import SETTINGS, SamplingParams
+from ..registry import get_decoder
+from ..text import CONSTRAINED_STRATEGIES, UNCONSTRAINED_STRATEGIES
 
 #: the options a strategy may take besides the sampling settings (each a keyword of its decoder):
 #: name -> (type, valid range as ``check_number`` takes it, help)

@@ -1,0 +1,15 @@
+"""infergen's interop companion: the library from outside Python, and in the peers' terms.
+
+* :mod:`infergen.interop.cli`: the command line, ``python -m infergen prepare|generate`` (also the
+  ``infergen`` script).
+* :mod:`infergen.interop.mappings`: the sampling settings as transformers' ``GenerationConfig`` and
+  vLLM's ``SamplingParams`` (chapter 10's parameter table), and back.
+
+A companion, not part of the core a student reads: it sits above the core and imports only its public
+doors; the core never imports it (the import-linter contracts in pyproject.toml).
+"""
+from .mappings import (CALL_SETTINGS, TRANSFORMERS_NAMES, VLLM_NAMES, from_generation_config, to_generation_config,
+                       to_vllm_sampling_params)
+
+__all__ = ["CALL_SETTINGS", "TRANSFORMERS_NAMES", "VLLM_NAMES", "from_generation_config", "to_generation_config",
+           "to_vllm_sampling_params"]

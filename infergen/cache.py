@@ -143,7 +143,7 @@ class PaddingState:
 
     ``mask[b, j]`` is True when column ``j`` of row ``b`` holds a real token (False for left padding).
     ``length`` is the number of columns filled so far (the same for every row). A subclass provides its
-    storage as :meth:`kv_layers` and ``update`` / ``reorder`` / ``crop`` / ``copy``.
+    storage as :meth:`kv_layers` and ``update`` / ``reorder`` (and ``crop`` where it must cut storage).
     """
 
     def __init__(self, batch_size: int, max_len: int, device):
@@ -212,6 +212,10 @@ class PaddingState:
         (one stacked pair with a leading layer dimension, or one pair per layer). ``like``: a cache of
         the same model, whose shapes a still-empty storage may copy."""
         raise NotImplementedError
+
+    def copy(self) -> Self:
+        """An independent copy (its own keys, values and mask): changing one never changes the other."""
+        return copy.deepcopy(self)
 
     def reorder_mask(self, index: torch.Tensor):
         """Gather the mask's rows (the storage is the subclass's business)."""
@@ -334,18 +338,8 @@ class KVCache(PaddingState):
         self.reorder_mask(index)
         return self
 
-    def copy(self) -> Self:
-        """An independent copy (its own keys, values and mask)."""
-        new = copy.copy(self)
-        new.k, new.v, new.mask = self.k.clone(), self.v.clone(), self.mask.clone()
-        return new
-
     @property
     def nbytes(self) -> int:
         """Bytes held by the preallocated keys and values."""
         return 2 * self.k.numel() * self.k.element_size()
 
-
-if TYPE_CHECKING:  # mypy checks here that both caches satisfy every protocol structurally
-    def _satisfies(kv: KVCache) -> tuple[Cache, CropCache, RowCache, ColumnCache]:
-        return kv, kv, kv, kv

@@ -155,9 +155,7 @@ def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Ten
     if continuation_ids.shape[0] != input_ids.shape[0]:
         raise ValueError(f"continuation_ids must have the batch size of input_ids ({input_ids.shape[0]}), "
                          f"got {continuation_ids.shape[0]}")
-    B, T = input_ids.shape
-    n = continuation_ids.shape[1]
-    vocab = model.config.vocab_size
+    (B, T), n, vocab = input_ids.shape, continuation_ids.shape[1], model.config.vocab_size
     for name, ids in (("input_ids", input_ids), ("continuation_ids", continuation_ids)):
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
             raise ValueError(f"{name} must be token ids in [0, {vocab - 1}], got values in "
@@ -165,22 +163,19 @@ def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Ten
     if T + n > model.max_context:
         raise ValueError(f"prompt + continuation = {T + n} tokens exceed the model's context of "
                          f"{model.max_context}")
-    device = model.device
     prompt_mask = _check_mask("attention_mask", attention_mask, (B, T))
     cont_mask = _check_mask("continuation_mask", continuation_mask, (B, n))
     if not bool(prompt_mask.any(-1).all()):
         raise ValueError("attention_mask has a row with no real token: every prompt needs at least one token")
-    ids = torch.cat([input_ids, continuation_ids], 1).to(device)
-    mask = torch.cat([prompt_mask, cont_mask], 1).to(device)
-    cont_mask, targets = cont_mask.to(device), continuation_ids.to(device)
+    ids = torch.cat([input_ids, continuation_ids], 1).to(model.device)
+    mask = torch.cat([prompt_mask, cont_mask], 1).to(model.device)
     with torch.inference_mode():
-        cache = model.new_cache(B, T + n)
-        logits = model(ids, cache, attention_mask=mask, logits="all").logits[:, T - 1:T + n - 1]
-        token_lp = token_logprobs(logits, targets).masked_fill(~cont_mask, 0.0)
+        logits = model(ids, model.new_cache(B, T + n), attention_mask=mask, logits="all").logits[:, T - 1:-1]
+        token_lp = token_logprobs(logits, ids[:, T:]).masked_fill(~mask[:, T:], 0.0)
     if reduction == "none":
         return token_lp
     total = token_lp.sum(-1)
-    return total if reduction == "sum" else total / cont_mask.sum(-1).clamp(min=1)
+    return total if reduction == "sum" else total / mask[:, T:].sum(-1).clamp(min=1)
 
 
 def mean_logprob(model, input_ids, continuation_ids, **kwargs) -> torch.Tensor:

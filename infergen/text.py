@@ -48,7 +48,6 @@ UNCONSTRAINED_STRATEGIES = {
                    "the constraint advanced along the draft (and rolled back on rejection), and the acceptance "
                    "test must compare the masked distributions of draft and target; it is not implemented",
 }
-_CONSTRAINT_KINDS = ("regex", "json_schema", "grammar", "choices")
 
 
 @dataclass
@@ -110,12 +109,13 @@ class StopStrings:
         return text[:len(text) - hold]
 
 
-def _stop_strings(stop, params: dict):
-    """The stop strings of a call: ``stop=``, else those of ``params=`` (a SamplingParams), else None."""
+def _stopper(tokenizer, stop, params: dict) -> StopStrings:
+    """The stop strings of a call: ``stop=`` (given, even empty: checked by StopStrings), else those of
+    ``params=`` (a SamplingParams), else none."""
     given = params.get("params")
-    if stop is not None:  # given, even empty: checked where the stop strings are built
-        return stop
-    return (given.stop if isinstance(given, SamplingParams) else None) or None
+    if stop is None and isinstance(given, SamplingParams):
+        stop = given.stop
+    return StopStrings(tokenizer, () if stop is None else stop)
 
 
 def encode(tokenizer, prompts, chat: bool = False, device=None):
@@ -211,7 +211,7 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
         raise TypeError(f"tokenizer must be a transformers tokenizer (the second value of load_model), got "
                         f"{type(tokenizer).__name__}")
     decoder = get_decoder(strategy)
-    stop = _stop_strings(stop, params)
+    stopper = _stopper(tokenizer, stop, params)
     if isinstance(params.get("params"), SamplingParams):  # stop strings are recognised here, on the text
         params["params"] = params["params"].replace(stop=())
     single = isinstance(prompt_or_prompts, str)
@@ -229,8 +229,7 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
                              params.get("eos_token_id"), **kinds)
     if built is not None:
         params["constraint"] = built
-    stopper = StopStrings(tokenizer, stop) if stop is not None else None
-    if stopper is not None:
+    if stopper.stops:
         params["stopping"] = stopper
     if "tokenizer" in inspect.signature(decoder).parameters:
         params.setdefault("tokenizer", tokenizer)  # e.g. MCTS value functions that read text
@@ -243,9 +242,7 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
         prompt = prompts[i // per_prompt]
         n = out.lengths[i] if out.lengths is not None else out.new_tokens.shape[1]
         ids, lps = out.new_tokens[i, :n].tolist(), out.logprobs[i, :n].tolist()
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        if stopper is not None:
-            text = stopper.cut(text)
+        text = stopper.cut(tokenizer.decode(ids, skip_special_tokens=True))
         score = float(out.scores[i]) if out.scores is not None else None
         results.append(GenerationResult(prompt=prompt, text=text, token_ids=ids, logprobs=lps,
                                         finish_reason=out.finish_reason[i], strategy=strategy,
@@ -266,8 +263,7 @@ def stream(model, tokenizer, prompt: str, strategy: str = "sample", max_new_toke
         raise TypeError("stream takes one prompt string")
     pieces: queue.Queue = queue.Queue()
     closed = threading.Event()
-    stops = _stop_strings(params.get("stop"), params)
-    stopper = StopStrings(tokenizer, stops) if stops is not None else None
+    stopper = _stopper(tokenizer, params.get("stop"), params)
 
     def on_tokens(tokens):
         if closed.is_set():
@@ -289,8 +285,8 @@ def stream(model, tokenizer, prompt: str, strategy: str = "sample", max_new_toke
     try:
         while isinstance(item := pieces.get(), int):
             ids.append(item)
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            text = (stopper.safe_prefix(text) if stopper is not None else text).rstrip("\ufffd")  # a partial char
+            # held back: what a stop string may still cut, and an incomplete character (U+FFFD)
+            text = stopper.safe_prefix(tokenizer.decode(ids, skip_special_tokens=True)).rstrip("\ufffd")
             if len(text) > len(emitted) and text.startswith(emitted):
                 yield text[len(emitted):]
                 emitted = text

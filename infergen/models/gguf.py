@@ -232,7 +232,7 @@ def tokenizer_from_gguf(source):
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t, kind in zip(tokens, meta["tokenizer.ggml.token_type"]) if kind == control])
     special = {role: tokens[meta[f"tokenizer.ggml.{role}_token_id"]]
-               for role in ("bos", "eos", "unknown", "padding") if f"tokenizer.ggml.{role}_token_id" in meta}
+               for role in _TOKEN_ROLES if f"tokenizer.ggml.{role}_token_id" in meta}
     if meta.get("tokenizer.ggml.add_bos_token") or meta.get("tokenizer.ggml.add_eos_token"):
         raise ValueError(f"{_where(reader)}: a GGUF tokenizer that adds start/end tokens is not supported here")
     config = {

@@ -11,14 +11,13 @@ same protocols as :class:`~infergen.cache.KVCache` (:mod:`infergen.cache`).
 """
 from __future__ import annotations
 
-import copy
 import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..cache import Cache, ColumnCache, CropCache, PaddingState, RowCache
+from ..cache import Cache, ColumnCache, CropCache, KVCache, PaddingState, RowCache
 from .protocol import GenerationDefaults, ModelBase, ModelOutput
 
 if TYPE_CHECKING:
@@ -89,10 +88,6 @@ class HFCache(PaddingState):
             self.inner.crop(-extra)
         return self
 
-    def copy(self) -> Self:
-        """An independent (deep) copy."""
-        return copy.deepcopy(self)
-
 
 class HFModel(ModelBase):
     """Wrap ``hf_model`` (a transformers causal LM) so infergen's decoders can drive it.
@@ -142,6 +137,6 @@ def as_model(model):
     raise TypeError(f"model must be an infergen model or a transformers causal LM, got {type(model).__name__}")
 
 
-if TYPE_CHECKING:  # mypy checks here that the adapter's cache satisfies every protocol structurally
-    def _satisfies(hc: HFCache) -> tuple[Cache, CropCache, RowCache, ColumnCache]:
-        return hc, hc, hc, hc
+if TYPE_CHECKING:  # mypy checks here that both caches satisfy every protocol structurally
+    def _satisfies(cache: KVCache | HFCache) -> tuple[Cache, CropCache, RowCache, ColumnCache]:
+        return cache, cache, cache, cache

@@ -24,7 +24,7 @@ from .gguf import (BUNDLED, HUB_IDS, cache_dir, not_installed_message, prepare_b
                    tokenizer_from_gguf)
 from .fast import prepack
 from .hf import HFModel
-from .llama import LlamaModel, bias_layout, native_unsupported
+from .llama import LlamaModel, native_unsupported
 from .protocol import GenerationDefaults
 
 
@@ -131,6 +131,13 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
     return (prepack(model) if device.type == "cpu" else model), tokenizer
 
 
+#: The native model's module names -> transformers' (several: fused by concatenation along the output).
+HF_NAMES = {"embed": ("embed_tokens",), "norm": ("norm",), "attn_norm": ("input_layernorm",),
+            "attn.wqkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            "attn.wo": ("self_attn.o_proj",), "mlp_norm": ("post_attention_layernorm",),
+            "mlp.w13": ("mlp.gate_proj", "mlp.up_proj"), "mlp.w2": ("mlp.down_proj",)}
+
+
 def native_from_state_dict(config, sd: dict, defaults: GenerationDefaults | None = None) -> LlamaModel:
     """The native model for ``config`` holding the weights of a transformers state dict ``sd`` (on the CPU).
 
@@ -140,21 +147,17 @@ def native_from_state_dict(config, sd: dict, defaults: GenerationDefaults | None
     this model would not use, say) is refused by name instead of being dropped, and so is a weight the
     model needs but ``sd`` lacks.
     """
+    with torch.device("meta"):
+        model = LlamaModel(config, defaults=defaults)
     source = {k.removeprefix("model."): v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
-    tied, bias = config.tie_word_embeddings, bias_layout(config)
+    tied = config.tie_word_embeddings
     head = "lm_head" if "lm_head.weight" in source or not tied else "embed_tokens"
-    names = {"embed.weight": ["embed_tokens.weight"], "norm.weight": ["norm.weight"],
-             "lm_head.weight": [head + ".weight"]}  # ours -> theirs (several: concatenated)
-    for i in range(config.num_hidden_layers):
-        p, a, m = f"layers.{i}.", f"layers.{i}.self_attn.", f"layers.{i}.mlp."
-        parts = {"attn.wqkv": ([a + n + "_proj" for n in "qkv"], bias["qkv"]),
-                 "attn.wo": ([a + "o_proj"], bias["o_proj"]),
-                 "mlp.w13": ([m + "gate_proj", m + "up_proj"], bias["mlp"]),
-                 "mlp.w2": ([m + "down_proj"], bias["mlp"]),
-                 "attn_norm": ([p + "input_layernorm"], False), "mlp_norm": ([p + "post_attention_layernorm"], False)}
-        for ours, (theirs, has_bias) in parts.items():
-            for kind in ("weight", "bias") if has_bias else ("weight",):
-                names[f"{p}{ours}.{kind}"] = [f"{n}.{kind}" for n in theirs]
+    table = {**HF_NAMES, "lm_head": (head,)}
+    names = {}  # ours -> theirs; the model's own parameters say which biases it has
+    for ours in model.state_dict():
+        module, _, kind = ours.rpartition(".")
+        layer = ".".join(module.split(".")[:2]) + "." if module.startswith("layers.") else ""
+        names[ours] = [f"{layer}{name}.{kind}" for name in table[module.removeprefix(layer)]]
     wanted = {n for theirs in names.values() for n in theirs}
     if wanted - set(source):
         raise ValueError(f"weights do not fit the model: the checkpoint lacks {sorted(wanted - set(source))}")
@@ -162,13 +165,11 @@ def native_from_state_dict(config, sd: dict, defaults: GenerationDefaults | None
     if left:
         raise ValueError(f"weights do not fit the model: the checkpoint has weights the native model would "
                          f"not use: {left[:8]}{' ...' if len(left) > 8 else ''}")
-    with torch.device("meta"):
-        model = LlamaModel(config, defaults=defaults)
     dtype = torch.get_default_dtype()  # the parameters' dtype, as if the model had been built on the CPU
     # A fused weight is a fresh tensor (torch.cat) and is adopted as it is; the others are copied, so that
     # the model never shares memory with ``sd``.
-    model.load_state_dict({ours: source[t[0]].to("cpu", dtype, copy=True) if len(t) == 1
-                           else torch.cat([source[n] for n in t]).to("cpu", dtype) for ours, t in names.items()},
+    model.load_state_dict({ours: source[t[0]].to("cpu", dtype, copy=True) if len(t) == 1 else
+                           torch.cat([source[n] for n in t]).to("cpu", dtype) for ours, t in names.items()},
                           assign=True)
     if tied:
         model.lm_head.weight = model.embed.weight  # one parameter, as the checkpoint has one tensor

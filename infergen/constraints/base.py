@@ -40,14 +40,15 @@ Semantics every backend follows
 """
 from __future__ import annotations
 
+import copy
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
 __all__ = [
-    "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "Constraint", "ConstraintState", "RowConstraints",
-    "as_row_constraints", "is_complete",
+    "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "BackendConstraint", "BackendState", "Constraint",
+    "ConstraintState", "RowConstraints", "as_row_constraints", "is_complete",
 ]
 
 #: finish reason of a row whose constraint is complete (only EOS could follow)
@@ -100,26 +101,81 @@ def is_complete(state: ConstraintState) -> bool:
     :meth:`RowConstraints.complete` right after :func:`as_row_constraints`, and a row that is complete
     there is finished with zero tokens -- no forward pass is spent on it (none at all if every row is).
     """
-    allowed = state.allowed().numpy()
-    return state.accepting() and _eos_only(state, allowed)
+    return state.accepting() and _eos_only(state, state.allowed().numpy())
+
+
+class BackendConstraint:
+    """What every backend's :class:`Constraint` holds besides its compiled form: the pattern
+    (``kind``, ``source``), the vocabulary's size and EOS ids, and the two masks every backend's
+    states share (:attr:`eos_mask`: EOS only, after EOS; :attr:`nothing`: a dead state's). A subclass
+    names its ``backend`` and implements ``start()``."""
+
+    def __init__(self, kind: str, source, vocab):
+        self.kind, self.source = kind, source
+        self.vocab_size, self.eos_token_ids = vocab.size, vocab.eos_token_ids
+        self.nothing = torch.zeros(vocab.size, dtype=torch.bool)
+        self.eos_mask = self.nothing.clone()
+        self.eos_mask[list(vocab.eos_token_ids)] = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.kind}={self.source!r})"
+
+
+class BackendState:
+    """The semantics of the module docstring, written once for every backend's :class:`ConstraintState`.
+
+    A backend's state keeps its own position ``state`` (a DFA state number, an ``LLMatcher``) and
+    implements three methods on a *live* state: ``_mask()`` (its bool mask, EOS iff accepting),
+    ``_accepts()`` and ``_step(token)`` (move, or return False when the backend refuses the token).
+    This class owns the rest: EOS in an accepting state *ends* the state (``ended``); EOS elsewhere,
+    any token after the end, an id outside the vocabulary or a refused token make it *dead* (``dead``).
+    ``fork`` is a shallow copy (a backend whose position is a mutable object overrides it).
+    """
+
+    constraint: BackendConstraint
+
+    def __init__(self, constraint: BackendConstraint, state):
+        self.constraint, self.state, self.ended, self.dead = constraint, state, False, False
+
+    def allowed(self) -> torch.Tensor:
+        """Bool ``[vocab_size]``: which ids may come next (EOS iff accepting); shared, do not modify."""
+        if self.dead or self.ended:
+            return self.constraint.nothing if self.dead else self.constraint.eos_mask
+        return self._mask()
+
+    def accepting(self) -> bool:
+        """Is the text so far a complete match?"""
+        return self.ended or (not self.dead and self._accepts())
+
+    def advance(self, token_id: int) -> None:
+        """Consume one token: EOS ends an accepting state, a token that was not allowed kills it."""
+        if self.dead:
+            return
+        if token_id in self.constraint.eos_token_ids:
+            self.ended = self.accepting()
+            self.dead = not self.ended
+        elif self.ended or not 0 <= token_id < self.constraint.vocab_size:
+            self.ended, self.dead = False, True
+        else:
+            self.dead = not self._step(token_id)
+
+    def fork(self) -> "BackendState":
+        """An independent copy (the two then advance separately)."""
+        return copy.copy(self)
+
+    def _mask(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _accepts(self) -> bool:
+        raise NotImplementedError
+
+    def _step(self, token_id: int) -> bool:
+        raise NotImplementedError
 
 
 def _eos_only(state: ConstraintState, allowed: np.ndarray) -> bool:
     eos = [e for e in state.constraint.eos_token_ids if e < allowed.size]
     return int(np.count_nonzero(allowed)) == int(np.count_nonzero(allowed[eos]))
-
-
-def _index_list(index, batch_size: int) -> list[int]:
-    if isinstance(index, torch.Tensor):
-        if index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
-            raise ValueError(f"index must be a 1-D tensor of row numbers, got shape {tuple(index.shape)} "
-                             f"and dtype {index.dtype}")
-        index = index.tolist()
-    index = [int(i) for i in index]
-    bad = [i for i in index if not 0 <= i < batch_size]
-    if bad:
-        raise ValueError(f"index must hold row numbers in [0, {batch_size - 1}], got {bad[:5]}")
-    return index
 
 
 class RowConstraints:
@@ -130,12 +186,11 @@ class RowConstraints:
     """
 
     def __init__(self, states: Sequence[ConstraintState | None], budget=None):
-        self.states = list(states)
+        self.states, n = list(states), len(states)
         for i, s in enumerate(self.states):
             if s is not None and not isinstance(s, ConstraintState):
                 raise TypeError(f"states[{i}] must be a ConstraintState or None, got {type(s).__name__}")
-        self._allowed: list[np.ndarray | None] = [None] * len(self.states)
-        n = len(self.states)
+        self._allowed: list[np.ndarray | None] = [None] * n
         budget = list(budget) if isinstance(budget, (list, tuple)) else [budget] * n
         if len(budget) != n or any(b is not None and (not isinstance(b, int) or b < 0) for b in budget):
             raise ValueError(f"budget must be None, a token count >= 0 or one per row ({n}), got {budget}")
@@ -231,18 +286,14 @@ class RowConstraints:
     def allowed(self, width: int, device=None) -> torch.Tensor:
         """Bool ``[B, width]``: the allowed ids of every row, ``width`` being the logits' last dimension.
         Ids at or beyond a constraint's ``vocab_size`` are never allowed; unconstrained rows allow all."""
-        out = torch.from_numpy(self._allowed_array(width))
-        return out.to(device) if device is not None else out
+        return torch.from_numpy(self._allowed_array(width)).to(device)
 
     def _allowed_array(self, width: int) -> np.ndarray:
-        out = np.zeros((len(self.states), width), dtype=np.bool_)
+        out = np.ones((len(self.states), width), dtype=np.bool_)  # unconstrained rows allow all
         for i, s in enumerate(self.states):
-            if s is None:
-                out[i] = True
-            else:
-                row = self._row(i)
-                m = min(width, row.size)
-                out[i, :m] = row[:m]
+            if s is not None:
+                row = self._row(i)[:width]
+                out[i] = np.pad(row, (0, width - row.size))  # False beyond the constraint's vocab_size
         return out
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
@@ -274,11 +325,10 @@ class RowConstraints:
 
         ``active`` (bool [B], default all) excludes finished rows, whose tokens are padding.
         """
-        toks = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        toks = torch.as_tensor(tokens).tolist()
         if len(toks) != len(self.states):
             raise ValueError(f"tokens must have one id per row ({len(self.states)}), got {len(toks)}")
-        act = [True] * len(toks) if active is None else (
-            active.tolist() if isinstance(active, torch.Tensor) else list(active))
+        act = [True] * len(toks) if active is None else torch.as_tensor(active).tolist()
         if len(act) != len(toks):
             raise ValueError(f"active must have one flag per row ({len(toks)}), got {len(act)}")
         for i, (s, t, a) in enumerate(zip(self.states, toks, act)):
@@ -299,7 +349,14 @@ class RowConstraints:
     def select(self, index) -> "RowConstraints":
         """New rows ``[index[0], index[1], ...]``, each an independent fork (beam search reorders and
         duplicates its beams this way; the batch size may change). ``self`` is left unchanged."""
-        rows = _index_list(index, len(self.states))
+        if isinstance(index, torch.Tensor):
+            if index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
+                raise ValueError(f"index must be a 1-D tensor of row numbers, got shape {tuple(index.shape)} "
+                                 f"and dtype {index.dtype}")
+            index = index.tolist()
+        rows = [int(i) for i in index]
+        if bad := [i for i in rows if not 0 <= i < len(self.states)]:
+            raise ValueError(f"index must hold row numbers in [0, {len(self.states) - 1}], got {bad[:5]}")
         out = RowConstraints([None if (s := self.states[j]) is None else s.fork() for j in rows],
                              [self.budget[j] for j in rows])
         for name in ("_allowed", "used", "_estimate", "_closed", "_no_fit"):  # the same positions: masks still hold

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Iterable
+from dataclasses import replace
 
 from .base import Constraint
 from .schema import DEFAULT_OPTIONS, UNBOUNDED, SchemaOptions, bound_schema, explain_refusal
@@ -23,11 +24,10 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "escape_literal", "get_compiler", "mak
 
 DEFAULT_BACKEND = "llguidance"
 BACKENDS = ("llguidance", "outlines", "teaching")
-KINDS = ("regex", "json_schema", "grammar", "choices")
 _REGEX_META = set("\\.^$|?*+()[]{}")
 
-# tokenizer -> {(backend or "vocabulary", eos ids): compiler or TokenVocabulary}; a pure cache (results are the same without it), whose
-# entries go away with their tokenizer
+# tokenizer -> {(backend or "vocabulary", repr(eos_token_id)): compiler or TokenVocabulary}; a pure cache
+# (results are the same without it), whose entries go away with their tokenizer
 _compilers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -36,28 +36,27 @@ def escape_literal(text: str) -> str:
     return "".join("\\" + c if c in _REGEX_META else c for c in text)
 
 
-def _eos_key(eos_token_id):
-    if eos_token_id is None:
-        return None
-    return tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple, set)) else (eos_token_id,)
-
-
-def _new_compiler(tokenizer, backend: str, eos_token_id, vocab: TokenVocabulary):
-    if backend == "llguidance":
-        from .llguidance_backend import LLGuidanceCompiler
-        return LLGuidanceCompiler(tokenizer, vocab)
-    if backend == "outlines":
+def _new_compiler(tokenizer, backend: str, vocab: TokenVocabulary):
+    if backend == "teaching":
+        from .teaching import TeachingCompiler
+        return TeachingCompiler(vocab)
+    package = {"llguidance": "llguidance", "outlines": "outlines-core"}[backend]
+    try:  # a production backend needs its package, an optional dependency (the constraints extra)
+        if backend == "llguidance":
+            from .llguidance_backend import LLGuidanceCompiler
+            return LLGuidanceCompiler(tokenizer, vocab)
         from .outlines_backend import OutlinesCompiler
         return OutlinesCompiler(vocab)
-    from .teaching import TeachingCompiler
-    return TeachingCompiler(vocab)
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"backend={backend!r} needs the {package} package: "
+                          f"pip install 'infergen[constraints]' (or pip install {package})") from e
 
 
 def get_compiler(tokenizer, backend: str = DEFAULT_BACKEND, eos_token_id=None):
     """The backend's compiler for ``tokenizer`` (built on first use, then reused)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    eos = _eos_key(eos_token_id)
+    eos = repr(eos_token_id)
     try:
         per_tokenizer = _compilers.setdefault(tokenizer, {})
     except TypeError:  # an object that cannot be weakly referenced: no caching
@@ -65,8 +64,7 @@ def get_compiler(tokenizer, backend: str = DEFAULT_BACKEND, eos_token_id=None):
     if ("vocabulary", eos) not in per_tokenizer:  # shared by the backends
         per_tokenizer[("vocabulary", eos)] = TokenVocabulary.from_tokenizer(tokenizer, eos_token_id)
     if (backend, eos) not in per_tokenizer:
-        per_tokenizer[(backend, eos)] = _new_compiler(tokenizer, backend, eos_token_id,
-                                                      per_tokenizer[("vocabulary", eos)])
+        per_tokenizer[(backend, eos)] = _new_compiler(tokenizer, backend, per_tokenizer[("vocabulary", eos)])
     return per_tokenizer[(backend, eos)]
 
 
@@ -118,23 +116,18 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
     if len(given) > 1:
         raise ValueError(f"give only one of regex, json_schema, grammar, choices; got {' and '.join(given)} "
                          "(a JSON schema already fixes the text: a regex cannot be added to it)")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     (kind, source), = given.items()
-    pattern = None
-    if kind in ("regex", "grammar"):
-        if not isinstance(source, str):
-            raise TypeError(f"{kind} must be a str, got {type(source).__name__}")
-        pattern = source if kind == "regex" else None
-    elif kind == "json_schema":
+    pattern = source if kind == "regex" else None  # the regex a regex backend compiles (choices: built below)
+    if kind in ("regex", "grammar") and not isinstance(source, str):
+        raise TypeError(f"{kind} must be a str, got {type(source).__name__}")
+    if kind == "json_schema":
         source = _schema_dict(source)
-    else:
+    elif kind == "choices":
         if isinstance(source, (str, bytes, dict)) or not isinstance(source, Iterable):
             raise TypeError(f"choices must be a list of strings (the texts the output may be), got {source!r} "
                             f"({type(source).__name__})")
         source = list(source)
-        bad = [c for c in source if not isinstance(c, str)]
-        if bad:
+        if bad := [c for c in source if not isinstance(c, str)]:
             raise TypeError(f"choices must be a list of strings (the texts the output may be), got {source!r}: "
                             f"{bad[0]!r} is a {type(bad[0]).__name__}")
         if not source:
@@ -142,14 +135,14 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
         pattern = "|".join(f"(?:{escape_literal(c)})" for c in source)
     if not isinstance(json_options, SchemaOptions):
         raise TypeError(f"json_options must be a SchemaOptions, got {type(json_options).__name__}")
-    compiler = get_compiler(tokenizer, backend, eos_token_id)
+    compiler = get_compiler(tokenizer, backend, eos_token_id)  # it checks ``backend``
     if kind not in compiler.kinds:
         raise ValueError(f"{kind}: backend {backend!r} supports {', '.join(compiler.kinds)}; use "
                          f"backend='llguidance' for {kind}")
     tries = [source]
     if kind == "json_schema":  # bounded first; as given (but for oneOf coercion) when that fails
-        as_given = bound_schema(source, SchemaOptions(**{**vars(UNBOUNDED), "coerce_one_of": json_options.coerce_one_of}))
-        tries = [bound_schema(source, json_options), as_given]
+        as_given = replace(UNBOUNDED, coerce_one_of=json_options.coerce_one_of)
+        tries = [bound_schema(source, options) for options in (json_options, as_given)]
     for attempt in tries:
         try:
             return compiler.compile(kind, attempt, pattern)

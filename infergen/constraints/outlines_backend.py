@@ -20,20 +20,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import outlines_core
 import torch
 
+from .base import BackendConstraint, BackendState
 from .vocabulary import TokenVocabulary
 
 __all__ = ["OutlinesCompiler", "OutlinesConstraint", "OutlinesState", "anchored"]
-
-
-def _import():
-    try:
-        import outlines_core
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("backend='outlines' needs the outlines-core package: "
-                          "pip install 'infergen[constraints]' (or pip install outlines-core)") from e
-    return outlines_core
 
 
 #: the byte read before the pattern by an extra token id (``vocab.size``) that no mask ever shows
@@ -48,53 +41,40 @@ def anchored(regex: str) -> str:
 class OutlinesCompiler:
     """Builds outlines-core ``Index`` objects for one tokenizer (its ``Vocabulary`` is made once, here)."""
 
-    backend = "outlines"
     kinds = ("regex", "json_schema", "choices")
 
     def __init__(self, vocab: TokenVocabulary):
-        oc = _import()
-        self.oc, self.vocab = oc, vocab
-        by_bytes: dict[bytes, list[int]] = {}
+        self.vocab = vocab
+        by_bytes: dict[bytes, list[int]] = {START_BYTE: [vocab.size]}  # the extra id that reads START_BYTE
         for i, b in enumerate(vocab.token_bytes):
             if b is not None:
                 by_bytes.setdefault(b, []).append(i)
-        by_bytes.setdefault(START_BYTE, []).append(vocab.size)  # the extra id that reads START_BYTE
-        self.vocabulary = oc.Vocabulary(vocab.eos_token_ids[0], by_bytes)
-
-    def regex(self, kind: str, source, pattern: str | None) -> str:
-        """The regex (outlines' own for a JSON schema) whose fullmatches are the allowed texts."""
-        if kind == "json_schema":
-            return self.oc.json_schema.build_regex_from_schema(json.dumps(source))
-        assert pattern is not None, "a regex or choices constraint comes with its pattern"
-        return pattern
+        self.vocabulary = outlines_core.Vocabulary(vocab.eos_token_ids[0], by_bytes)
 
     def compile(self, kind: str, source, pattern: str | None) -> "OutlinesConstraint":
-        """``ValueError`` with outlines-core's own message when the pattern is invalid."""
+        """``ValueError`` with outlines-core's own message when the pattern is invalid. A JSON schema
+        becomes outlines' own regex first, whose fullmatches are the texts valid under it."""
         try:
-            regex = self.regex(kind, source, pattern)
-            index = self.oc.Index(anchored(regex), self.vocabulary)
+            if kind == "json_schema":
+                pattern = outlines_core.json_schema.build_regex_from_schema(json.dumps(source))
+            assert pattern is not None, "a regex or choices constraint comes with its pattern"
+            index = outlines_core.Index(anchored(pattern), self.vocabulary)
         except (ValueError, RuntimeError) as e:
             raise ValueError(str(e).strip()) from None
-        start = index.get_next_state(index.get_initial_state(), self.vocab.size)
-        if start is None:  # pragma: no cover - the index always reads START_BYTE first
-            raise ValueError("outlines-core built no state after the start byte")
-        return OutlinesConstraint(kind, source, regex, index, self.vocab, start)
+        return OutlinesConstraint(kind, source, pattern, index, self.vocab)
 
 
-class OutlinesConstraint:
+class OutlinesConstraint(BackendConstraint):
     """An outlines-core ``Index``; the bool mask of each DFA state is built once, when first needed."""
 
     backend = "outlines"
 
-    def __init__(self, kind: str, source, regex: str, index, vocab: TokenVocabulary, start_state: int):
-        self.kind, self.source, self.regex, self.index = kind, source, regex, index
-        self.start_state = start_state  # the index state after START_BYTE: where every row begins
-        self.vocab_size = vocab.size
-        self.eos_token_ids = vocab.eos_token_ids
+    def __init__(self, kind: str, source, regex: str, index, vocab: TokenVocabulary):
+        super().__init__(kind, source, vocab)
+        self.regex, self.index = regex, index
+        self.start_state = index.get_next_state(index.get_initial_state(), vocab.size)  # after START_BYTE:
+        # where every row begins (the index always reads START_BYTE first)
         self._masks: dict[int, torch.Tensor] = {}
-
-    def __repr__(self) -> str:
-        return f"OutlinesConstraint({self.kind}={self.source!r})"
 
     def mask_of(self, state: int) -> torch.Tensor:
         """Bool ``[vocab_size]``: the tokens allowed in index state ``state`` (EOS iff it is final)."""
@@ -110,42 +90,20 @@ class OutlinesConstraint:
         return OutlinesState(self, self.start_state)
 
 
-class OutlinesState:
-    """An ``Index`` state number; ``None`` once dead."""
+class OutlinesState(BackendState):
+    """An ``Index`` state number ``state``; EOS, dead and ended as :class:`~.base.BackendState` has them."""
 
-    def __init__(self, constraint: OutlinesConstraint, state: int | None, ended: bool = False):
-        self.constraint, self.state, self.ended = constraint, state, ended
+    constraint: OutlinesConstraint
+    state: int
 
-    def allowed(self) -> torch.Tensor:
-        """Bool ``[vocab_size]``: which ids may come next (EOS iff accepting); shared, do not modify."""
-        c = self.constraint
-        if self.state is None:
-            return torch.zeros(c.vocab_size, dtype=torch.bool)
-        if self.ended:
-            out = torch.zeros(c.vocab_size, dtype=torch.bool)
-            out[list(c.eos_token_ids)] = True
-            return out
-        return c.mask_of(self.state)
+    def _mask(self) -> torch.Tensor:
+        return self.constraint.mask_of(self.state)
 
-    def accepting(self) -> bool:
-        """Is the text so far a complete match?"""
-        return self.state is not None and (self.ended or self.constraint.index.is_final_state(self.state))
+    def _accepts(self) -> bool:
+        return self.constraint.index.is_final_state(self.state)
 
-    def advance(self, token_id: int) -> None:
-        """Consume one token: EOS ends the state, a token that was not allowed kills it."""
-        c = self.constraint
-        if self.state is None:
-            return
-        if token_id in c.eos_token_ids:
-            if self.accepting():
-                self.ended = True
-            else:
-                self.state = None
-        elif self.ended or not 0 <= token_id < c.vocab_size or not bool(self.allowed()[token_id]):
-            self.state, self.ended = None, False
-        else:
-            self.state = c.index.get_next_state(self.state, token_id)
-
-    def fork(self) -> "OutlinesState":
-        """An independent copy."""
-        return OutlinesState(self.constraint, self.state, self.ended)
+    def _step(self, token_id: int) -> bool:
+        if not self._mask()[token_id]:
+            return False
+        self.state = self.constraint.index.get_next_state(self.state, token_id)
+        return True

@@ -42,12 +42,20 @@ class _Parser:
     def __init__(self, pattern: str):
         self.pattern, self.pos = pattern, 0
 
-    def fail(self, message: str):
-        raise ValueError(f"{message} at position {self.pos} of {self.pattern!r}")
+    def fail(self, message: str, back: int = 0):
+        raise ValueError(f"{message} at position {self.pos - back} of {self.pattern!r}")
 
     def peek(self, ahead: int = 0):
         i = self.pos + ahead
         return self.pattern[i] if i < len(self.pattern) else None
+
+    def accept(self, chars: str) -> str | None:
+        """Take the next character if it is one of ``chars`` and return it; None (taking nothing) if not."""
+        c = self.peek()
+        if c is None or c not in chars:
+            return None
+        self.pos += 1
+        return c
 
     def take(self) -> str:
         if self.pos >= len(self.pattern):
@@ -63,8 +71,7 @@ class _Parser:
 
     def alternation(self):
         branches = [self.concatenation()]
-        while self.peek() == "|":
-            self.take()
+        while self.accept("|"):
             branches.append(self.concatenation())
         return branches[0] if len(branches) == 1 else ("alt", branches)
 
@@ -76,10 +83,8 @@ class _Parser:
 
     def repetition(self):
         node = self.atom()
-        c = self.peek()
-        if c is None or c not in QUANTIFIERS:
+        if (c := self.accept(QUANTIFIERS)) is None:
             return node
-        self.take()
         lo, hi = {"*": (0, None), "+": (1, None), "?": (0, 1)}.get(c) or self.counted()
         if self.peek() is not None and self.peek() in QUANTIFIERS:
             self.fail("a quantifier right after a quantifier (lazy/possessive) is not in the subset; "
@@ -93,14 +98,11 @@ class _Parser:
             while self.peek() is not None and self.peek().isdigit() and self.peek().isascii():
                 self.take()
             return int(self.pattern[start:self.pos]) if self.pos > start else None
-        lo = number()
-        hi = lo
-        if self.peek() == ",":
-            self.take()
+        lo = hi = number()
+        if self.accept(","):
             hi = number()
-        if self.peek() != "}" or (lo is None and hi is None):
+        if (lo is None and hi is None) or not self.accept("}"):
             self.fail("'{' must start a repetition {m}, {m,}, {,n} or {m,n} (write \\{ for a brace)")
-        self.take()
         lo = lo or 0
         if hi is not None and hi < lo:
             self.fail(f"repetition {{{lo},{hi}}} has its maximum below its minimum")
@@ -111,14 +113,11 @@ class _Parser:
     def atom(self):
         c = self.take()
         if c == "(":
-            if self.peek() == "?":
-                if self.peek(1) != ":":
-                    self.fail("only the non-capturing group (?:...) is in the subset")
-                self.take(), self.take()
+            if self.accept("?") and not self.accept(":"):
+                self.fail("only the non-capturing group (?:...) is in the subset", back=1)
             node = self.alternation()
-            if self.peek() != ")":
+            if not self.accept(")"):
                 self.fail("missing ')'")
-            self.take()
             return node
         if c == "[":
             return self.char_class()
@@ -126,12 +125,10 @@ class _Parser:
             return ("chars", ASCII - {ord("\n")}, True)
         if c == "\\":
             return self.escape()
-        if c in "*+?{":
-            self.pos -= 1
-            self.fail(f"nothing to repeat before {c!r}")
+        if c in QUANTIFIERS:
+            self.fail(f"nothing to repeat before {c!r}", back=1)
         if c in "^$":
-            self.pos -= 1
-            self.fail(f"anchors ({c!r}) are not in the subset: the whole output always has to match")
+            self.fail(f"anchors ({c!r}) are not in the subset: the whole output always has to match", back=1)
         return self.literal(c)
 
     @staticmethod
@@ -147,8 +144,7 @@ class _Parser:
             return self.literal(CHAR_ESCAPES[c])
         if c.isascii() and not c.isalnum():
             return self.literal(c)
-        self.pos -= 1
-        self.fail(f"the escape \\{c} is not in the subset")
+        self.fail(f"the escape \\{c} is not in the subset", back=1)
 
     def class_member(self):
         """One character of a class (returns ``("chars", ...)`` or the single character as a str)."""
@@ -161,36 +157,27 @@ class _Parser:
         return c
 
     def char_class(self):
-        negated = self.peek() == "^"
-        if negated:
-            self.take()
+        negated = self.accept("^") is not None
         members, multibyte, first = set(), False, True
-        while True:
+        while first or not self.accept("]"):  # a ']' right after the '[' (or '[^') is a member
+            first = False
             if self.peek() is None:
                 self.fail("missing ']'")
-            if self.peek() == "]" and not first:
-                self.take()
-                break
-            first = False
             m = self.class_member()
             if not isinstance(m, str):  # \d, \w, ... inside the class
                 members |= m[1]
                 multibyte |= m[2]
                 continue
+            hi = m
             if self.peek() == "-" and self.peek(1) not in (None, "]"):
                 self.take()
                 hi = self.class_member()
                 if not isinstance(hi, str) or ord(hi) < ord(m):
                     self.fail(f"bad range {m!r}-{hi if isinstance(hi, str) else '...'!r} in a class")
-                span = range(ord(m), ord(hi) + 1)
-            else:
-                span = [ord(m)]
-            if max(span) > 127:
+            if ord(hi) > 127:
                 self.fail("classes hold ASCII characters only in the subset")
-            members |= set(span)
-        if negated:
-            return ("chars", ASCII - members, not multibyte)
-        return ("chars", frozenset(members), multibyte)
+            members |= set(range(ord(m), ord(hi) + 1))
+        return ("chars", ASCII - members, not multibyte) if negated else ("chars", frozenset(members), multibyte)
 
 
 def parse(pattern: str):

@@ -119,18 +119,10 @@ def bound_schema(schema, opts: SchemaOptions = DEFAULT_OPTIONS) -> dict:
 
 def _find(s, key: str, value, at: str) -> str | None:
     """The JSON pointer of the first place in ``s`` with ``key`` (and ``value``, unless None)."""
-    if isinstance(s, dict):
-        if key in s and (value is None or s[key] == value):
-            return at or "/"
-        items = list(s.items())
-    elif isinstance(s, list):
-        items = list(enumerate(s))
-    else:
-        return None
-    for k, v in items:
-        if (where := _find(v, key, value, f"{at}/{k}")) is not None:
-            return where
-    return None
+    if isinstance(s, dict) and key in s and (value is None or s[key] == value):
+        return at or "/"
+    items = s.items() if isinstance(s, dict) else enumerate(s) if isinstance(s, list) else ()
+    return next((where for k, v in items if (where := _find(v, key, value, f"{at}/{k}")) is not None), None)
 
 
 def explain_refusal(schema, message: str) -> str | None:

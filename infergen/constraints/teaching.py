@@ -24,11 +24,13 @@ a character and nothing changes.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .base import BackendConstraint, BackendState
 from .regex_parse import parse
 from .vocabulary import TokenVocabulary
 
@@ -71,66 +73,62 @@ class NFA:
         self.start = self.end = None
 
     def new_state(self) -> int:
+        """A new state, with no moves yet; its number."""
         self.moves.append([])
         self.eps.append([])
         return len(self.moves) - 1
 
+    def step(self, q: int, byteset: frozenset, r: int | None = None) -> int:
+        """Add a move from ``q``, reading one byte of ``byteset``, into ``r`` (default: a new state).
+        Return ``r``."""
+        r = self.new_state() if r is None else r
+        self.moves[q].append((byteset, r))
+        return r
+
+    def then(self, q: int, node) -> int:
+        """Add the automaton of ``node``, entered from ``q`` by an ε-move; return its exit."""
+        entry, exit_ = self.fragment(node)
+        self.eps[q].append(entry)
+        return exit_
+
     def fragment(self, node) -> tuple[int, int]:
         """Add the automaton of ``node``; return its (entry, exit) states."""
         kind = node[0]
-        if kind == "chars":
+        if kind == "chars":  # the ASCII set, then any non-ASCII character: each row of the UTF-8 table
             s, e = self.new_state(), self.new_state()
-            if node[1]:
-                self.moves[s].append((node[1], e))
-            if node[2]:  # any non-ASCII character: one path per row of the well-formed UTF-8 table
-                for sequence in UTF8_SEQUENCES:
-                    q = s
-                    for byteset in sequence[:-1]:
-                        r = self.new_state()
-                        self.moves[q].append((byteset, r))
-                        q = r
-                    self.moves[q].append((sequence[-1], e))
+            for sequence in ([(node[1],)] if node[1] else []) + (list(UTF8_SEQUENCES) if node[2] else []):
+                q = s
+                for byteset in sequence[:-1]:
+                    q = self.step(q, byteset)
+                self.step(q, sequence[-1], e)
             return s, e
         if kind == "bytes":
             s = q = self.new_state()
             for b in node[1]:
-                r = self.new_state()
-                self.moves[q].append((frozenset([b]), r))
-                q = r
+                q = self.step(q, frozenset([b]))
             return s, q
         if kind == "cat":
             s = e = self.new_state()
             for child in node[1]:
-                cs, ce = self.fragment(child)
-                self.eps[e].append(cs)
-                e = ce
+                e = self.then(e, child)
             return s, e
         if kind == "alt":
             s, e = self.new_state(), self.new_state()
             for child in node[1]:
-                cs, ce = self.fragment(child)
-                self.eps[s].append(cs)
-                self.eps[ce].append(e)
+                self.eps[self.then(s, child)].append(e)
             return s, e
         if kind == "rep":
             _, child, lo, hi = node
-            s = e = self.new_state()
-            for _ in range(lo):  # the mandatory copies, one after the other
-                cs, ce = self.fragment(child)
-                self.eps[e].append(cs)
-                e = ce
+            s, e = self.fragment(("cat", [child] * lo))  # the mandatory copies, one after the other
             if hi is None:  # then a loop: any number of further copies
                 loop = self.new_state()
                 self.eps[e].append(loop)
-                cs, ce = self.fragment(child)
-                self.eps[loop].append(cs)
-                self.eps[ce].append(loop)
+                self.eps[self.then(loop, child)].append(loop)
                 return s, loop
             for _ in range(hi - lo):  # or up to hi - lo optional copies
-                cs, ce = self.fragment(child)
-                out = self.new_state()
-                self.eps[e] += [cs, out]
-                self.eps[ce].append(out)
+                copy_exit, out = self.then(e, child), self.new_state()
+                self.eps[e].append(out)
+                self.eps[copy_exit].append(out)
                 e = out
             return s, e
         raise AssertionError(f"unknown node {kind!r}")
@@ -174,7 +172,8 @@ class DFA:
 def determinize(nfa: NFA) -> DFA:
     """The subset construction: the DFA (state 0 dead, state 1 the start) accepting what ``nfa`` accepts."""
 
-    def closure(states) -> frozenset:
+    @functools.cache
+    def closure(states: frozenset) -> frozenset:
         seen, stack = set(states), list(states)
         while stack:
             for r in nfa.eps[stack.pop()]:
@@ -183,7 +182,7 @@ def determinize(nfa: NFA) -> DFA:
                     stack.append(r)
         return frozenset(seen)
 
-    sets = [frozenset(), closure([nfa.start])]
+    sets = [frozenset(), closure(frozenset([nfa.start]))]
     number = {s: i for i, s in enumerate(sets)}
     table = []
     for current in sets:  # ``sets`` grows while we walk it: a breadth-first search over subsets
@@ -193,12 +192,8 @@ def determinize(nfa: NFA) -> DFA:
             for byteset, r in nfa.moves[q]:
                 for b in byteset:
                     targets.setdefault(b, set()).add(r)
-        seen = {}
         for b, rs in targets.items():
-            key = frozenset(rs)
-            if key not in seen:
-                seen[key] = closure(key)
-            nxt = seen[key]
+            nxt = closure(frozenset(rs))
             if nxt not in number:
                 if len(sets) >= MAX_DFA_STATES:
                     raise ValueError(f"the pattern needs more than {MAX_DFA_STATES} DFA states")
@@ -228,16 +223,11 @@ def token_masks(dfa: DFA, vocab: TokenVocabulary) -> torch.Tensor:
     C = by_class.shape[1]
     step = np.concatenate([by_class, np.arange(S, dtype=np.int32)[:, None]], axis=1)  # class C: stay put
     to_class = bytes(byte_class.reshape(-1).astype(np.uint8))  # a bytes.translate table
-    sequence_of: dict[bytes, int] = {}  # class sequence -> its number
-    which = np.zeros(vocab.size, dtype=np.int64)  # token id -> number of its class sequence
-    has_bytes = np.zeros(vocab.size, dtype=np.bool_)
-    for i, data in enumerate(vocab.token_bytes):
-        if data:
-            has_bytes[i] = True
-            which[i] = sequence_of.setdefault(data.translate(to_class), len(sequence_of))
-    sequences = sorted(sequence_of, key=len, reverse=True)  # longest first: step p touches a prefix
-    rank = {seq: r for r, seq in enumerate(sequences)}
-    which = np.array([rank[seq] for seq in sequence_of], dtype=np.int64)[which]
+    classes = [data.translate(to_class) if data else b"" for data in vocab.token_bytes]  # b"": no text
+    sequences = sorted(dict.fromkeys(c for c in classes if c), key=len, reverse=True)  # longest first,
+    rank = {seq: r for r, seq in enumerate(sequences)}  # so that step p below touches a prefix of them
+    which = np.array([rank.get(c, 0) for c in classes], dtype=np.int64)  # token id -> its class sequence
+    has_bytes = np.array([bool(c) for c in classes], dtype=np.bool_)
     width = len(sequences[0]) if sequences else 0
     padded = np.frombuffer(b"".join(seq.ljust(width, bytes([C])) for seq in sequences),
                            dtype=np.uint8).reshape(len(sequences), width)
@@ -254,19 +244,14 @@ def token_masks(dfa: DFA, vocab: TokenVocabulary) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 # The constraint interface (infergen.constraints.base) on top of the table.
 # ---------------------------------------------------------------------------------------------------
-class TeachingConstraint:
+class TeachingConstraint(BackendConstraint):
     """A regex compiled into a DFA and its per-state token masks ``masks`` [num_states, vocab_size]."""
 
     backend = "teaching"
 
     def __init__(self, kind: str, source, pattern: str, dfa: DFA, masks: torch.Tensor, vocab: TokenVocabulary):
-        self.kind, self.source, self.pattern = kind, source, pattern
-        self.dfa, self.masks, self.vocab = dfa, masks, vocab
-        self.vocab_size = vocab.size
-        self.eos_token_ids = vocab.eos_token_ids
-        self.eos_mask = torch.zeros(vocab.size, dtype=torch.bool)
-        self.eos_mask[list(vocab.eos_token_ids)] = True
-        self.nothing = torch.zeros(vocab.size, dtype=torch.bool)
+        super().__init__(kind, source, vocab)
+        self.pattern, self.dfa, self.masks, self.vocab = pattern, dfa, masks, vocab
 
     def __repr__(self) -> str:
         return f"TeachingConstraint({self.kind}={self.source!r}, {self.dfa.num_states} DFA states)"
@@ -276,49 +261,31 @@ class TeachingConstraint:
         return TeachingState(self, self.dfa.start)
 
 
-class TeachingState:
-    """A DFA state number (``DEAD`` = 0 once a wrong token came) and whether EOS was consumed."""
+class TeachingState(BackendState):
+    """A DFA state number ``state`` (``DEAD`` = 0 once the walk fell out of the pattern); EOS and the
+    dead and ended flags as :class:`~.base.BackendState` handles them for every backend."""
 
-    def __init__(self, constraint: TeachingConstraint, state: int, ended: bool = False):
-        self.constraint, self.state, self.ended = constraint, state, ended
+    constraint: TeachingConstraint
+    state: int
 
     def __repr__(self) -> str:
         return f"TeachingState(state={self.state}, ended={self.ended})"
 
-    def allowed(self) -> torch.Tensor:
-        """Bool ``[vocab_size]``: the state's row of the mask table (shared: do not modify)."""
-        if self.ended:
-            return self.constraint.eos_mask
-        return self.constraint.masks[self.state]
+    def _mask(self) -> torch.Tensor:
+        return self.constraint.masks[self.state]  # the state's row of the table (shared)
 
-    def accepting(self) -> bool:
-        """Is the text so far a complete match?"""
-        return self.ended or self.constraint.dfa.accepting[self.state]
+    def _accepts(self) -> bool:
+        return self.constraint.dfa.accepting[self.state]
 
-    def advance(self, token_id: int) -> None:
-        """Walk the token's bytes through the DFA; EOS ends the state, a wrong token leads to ``DEAD``."""
-        c = self.constraint
-        if token_id in c.eos_token_ids:
-            if not self.accepting():
-                self.state = DEAD
-            else:
-                self.ended = True
-            return
-        if self.ended:  # text after the end: a wrong token
-            self.ended, self.state = False, DEAD
-            return
-        data = c.vocab.token_bytes[token_id] if 0 <= token_id < c.vocab_size else None
-        self.state = DEAD if data is None else c.dfa.walk(self.state, data)
-
-    def fork(self) -> "TeachingState":
-        """An independent copy."""
-        return TeachingState(self.constraint, self.state, self.ended)
+    def _step(self, token_id: int) -> bool:
+        data = self.constraint.vocab.token_bytes[token_id]  # walk the token's bytes through the DFA
+        self.state = DEAD if data is None else self.constraint.dfa.walk(self.state, data)
+        return self.state != DEAD
 
 
 class TeachingCompiler:
     """Compiles regexes (and choice lists) for one tokenizer."""
 
-    backend = "teaching"
     kinds = ("regex", "choices")
 
     def __init__(self, vocab: TokenVocabulary):

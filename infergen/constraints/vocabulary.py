@@ -33,13 +33,8 @@ def byte_level_alphabet() -> dict[str, int]:
     256, 257, ... So ``'Ġ'`` (U+0120, the 33rd moved byte) is 0x20, a space.
     """
     printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    table = {chr(b): b for b in printable}
-    moved = 0
-    for b in range(256):
-        if b not in printable:
-            table[chr(256 + moved)] = b
-            moved += 1
-    return table
+    moved = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(moved)}}
 
 
 def _decoder_kinds(tokenizer) -> set[str]:
@@ -48,10 +43,7 @@ def _decoder_kinds(tokenizer) -> set[str]:
     if decoder is None:
         return set()
     spec = json.loads(decoder.__getstate__())  # the decoder's own part of tokenizer.json
-    kinds = {spec.get("type")}
-    for sub in spec.get("decoders") or []:
-        kinds.add(sub.get("type"))
-    return {k for k in kinds if k}
+    return {k for k in [spec.get("type")] + [sub.get("type") for sub in spec.get("decoders") or []] if k}
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,9 +77,8 @@ class TokenVocabulary:
             raise ValueError("eos_token_id is None and the tokenizer has no eos_token_id: give the id(s) "
                              "that end a sequence")
         eos_ids = tuple(int(i) for i in (eos if isinstance(eos, (list, tuple, set)) else [eos]))
-        for i in eos_ids:
-            if not 0 <= i < n:
-                raise ValueError(f"eos_token_id must be in [0, {n - 1}], got {i}")
+        if bad := [i for i in eos_ids if not 0 <= i < n]:
+            raise ValueError(f"eos_token_id must be in [0, {n - 1}], got {bad[0]}")
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(eos_ids)
         special |= {i for i, tok in added.items() if getattr(tok, "special", False)}
@@ -100,11 +91,8 @@ class TokenVocabulary:
                 out.append(None)
             elif i in added:  # added (non-special) tokens are stored as plain text, not in the byte alphabet
                 out.append(added[i].content.encode("utf-8") or None)
-            elif alphabet is not None:
-                try:
-                    out.append(bytes(alphabet[c] for c in piece) or None)
-                except KeyError:  # a character outside the byte alphabet: not a byte-level token
-                    out.append(None)
+            elif alphabet is not None:  # a character outside the byte alphabet: not a byte-level token
+                out.append((bytes(alphabet[c] for c in piece) or None) if set(piece) <= alphabet.keys() else None)
             elif kinds & {"Metaspace", "ByteFallback", "Replace"}:
                 m = _BYTE_FALLBACK.fullmatch(piece)
                 out.append(bytes([int(m.group(1), 16)]) if m else piece.replace("\u2581", " ").encode("utf-8") or None)

@@ -105,13 +105,14 @@ def is_complete(state: ConstraintState) -> bool:
 
 
 class BackendConstraint:
-    """What every backend's :class:`Constraint` holds besides its compiled form: the pattern
-    (``kind``, ``source``), the vocabulary's size and EOS ids, and the two masks every backend's
-    states share (:attr:`eos_mask`: EOS only, after EOS; :attr:`nothing`: a dead state's). A subclass
-    names its ``backend`` and implements ``start()``."""
+    """A backend's compiled pattern, an automaton over positions (a DFA state number, an ``LLMatcher``):
+    a subclass names its ``backend``, gives ``initial`` (where every row starts) and implements
+    :meth:`allowed_at`, :meth:`accepts`, :meth:`step` (and :meth:`copy` for a mutable position).
+    It also holds the pattern (``kind``, ``source``), the vocabulary's size and EOS ids, and the masks
+    every row shares (:attr:`eos_mask`: EOS only, after EOS; :attr:`nothing`: a dead row's)."""
 
-    def __init__(self, kind: str, source, vocab):
-        self.kind, self.source = kind, source
+    def __init__(self, kind: str, source, vocab, initial):
+        self.kind, self.source, self.initial = kind, source, initial
         self.vocab_size, self.eos_token_ids = vocab.size, vocab.eos_token_ids
         self.nothing = torch.zeros(vocab.size, dtype=torch.bool)
         self.eos_mask = self.nothing.clone()
@@ -120,19 +121,30 @@ class BackendConstraint:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.kind}={self.source!r})"
 
+    def start(self) -> "BackendState":
+        """A fresh row state at the beginning of the pattern."""
+        return BackendState(self, self.copy(self.initial))
+
+    def allowed_at(self, position) -> torch.Tensor:
+        """The bool ``[vocab_size]`` mask of a live ``position`` (EOS iff it accepts)."""
+        raise NotImplementedError
+
+    def accepts(self, position) -> bool:
+        """Is the text that led to ``position`` a complete match?"""
+        raise NotImplementedError
+
+    def step(self, position, token_id: int):
+        """The position after ``token_id`` (not EOS; a matcher moves in place), or None: refused."""
+        raise NotImplementedError
+
+    def copy(self, position):
+        """An independent copy of ``position`` (a number needs none)."""
+        return position
+
 
 class BackendState:
-    """The semantics of the module docstring, written once for every backend's :class:`ConstraintState`.
-
-    A backend's state keeps its own position ``state`` (a DFA state number, an ``LLMatcher``) and
-    implements three methods on a *live* state: ``_mask()`` (its bool mask, EOS iff accepting),
-    ``_accepts()`` and ``_step(token)`` (move, or return False when the backend refuses the token).
-    This class owns the rest: EOS in an accepting state *ends* the state (``ended``); EOS elsewhere,
-    any token after the end, an id outside the vocabulary or a refused token make it *dead* (``dead``).
-    ``fork`` is a shallow copy (a backend whose position is a mutable object overrides it).
-    """
-
-    constraint: BackendConstraint
+    """One row of a :class:`BackendConstraint`: its position ``state`` and the flags ``ended`` and
+    ``dead``, under the semantics above (an id outside the vocabulary is refused), once for every backend."""
 
     def __init__(self, constraint: BackendConstraint, state):
         self.constraint, self.state, self.ended, self.dead = constraint, state, False, False
@@ -141,11 +153,11 @@ class BackendState:
         """Bool ``[vocab_size]``: which ids may come next (EOS iff accepting); shared, do not modify."""
         if self.dead or self.ended:
             return self.constraint.nothing if self.dead else self.constraint.eos_mask
-        return self._mask()
+        return self.constraint.allowed_at(self.state)
 
     def accepting(self) -> bool:
         """Is the text so far a complete match?"""
-        return self.ended or (not self.dead and self._accepts())
+        return self.ended or (not self.dead and self.constraint.accepts(self.state))
 
     def advance(self, token_id: int) -> None:
         """Consume one token: EOS ends an accepting state, a token that was not allowed kills it."""
@@ -156,21 +168,16 @@ class BackendState:
             self.dead = not self.ended
         elif self.ended or not 0 <= token_id < self.constraint.vocab_size:
             self.ended, self.dead = False, True
+        elif (after := self.constraint.step(self.state, token_id)) is None:
+            self.dead = True
         else:
-            self.dead = not self._step(token_id)
+            self.state = after
 
     def fork(self) -> "BackendState":
         """An independent copy (the two then advance separately)."""
-        return copy.copy(self)
-
-    def _mask(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _accepts(self) -> bool:
-        raise NotImplementedError
-
-    def _step(self, token_id: int) -> bool:
-        raise NotImplementedError
+        out = copy.copy(self)
+        out.state = self.constraint.copy(self.state)
+        return out
 
 
 def _eos_only(state: ConstraintState, allowed: np.ndarray) -> bool:
@@ -197,8 +204,7 @@ class RowConstraints:
         self.budget: list[int | None] = budget  # max new tokens per row: budget closing (see .budget)
         self.used = [0] * n                      # tokens each row has consumed
         self._estimate: list[tuple[int, int] | None] = [None] * n  # (closing path length, at used)
-        self._closed = [False] * n
-        self._no_fit = [False] * n  # rows where no completion fitted in the tokens left
+        self._closed, self._no_fit = [False] * n, [False] * n  # see closed() and no_fit()
 
     def __len__(self) -> int:
         return len(self.states)
@@ -308,8 +314,8 @@ class RowConstraints:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"logits must be a float tensor [B, V], got {shape}")
         if logits.shape[0] != len(self.states):
-            raise ValueError(f"logits has {logits.shape[0]} rows but the constraints have {len(self.states)}; "
-                             "after reordering beams, call select(index) first")
+            raise ValueError(f"logits has {logits.shape[0]} rows but the constraints have "
+                             f"{len(self.states)}; after reordering beams, call select(index) first")
         width = logits.shape[1]
         for i in range(len(self.states)):
             self._close(i, logits)
@@ -359,7 +365,7 @@ class RowConstraints:
             raise ValueError(f"index must hold row numbers in [0, {len(self.states) - 1}], got {bad[:5]}")
         out = RowConstraints([None if (s := self.states[j]) is None else s.fork() for j in rows],
                              [self.budget[j] for j in rows])
-        for name in ("_allowed", "used", "_estimate", "_closed", "_no_fit"):  # the same positions: masks still hold
+        for name in ("_allowed", "used", "_estimate", "_closed", "_no_fit"):  # same positions: masks hold
             setattr(out, name, [getattr(self, name)[j] for j in rows])
         return out
 

@@ -13,7 +13,6 @@ odd splits in training. Its masks are therefore a subset of the teaching masks; 
 """
 from __future__ import annotations
 
-import copy
 import json
 
 import llguidance
@@ -21,11 +20,11 @@ import llguidance.hf
 import numpy as np
 import torch
 
-from .base import BackendConstraint, BackendState
+from .base import BackendConstraint
 from .budget import closing_rank
 from .vocabulary import TokenVocabulary
 
-__all__ = ["LLGuidanceCompiler", "LLGuidanceConstraint", "LLGuidanceState"]
+__all__ = ["LLGuidanceCompiler", "LLGuidanceConstraint"]
 
 
 class LLGuidanceCompiler:
@@ -77,40 +76,32 @@ class LLGuidanceCompiler:
 
 
 class LLGuidanceConstraint(BackendConstraint):
-    """A compiled llguidance grammar: an ``LLMatcher`` at the start, forked for every row."""
+    """A compiled llguidance grammar. A row's position is an ``LLMatcher``: ``initial`` (never advanced)
+    is deep-copied for every row and every fork."""
 
     backend = "llguidance"
 
     def __init__(self, kind: str, source, matcher, vocab: TokenVocabulary, closing_rank=None):
-        super().__init__(kind, source, vocab)
+        super().__init__(kind, source, vocab, matcher)
         self.closing_rank = closing_rank
-        self._initial = matcher  # never advanced: start() forks it
 
-    def start(self) -> "LLGuidanceState":
-        """A fresh row state (a deep copy of the initial matcher)."""
-        return LLGuidanceState(self, self._initial.deep_copy())
-
-
-class LLGuidanceState(BackendState):
-    """One row: its ``state`` is an ``LLMatcher``; EOS, dead and ended as :class:`~.base.BackendState`
-    has them."""
-
-    def _mask(self) -> torch.Tensor:
-        n = self.constraint.vocab_size  # the matcher's mask, computed now
+    def allowed_at(self, matcher) -> torch.Tensor:
+        """The matcher's mask, computed now (EOS iff it accepts)."""
+        n = self.vocab_size
         bits = np.zeros(((n + 31) // 32) * 4, dtype=np.uint8)  # one bit per token, 32-bit words
-        self.state.unsafe_compute_mask_ptr(bits.ctypes.data, bits.size)
+        matcher.unsafe_compute_mask_ptr(bits.ctypes.data, bits.size)
         out = np.unpackbits(bits, bitorder="little")[:n].astype(np.bool_)  # numpy: no thread pool for 49k
-        out[list(self.constraint.eos_token_ids)] = self.state.is_accepting()
+        out[list(self.eos_token_ids)] = matcher.is_accepting()
         return torch.from_numpy(out)
 
-    def _accepts(self) -> bool:
-        return self.state.is_accepting()
+    def accepts(self, matcher) -> bool:
+        """Does the matcher accept?"""
+        return matcher.is_accepting()
 
-    def _step(self, token_id: int) -> bool:
-        return self.state.consume_token(token_id)  # a disallowed token puts the matcher in error
+    def step(self, matcher, token_id: int):
+        """The matcher after consuming ``token_id`` (in place); None if it refuses it (it is then in error)."""
+        return matcher if matcher.consume_token(token_id) else None
 
-    def fork(self) -> "LLGuidanceState":
-        """An independent copy (the matcher deep-copied)."""
-        out = copy.copy(self)
-        out.state = self.state.deep_copy()
-        return out
+    def copy(self, matcher):
+        """A deep copy of the matcher."""
+        return matcher.deep_copy()

@@ -23,10 +23,10 @@ import numpy as np
 import outlines_core
 import torch
 
-from .base import BackendConstraint, BackendState
+from .base import BackendConstraint
 from .vocabulary import TokenVocabulary
 
-__all__ = ["OutlinesCompiler", "OutlinesConstraint", "OutlinesState", "anchored"]
+__all__ = ["OutlinesCompiler", "OutlinesConstraint", "anchored"]
 
 
 #: the byte read before the pattern by an extra token id (``vocab.size``) that no mask ever shows
@@ -65,18 +65,18 @@ class OutlinesCompiler:
 
 
 class OutlinesConstraint(BackendConstraint):
-    """An outlines-core ``Index``; the bool mask of each DFA state is built once, when first needed."""
+    """An outlines-core ``Index``; a row's position is an index state number. The bool mask of each
+    state is built once, when first needed."""
 
     backend = "outlines"
 
     def __init__(self, kind: str, source, regex: str, index, vocab: TokenVocabulary):
-        super().__init__(kind, source, vocab)
+        # every row begins at the index state after START_BYTE (the index always reads it first)
+        super().__init__(kind, source, vocab, index.get_next_state(index.get_initial_state(), vocab.size))
         self.regex, self.index = regex, index
-        self.start_state = index.get_next_state(index.get_initial_state(), vocab.size)  # after START_BYTE:
-        # where every row begins (the index always reads START_BYTE first)
         self._masks: dict[int, torch.Tensor] = {}
 
-    def mask_of(self, state: int) -> torch.Tensor:
+    def allowed_at(self, state: int) -> torch.Tensor:
         """Bool ``[vocab_size]``: the tokens allowed in index state ``state`` (EOS iff it is final)."""
         if state not in self._masks:
             out = np.zeros(self.vocab_size, dtype=np.bool_)
@@ -85,25 +85,10 @@ class OutlinesConstraint(BackendConstraint):
             self._masks[state] = torch.from_numpy(out)
         return self._masks[state]
 
-    def start(self) -> "OutlinesState":
-        """A fresh row state at the beginning of the pattern."""
-        return OutlinesState(self, self.start_state)
+    def accepts(self, state: int) -> bool:
+        """Is ``state`` a final state of the index?"""
+        return self.index.is_final_state(state)
 
-
-class OutlinesState(BackendState):
-    """An ``Index`` state number ``state``; EOS, dead and ended as :class:`~.base.BackendState` has them."""
-
-    constraint: OutlinesConstraint
-    state: int
-
-    def _mask(self) -> torch.Tensor:
-        return self.constraint.mask_of(self.state)
-
-    def _accepts(self) -> bool:
-        return self.constraint.index.is_final_state(self.state)
-
-    def _step(self, token_id: int) -> bool:
-        if not self._mask()[token_id]:
-            return False
-        self.state = self.constraint.index.get_next_state(self.state, token_id)
-        return True
+    def step(self, state: int, token_id: int) -> int | None:
+        """The index state after ``token_id``; None for a token the state does not allow."""
+        return self.index.get_next_state(state, token_id) if self.allowed_at(state)[token_id] else None

@@ -13,7 +13,7 @@ Four steps, one function each, then a per-row state that walks the result:
    that, which is exactly what a character-level mask would get wrong.
 
 The table from step 4 is computed once per (pattern, tokenizer); a decoding step is then one row
-lookup (:class:`TeachingState.allowed`), and consuming a token walks its few bytes.
+lookup (:meth:`TeachingConstraint.allowed_at`), and consuming a token walks its few bytes.
 
 **Bytes, not characters.** Byte-level BPE tokenizers (SmolLM2, GPT-2, Llama 3) have tokens that are
 half of a UTF-8 character, so the automaton reads bytes: a literal ``é`` is the two bytes C3 A9, and
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import BackendConstraint, BackendState
+from .base import BackendConstraint
 from .regex_parse import parse
 from .vocabulary import TokenVocabulary
 
-__all__ = ["DFA", "TeachingCompiler", "TeachingConstraint", "TeachingState", "build_nfa", "determinize",
-           "parse", "regex_to_dfa", "token_masks"]
+__all__ = ["DFA", "TeachingCompiler", "TeachingConstraint", "build_nfa", "determinize", "parse", "regex_to_dfa",
+           "token_masks"]
 
 DEAD = 0  # the DFA state with no way back to a match (every DFA below has it as state 0)
 MAX_DFA_STATES = 20_000
@@ -245,42 +245,31 @@ def token_masks(dfa: DFA, vocab: TokenVocabulary) -> torch.Tensor:
 # The constraint interface (infergen.constraints.base) on top of the table.
 # ---------------------------------------------------------------------------------------------------
 class TeachingConstraint(BackendConstraint):
-    """A regex compiled into a DFA and its per-state token masks ``masks`` [num_states, vocab_size]."""
+    """A regex compiled into a DFA and its per-state token masks ``masks`` [num_states, vocab_size].
+    A row's position is a DFA state number; once the walk falls into ``DEAD`` the row is dead."""
 
     backend = "teaching"
 
     def __init__(self, kind: str, source, pattern: str, dfa: DFA, masks: torch.Tensor, vocab: TokenVocabulary):
-        super().__init__(kind, source, vocab)
+        super().__init__(kind, source, vocab, dfa.start)
         self.pattern, self.dfa, self.masks, self.vocab = pattern, dfa, masks, vocab
 
     def __repr__(self) -> str:
         return f"TeachingConstraint({self.kind}={self.source!r}, {self.dfa.num_states} DFA states)"
 
-    def start(self) -> "TeachingState":
-        """A fresh row state at the DFA's start."""
-        return TeachingState(self, self.dfa.start)
+    def allowed_at(self, state: int) -> torch.Tensor:
+        """The state's row of the mask table (shared: do not modify)."""
+        return self.masks[state]
 
+    def accepts(self, state: int) -> bool:
+        """Is ``state`` an accepting DFA state?"""
+        return self.dfa.accepting[state]
 
-class TeachingState(BackendState):
-    """A DFA state number ``state`` (``DEAD`` = 0 once the walk fell out of the pattern); EOS and the
-    dead and ended flags as :class:`~.base.BackendState` handles them for every backend."""
-
-    constraint: TeachingConstraint
-    state: int
-
-    def __repr__(self) -> str:
-        return f"TeachingState(state={self.state}, ended={self.ended})"
-
-    def _mask(self) -> torch.Tensor:
-        return self.constraint.masks[self.state]  # the state's row of the table (shared)
-
-    def _accepts(self) -> bool:
-        return self.constraint.dfa.accepting[self.state]
-
-    def _step(self, token_id: int) -> bool:
-        data = self.constraint.vocab.token_bytes[token_id]  # walk the token's bytes through the DFA
-        self.state = DEAD if data is None else self.constraint.dfa.walk(self.state, data)
-        return self.state != DEAD
+    def step(self, state: int, token_id: int) -> int | None:
+        """Walk the token's bytes through the DFA; None where it falls into ``DEAD``."""
+        data = self.vocab.token_bytes[token_id]
+        state = DEAD if data is None else self.dfa.walk(state, data)
+        return None if state == DEAD else state
 
 
 class TeachingCompiler:

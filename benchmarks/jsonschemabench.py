@@ -204,6 +204,7 @@ def main(argv=None):
     rows = load_rows(runs, settings(args)) if args.resume or args.summarise else []
     if args.summarise:
         summary.write_text(summarise(rows, args, modes, command))
+        (args.out / "results.json").write_text(json.dumps(results(rows, args, modes, command), indent=1) + "\n")
         print(summary.read_text())
         return
     if not args.resume:
@@ -234,6 +235,7 @@ def main(argv=None):
                 bar.write(f"{name} {mode} {row['status']} {row['tokens']} tok {row['seconds']:.1f}s "
                           f"{row.get('finish', row.get('error', ''))[:80]}")
             summary.write_text(summarise(rows, args, modes, command))
+    (args.out / "results.json").write_text(json.dumps(results(rows, args, modes, command), indent=1) + "\n")
     print(summary.read_text())
 
 
@@ -255,16 +257,39 @@ def _line(label: str, mode: str, c: collections.Counter) -> str:
             + f" | {pct('truncated')} |")
 
 
-def summarise(rows: list[dict], args, modes: list[str], command: str) -> str:
-    """``summary.md``: the overall and per-category before/after tables, the targets, the throughput,
-    the 'after' outputs that are not valid (their text tails), and how it was run."""
-    rows = _both(rows, modes)
-    table = collections.defaultdict(collections.Counter)
+def tally(rows: list[dict]) -> dict:
+    """{(category, mode): Counter of statuses, closed and dup_keys}, with ``"**all**"`` for the whole sample."""
+    table: dict = collections.defaultdict(collections.Counter)
     for r in rows:
         for key in ((r["category"], r["mode"]), ("**all**", r["mode"])):
             table[key][r["status"]] += 1
             table[key]["closed"] += r.get("finish") == "closed" and r["status"] == "valid"
             table[key]["dup_keys"] += bool(r.get("dup_keys"))
+    return table
+
+
+def results(rows: list[dict], args, modes: list[str], command: str) -> dict:
+    """``results.json``: the counts per category and mode (``"all"`` for the sample), the throughput pairs
+    and how the run was made; chapter 12 reads it from the package (``infergen.bench.committed``)."""
+    rows = _both(rows, modes)
+    counts: dict = {}
+    for (category, mode), c in tally(rows).items():
+        total = sum(c[k] for k in (*STATUSES, "refused"))
+        counts.setdefault(category.strip("*"), {})[mode] = {
+            "sampled": total, "compiled": total - c["refused"], "refused": c["refused"], "valid": c["valid"],
+            "truncated": c["truncated"], "closed": c["closed"], "dup_keys": c["dup_keys"]}
+    timed = [r for r in rows if "free_tokens" in r and r["tokens"] > 0 and r["free_tokens"] > 0]
+    return {"n": len({r["schema"] for r in rows}), "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+            "model": MODEL, "command": command, "modes": modes, "counts": counts,
+            "throughput_ratios": [round((r["tokens"] / r["seconds"]) / (r["free_tokens"] / r["free_seconds"]), 3)
+                                  for r in timed]}
+
+
+def summarise(rows: list[dict], args, modes: list[str], command: str) -> str:
+    """``summary.md``: the overall and per-category before/after tables, the targets, the throughput,
+    the 'after' outputs that are not valid (their text tails), and how it was run."""
+    rows = _both(rows, modes)
+    table = tally(rows)
     n_done = len({r["schema"] for r in rows})
     partial = n_done < args.n
     head = ("| category | mode | sampled | compiled | refused | valid | truncated | budget | no_valid_token | "

@@ -2,7 +2,8 @@
 
 Chapter 11 shows your own results when you have made them (``make bench`` writes ``bench-results/``,
 ``make bench-peers`` ``benchmarks/results/peers/``), and otherwise these: the full ``make bench`` run on
-the 2-core CPU the book is built on (``"cpu"``) and the llama.cpp side-by-side run (``"peers"``). They
+the 2-core CPU the book is built on (``"cpu"``), the llama.cpp side-by-side run (``"peers"``) and, for
+chapter 12, the JSONSchemaBench sample (``"jsonschemabench"``). They
 travel with the package so that a chapter opened alone (on Colab, say) reads no file of the repository.
 The copies in ``benchmarks/results/`` are the same files (``tests/test_bench.py`` keeps them equal).
 """
@@ -12,7 +13,8 @@ import json
 from importlib.resources import files
 
 #: the committed runs: name -> what it is
-RUNS = {"cpu": "make bench on the book's 2-core CPU", "peers": "make bench-peers: infergen beside llama.cpp"}
+RUNS = {"cpu": "make bench on the book's 2-core CPU", "peers": "make bench-peers: infergen beside llama.cpp",
+        "jsonschemabench": "benchmarks/jsonschemabench.py: 60 real-world JSON schemas, before and after (chapter 12)"}
 
 
 def committed_results(name: str) -> dict:

@@ -21,8 +21,7 @@ from .schema import DEFAULT_OPTIONS, UNBOUNDED, SchemaOptions
 from .front import BACKENDS, DEFAULT_BACKEND, escape_literal, get_compiler, make_constraint
 from .vocabulary import TokenVocabulary, byte_level_alphabet
 
-__all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "DEFAULT_OPTIONS", "UNBOUNDED", "SchemaOptions", "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "Constraint",
-    "ConstraintState", "RowConstraints", "TokenVocabulary", "as_row_constraints", "byte_level_alphabet",
-    "escape_literal", "get_compiler", "is_complete", "make_constraint",
-]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "DEFAULT_OPTIONS", "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN",
+           "UNBOUNDED", "Constraint", "ConstraintState", "RowConstraints", "SchemaOptions", "TokenVocabulary",
+           "as_row_constraints", "byte_level_alphabet", "escape_literal", "get_compiler", "is_complete",
+           "make_constraint"]

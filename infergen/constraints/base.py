@@ -109,14 +109,13 @@ class BackendConstraint:
     a subclass names its ``backend``, gives ``initial`` (where every row starts) and implements
     :meth:`allowed_at`, :meth:`accepts`, :meth:`step` (and :meth:`copy` for a mutable position).
     It also holds the pattern (``kind``, ``source``), the vocabulary's size and EOS ids, and the masks
-    every row shares (:attr:`eos_mask`: EOS only, after EOS; :attr:`nothing`: a dead row's)."""
+    every row shares (``eos_mask``: EOS only, after EOS; ``nothing``: a dead row's)."""
 
     def __init__(self, kind: str, source, vocab, initial):
         self.kind, self.source, self.initial = kind, source, initial
         self.vocab_size, self.eos_token_ids = vocab.size, vocab.eos_token_ids
         self.nothing = torch.zeros(vocab.size, dtype=torch.bool)
-        self.eos_mask = self.nothing.clone()
-        self.eos_mask[list(vocab.eos_token_ids)] = True
+        self.eos_mask = torch.isin(torch.arange(vocab.size), torch.tensor(vocab.eos_token_ids))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.kind}={self.source!r})"
@@ -163,9 +162,8 @@ class BackendState:
         """Consume one token: EOS ends an accepting state, a token that was not allowed kills it."""
         if self.dead:
             return
-        if token_id in self.constraint.eos_token_ids:
-            self.ended = self.accepting()
-            self.dead = not self.ended
+        if token_id in self.constraint.eos_token_ids:  # the end of an accepting row, else a wrong token
+            self.ended, self.dead = (True, False) if self.accepting() else (False, True)
         elif self.ended or not 0 <= token_id < self.constraint.vocab_size:
             self.ended, self.dead = False, True
         elif (after := self.constraint.step(self.state, token_id)) is None:
@@ -316,13 +314,12 @@ class RowConstraints:
         if logits.shape[0] != len(self.states):
             raise ValueError(f"logits has {logits.shape[0]} rows but the constraints have "
                              f"{len(self.states)}; after reordering beams, call select(index) first")
-        width = logits.shape[1]
         for i in range(len(self.states)):
             self._close(i, logits)
-        allowed = self._allowed_array(width)
+        allowed = self._allowed_array(logits.shape[1])
         for i, s in enumerate(self.states):
             if s is not None and not allowed[i].any():
-                allowed[i, [e for e in s.constraint.eos_token_ids if e < width]] = True
+                allowed[i, [e for e in s.constraint.eos_token_ids if e < allowed.shape[1]]] = True
         banned = torch.from_numpy(~allowed).to(logits.device, non_blocking=True)
         return logits.masked_fill(banned, float("-inf"))
 

@@ -3,8 +3,8 @@
 A JSON object cut off by the token limit does not parse. So each row keeps an estimate of how many
 tokens its shortest completion needs (:func:`closing_path`: a greedy walk that, from a fork of the row's
 state, always takes the allowed token ranked best by :func:`closing_rank` -- ``""``, ``"}``, ``"``,
-``}``, ``]``, ``0``, ... -- until the pattern accepts, plus one EOS unless the row is complete). With ``r`` tokens
-left (this one included):
+``}``, ``]``, ``0``, ... -- until the pattern accepts, plus one EOS unless the row is complete). With
+``r`` tokens left (this one included):
 
 * far from the limit (``estimate + MARGIN < r``) nothing changes and nothing is computed: the estimate
   is refreshed only when it could have grown into the margin (each token assumed to grow it by at most

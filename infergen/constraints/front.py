@@ -124,12 +124,12 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
         source = _schema_dict(source)
     elif kind == "choices":
         if isinstance(source, (str, bytes, dict)) or not isinstance(source, Iterable):
-            raise TypeError(f"choices must be a list of strings (the texts the output may be), got {source!r} "
-                            f"({type(source).__name__})")
+            raise TypeError("choices must be a list of strings (the texts the output may be), got "
+                            f"{source!r} ({type(source).__name__})")
         source = list(source)
         if bad := [c for c in source if not isinstance(c, str)]:
-            raise TypeError(f"choices must be a list of strings (the texts the output may be), got {source!r}: "
-                            f"{bad[0]!r} is a {type(bad[0]).__name__}")
+            raise TypeError("choices must be a list of strings (the texts the output may be), got "
+                            f"{source!r}: {bad[0]!r} is a {type(bad[0]).__name__}")
         if not source:
             raise ValueError("choices must hold at least one string, got []")
         pattern = "|".join(f"(?:{escape_literal(c)})" for c in source)
@@ -149,8 +149,7 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
         except ValueError as e:
             error = e
     shown = json.dumps(source) if kind == "json_schema" else repr(source)
-    if len(shown) > 200:
-        shown = shown[:200] + "..."
+    shown = shown[:200] + "..." if len(shown) > 200 else shown
     where = explain_refusal(source, str(error)) if kind == "json_schema" else None
     lead = f"invalid {kind} -- {where} " if where else f"invalid {kind} "
     raise ValueError(f"{lead}{shown} ({backend}: {error})") from None

@@ -36,7 +36,7 @@ class LLGuidanceCompiler:
         self.vocab = vocab
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab.size,
                                                       eos_token=list(vocab.eos_token_ids))
-        self.closing_rank = closing_rank(vocab.token_bytes)  # budget closing's token order, once per tokenizer
+        self.closing_rank = closing_rank(vocab.token_bytes)  # budget closing's token order (per tokenizer)
 
     def grammar(self, kind: str, source, pattern: str | None) -> str:
         """The llguidance grammar text (not yet checked) for a regex, a schema dict or Lark text."""
@@ -45,9 +45,9 @@ class LLGuidanceCompiler:
             assert pattern is not None, "a regex or choices constraint comes with its pattern"
             return M.grammar_from_regex(pattern)
         if kind == "json_schema":  # JSON the way json.dumps writes it ({"a": 1, "b": [1, 2]}): one layout,
-            # so a small model cannot wander into endless whitespace (a schema's "x-guidance" key overrides it)
-            return M.grammar_from_json_schema(
-                source, defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
+            # so a small model cannot wander into endless whitespace (a schema's "x-guidance" overrides it)
+            return M.grammar_from_json_schema(source, defaults={
+                "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
         return M.grammar_from_lark(source)
 
     def compile(self, kind: str, source, pattern: str | None, forcing: bool = True) -> "LLGuidanceConstraint":
@@ -66,8 +66,7 @@ class LLGuidanceCompiler:
                     raise ValueError(f"forcing=False needs a regex, choices or a grammar, not {kind}")
                 g["lark_grammar"] = '%llguidance {"no_forcing": true}\n' + g["lark_grammar"]
             grammar = json.dumps(spec)
-        error = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
-        if error:
+        if error := llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer):
             raise ValueError(error.strip())
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         if matcher.is_error():
@@ -99,7 +98,7 @@ class LLGuidanceConstraint(BackendConstraint):
         return matcher.is_accepting()
 
     def step(self, matcher, token_id: int):
-        """The matcher after consuming ``token_id`` (in place); None if it refuses it (it is then in error)."""
+        """The matcher after consuming ``token_id`` (in place); None if it refuses it (then in error)."""
         return matcher if matcher.consume_token(token_id) else None
 
     def copy(self, matcher):

@@ -138,8 +138,7 @@ class _Parser:
     def escape(self):
         c = self.take()
         if c in CLASS_ESCAPES:
-            ascii_set, multibyte = CLASS_ESCAPES[c]
-            return ("chars", ascii_set, multibyte)
+            return ("chars", *CLASS_ESCAPES[c])
         if c in CHAR_ESCAPES:
             return self.literal(CHAR_ESCAPES[c])
         if c.isascii() and not c.isalnum():
@@ -177,7 +176,9 @@ class _Parser:
             if ord(hi) > 127:
                 self.fail("classes hold ASCII characters only in the subset")
             members |= set(range(ord(m), ord(hi) + 1))
-        return ("chars", ASCII - members, not multibyte) if negated else ("chars", frozenset(members), multibyte)
+        if negated:
+            members, multibyte = ASCII - members, not multibyte
+        return ("chars", frozenset(members), multibyte)
 
 
 def parse(pattern: str):

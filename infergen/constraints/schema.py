@@ -32,7 +32,8 @@ from dataclasses import dataclass
 __all__ = ["DEFAULT_OPTIONS", "UNBOUNDED", "SchemaOptions", "bound_schema", "explain_refusal"]
 
 _SCALARS = ["null", "boolean", "integer", "number", "string"]
-# keywords whose value is one subschema (not "not" and "if": narrowing those would widen the schema), and those whose value is a list or a name -> subschema map
+# keywords whose value is one subschema (not "not" and "if": narrowing those would widen the schema),
+# and those whose value is a list or a name -> subschema map
 _ONE = ("items", "additionalProperties", "then", "else", "contains", "propertyNames",
         "additionalItems", "unevaluatedItems", "unevaluatedProperties")
 _MANY = ("anyOf", "oneOf", "allOf", "prefixItems", "properties", "patternProperties", "$defs", "definitions",
@@ -111,7 +112,8 @@ def _bound(s, opts: SchemaOptions, close: bool):
 def bound_schema(schema, opts: SchemaOptions = DEFAULT_OPTIONS) -> dict:
     """A rewritten copy of ``schema`` under ``opts`` (the input is not changed); every output valid
     under the copy is valid under ``schema``. ``coerce_one_of`` goes in as llguidance's ``x-guidance``."""
-    out = schema if opts == UNBOUNDED else _bound(schema, opts, opts.unique_keys and '"allOf"' not in json.dumps(schema))
+    close = opts.unique_keys and '"allOf"' not in json.dumps(schema)  # see unique_keys, above
+    out = schema if opts == UNBOUNDED else _bound(schema, opts, close)
     if opts.coerce_one_of:
         out = {**out, "x-guidance": {**schema.get("x-guidance", {}), "coerce_one_of": True}}
     return out

@@ -34,8 +34,8 @@ from .base import BackendConstraint
 from .regex_parse import parse
 from .vocabulary import TokenVocabulary
 
-__all__ = ["DFA", "TeachingCompiler", "TeachingConstraint", "build_nfa", "determinize", "parse", "regex_to_dfa",
-           "token_masks"]
+__all__ = ["DFA", "TeachingCompiler", "TeachingConstraint", "build_nfa", "determinize", "parse",
+           "regex_to_dfa", "token_masks"]
 
 DEAD = 0  # the DFA state with no way back to a match (every DFA below has it as state 0)
 MAX_DFA_STATES = 20_000
@@ -250,12 +250,10 @@ class TeachingConstraint(BackendConstraint):
 
     backend = "teaching"
 
-    def __init__(self, kind: str, source, pattern: str, dfa: DFA, masks: torch.Tensor, vocab: TokenVocabulary):
+    def __init__(self, kind: str, source, pattern: str, vocab: TokenVocabulary):
+        dfa = regex_to_dfa(pattern)
         super().__init__(kind, source, vocab, dfa.start)
-        self.pattern, self.dfa, self.masks, self.vocab = pattern, dfa, masks, vocab
-
-    def __repr__(self) -> str:
-        return f"TeachingConstraint({self.kind}={self.source!r}, {self.dfa.num_states} DFA states)"
+        self.pattern, self.dfa, self.masks, self.vocab = pattern, dfa, token_masks(dfa, vocab), vocab
 
     def allowed_at(self, state: int) -> torch.Tensor:
         """The state's row of the mask table (shared: do not modify)."""
@@ -282,5 +280,4 @@ class TeachingCompiler:
 
     def compile(self, kind: str, source, pattern: str) -> TeachingConstraint:
         """``pattern`` is the regex (for ``choices``, the escaped alternation the front door built)."""
-        dfa = regex_to_dfa(pattern)
-        return TeachingConstraint(kind, source, pattern, dfa, token_masks(dfa, self.vocab), self.vocab)
+        return TeachingConstraint(kind, source, pattern, self.vocab)

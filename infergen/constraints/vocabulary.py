@@ -84,20 +84,20 @@ class TokenVocabulary:
         special |= {i for i, tok in added.items() if getattr(tok, "special", False)}
         kinds = _decoder_kinds(tokenizer)
         alphabet = byte_level_alphabet() if "ByteLevel" in kinds else None
-        pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
-        out: list[bytes | None] = []
-        for i, piece in enumerate(pieces):
+
+        def piece_bytes(i: int, piece: str | None) -> bytes | None:  # b"" and None: no text
             if i in special or piece is None:
-                out.append(None)
-            elif i in added:  # added (non-special) tokens are stored as plain text, not in the byte alphabet
-                out.append(added[i].content.encode("utf-8") or None)
-            elif alphabet is not None:  # a character outside the byte alphabet: not a byte-level token
-                out.append((bytes(alphabet[c] for c in piece) or None) if set(piece) <= alphabet.keys() else None)
-            elif kinds & {"Metaspace", "ByteFallback", "Replace"}:
+                return None
+            if i in added:  # added (non-special) tokens are stored as plain text, not in the byte alphabet
+                return added[i].content.encode("utf-8")
+            if alphabet is not None:  # a character outside the byte alphabet: not a byte-level token
+                return bytes(alphabet[c] for c in piece) if set(piece) <= alphabet.keys() else None
+            if kinds & {"Metaspace", "ByteFallback", "Replace"}:  # "<0x0A>" (a byte), or text: "▁" a space
                 m = _BYTE_FALLBACK.fullmatch(piece)
-                out.append(bytes([int(m.group(1), 16)]) if m else piece.replace("\u2581", " ").encode("utf-8") or None)
-            else:
-                raise TypeError(
-                    f"tokenizer: cannot tell the bytes of its tokens (decoder {sorted(kinds) or 'unknown'}); "
-                    "byte-level BPE and SentencePiece-style tokenizers are supported")
-        return cls(token_bytes=tuple(out), eos_token_ids=eos_ids)
+                return bytes([int(m.group(1), 16)]) if m else piece.replace("\u2581", " ").encode("utf-8")
+            raise TypeError(
+                f"tokenizer: cannot tell the bytes of its tokens (decoder {sorted(kinds) or 'unknown'}); "
+                "byte-level BPE and SentencePiece-style tokenizers are supported")
+
+        pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+        return cls(tuple(piece_bytes(i, p) or None for i, p in enumerate(pieces)), eos_ids)

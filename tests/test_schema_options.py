@@ -51,6 +51,14 @@ def test_default_bounds_stop_runaway_values(tok, schema, runaway, own):
     assert accepts(tok, schema, runaway, **{k: v for k, v in vars(UNBOUNDED).items()})
 
 
+@pytest.mark.parametrize("schema", [{"description": "any value"}, {"properties": {"a": {"type": "number"}}}])
+def test_a_schema_without_type_gets_the_bounds_of_every_type(tok, schema):
+    runaway = "-10." + "0" * 60 + "1"  # JSONSchemaBench: a number whose digits never stop, under no "type"
+    assert not accepts(tok, schema, runaway)
+    assert accepts(tok, schema, runaway, **vars(UNBOUNDED))
+    assert accepts(tok, schema, "-10.5") and accepts(tok, schema, '"text"') and accepts(tok, schema, "[1, 2]")
+
+
 def test_bounds_are_options_and_the_input_is_not_changed():
     schema = {"type": "string"}
     assert bound_schema(schema, SchemaOptions(max_string_length=5)) == {"type": "string", "maxLength": 5}
@@ -79,4 +87,16 @@ def test_one_of_is_opt_in_and_the_refusal_points_at_it(tok):
 def test_refusal_leads_with_the_keyword_and_where(tok, schema, lead):
     with pytest.raises(ValueError) as e:
         make_constraint(tok, json_schema=schema)
+    assert str(e.value).startswith(f"invalid json_schema -- {lead}"), str(e.value)
+
+
+@pytest.mark.parametrize("schema, lead", [  # refused as given (the defaults close the object, which compiles)
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "minProperties": 1},
+     "unsupported keyword 'minProperties' at /"),
+    ({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string", "pattern": "(?=x)"}}},
+     "unsupported keyword 'pattern' '(?=x)' at /properties/b"),
+])
+def test_refusal_of_a_schema_as_given_leads_with_the_keyword(tok, schema, lead):
+    with pytest.raises(ValueError) as e:
+        make_constraint(tok, json_schema=schema, json_options=UNBOUNDED)
     assert str(e.value).startswith(f"invalid json_schema -- {lead}"), str(e.value)

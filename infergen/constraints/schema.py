@@ -16,7 +16,9 @@ valid under the original schema, only less open-ended (:class:`SchemaOptions`, e
   (default ``2**53 - 1``, the range RFC 8259 calls interoperable); ``max_decimals``: numbers get a
   ``multipleOf`` of ``10**-max_decimals`` unless they have one;
 * a value the schema leaves entirely open (``{}``, ``true``, an array without ``items``) becomes a
-  scalar or an array of scalars, under the bounds above: no nesting without end.
+  scalar or an array of scalars, under the bounds above: no nesting without end. A schema without
+  ``"type"`` (``{"properties": ...}``, ``{"title": ...}``) admits every type: it gets the bounds of
+  every type (each applies to values of its own type only).
 
 A schema's own bounds always win; ``enum`` and ``const`` are left alone. :data:`UNBOUNDED` switches
 every rewrite off (the schema exactly as given). ``coerce_one_of`` (off by default) lets llguidance
@@ -36,6 +38,10 @@ _SCALARS = ["null", "boolean", "integer", "number", "string"]
 # and those whose value is a list or a name -> subschema map
 _ONE = ("items", "additionalProperties", "then", "else", "contains", "propertyNames",
         "additionalItems", "unevaluatedItems", "unevaluatedProperties")
+_ANY = [*_SCALARS, "array", "object"]
+# a schema without "type" admits every type, and each bound applies to its own type only, so all of them
+# are added; unless the schema combines others (its parts are bounded, and "not"/"if" must stay as given)
+_COMBINED = {"$ref", "anyOf", "oneOf", "allOf", "not", "if"}
 _MANY = ("anyOf", "oneOf", "allOf", "prefixItems", "properties", "patternProperties", "$defs", "definitions",
          "dependentSchemas")
 
@@ -88,7 +94,7 @@ def _bound(s, opts: SchemaOptions, close: bool):
             s[k] = {n: _bound(x, opts, close) for n, x in s[k].items()}
     if "enum" in s or "const" in s:
         return s
-    types = s.get("type", [])
+    types = s.get("type", _ANY if not _COMBINED & s.keys() else [])  # no "type": a value of any type
     types = {types} if isinstance(types, str) else set(types)
     if "object" in types and close and s.get("additionalProperties", True) in (True, {}):
         s["additionalProperties"] = False
@@ -136,6 +142,10 @@ def explain_refusal(schema, message: str) -> str | None:
         keys = ["oneOf"]
     if fmt := re.search(r"Unknown format: (\S+)", message):
         keys, value = ["format"], fmt.group(1)
+    if "min/maxProperties" in message:  # llguidance: only where every listed property is required
+        keys = ["minProperties", "maxProperties"]
+    if bad := re.search(r"regex parse error:\s*\n\s*(.+)\n", message):
+        keys, value = ["pattern"], bad.group(1).strip()
     for key in keys:
         if (where := _find(schema, key, value, "")) is not None:
             hint = " (SchemaOptions(coerce_one_of=True) compiles it as anyOf)" if key == "oneOf" else ""

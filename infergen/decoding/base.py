@@ -101,16 +101,6 @@ def special_ids(model, eos_token_id=None, pad_token_id=None) -> tuple[list[int],
     return eos, _check_token_id("pad_token_id", pad_token_id, vocab)
 
 
-def check_left_padded(attention_mask: torch.Tensor):
-    """Refuse right (or inner) padding: a real token after a padding slot in some row."""
-    after_real = attention_mask.long().cummax(-1).values.bool()  # True from the first real token on
-    if bool((after_real & ~attention_mask).any()):
-        row = int((after_real & ~attention_mask).any(-1).nonzero()[0, 0])
-        raise ValueError(f"attention_mask row {row} has padding after its first real token: infergen needs "
-                         "left padding (tokenizer.padding_side = 'left'), so that every row's newest token "
-                         "is in the last column")
-
-
 def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_id=None,
             pad_token_id=None, extra_len: int = 0,
             allocate: bool = True, needs: type = Cache, who: str = "this decoder"):
@@ -137,7 +127,12 @@ def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_
     attention_mask = attention_mask.bool()
     if not bool(attention_mask.any(-1).all()):
         raise ValueError("attention_mask has a row with no real token: every prompt needs at least one token")
-    check_left_padded(attention_mask)
+    # right (or inner) padding: a padding slot after the first real token of a row
+    padded_late = (attention_mask.long().cummax(-1).values.bool() & ~attention_mask).any(-1)
+    if bool(padded_late.any()):
+        raise ValueError(f"attention_mask row {int(padded_late.nonzero()[0, 0])} has padding after its first "
+                         "real token: infergen needs left padding (tokenizer.padding_side = 'left'), so that "
+                         "every row's newest token is in the last column")
     context = model.max_context
     if T + max_new_tokens > context:
         raise ValueError(
@@ -168,6 +163,4 @@ def make_generator(seed=None, generator=None, device="cpu"):
             if not isinstance(g, torch.Generator):
                 raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(g).__name__}")
         return list(generator) if many else generator
-    if seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(int(setting("seed").check(seed)))
+    return None if seed is None else torch.Generator(device=device).manual_seed(int(setting("seed").check(seed)))

@@ -85,17 +85,16 @@ def apply_hamming_diversity(scores: torch.Tensor, previous_tokens: torch.Tensor,
     check_number("diversity_penalty", diversity_penalty, low=0, high=math.inf, high_open=True)
     if previous_tokens.shape[-1] == 0 or diversity_penalty == 0:
         return scores.clone()
-    rows, vocab = previous_tokens.shape[0], scores.shape[-1]
-    counts = torch.zeros(rows, vocab, dtype=torch.long, device=scores.device)
-    counts.scatter_add_(1, previous_tokens.to(scores.device), torch.ones_like(previous_tokens, device=scores.device))
-    penalty = diversity_penalty * counts  # [R, V]
-    return scores - penalty.repeat_interleave(beams_per_row, 0).to(scores.dtype)
+    previous = previous_tokens.to(scores.device)
+    ones = scores.new_ones(previous.shape)
+    counts = scores.new_zeros(previous.shape[0], scores.shape[-1]).scatter_add_(1, previous, ones)  # [R, V]
+    return scores - (diversity_penalty * counts).repeat_interleave(beams_per_row, 0)  # [R * beams_per_row, V]
 
 
 def _completion_check(rows, g: int, size: int, num_beams: int, kept: list):
     """The ``completes`` callback of :meth:`Beams.advance` for group ``g``: forks the parent beam's state
     for every live candidate, advances it with the candidate's token, and says which are complete. The
-    advanced candidates are appended to ``kept`` (the caller adds the indices of the kept ones)."""
+    advanced candidates (``B * n_cand`` of them, row-major) are appended to ``kept``."""
 
     def completes(parent: torch.Tensor, token: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         B, n = parent.shape
@@ -106,14 +105,6 @@ def _completion_check(rows, g: int, size: int, num_beams: int, kept: list):
         return cands.complete(parent.device).view(B, n)
 
     return completes
-
-
-def _next_rows(kept: list, B: int):
-    """One step's surviving beam states ``[b, g, j]`` from each group's (candidates, keep [B, size])."""
-    starts = [sum(len(c) for c, _ in kept[:g]) for g in range(len(kept))]  # group g's candidates, b-major
-    index = torch.stack([start + torch.arange(B)[:, None] * (len(c) // B) + keep.cpu()
-                         for (c, keep), start in zip(kept, starts)], 1)  # [B, groups, size]
-    return RowConstraints.concat([c for c, _ in kept]).select(index.reshape(-1).tolist())
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -158,13 +149,10 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
         raise ValueError(f"num_beams={num_beams} is too large for a vocabulary of {vocab} tokens: each step needs "
                          f"{n_cand} distinct candidates per group")
     dev = setup.input_ids.device
-    rows = None
-    if constraint is not None:
-        # budget closing per beam, unless the caller's RowConstraints brings its own budget (or None: off)
-        own = isinstance(constraint, RowConstraints)
-        per_prompt = as_row_constraints(constraint, B, budget=None if own else max_new_tokens)
-        assert per_prompt is not None  # constraint is not None
-        rows = per_prompt.select(torch.arange(B).repeat_interleave(num_beams))
+    # budget closing per beam, unless the caller's RowConstraints brings its own budget (or None: off)
+    rows = as_row_constraints(constraint, B, None if isinstance(constraint, RowConstraints) else max_new_tokens)
+    if rows is not None:  # every beam gets its own state, forked from its input row's
+        rows = rows.select(torch.arange(B).repeat_interleave(num_beams))
     beams = Beams(setup, groups, size, length_penalty=length_penalty, early_stopping=early_stopping, rule=rule,
                    stopping=stopping, do_sample=not sampler.greedy, generator=sampler.generator,
                    constrained=rows is not None)
@@ -198,7 +186,8 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
             parents: list[torch.Tensor] = []
             chosen: list[torch.Tensor] = []
             seen = [torch.empty(B, 0, dtype=torch.long, device=dev)]  # what later groups' Hamming penalty counts
-            kept: list = []  # per group: its advanced candidates' constraint states and which were kept
+            kept: list = []  # per group: its advanced candidates' constraint states
+            keeps: list[torch.Tensor] = []  # per group: which candidates it kept [B, size]
             all_ended = True
             for g in range(groups):
                 completes = None if rows is None else _completion_check(rows, g, size, num_beams, kept)
@@ -207,8 +196,7 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
                 processed = sampler.process(scored[:, g].reshape(B * size, vocab), prompt_ids, generated)
                 was_open = beams.open[:, g, None].clone()
                 p, tok, ended, keep = beams.advance(g, step, processed.view(B, size, vocab), logp_all[:, g], completes)
-                if rows is not None:
-                    kept[-1] = (kept[-1], keep)
+                keeps.append(keep)
                 parents.append(p + g * size)
                 chosen.append(tok)
                 # a group that had already stopped emits padding in transformers 4.x; that is what it counts
@@ -219,7 +207,10 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
             offsets = torch.arange(B, device=dev)[:, None] * num_beams
             cache.reorder((torch.cat(parents, 1) + offsets).reshape(-1))
             if rows is not None:  # the survivors' advanced states, in the beams' new order
-                rows = _next_rows(kept, B)
+                # [B, groups, size] indices into the groups' candidates, concatenated
+                index = (torch.stack(keeps, 1).cpu() + torch.arange(groups)[:, None] * (B * n_cand)
+                         + torch.arange(B)[:, None, None] * n_cand)
+                rows = RowConstraints.concat(kept).select(index.reshape(-1).tolist())
             logits = last_logits(decode_one(model, torch.cat(chosen, 1).reshape(-1), cache))
 
     n = num_return_sequences

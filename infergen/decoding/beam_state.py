@@ -96,10 +96,8 @@ class Beams:
         if support < n_cand and not self.constrained:
             raise ValueError(f"beam sampling draws {n_cand} distinct candidates per row (2 * num_beams) but "
                              f"the filters leave only {support}: raise top_k / top_p or lower num_beams")
-        if support < n_cand:  # few allowed tokens: draw them all, pad with -inf ones
-            idx = draw_padded(probs, total, n_cand, self.generator)
-        else:
-            idx = torch.multinomial(probs, n_cand, generator=self.generator)
+        idx = (draw_padded(probs, total, n_cand, self.generator) if support < n_cand  # draw all, pad with -inf
+               else torch.multinomial(probs, n_cand, generator=self.generator))
         cand, order = total.gather(-1, idx).sort(-1, descending=True)
         return cand, idx.gather(-1, order)
 
@@ -107,17 +105,14 @@ class Beams:
         """Why each candidate would end now (a REASONS code; ``LENGTH`` = it does not) and which are live
         (under a constraint: not forbidden, not the extension of a never-started beam)."""
         B, n_cand = token.shape
-        is_eos = torch.isin(token, self.eos)
-        stop = torch.zeros_like(is_eos)
+        live = cand > NEG / 2 if self.constrained else torch.ones_like(token, dtype=torch.bool)
+        is_eos = torch.isin(token, self.eos) & live
+        stop = complete = torch.zeros_like(is_eos)  # (EOS comes first, then stop, then complete: see reason)
         if self.stopping is not None:
-            stop = self.stopping(hist[:, :, :step + 1].reshape(B * n_cand, step + 1)).to(is_eos.device).view(B, n_cand)
-        live = torch.ones_like(is_eos)
-        complete = torch.zeros_like(is_eos)
-        if self.constrained:
-            live = cand > NEG / 2
-            is_eos, stop = is_eos & live, stop & live
-            if completes is not None:
-                complete = completes(parent, token, live & ~is_eos) & live & ~is_eos & ~stop
+            stop = self.stopping(hist[:, :, :step + 1].reshape(B * n_cand, step + 1)).to(live.device)
+            stop = stop.view(B, n_cand) & live
+        if completes is not None:  # under a constraint
+            complete = completes(parent, token, live & ~is_eos) & live
         reason = torch.where(is_eos, EOS, torch.where(stop, STOP, torch.where(complete, CONSTRAINT, LENGTH)))
         return reason, live
 
@@ -125,9 +120,7 @@ class Beams:
         """The next running beams of group ``g``: the best candidates that did not end. (At the last step
         every candidate ends by length, but the running beams still say which tokens the group chose, for
         diversity.) Returns their positions among the candidates."""
-        run_cand = cand + (reason != LENGTH).float() * NEG
-        if self.constrained:
-            run_cand = run_cand.masked_fill(~live, float("-inf"))
+        run_cand = (cand + (reason != LENGTH).float() * NEG).masked_fill(~live, float("-inf"))
         keep = run_cand.topk(self.size, -1).indices
         self.run_tokens[:, g] = along_beams(hist, keep)
         self.run_logprobs[:, g] = along_beams(hist_lp, keep)
@@ -143,15 +136,12 @@ class Beams:
         full = self.fin_done[:, g].all(-1, keepdim=True)
         for refused in (full & (self.early_stopping is True), ~self.open[:, g, None], ~new):
             scores = scores + refused.float() * NEG
-        merged = torch.cat([self.fin_scores[:, g], scores], 1)
-        best = merged.topk(self.size, -1).indices
-        self.fin_scores[:, g] = merged.gather(-1, best)
-        self.fin_tokens[:, g] = along_beams(torch.cat([self.fin_tokens[:, g], hist], 1), best)
-        self.fin_logprobs[:, g] = along_beams(torch.cat([self.fin_logprobs[:, g], hist_lp], 1), best)
-        for name, fresh in (("fin_lengths", torch.full_like(reason, step + 1)), ("fin_reason", reason),
+        best = torch.cat([self.fin_scores[:, g], scores], 1).topk(self.size, -1).indices
+        for name, fresh in (("fin_scores", scores), ("fin_tokens", hist), ("fin_logprobs", hist_lp),
+                            ("fin_lengths", torch.full_like(reason, step + 1)), ("fin_reason", reason),
                             ("fin_done", new)):
             table = getattr(self, name)
-            table[:, g] = torch.cat([table[:, g], fresh], 1).gather(-1, best)
+            table[:, g] = along_beams(torch.cat([table[:, g], fresh], 1), best)
 
     def _update_open(self, g, step, cand):
         """Close the (row, group)s that can no longer improve (the early-stopping rule)."""
@@ -174,15 +164,11 @@ class Beams:
         """The ``n`` best finished hypotheses of every row: (tokens, logprobs, scores, lengths, reasons, group),
         each [B * n, ...], ordered best first within a row."""
         B, groups, size = self.fin_scores.shape
-        flat = lambda t: t.reshape(B, groups * size, *t.shape[3:])  # noqa: E731
-        order = flat(self.fin_scores).sort(dim=-1, descending=True, stable=True).indices[:, :n]
-
-        def take(t):
-            return along_beams(flat(t), order).reshape(B * n, *t.shape[3:])
-
+        order = self.fin_scores.flatten(1, 2).sort(dim=-1, descending=True, stable=True).indices[:, :n]  # [B, n]
+        tables = (self.fin_tokens, self.fin_logprobs, self.fin_scores, self.fin_lengths, self.fin_reason)
         group = torch.arange(groups, device=order.device).repeat_interleave(size).expand(B, -1)
-        return (take(self.fin_tokens), take(self.fin_logprobs), take(self.fin_scores), take(self.fin_lengths),
-                take(self.fin_reason), group.gather(1, order).reshape(-1))
+        return (*(along_beams(t.flatten(1, 2), order).flatten(0, 1) for t in tables),
+                group.gather(1, order).reshape(-1))
 
 
 def draw_padded(probs: torch.Tensor, total: torch.Tensor, n: int, generator) -> torch.Tensor:

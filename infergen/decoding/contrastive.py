@@ -78,49 +78,42 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=DEFA
         if alpha != DEFAULT_ALPHA:
             raise ValueError(f"give alpha or penalty_alpha, not both (alpha={alpha}, penalty_alpha={penalty_alpha})")
         alpha = penalty_alpha
-    check_number("top_k", top_k, low=1, integer=True)
     check_number("alpha", alpha, low=0, high=1)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id, who="contrastive_search")
     model = setup.model
-    vocab = model.config.vocab_size
-    if top_k > vocab:
-        raise ValueError(f"top_k must be in [1, {vocab}] (the vocabulary size), got {top_k}")
+    check_number("top_k", top_k, low=1, high=model.config.vocab_size, integer=True)  # at most the vocabulary
     k, alpha = int(top_k), float(alpha)
     B, T = setup.input_ids.shape
     n = setup.max_new_tokens
     progress = Rows(setup, stopping=stopping, streamer=streamer)
-    penalties = []
     rows = torch.arange(B, device=setup.input_ids.device)
+    penalties = torch.zeros(B, n, device=rows.device)  # of each chosen token
     with torch.inference_mode():
         if n > 0:
             out = prefill(model, setup.input_ids, cache, setup.attention_mask, hidden=True)
             logits = out.logits[:, -1].float()
-            # Normalised last-layer hidden states of every position so far; padding marked invalid.
-            context = torch.zeros(B, T + n, out.hidden.shape[-1], device=logits.device)
-            context[:, :T] = F.normalize(out.hidden.float(), dim=-1)
-            valid = torch.zeros(B, T + n, dtype=torch.bool, device=logits.device)
-            valid[:, :T] = setup.attention_mask
+            # Normalised last-layer hidden states of every position (T prompt + n generated); padding invalid.
+            context = F.pad(F.normalize(out.hidden.float(), dim=-1), (0, 0, 0, n))  # [B, T + n, D]
+            valid = F.pad(setup.attention_mask, (0, n), value=True)  # [B, T + n]
             cache.repeat(k)  # row b -> rows b*k .. b*k+k-1, one per candidate
         for step in range(n):
             check_finite_row(logits)
-            probs = logits.softmax(-1)
-            top_probs, top_ids = probs.topk(k, dim=-1)  # [B, k], most probable first
+            top_probs, top_ids = logits.softmax(-1).topk(k, dim=-1)  # [B, k], most probable first
             out = decode_one(model, top_ids.reshape(B * k), cache, hidden=True)  # all candidates in one batch
             cand = F.normalize(out.hidden[:, -1].float(), dim=-1).view(B, k, -1)
             L = T + step
             penalty = degeneration_penalty(cand, context[:, :L], valid[:, :L])  # [B, k]
             score = (1.0 - alpha) * top_probs - alpha * penalty
             choice = score.argmax(-1)  # first maximum: ties go to the more probable candidate
-            penalties.append(penalty[rows, choice].masked_fill(progress.done, 0.0))
+            penalties[:, step] = penalty[rows, choice].masked_fill(progress.done, 0.0)
             _, all_done = progress.commit(top_ids[rows, choice], logits)
             # Keep the winner: its hidden state joins the context, its logits are the next step's.
-            context[:, L], valid[:, L] = cand[rows, choice], True
+            context[:, L] = cand[rows, choice]
             winners = rows * k + choice
             logits = out.logits[winners, -1].float()
-            if all_done:
+            if all_done or step == n - 1:
                 break
-            if step < n - 1:
-                cache.reorder(winners.repeat_interleave(k))  # every candidate row now holds the winner
-    pen = torch.stack(penalties, 1) if penalties else torch.empty(B, 0, device=setup.input_ids.device)
-    return progress.output(return_dict, info={"top_k": k, "alpha": alpha, "penalty": pen})
+            cache.reorder(winners.repeat_interleave(k))  # every candidate row now holds the winner
+    return progress.output(return_dict, info={"top_k": k, "alpha": alpha,
+                                              "penalty": penalties[:, :progress.steps]})

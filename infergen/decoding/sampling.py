@@ -31,19 +31,22 @@ from .base import check_stop, make_generator, prepare
 from .steps import Rows, Sampler, decode_n_tokens, last_logits, prefill
 
 
-def start(model, input_ids, max_new_tokens, sampler: Sampler, *, attention_mask=None, eos_token_id=None,
-          pad_token_id=None, stopping=None, streamer=None, constraint=None):
-    """Set up a generation with ``sampler``: checks, cache, rows, and the prefill's logits (None when there
-    is nothing to generate: ``max_new_tokens`` 0, or every row's constraint complete before any token)."""
-    check_stop(sampler.params, stopping)
+def start(model, input_ids, max_new_tokens, params: SamplingParams, pipeline: LogitsPipeline | None = None,
+          generator=None, *, attention_mask=None, eos_token_id=None, pad_token_id=None, stopping=None,
+          streamer=None, constraint=None):
+    """Set up a generation under ``params`` (or ``pipeline``): checks, sampler, cache, rows and the prefill.
+    Returns ``(rows, steps)``: ``steps`` is the :func:`decode_n_tokens` loop to run, empty when there is
+    nothing to generate (``max_new_tokens`` 0, or every row's constraint complete before any token)."""
+    sampler = Sampler(params, pipeline, make_generator(params.seed, generator, device=as_model(model).device))
+    check_stop(params, stopping)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-    rows = Rows(setup, stopping=stopping, streamer=streamer, keep_history=sampler.uses_history,
-                constraint=constraint)
+    rows = Rows(setup, stopping=stopping, streamer=streamer, constraint=constraint)
     if not setup.max_new_tokens or bool(rows.done.all()):  # nothing to generate: no forward pass
-        return setup, cache, rows, None
+        return rows, iter(())
     with torch.inference_mode():
-        return setup, cache, rows, last_logits(prefill(setup.model, setup.input_ids, cache, setup.attention_mask))
+        logits = last_logits(prefill(setup.model, setup.input_ids, cache, setup.attention_mask))
+    return rows, decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows)
 
 
 def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | LogitsPipeline | None = None,
@@ -57,10 +60,7 @@ def decode_steps(model, input_ids, max_new_tokens, params: SamplingParams | Logi
     """
     pipeline = params if isinstance(params, LogitsPipeline) else None
     settings = params if isinstance(params, SamplingParams) else SamplingParams()
-    sampler = Sampler(settings, pipeline, make_generator(settings.seed, generator, device=as_model(model).device))
-    setup, cache, rows, logits = start(model, input_ids, max_new_tokens, sampler, **kwargs)
-    if logits is not None:
-        yield from decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows)
+    yield from start(model, input_ids, max_new_tokens, settings, pipeline, generator, **kwargs)[1]
 
 
 def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=None, top_k=None, top_p=None,
@@ -80,13 +80,11 @@ def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=No
     with ``return_dict=True``. Strategy ``"sample"`` runs it through :func:`sample_with_temperature`.
     """
     params = SamplingParams.resolve(params, temperature=temperature, top_k=top_k, top_p=top_p, **settings)
-    sampler = Sampler(params, generator=make_generator(params.seed, generator, device=as_model(model).device))
-    setup, cache, rows, logits = start(model, input_ids, max_new_tokens, sampler, attention_mask=attention_mask,
-                                       eos_token_id=eos_token_id, pad_token_id=pad_token_id, stopping=stopping,
-                                       streamer=streamer, constraint=constraint)
-    if logits is not None:
-        for _ in decode_n_tokens(setup.model, cache, logits, setup.max_new_tokens, sampler, rows):
-            pass
+    rows, steps = start(model, input_ids, max_new_tokens, params, generator=generator,
+                        attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                        stopping=stopping, streamer=streamer, constraint=constraint)
+    for _ in steps:
+        pass
     return rows.output(return_dict)
 
 

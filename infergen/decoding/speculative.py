@@ -88,7 +88,7 @@ class LayerSkipDraft(LlamaModel):
                               for name, value in vars(model).items()})
         self.config = copy.deepcopy(model.config)
         self.config.num_hidden_layers = int(n_layers)
-        self.layers = nn.ModuleList(list(model.layers)[:n_layers])  # the blocks themselves, not copies
+        self.layers = nn.ModuleList(list(model.layers)[:int(n_layers)])  # the blocks themselves, not copies
 
 
 def verify_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None):
@@ -103,15 +103,12 @@ def verify_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, genera
     where rejection can only be a rounding artefact) the token is sampled from ``p``.
     """
     B, g = drafts.shape
-    V = p.shape[-1]
     p_draft = p[:, :g].gather(-1, drafts.unsqueeze(-1)).squeeze(-1)  # p_i(d_i)
     q_draft = q.gather(-1, drafts.unsqueeze(-1)).squeeze(-1)  # q_i(d_i) > 0: d_i was drawn from q_i
     u = torch.rand(B, g, device=p.device, dtype=p.dtype, generator=generator)
-    accepted = u * q_draft <= p_draft
-    n = accepted.long().cumprod(-1).sum(-1)  # leading accepted drafts
-    where = n.view(B, 1, 1).expand(B, 1, V)
-    p_n = p.gather(1, where).squeeze(1)
-    q_n = torch.cat([q, torch.zeros_like(p[:, :1])], 1).gather(1, where).squeeze(1)
+    n = (u * q_draft <= p_draft).long().cumprod(-1).sum(-1)  # leading accepted drafts
+    rows = torch.arange(B, device=p.device)
+    p_n, q_n = p[rows, n], torch.cat([q, torch.zeros_like(p[:, :1])], 1)[rows, n]  # [B, V] at position n
     residual = (p_n - q_n).clamp_(min=0)
     mass = residual.sum(-1, keepdim=True)
     dist = torch.where(mass > 1e-9, residual / mass.clamp(min=1e-30), p_n)
@@ -138,8 +135,7 @@ def resolve_draft(target, draft_model=None, draft_layers=None):
     total = target.config.num_hidden_layers
     if draft_layers is None:  # early exit guesses well only near the top (see the module docstring)
         draft_layers = min(total - 1, max(1, total - total // 10))
-    check_number("draft_layers", draft_layers, low=1, high=total - 1, integer=True)
-    return LayerSkipDraft(target, int(draft_layers))
+    return LayerSkipDraft(target, draft_layers)  # which checks draft_layers
 
 
 class Speculator:
@@ -187,7 +183,6 @@ class Speculator:
         """
         g = min(self.gamma, budget - 1)  # drafts beyond the budget would be thrown away
         L0 = self.target_cache.length
-        B = self.pending.shape[0]
         dev = self.pending.device
         drafts: list[torch.Tensor] = []
         qs: list[torch.Tensor] = []
@@ -201,7 +196,7 @@ class Speculator:
             x = d[:, None]
         feed = torch.cat([self.pending[:, -1:]] + [d[:, None] for d in drafts], 1)  # newest + g drafts
         target_logits = decode_many(self.target, feed, self.target_cache).logits.float()  # [B, g+1, V]
-        drafts_t = torch.stack(drafts, 1) if drafts else feed[:, :0]  # [B, g]
+        drafts_t = feed[:, 1:]  # [B, g]
         if self.sampler.greedy:  # accept while the draft's token is the target's argmax
             best = self.sampler.choose(self.sampler.process(target_logits))  # [B, g+1]
             n = (drafts_t == best[:, :g]).long().cumprod(-1).sum(-1)
@@ -272,10 +267,7 @@ def speculative_decode(model, input_ids, max_new_tokens=100, draft_model=None, n
     rows = Rows(setup, stopping=stopping, streamer=streamer)
 
     def commit(tokens, logits) -> bool:  # one column at a time, so rows finish exactly at their EOS
-        for j in range(tokens.shape[1]):
-            if rows.commit(tokens[:, j], logits[:, j])[1]:
-                return True
-        return False
+        return any(rows.commit(tokens[:, j], logits[:, j])[1] for j in range(tokens.shape[1]))
 
     with torch.inference_mode():
         done = setup.max_new_tokens == 0 or commit(*spec.start())

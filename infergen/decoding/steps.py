@@ -111,11 +111,6 @@ class Sampler:
         self.generator = generator
         self.greedy = self.pipeline.is_greedy
 
-    @property
-    def uses_history(self) -> bool:
-        """Does the pipeline read the token history (so the rows must keep it)?"""
-        return self.pipeline.uses_history
-
     def process(self, logits: torch.Tensor, prompt_ids: torch.Tensor | None = None,
                 generated_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The logits [..., V] after the pipeline (the history as in :meth:`__call__`)."""
@@ -147,17 +142,15 @@ class Sampler:
 def emit(streamer, tokens: torch.Tensor):
     """Send newly chosen tokens [B] to a streamer: a callable, or an object with ``put`` (transformers'
     ``TextStreamer`` style)."""
-    if streamer is None:
-        return
     if hasattr(streamer, "put"):
         streamer.put(tokens.detach().cpu())
-    else:
+    elif streamer is not None:
         streamer(tokens.detach())
 
 
 def end_stream(streamer):
     """Tell a streamer with an ``end`` method that no more tokens will come."""
-    if streamer is not None and hasattr(streamer, "end"):
+    if hasattr(streamer, "end"):
         streamer.end()
 
 
@@ -173,8 +166,8 @@ class Rows:
     to steer it there) or allows no token at all (``"no_valid_token"``; ``"budget"`` when no completion fits
     in the tokens left), or after ``limit`` tokens (``"length"``; default ``setup.max_new_tokens``,
     or a list with one limit per row); every later token of that row is ``setup.pad_token_id`` with
-    log-probability 0. ``keep_history`` keeps the generated ids for the penalties (kept anyway when there
-    is a ``stopping`` criterion). ``constraint`` (see :mod:`infergen.constraints`: one constraint, one per
+    log-probability 0. The generated ids (the history the penalties and ``stopping`` read) are always
+    kept, in a device buffer; ``keep_history`` is accepted for older callers and changes nothing. ``constraint`` (see :mod:`infergen.constraints`: one constraint, one per
     row, or None) is per-row state that :meth:`constrain` applies to the logits and :meth:`commit` advances.
 
     Everything lives in tensors on the rows' device (buffers of ``setup.max_new_tokens`` columns), so a
@@ -190,7 +183,6 @@ class Rows:
         # limit; a RowConstraints of the caller's keeps its own budget (budget=None switches closing off)
         budget = n if limit is None else [int(x) for x in limit] if isinstance(limit, (list, tuple)) else int(limit)
         self.constraint = as_row_constraints(constraint, B, None if isinstance(constraint, RowConstraints) else budget)
-        self.keep_history = keep_history or stopping is not None
         self.prompt_ids = setup.prompt_ids_for_penalties
         self.limit = torch.as_tensor(n if limit is None else limit, device=dev).expand(B).clone()
         self.ids = torch.full((B, n), setup.pad_token_id, dtype=torch.long, device=dev)  # committed tokens

@@ -89,12 +89,11 @@ def _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_ma
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True) if tokenizer is not None else ids
     choices = []
     for b in range(input_ids.shape[0]):
-        rows = range(b * n, (b + 1) * n)
-        cands = [texts[r] for r in rows]
-        index, scores, answers = select(cands, [lps[r] for r in rows])
+        rows = slice(b * n, (b + 1) * n)  # prompt b's samples
+        index, scores, answers = select(texts[rows], lps[rows])
         chosen = b * n + index
-        choices.append(Choice(index, texts[chosen] if tokenizer is not None else None, ids[chosen], cands,
-                              [float(s) for s in scores], sum(lengths[r] for r in rows), answers,
+        choices.append(Choice(index, texts[chosen] if tokenizer is not None else None, ids[chosen], texts[rows],
+                              [float(s) for s in scores], sum(lengths[rows]), answers,
                               answers[index] if answers is not None else None))
     return choices
 
@@ -145,8 +144,7 @@ def self_consistency(model, input_ids, n: int = 8, max_new_tokens: int = 32, *, 
 
     def select(cands, logprobs):
         answers = [extract(c) for c in cands]
-        index, votes = majority_vote(answers)
-        return index, votes, answers
+        return (*majority_vote(answers), answers)
     return _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_mask, settings)
 
 
@@ -178,8 +176,7 @@ def mbr(model, input_ids, n: int = 8, max_new_tokens: int = 32, *, utility: Call
     _check_callable("utility", utility)
 
     def select(cands, logprobs):
-        index, expected = mbr_select(cands, utility)
-        return index, expected, None
+        return (*mbr_select(cands, utility), None)
     return _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_mask, settings)
 
 

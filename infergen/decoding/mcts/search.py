@@ -23,7 +23,6 @@ from ..steps import Rows, Sampler, decode_one, last_logits, prefill, token_logpr
 from .tree import Node, select_child, snapshot
 from .values import ValueContext, ValueFn, likelihood_value
 
-__all__ = ["DEFAULT_LEAF_BATCH", "SearchConfig", "RowSearch", "mcts_decode"]
 
 #: Leaves evaluated per batched forward by default: the fastest of 4, 8 and 16 on the bundled model
 #: (benchmarks/results/mcts/speed.md).
@@ -226,8 +225,7 @@ class RowSearch:
             logits, cache = self.leaf_logits(pending)
             for path, row in zip(pending, logits):
                 self.expand(path[-1], row)
-            rollouts = self.rollouts(pending, logits, cache) if self.cfg.rollout_tokens else [([], [])] * len(pending)
-            for path, rollout in zip(pending, rollouts):
+            for path, rollout in zip(pending, self.rollouts(pending, logits, cache)):  # empty if rollout_tokens=0
                 self.backup(path, self.evaluate(path, *rollout))
             self.stats["evaluations"] += len(pending)
             self.stats["leaf_batches"] += 1
@@ -349,8 +347,8 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
         prompts = [ids[mask].tolist() for ids, mask in zip(setup.input_ids, setup.attention_mask)]
         searches = [row_search(model, p, max_new_tokens, cfg) for p in prompts] if max_new_tokens else []
         for _ in range(max_new_tokens):
-            tokens = torch.full((B,), setup.pad_token_id, dtype=torch.long, device=dev)
-            logprobs = torch.zeros(B, device=dev)
+            # (a finished row's entries are ignored: the commit pads it)
+            tokens, logprobs = torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, device=dev)
             for b in (~rows.done).nonzero().flatten().tolist():
                 searches[b].search()
                 trees[b] = trees[b] or snapshot(searches[b].root)

@@ -11,8 +11,6 @@ import copy
 import math
 from typing import Iterator
 
-__all__ = ["Node", "puct_scores", "select_child", "snapshot"]
-
 
 class Node:
     """One token of the search tree (the root holds no token: it is the text so far).

@@ -19,8 +19,6 @@ import torch
 
 from ..._validation import check_number
 
-__all__ = ["ValueContext", "ValueFn", "likelihood_value", "keyword_reward", "length_reward", "mix"]
-
 
 @dataclass
 class ValueContext:
@@ -84,9 +82,7 @@ def likelihood_value(ctx: ValueContext) -> float:
     and shallow paths compete fairly (a sum always prefers short paths). Only the tokens below the root
     count: the committed tokens are shared by every path and would only dilute the differences.
     """
-    if ctx.logprobs.numel() == 0:
-        return 1.0
-    return math.exp(float(ctx.logprobs.float().mean()))
+    return math.exp(float(ctx.logprobs.float().mean())) if ctx.logprobs.numel() else 1.0  # no token: 1
 
 
 def keyword_reward(*keywords, tokenizer: Any = None, case_sensitive: bool = False) -> ValueFn:

@@ -69,7 +69,7 @@ class Request:
     step at which its client cancels it (simulated, as ``arrival``; :meth:`ContinuousBatcher.cancel` is live).
     Filled by the batcher: ``tokens`` (generated ids, EOS included), ``logprobs`` (model log-probability
     of each), ``finish_reason`` (a :class:`~infergen.FinishReason`: ``"eos"``, ``"length"``, ``"stop"`` (a stop
-    string, or cancelled: its tokens so far), or its constraint's ``"constraint"``, ``"closed"``, ``"budget"``,
+    string), ``"cancelled"`` (its tokens so far), or its constraint's ``"constraint"``, ``"closed"``, ``"budget"``,
     ``"no_valid_token"``), ``text`` (with the batcher's tokenizer, cut before a stop string as
     :func:`infergen.generate` cuts it), ``admitted_step``/``finished_step`` (clock), ``latency_s`` (wall
     seconds from the start of serving to its last token).
@@ -239,10 +239,12 @@ class ContinuousBatcher:
                 sel = slice(None) if len(groups) == 1 else torch.tensor(js, device=device)  # (one group: no copy)
                 tokens[sel] = sampler(masked[sel], rows.prompt_ids[idx[sel]], rows.history[idx[sel]],
                                       generator=[plan[id(slots[occupied[j]])][1] for j in js])
+            closed = torch.tensor([rc is not None and bool(rc.closed()[0]) for rc in held], device=device) \
+                if any(rc is not None for rc in held) else None
             for j, row in enumerate(occupied):  # each constraint consumes its row's token
                 if (rc := held[row]) is not None and not rc.dead()[0]:
                     rc.advance(tokens[j:j + 1])
-            rows.commit(tokens, logits, rows=idx)
+            rows.commit(tokens, logits, rows=idx, closed=closed)  # a closed row's EOS finishes "closed"
             last[idx] = tokens
             for row, done in zip(occupied, rows.done[idx].tolist()):
                 if done:
@@ -252,13 +254,13 @@ class ContinuousBatcher:
             while pending or any(s is not None for s in slots):
                 for row, req in enumerate(slots):  # 0. retire the requests their clients cancelled
                     if req is not None and req.cancel_at is not None and req.cancel_at <= step:
-                        retire(req, row, FinishReason.STOP)
+                        retire(req, row, FinishReason.CANCELLED)
                 # 1. admit the requests that have arrived into free slots; each chooses its first token
                 while pending and pending[0].arrival <= step and None in slots:
                     req, row = pending.popleft(), slots.index(None)
                     rc = as_row_constraints(req.constraint, 1, req.max_new_tokens)
                     if req.cancel_at is not None and req.cancel_at <= step or rc is not None and rc.complete()[0]:
-                        retire(req, None, FinishReason.CONSTRAINT if req.cancel_at is None else FinishReason.STOP)
+                        retire(req, None, FinishReason.CONSTRAINT if req.cancel_at is None else FinishReason.CANCELLED)
                         continue  # cancelled before it ran, or complete before any token: no forward pass
                     first = self._admit(req, row, cache)
                     stats["prefills"] += 1

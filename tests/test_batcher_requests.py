@@ -126,9 +126,9 @@ def test_cancelled_requests_stop_and_free_their_slot(tiny_native, tok):
     reqs[3].arrival = 1
     out = ContinuousBatcher(tiny_native, max_batch=1, eos_token_id=[]).run(reqs)
     whole = [alone(tiny_native, tok, r, SETTINGS[0], [])[0] for r in out]
-    assert out[0].finish_reason == "stop" and out[0].tokens == whole[0][:len(out[0].tokens)]
+    assert out[0].finish_reason == "cancelled" and out[0].tokens == whole[0][:len(out[0].tokens)]
     assert 0 < len(out[0].tokens) < 12 and out[0].finished_step == 3
-    assert out[2].tokens == [] and out[2].admitted_step is None and out[2].finish_reason == "stop"
+    assert out[2].tokens == [] and out[2].admitted_step is None and out[2].finish_reason == "cancelled"
     assert out[1].tokens == whole[1] and out[3].tokens == whole[3]  # one slot: freed by the cancel, reused
 
 
@@ -141,7 +141,7 @@ def test_cancel_by_id_while_serving(tiny_native):
         threading.Event().wait(0.001)
     batcher.cancel("long")  # the client went away
     serving.join()
-    assert reqs[0].finish_reason == "stop" and len(reqs[0].tokens) < 240 and reqs[0].cancel_at == 0
+    assert reqs[0].finish_reason == "cancelled" and len(reqs[0].tokens) < 240 and reqs[0].cancel_at == 0
     assert reqs[1].finish_reason == "length" and len(reqs[1].tokens) == 4
     batcher.cancel("short")  # finished already: nothing to do
     with pytest.raises(ValueError, match="request_id 'nobody'"):
@@ -208,6 +208,6 @@ def test_every_served_request_equals_the_request_alone(tiny_native, tok, work, m
         tokens, reason, text = want[r.id]
         if r.cancel_at is not None and r.finished_step is not None and r.finished_step >= r.cancel_at \
                 and (r.tokens, r.finish_reason) != (tokens, reason):
-            assert r.finish_reason == "stop" and r.tokens == tokens[:len(r.tokens)], (r.id, r.tokens, tokens)
+            assert r.finish_reason == "cancelled" and r.tokens == tokens[:len(r.tokens)], (r.id, r.tokens, tokens)
         else:
             assert (r.tokens, r.finish_reason, r.text) == (tokens, reason, text), r.id

@@ -66,6 +66,14 @@ def test_the_decoders_close_within_max_new_tokens_by_default(mt, constraint, str
     assert r.finish_reason == ("closed" if strategy == "greedy" else "constraint")
 
 
+def test_an_eos_that_closing_forces_is_reported_as_closed(mt):
+    """A number may always take one more digit: the model would go on, and closing ends it with EOS. The
+    finish reason says closing did it ("closed"), not the model ("eos")."""
+    model, tok = mt
+    r = infergen.generate(model, tok, "Reply with a JSON object only.\n", max_new_tokens=16, regex=r"-?[0-9]+(\.[0-9]+)?")
+    assert r.finish_reason == "closed" and len(r.token_ids) <= 16, (r.finish_reason, r.text)
+
+
 def test_without_a_budget_the_same_run_is_cut(mt, constraint):
     """The control: the same prompt and limit with closing switched off (a RowConstraints without a
     budget) ends inside the object."""

@@ -43,6 +43,7 @@ class FinishReason(str, Enum):
     NO_VALID_TOKEN = "no_valid_token"  #: its constraint allowed no token at all
     CLOSED = "closed"                  #: complete, after budget closing refused the model's choice
     BUDGET = "budget"                  #: no completion of its constraint fits in the tokens left
+    CANCELLED = "cancelled"            #: the client cancelled the request (the batcher)
 
     def __str__(self) -> str:
         return self.value
@@ -206,13 +207,14 @@ class Rows:
         return logits if self.constraint is None else self.constraint.mask(logits)
 
     def commit(self, tokens: torch.Tensor, logits: torch.Tensor | None = None, logprobs: torch.Tensor | None = None,
-               *, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+               *, rows: torch.Tensor | None = None, closed: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
         """Commit the chosen ``tokens`` [n], chosen from the model's ``logits`` [n, V] (or give the model's
         ``logprobs`` [n] of the tokens directly), one for each row of ``rows`` (default: every row).
 
         Records each token's log-probability, finishes rows (EOS, stop criterion, constraint, limit),
         keeps the history, advances the constraints and streams the tokens. Returns the committed tokens
-        (padding for rows that had finished) and whether every row is done.
+        (padding for rows that had finished) and whether every row is done. ``closed`` (Bool [B]): rows whose
+        constraint, kept by the caller (the batcher), was steered by budget closing (else this Rows' own).
         """
         if self.constraint is not None:  # a row whose constraint allows nothing ends before this token
             dead, dev = self.constraint.dead(self.done.device), self.done.device
@@ -230,6 +232,9 @@ class Rows:
         self.steps = self.steps + 1 if rows is None else self.ids.shape[1]
         hit = torch.zeros_like(self.done)
         hit[idx] = torch.isin(tokens, self.setup.eos)
+        closed = self.constraint.closed(self.done.device) if self.constraint is not None else closed
+        if closed is not None:  # an EOS that budget closing forced (the model wanted more) is "closed"
+            self.finish(hit & closed, FinishReason.CLOSED)
         self.finish(hit, FinishReason.EOS)
         if self.stopping is not None:
             self.finish(self.stopping(self.generated_ids()).to(self.done.device), FinishReason.STOP)

@@ -16,10 +16,12 @@ import torch
 pytest.importorskip("llama_cpp", reason='llama-cpp-python is not installed (pip install "infergen[llamacpp]")')
 pytest.importorskip("gguf", reason="writing the GGUF files needs the gguf package")
 
-from infergen import beam_search, contrastive_search, greedy_search, sample_with_temperature, speculative_decode  # noqa: E402
+from infergen import (beam_search, contrastive_search, greedy_search, mcts_decode, sample_with_temperature,  # noqa: E402
+                      speculative_decode)
 from infergen.cache import ColumnCache, CropCache, RowCache, require  # noqa: E402
 from infergen.models.llamacpp import LlamaCppModel  # noqa: E402
 from infergen.models.loading import cache_dir  # noqa: E402
+from infergen.serving import ContinuousBatcher, Request  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 32
@@ -110,6 +112,21 @@ def test_contrastive_tokens_equal_the_native_models(smollm, lcpp, batch):
     want = contrastive_search(smollm[0], batch.input_ids, 16, **kw)
     got = contrastive_search(lcpp, batch.input_ids, 16, **kw)
     assert torch.equal(got, want)
+
+
+def test_mcts_is_refused_up_front_naming_llama_cpp(lcpp, batch):
+    with pytest.raises(ValueError, match="mcts_decode .*ColumnCache.*llama.cpp keeps keys and values"):
+        mcts_decode(lcpp, batch.input_ids[1:], 4, num_simulations=2)
+
+
+def test_continuous_batching_equals_each_request_alone(lcpp, smollm, prompts):
+    """The batcher's row operations (write_row, clear_row, compact) on llama.cpp sequences."""
+    tok = smollm[1]
+    reqs = [Request(prompt=tok(p).input_ids, max_new_tokens=m, id=i) for i, (p, m) in enumerate(zip(prompts, [6, 2, 9, 4]))]
+    out = ContinuousBatcher(lcpp, max_batch=2, max_len=40, eos_token_id=[]).run(reqs)
+    for r in out:
+        alone = greedy_search(lcpp, torch.tensor([r.prompt]), r.max_new_tokens, eos_token_id=[])
+        assert r.tokens == alone[0, len(r.prompt):].tolist(), r.id
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -1,9 +1,9 @@
 """llama.cpp's forward pass behind infergen's model protocol: :class:`LlamaCppModel`.
 
-llama.cpp runs a GGUF model on the CPU faster than PyTorch's kernels but offers none of beam search with
-length penalty, contrastive search, MCTS or speculative decoding with another draft. infergen's decoders
-see a model only through :class:`~infergen.models.protocol.LanguageModel` and :mod:`infergen.cache`, so
-llama.cpp's low-level API behind them lets every decoder drive llama.cpp unchanged::
+llama.cpp runs a GGUF model on the CPU faster than PyTorch's kernels, but has none of beam search with length
+penalty, contrastive search, MCTS or speculative decoding with another draft. infergen's decoders see a model
+only through :mod:`~infergen.models.protocol` and :mod:`infergen.cache`: behind them, llama.cpp's low-level
+API lets every decoder drive llama.cpp unchanged::
 
     model = LlamaCppModel("smollm2-135m-F32.gguf")            # pip install "infergen[llamacpp]"
     greedy_search(model, input_ids, max_new_tokens=32)
@@ -49,8 +49,6 @@ def import_llama_cpp() -> Any:
 
 def _floats(ptr, n: int) -> torch.Tensor:
     """A float32 tensor copy of ``n`` floats at the ctypes pointer ``ptr`` (llama.cpp's output buffer)."""
-    if not ptr:
-        raise RuntimeError("llama.cpp returned no outputs for this batch")
     return torch.frombuffer((ctypes.c_float * n).from_address(ctypes.addressof(ptr.contents)),
                             dtype=torch.float32).clone()
 
@@ -65,12 +63,9 @@ def _release(llama_cpp, ctx, batch, model, llama=None) -> None:
 
 
 class LlamaCppCache(PaddingState):
-    """A cache whose rows are llama.cpp sequence ids of one :class:`LlamaCppModel` (see the module docstring).
-
-    The padding state (``mask``, ``length``, positions) is :class:`~infergen.cache.PaddingState`'s; the keys
-    and values live inside llama.cpp, so :meth:`kv_layers` is empty and each row operation also acts on the
-    sequences. The ids go back to the model when the cache is garbage-collected.
-    """
+    """A cache whose rows are sequence ids of one :class:`LlamaCppModel`'s llama.cpp context: the padding
+    state is :class:`~infergen.cache.PaddingState`'s, the keys and values are llama.cpp's (:meth:`kv_layers`
+    is empty), each row operation also acts on the sequences, whose ids go back when the cache is collected."""
 
     def __init__(self, model: LlamaCppModel, batch_size: int, max_len: int):
         super().__init__(batch_size, max_len, "cpu")
@@ -81,9 +76,8 @@ class LlamaCppCache(PaddingState):
 
     def unsupported(self, capability: type) -> str | None:
         """Every protocol but :class:`~infergen.cache.ColumnCache` (llama.cpp keeps its keys/values)."""
-        if capability is ColumnCache:
-            return "llama.cpp keeps keys and values inside its context and does not hand out one position's"
-        return None
+        return ("llama.cpp keeps keys and values inside its context and does not hand out one position's"
+                if capability is ColumnCache else None)
 
     def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """No tensors: llama.cpp stores the keys and values (the inherited row operations move only the mask)."""
@@ -98,14 +92,11 @@ class LlamaCppCache(PaddingState):
         rows, old, m = index.tolist(), list(self.seqs), self.model
         used = set(rows)
         m.give_sequences([s for r, s in enumerate(old) if r not in used])  # dropped rows first: ids to reuse
-        new, seen = [], set()
+        new: list[int] = []
         for r in rows:
-            if r in seen:
-                new.append(m.take_sequences(1)[0])
+            new.append(m.take_sequences(1)[0] if old[r] in new else old[r])
+            if new[-1] != old[r]:
                 m.lib.llama_memory_seq_cp(m.memory, old[r], new[-1], -1, -1)
-            else:
-                new.append(old[r])
-                seen.add(r)
         self.seqs[:] = new
         self.reorder_mask(index.to(self.mask.device))
         return self
@@ -161,7 +152,7 @@ class LlamaCppModel:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
         if not verbose:  # llama-cpp-python's own logger decides what llama.cpp prints
             logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-        owned = None
+        owned = llama = None
         if isinstance(path_or_llama, (str, Path)):
             if not Path(path_or_llama).is_file():
                 raise ValueError(f"path_or_llama must be a GGUF file or a llama_cpp.Llama, got {path_or_llama!r}")
@@ -171,11 +162,12 @@ class LlamaCppModel:
                 raise ValueError(f"llama.cpp could not load {path_or_llama!r}")
             self.llama_model, params, name = owned, lib.llama_context_default_params(), Path(path_or_llama).stem
         elif isinstance(path_or_llama, lib.Llama):
-            self.llama = path_or_llama  # keeps its weights alive
+            llama = path_or_llama  # its weights, kept alive while this context lives
             params = lib.llama_context_params.from_buffer_copy(path_or_llama.context_params)
             self.llama_model, name = path_or_llama.model, Path(path_or_llama.model_path).stem
         else:
-            raise TypeError(f"path_or_llama must be a GGUF path or a llama_cpp.Llama, got {type(path_or_llama).__name__}")
+            raise TypeError("path_or_llama must be a GGUF path or a llama_cpp.Llama, got "
+                            f"{type(path_or_llama).__name__}")
         params.n_ctx = params.n_batch = n_ctx  # one llama_decode may hold every token of the context
         params.n_ubatch, params.n_seq_max, params.kv_unified = min(n_ctx, 512), n_seq_max, True
         params.n_threads = params.n_threads_batch = n_threads or torch.get_num_threads()
@@ -185,18 +177,15 @@ class LlamaCppModel:
             raise RuntimeError(f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq_max})")
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(n_ctx, 0, 1)
-        weakref.finalize(self, _release, lib, self.ctx, self.batch, owned, getattr(self, "llama", None))
+        weakref.finalize(self, _release, lib, self.ctx, self.batch, owned, llama)
         vocab = lib.llama_model_get_vocab(self.llama_model)
         self.n_ctx, self.n_seq_max, self.free = n_ctx, n_seq_max, list(range(n_seq_max))
         self.config = SimpleNamespace(vocab_size=lib.llama_vocab_n_tokens(vocab),
                                       num_hidden_layers=lib.llama_model_n_layer(self.llama_model),
                                       hidden_size=lib.llama_model_n_embd(self.llama_model),
                                       max_position_embeddings=n_ctx)
-        if defaults is None:
-            eos = {i for i in (lib.llama_vocab_eos(vocab), lib.llama_vocab_eot(vocab)) if i >= 0}
-            pad = lib.llama_vocab_pad(vocab)
-            defaults = GenerationDefaults(tuple(sorted(eos)), pad if pad >= 0 else None, name)
-        self.defaults = defaults
+        eos, pad = {lib.llama_vocab_eos(vocab), lib.llama_vocab_eot(vocab)} - {-1}, lib.llama_vocab_pad(vocab)
+        self.defaults = defaults or GenerationDefaults(tuple(sorted(eos)), pad if pad >= 0 else None, name)
 
     @property
     def device(self) -> torch.device:
@@ -256,14 +245,21 @@ class LlamaCppModel:
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status} (1: no room in the KV memory: all rows of "
                                f"all live caches share n_ctx={self.n_ctx} cells; create the model with a larger n_ctx)")
-        V, D = self.config.vocab_size, self.config.hidden_size
-        where = tuple(torch.tensor(outputs, dtype=torch.long).reshape(-1, 2).T)
-        full, h = torch.zeros(B, t if every else 1, V), torch.zeros(B, t, D) if hidden else None
-        if outputs:  # llama.cpp's outputs, in batch order: each row's real columns
-            full[where] = _floats(lib.llama_get_logits(self.ctx), len(outputs) * V).view(-1, V)
-            if h is not None:
-                h[where] = _floats(lib.llama_get_embeddings(self.ctx), len(outputs) * D).view(-1, D)
+        width = t if every else 1
+        h = self._read("embeddings", self.config.hidden_size, outputs, B, width) if hidden else None
+        full = self._read("logits", self.config.vocab_size, outputs, B, width)
         return ModelOutput(logits=full if logits == "all" else full[:, -1:], hidden=h)
+
+    def _read(self, kind: str, size: int, outputs: list[tuple[int, int]], B: int, width: int) -> torch.Tensor:
+        """llama.cpp's ``kind`` outputs ("logits" / "embeddings") as [B, width, size]: its buffer holds one row
+        per output, in batch order (``outputs``: their (row, column)); padding columns get zeros."""
+        get = getattr(self.lib, f"llama_get_{kind}")
+        if outputs and len(outputs) == B * width:  # no padding among them: the buffer is the tensor
+            return _floats(get(self.ctx), B * width * size).view(B, width, size)
+        full = torch.zeros(B, width, size)
+        if outputs:
+            full[tuple(torch.tensor(outputs).T)] = _floats(get(self.ctx), len(outputs) * size).view(-1, size)
+        return full
 
 
 if TYPE_CHECKING:  # mypy checks that the cache satisfies the protocols it claims structurally

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -43,11 +44,16 @@ def llama_generate(llm, ids: list[int], n: int) -> list[int]:
     return out
 
 
-def timed(fn):
-    """``(seconds, result)`` of one call."""
+def timed(fn, ctx=None):
+    """``(seconds, engine seconds, result)`` of one call; the engine seconds are the time llama.cpp's own
+    counters (``llama_perf_context``) spent in ``llama_decode`` on context ``ctx`` (0 without one)."""
+    if ctx is not None:
+        llama_cpp.llama_perf_context_reset(ctx)
     t0 = time.perf_counter()
     result = fn()
-    return time.perf_counter() - t0, result
+    seconds = time.perf_counter() - t0
+    perf = llama_cpp.llama_perf_context(ctx) if ctx is not None else None
+    return seconds, (perf.t_p_eval_ms + perf.t_eval_ms) / 1e3 if perf is not None else 0.0, result
 
 
 def main(argv=None):
@@ -64,7 +70,7 @@ def main(argv=None):
     native, tok = infergen.load_model("smollm2-135m", device="cpu", dtype=torch.float32)
     ids = tok(bench.PROMPTS[0], return_tensors="pt").input_ids
     plain = ids[0].tolist()
-    results = {}
+    results, load_start = {}, os.getloadavg()[0]
     for fmt in args.formats.split(","):
         path = cache_dir() / "gguf" / f"smollm2-135m-{fmt}.gguf"
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=args.threads, n_batch=512, verbose=False)
@@ -77,51 +83,73 @@ def main(argv=None):
         if fmt == "F32":
             contenders[f"infergen beam ({nb}) native float32"] = lambda: beam_search(native, ids, n, num_beams=nb,
                                                                                    eos_token_id=[])
+        ctxs = {"llama.cpp generate": llm.ctx, "infergen greedy on llama.cpp": model.ctx,
+                f"infergen beam ({nb}) on llama.cpp": model.ctx}
         times: dict[str, list[float]] = {name: [] for name in contenders}
+        engine: dict[str, list[float]] = {name: [] for name in contenders}
         outputs = {name: fn() for name, fn in contenders.items()}  # warm-up
         for _ in range(args.rounds):
             for name, fn in contenders.items():
-                seconds, _ = timed(fn)
+                seconds, in_engine, _ = timed(fn, ctxs.get(name))
                 times[name].append(seconds)
-                print(f"{fmt} {name}: {seconds:.3f} s", flush=True)
+                engine[name].append(in_engine)
+                print(f"{fmt} {name}: {seconds:.3f} s, {in_engine:.3f} s in llama_decode", flush=True)
         med = {name: statistics.median(ts) for name, ts in times.items()}
-        own, ours = med["llama.cpp generate"], med["infergen greedy on llama.cpp"]
+        best = {name: min(ts) for name, ts in times.items()}
+        own, ours = best["llama.cpp generate"], best["infergen greedy on llama.cpp"]  # minima: the least disturbed
+        # outside llama_decode, per token (median over the rounds): the host side of each loop
+        host = {name: statistics.median((t - e) / n for t, e in zip(times[name], engine[name]))
+                for name in ("llama.cpp generate", "infergen greedy on llama.cpp")}
+        step = statistics.median(e / n for e in engine["llama.cpp generate"])
         beam_key = f"infergen beam ({nb}) native float32"
         results[fmt] = {
-            "median_s": med, "times_s": times,
+            "median_s": med, "min_s": best, "times_s": times, "engine_s": engine,
+            "host_ms_per_token": {k: 1e3 * v for k, v in host.items()}, "engine_ms_per_token": 1e3 * step,
+            "added_host_ms_per_token": 1e3 * (host["infergen greedy on llama.cpp"] - host["llama.cpp generate"]),
+            "greedy_ratio_at_equal_engine": (step + host["llama.cpp generate"]) / (step + host["infergen greedy on llama.cpp"]),
             "greedy_tokens_equal": outputs["llama.cpp generate"] == outputs["infergen greedy on llama.cpp"],
             "greedy_ratio": own / ours, "overhead_ms_per_token": 1e3 * (ours - own) / n,
             "overhead_share": (ours - own) / ours,
             "beam_tokens_equal_native": (bool(torch.equal(outputs[f"infergen beam ({nb}) on llama.cpp"], outputs[beam_key]))
                                          if beam_key in outputs else None),
         }
-        print(fmt, json.dumps({k: v for k, v in results[fmt].items() if k != "times_s"}, indent=1))
-        del model, llm
+        print(fmt, json.dumps({k: v for k, v in results[fmt].items() if k != "times_s" and k != "engine_s"}, indent=1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"tokens": n, "rounds": args.rounds, "threads": args.threads, "beams": nb,
             "llama_cpp_python": llama_cpp.__version__, "torch": torch.__version__, "cpu": platform.processor(),
-            "prompt_tokens": ids.shape[1]}
+            "prompt_tokens": ids.shape[1], "load_average_start_end": [load_start, os.getloadavg()[0]]}
     (out / "adapter.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     lines = ["# infergen's decoders on llama.cpp (LlamaCppModel) vs llama.cpp's own loop", "",
              f"Batch 1, {n} new tokens, EOS off, {args.threads} threads, prompt of {ids.shape[1]} tokens; "
-             f"medians of {args.rounds} alternating rounds after a warm-up (one run of "
-             "`benchmarks/peers/adapter_speed.py`, llama-cpp-python " + llama_cpp.__version__ + ", CPU).", "",
-             "| format | contender | median s | tokens/s |", "|---|---|---:|---:|"]
+             f"{args.rounds} alternating rounds after a warm-up (one run of `benchmarks/peers/adapter_speed.py`, "
+             f"llama-cpp-python {llama_cpp.__version__}, CPU {meta['cpu'] or platform.machine()}); load average "
+             f"{meta['load_average_start_end'][0]:.1f} at the start, {meta['load_average_start_end'][1]:.1f} at the end "
+             "(the machine is shared: the minimum of the rounds is the least disturbed, the ratios below use it).", "",
+             "| format | contender | min s | median s | tokens/s (min) |", "|---|---|---:|---:|---:|"]
     for fmt, r in results.items():
         for name, s in r["median_s"].items():
-            lines.append(f"| {fmt} | {name} | {s:.3f} | {n / s:.1f} |")
-    lines += ["", "| format | greedy: adapter / llama.cpp speed | Python overhead per token | share of the step "
-              "| greedy tokens equal | beam tokens equal native |", "|---|---:|---:|---:|---|---|"]
+            lines.append(f"| {fmt} | {name} | {r['min_s'][name]:.3f} | {s:.3f} | {n / r['min_s'][name]:.1f} |")
+    lines += ["", "Greedy, per token: llama.cpp's own time in `llama_decode` (its perf counters) and the host time "
+              "outside it (wall minus that), for llama.cpp's own loop and for infergen's loop on the adapter "
+              "(logits copy, processors, commit); medians over the rounds. \"At equal engine time\" puts the host "
+              "times on llama.cpp's own per-token engine time, taking the machine's load out of the ratio.", "",
+              "| format | adapter / llama.cpp speed (min wall) | llama_decode per token | host per token, llama.cpp loop "
+              "| host per token, infergen loop | added by infergen | adapter / llama.cpp at equal engine time "
+              "| greedy tokens equal | beam tokens equal native |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for fmt, r in results.items():
-        lines.append(f"| {fmt} | {r['greedy_ratio']:.2f}x | {r['overhead_ms_per_token']:.2f} ms | "
-                     f"{100 * r['overhead_share']:.0f}% | {r['greedy_tokens_equal']} | "
+        h = r["host_ms_per_token"]
+        lines.append(f"| {fmt} | {r['greedy_ratio']:.2f}x | {r['engine_ms_per_token']:.2f} ms | "
+                     f"{h['llama.cpp generate']:.2f} ms | {h['infergen greedy on llama.cpp']:.2f} ms | "
+                     f"{r['added_host_ms_per_token']:.2f} ms | {r['greedy_ratio_at_equal_engine']:.2f}x | "
+                     f"{r['greedy_tokens_equal']} | "
                      f"{'n/a' if r['beam_tokens_equal_native'] is None else r['beam_tokens_equal_native']} |")
     if "F32" in results:
-        m = results["F32"]["median_s"]
-        lines += ["", f"Beam search ({nb} beams, F32): llama.cpp "
-                  f"{m[f'infergen beam ({nb}) native float32'] / m[f'infergen beam ({nb}) on llama.cpp']:.2f}x "
-                  "the native float32 model's speed."]
+        m = results["F32"]["min_s"]
+        native_beam = m[f"infergen beam ({nb}) native float32"]
+        lines += [""] + [f"infergen's beam search ({nb} beams) on llama.cpp {fmt}: "
+                         f"{native_beam / r['min_s'][f'infergen beam ({nb}) on llama.cpp']:.2f}x the speed of the "
+                         "same beam search on infergen's native float32 model." for fmt, r in results.items()]
     (out / "adapter.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -121,7 +121,7 @@ def main(argv=None):
             "prompt_tokens": ids.shape[1], "load_average_start_end": [load_start, os.getloadavg()[0]]}
     (out / "adapter.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     lines = ["# infergen's decoders on llama.cpp (LlamaCppModel) vs llama.cpp's own loop", "",
-             f"Batch 1, {n} new tokens, EOS off, {args.threads} threads, prompt of {ids.shape[1]} tokens; "
+             f"Batch 1, {n} new tokens, EOS off, {args.threads} thread(s), prompt of {ids.shape[1]} tokens; "
              f"{args.rounds} alternating rounds after a warm-up (one run of `benchmarks/peers/adapter_speed.py`, "
              f"llama-cpp-python {llama_cpp.__version__}, CPU {meta['cpu'] or platform.machine()}); load average "
              f"{meta['load_average_start_end'][0]:.1f} at the start, {meta['load_average_start_end'][1]:.1f} at the end "

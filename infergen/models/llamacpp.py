@@ -47,12 +47,6 @@ def import_llama_cpp() -> Any:
                           "llama.cpp from source, about 20 minutes on 2 cores)") from e
 
 
-def _floats(ptr, n: int) -> torch.Tensor:
-    """A float32 tensor copy of ``n`` floats at the ctypes pointer ``ptr`` (llama.cpp's output buffer)."""
-    return torch.frombuffer((ctypes.c_float * n).from_address(ctypes.addressof(ptr.contents)),
-                            dtype=torch.float32).clone()
-
-
 def _release(llama_cpp, ctx, batch, model, llama=None) -> None:
     """Free what a :class:`LlamaCppModel` allocated (``model`` when it loaded the file itself; a ``Llama``
     whose weights it used is kept alive until its context is freed)."""
@@ -253,12 +247,15 @@ class LlamaCppModel:
     def _read(self, kind: str, size: int, outputs: list[tuple[int, int]], B: int, width: int) -> torch.Tensor:
         """llama.cpp's ``kind`` outputs ("logits" / "embeddings") as [B, width, size]: its buffer holds one row
         per output, in batch order (``outputs``: their (row, column)); padding columns get zeros."""
-        get = getattr(self.lib, f"llama_get_{kind}")
-        if outputs and len(outputs) == B * width:  # no padding among them: the buffer is the tensor
-            return _floats(get(self.ctx), B * width * size).view(B, width, size)
+        if not outputs:
+            return torch.zeros(B, width, size)
+        ptr = getattr(self.lib, f"llama_get_{kind}")(self.ctx)  # a float * into llama.cpp's buffer: copied
+        flat = torch.frombuffer((ctypes.c_float * (len(outputs) * size)).from_address(ctypes.addressof(ptr.contents)),
+                                dtype=torch.float32).clone().view(-1, size)
+        if len(outputs) == B * width:  # no padding among them: the copy is the tensor
+            return flat.view(B, width, size)
         full = torch.zeros(B, width, size)
-        if outputs:
-            full[tuple(torch.tensor(outputs).T)] = _floats(get(self.ctx), len(outputs) * size).view(-1, size)
+        full[tuple(torch.tensor(outputs).T)] = flat
         return full
 
 

@@ -1,4 +1,4 @@
-"""infergen's decoders on llama.cpp (:class:`~infergen.models.llamacpp.LlamaCppModel`).
+"""infergen's decoders on llama.cpp (:class:`~infergen.interop.llamacpp.LlamaCppModel`).
 
 The F32 GGUF is written from infergen's own float32 weights (benchmarks/peers/write_gguf.py), so greedy and
 beam tokens must equal the native float32 model's. Skipped where llama-cpp-python is not installed (CI:
@@ -19,7 +19,7 @@ pytest.importorskip("gguf", reason="writing the GGUF files needs the gguf packag
 from infergen import (beam_search, contrastive_search, greedy_search, mcts_decode, sample_with_temperature,  # noqa: E402
                       speculative_decode)
 from infergen.cache import ColumnCache, CropCache, RowCache, require  # noqa: E402
-from infergen.models.llamacpp import LlamaCppModel  # noqa: E402
+from infergen.interop.llamacpp import LlamaCppModel  # noqa: E402
 from infergen.models.loading import cache_dir  # noqa: E402
 from infergen.serving import ContinuousBatcher, Request  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Batch 1, greedy, EOS off, the same prompt ids and threads. Per GGUF format (written from infergen's
 converted float32 model by write_gguf.py): llama-cpp-python's ``Llama.generate`` (its own sampler, top-k 1)
-against ``greedy_search`` on a :class:`~infergen.models.llamacpp.LlamaCppModel` that shares the same loaded
+against ``greedy_search`` on a :class:`~infergen.interop.llamacpp.LlamaCppModel` that shares the same loaded
 weights and context settings; then beam search (4 beams) on llama.cpp against beam search on infergen's
 native float32 model. The contenders alternate for ``--rounds`` rounds after a warm-up; medians are
 reported, with the per-token time the Python side adds (adapter minus llama.cpp's own, over the same
@@ -28,7 +28,7 @@ import torch
 
 import infergen
 from infergen import bench, beam_search, greedy_search
-from infergen.models.llamacpp import LlamaCppModel
+from infergen.interop.llamacpp import LlamaCppModel
 from infergen.models.loading import cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]

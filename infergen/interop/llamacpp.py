@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..cache import Cache, ColumnCache, CropCache, PaddingState, RowCache
-from .protocol import GenerationDefaults, ModelOutput
+from ..models.protocol import GenerationDefaults, ModelOutput
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -68,7 +68,7 @@ class Request:
     batcher's). ``constraint``: its own (:func:`infergen.constraints.make_constraint`). ``cancel_at``: the
     step at which its client cancels it (simulated, as ``arrival``; :meth:`ContinuousBatcher.cancel` is live).
     Filled by the batcher: ``tokens`` (generated ids, EOS included), ``logprobs`` (model log-probability
-    of each), ``finish_reason`` (a :class:`~infergen.FinishReason`: ``"eos"``, ``"length"``, ``"stop"`` (a stop
+    of each), ``finish_reason`` (a :class:`~infergen.decoding.steps.FinishReason`: ``"eos"``, ``"length"``, ``"stop"`` (a stop
     string), ``"cancelled"`` (its tokens so far), or its constraint's ``"constraint"``, ``"closed"``, ``"budget"``,
     ``"no_valid_token"``), ``text`` (with the batcher's tokenizer, cut before a stop string as
     :func:`infergen.generate` cuts it), ``admitted_step``/``finished_step`` (clock), ``latency_s`` (wall

@@ -2,7 +2,7 @@
 
 llama.cpp runs a GGUF model on the CPU faster than PyTorch's kernels, but has none of beam search with length
 penalty, contrastive search, MCTS or speculative decoding with another draft. infergen's decoders see a model
-only through :mod:`~infergen.models.protocol` and :mod:`infergen.cache`: behind them, llama.cpp's low-level
+only through the :class:`~infergen.LanguageModel` and :class:`~infergen.Cache` protocols: behind them, llama.cpp's low-level
 API lets every decoder drive llama.cpp unchanged::
 
     model = LlamaCppModel("smollm2-135m-F32.gguf")            # pip install "infergen[llamacpp]"

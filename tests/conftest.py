@@ -85,3 +85,12 @@ def prompts():
         "The three laws of thermodynamics are",
         "My favourite book is",
     ]
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny models: a second thread only adds waiting, see test_bench.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,12 +29,7 @@ SETTINGS = [SamplingParams(temperature=0), SamplingParams(temperature=0, repetit
             SamplingParams(temperature=0.7, min_p=0.1, frequency_penalty=1.0, logit_bias={40: 4.0})]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds waiting (see test_bench.py)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

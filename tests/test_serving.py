@@ -14,12 +14,7 @@ from infergen.interop import to_generation_config, to_vllm_sampling_params
 from infergen.serving import ContinuousBatcher, Request, compare_batching, mixed_workload, static_batching
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds waiting (see test_bench.py)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
 
 
 def _requests(seed=0):

@@ -50,7 +50,7 @@ from .cache import RowCache, require
 from .constraints.base import Constraint, RowConstraints, as_row_constraints
 from .decoding.base import Setup, make_generator, special_ids
 from .decoding.sampling import generate_autoregressive
-from .decoding.steps import FinishReason, Rows, Sampler, decode_one, last_logits, prefill
+from .decoding.steps import FinishReason, Rows, Sampler, StopStrings, decode_one, last_logits, prefill
 from .models.hf import as_model
 from .params import SamplingParams, setting
 
@@ -147,7 +147,7 @@ class ContinuousBatcher:
 
     def cancel(self, request_id):
         """Cancel the request ``request_id`` of the current (or last) :meth:`run`, from another thread or
-        between its steps: it finishes ``"stop"`` with its tokens so far, its slot free at the next step
+        between its steps: it finishes ``"cancelled"`` with its tokens so far, its slot free at the next step
         (a finished request is left as it is)."""
         if request_id not in self.serving:
             raise ValueError(f"request_id {request_id!r} names no request of the run (known: {list(self.serving)[:8]})")
@@ -197,9 +197,8 @@ class ContinuousBatcher:
             order): finishes the rows whose constraint is now complete; returns those at a stop string."""
             stop = torch.zeros(B, dtype=torch.bool)
             for row in (row for row, req in enumerate(slots) if req is not None):
-                if stops := plan[id(slots[row])][2]:
-                    text = self.tokenizer.decode([t for t in generated[row].tolist() if t >= 0], skip_special_tokens=True)
-                    stop[row] = any(s in text for s in stops)
+                if (stops := plan[id(slots[row])][2]) is not None:
+                    stop[row] = stops(generated[row:row + 1])[0]
                 if (rc := held[row]) is not None and not stop[row] and rc.complete()[0]:
                     rows.finish(one(row), FinishReason.CLOSED if rc.closed()[0] else FinishReason.CONSTRAINT)
             return stop.to(device)
@@ -221,7 +220,7 @@ class ContinuousBatcher:
             req.finish_reason, req.finished_step, req.latency_s = reason or got, step, time.perf_counter() - started
             if self.tokenizer is not None:  # the text, cut before the first stop string (as generate cuts it)
                 text = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
-                req.text = text[:min([text.find(s) for s in plan[id(req)][2] if s in text], default=len(text))]
+                req.text = text if (stops := plan[id(req)][2]) is None else stops.cut(text)
 
         def choose_and_commit(logits: torch.Tensor, occupied: list[int]):
             """Each request's Sampler and constraint, Rows.commit for the slots ``occupied``; retire the finished."""
@@ -289,16 +288,17 @@ class ContinuousBatcher:
         self.stats = stats
         return requests
 
-    def _plan(self, req: Request, samplers: dict, device) -> tuple[Sampler, torch.Generator | None, tuple]:
+    def _plan(self, req: Request, samplers: dict, device) -> tuple[Sampler, torch.Generator | None, StopStrings | None]:
         """The Sampler of ``req``'s settings without seed and stop strings (from ``samplers``: requests with
-        equal settings share one), its generator (its seed, else its params'), its stop strings."""
+        equal settings share one), its generator (its seed, else its params'), its stop strings (or None)."""
         p = self.params if req.params is None else req.params
         if p.stop and self.tokenizer is None:
             raise ValueError(f"request {req.id!r} has stop strings {p.stop}: they need a tokenizer "
                              "(ContinuousBatcher(..., tokenizer=...))")
         settings = p.replace(seed=None, stop=())
         sampler = samplers.setdefault(repr(settings), Sampler(settings))
-        return sampler, make_generator(p.seed if req.seed is None else req.seed, device=device), p.stop
+        stops = StopStrings(self.tokenizer, p.stop) if p.stop else None
+        return sampler, make_generator(p.seed if req.seed is None else req.seed, device=device), stops
 
     def _admit(self, req: Request, row: int, cache):
         """Prefill ``req`` alone, copy its keys/values into slot ``row``; returns its next-token logits."""

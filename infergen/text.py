@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .params import SamplingParams
+from .decoding.steps import StopStrings
 from .registry import get_decoder
 
 if TYPE_CHECKING:
@@ -80,33 +81,6 @@ class GenerationResult:
     def mean_logprob(self) -> float:
         """The average log-probability of the generated tokens (NaN if there are none)."""
         return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
-
-
-class StopStrings:
-    """Stopping criterion: a row stops once its decoded new text contains any of ``stops``."""
-
-    def __init__(self, tokenizer, stops):
-        self.tokenizer, self.stops = tokenizer, list(SamplingParams(stop=stops).stop)
-
-    def __call__(self, new_tokens: torch.Tensor) -> torch.Tensor:
-        """BoolTensor [B]: which rows' decoded text (of ``new_tokens`` [B, n], -1 ignored) holds a stop string."""
-        out = torch.zeros(new_tokens.shape[0], dtype=torch.bool)
-        for i, row in enumerate(new_tokens.tolist()):
-            text = self.tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True)
-            out[i] = any(s in text for s in self.stops)
-        return out
-
-    def cut(self, text: str) -> str:
-        """The text up to (not including) the first stop string."""
-        ends = [text.find(s) for s in self.stops if s in text]
-        return text[:min(ends)] if ends else text
-
-    def safe_prefix(self, text: str) -> str:
-        """The part of a still-growing ``text`` that no later token can change: cut at a stop string, and
-        without a tail that could be the start of one (it may yet become a stop string)."""
-        text = self.cut(text)
-        hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        return text[:len(text) - hold]
 
 
 def _stopper(tokenizer, stop, params: dict) -> StopStrings:

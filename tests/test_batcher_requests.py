@@ -20,7 +20,7 @@ from infergen.constraints import make_constraint
 from infergen.decoding.sampling import generate_autoregressive
 from infergen.params import SamplingParams
 from infergen.serving import ContinuousBatcher, Request, static_batching
-from infergen.text import StopStrings
+from infergen.decoding.steps import StopStrings
 
 pytest.importorskip("llguidance")
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from infergen import greedy_search
+from infergen import greedy_search, metrics
 from infergen.metrics import (distinct_n, diversity, mean_logprob, ngrams, perplexity, rep_n,
                               sequence_logprob)
 
@@ -178,3 +178,54 @@ def test_logprob_rejects_bad_arguments(tiny_native):
         sequence_logprob(tiny_native, ids, torch.tensor([[0.5]]))
     with pytest.raises(ValueError, match="no real token"):
         sequence_logprob(tiny_native, ids, cont, attention_mask=torch.zeros(1, 2))
+
+
+# --- bootstrap_interval -------------------------------------------------------------------------------------
+
+def test_bootstrap_interval_of_the_mean_brackets_it_and_is_reproducible():
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+    iv = metrics.bootstrap_interval(values)
+    assert iv.estimate == pytest.approx(sum(values) / len(values)) and iv.n == len(values)
+    assert min(values) <= iv.low < iv.estimate < iv.high <= max(values)
+    assert metrics.bootstrap_interval(values) == iv  # the same seed, the same interval
+    assert metrics.bootstrap_interval([2.5] * 5) == (2.5, 2.5, 2.5, 5)  # no spread, no width
+
+
+def test_bootstrap_interval_narrows_with_more_items_and_covers_the_true_mean():
+    gen = torch.Generator().manual_seed(1)
+    small = torch.randn(10, generator=gen).tolist()
+    large = torch.randn(400, generator=gen).tolist()
+    width = lambda iv: iv.high - iv.low  # noqa: E731
+    assert width(metrics.bootstrap_interval(large)) < width(metrics.bootstrap_interval(small)) / 3
+    # a 95% interval should cover the true mean (0) in roughly 95% of experiments; the percentile
+    # bootstrap is a little narrow at n = 30, so accept 85-99%
+    covered = sum(iv.low <= 0.0 <= iv.high for iv in
+                  (metrics.bootstrap_interval(torch.randn(30, generator=gen).tolist(), resamples=400, seed=s)
+                   for s in range(200)))
+    assert 170 <= covered <= 198, covered
+    # a lower confidence gives a narrower interval inside the wider one
+    iv95, iv50 = metrics.bootstrap_interval(small), metrics.bootstrap_interval(small, confidence=0.5)
+    assert iv95.low < iv50.low <= iv50.high < iv95.high
+
+
+def test_bootstrap_interval_of_a_pooled_statistic_resamples_texts():
+    texts = ["a b c d e f", "a b a b a b", "x y z w v u t", "p q p q p q p q"]
+    iv = metrics.bootstrap_interval(texts, metrics.diversity, resamples=300)
+    assert iv.estimate == pytest.approx(metrics.diversity(texts)) and iv.n == 4
+    assert 0.0 <= iv.low < iv.estimate < iv.high <= 100.0
+    # resamples on which the statistic is NaN (here: only the one-word text drawn) are left out
+    iv = metrics.bootstrap_interval(["a", "a b c d e"], metrics.diversity, resamples=200)
+    assert iv.high == 100.0 and iv.low == 100.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(values=[]), "values must hold at least one item"),
+    (dict(values=[1.0, float("nan")]), r"values\[1\]"),
+    (dict(values=[1.0, 2.0], confidence=1.0), "confidence"),
+    (dict(values=[1.0, 2.0], confidence=0), "confidence"),
+    (dict(values=[1.0, 2.0], resamples=0), "resamples"),
+    (dict(values=["a"], statistic=metrics.diversity), "NaN on every resample"),
+])
+def test_bootstrap_interval_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.bootstrap_interval(**kwargs)

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from infergen.constraints import make_constraint
 from infergen.decoding.sampling import generate_autoregressive
 from infergen.params import SamplingParams
-from infergen.serving import ContinuousBatcher, Request, static_batching
+from infergen.bench.serving import static_batching
+from infergen.serving import ContinuousBatcher, Request
 from infergen.decoding.steps import StopStrings
 
 pytest.importorskip("llguidance")

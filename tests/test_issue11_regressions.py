@@ -16,7 +16,8 @@ from torch import nn
 
 import infergen
 from infergen.models.llama import LlamaModel
-from infergen.serving import ContinuousBatcher, Request, static_batching
+from infergen.bench.serving import static_batching
+from infergen.serving import ContinuousBatcher, Request
 
 VOCAB = 96
 

@@ -14,7 +14,8 @@ import infergen
 from infergen import SamplingParams
 from infergen.params import SETTINGS
 from infergen.interop import from_generation_config, to_generation_config
-from infergen.serving import ContinuousBatcher, Request, static_batching
+from infergen.bench.serving import static_batching
+from infergen.serving import ContinuousBatcher, Request
 
 #: A value that matters for each field (fields that need no case say why).
 ACTIVE = {

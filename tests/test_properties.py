@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 import infergen
 from infergen import processors as P
 from infergen.params import SETTINGS, setting
-from infergen.serving import ContinuousBatcher, Request, static_batching
+from infergen.bench.serving import static_batching
+from infergen.serving import ContinuousBatcher, Request
 from infergen.testing import left_pad, tiny_model
 
 VOCAB = 96

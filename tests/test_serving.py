@@ -11,7 +11,8 @@ import torch
 
 from infergen.decoding.sampling import generate_autoregressive, greedy_search
 from infergen.interop import to_generation_config, to_vllm_sampling_params
-from infergen.serving import ContinuousBatcher, Request, compare_batching, mixed_workload, static_batching
+from infergen.bench.serving import compare_batching, mixed_workload, static_batching
+from infergen.serving import ContinuousBatcher, Request
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)

@@ -59,7 +59,7 @@ def test_cuda_float32_tokens_equal_cpu_float32(models, name):
 
 
 def test_cuda_batcher_tokens_equal_greedy(models):
-    from infergen.serving import compare_batching, mixed_workload
+    from infergen.bench.serving import compare_batching, mixed_workload
 
     _, gpu, _ = models
     res = compare_batching(gpu, mixed_workload(6, new_tokens=(4, 16)), batch_size=3)

@@ -37,7 +37,8 @@ AGREEMENT = {
 
 @pytest.fixture(scope="module")
 def tok():
-    from infergen.models.loading import load_tokenizer, prepare_bundled
+    from infergen.interop.gguf import prepare_bundled
+    from infergen.models.loading import load_tokenizer
 
     return load_tokenizer(prepare_bundled(progress=False))
 

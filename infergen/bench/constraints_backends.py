@@ -333,8 +333,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
-    from infergen.models.loading import load_tokenizer, prepare_bundled
-    tok = load_tokenizer(prepare_bundled(progress=False))
+    from infergen.models.loading import cache_dir, load_tokenizer
+    tok = load_tokenizer(cache_dir() / "smollm2-135m")  # converted by `python -m infergen prepare`
     results = [bench_backend(b, tok, args.reps) for b in (XGrammar(), LLGuidance(), OutlinesCore(), Teaching())]
     interface = bench_interface(tok, args.reps)
     print_tables(results, interface)

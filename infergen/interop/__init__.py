@@ -2,6 +2,8 @@
 
 * :mod:`infergen.interop.cli`: the command line, ``python -m infergen prepare|generate`` (also the
   ``infergen`` script).
+* :mod:`infergen.interop.gguf`: the bundled model's converter (``python -m infergen prepare``): its GGUF
+  file dequantized once into a transformers directory that :func:`~infergen.load_model` reads.
 * :mod:`infergen.interop.mappings`: the sampling settings as transformers' ``GenerationConfig`` and
   vLLM's ``SamplingParams`` (chapter 10's parameter table), and back.
 * :mod:`infergen.interop.llamacpp`: :class:`~infergen.interop.llamacpp.LlamaCppModel`, llama.cpp's forward

@@ -22,7 +22,7 @@ import torch
 import infergen
 
 from .._validation import check_number
-from ..models.loading import prepare_bundled
+from .gguf import prepare_bundled
 from ..params import SETTINGS, SamplingParams
 from ..registry import get_decoder
 from ..text import CONSTRAINED_STRATEGIES, UNCONSTRAINED_STRATEGIES

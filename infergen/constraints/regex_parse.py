@@ -15,6 +15,8 @@ quantifiers, non-ASCII members in classes. Anything outside the subset raises ``
 """
 from __future__ import annotations
 
+import re
+
 __all__ = ["parse"]
 
 MAX_REPEAT = 1000
@@ -36,38 +38,39 @@ CLASS_ESCAPES = {"d": (DIGIT, False), "w": (WORD, False), "s": (SPACE, False),
                  "D": (ASCII - DIGIT, True), "W": (ASCII - WORD, True), "S": (ASCII - SPACE, True)}
 CHAR_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v"}
 QUANTIFIERS = "*+?{"
+_COUNTS = re.compile(r"([0-9]*)(,?)([0-9]*)")  # after '{': m  m,  ,n  m,n (ASCII digits)
+
+
+def _literal(c: str):
+    """The node of one literal character: an ASCII byte, or a non-ASCII character's UTF-8 bytes."""
+    return ("chars", frozenset([ord(c)]), False) if c.isascii() else ("bytes", c.encode("utf-8"))
 
 
 class _Parser:
+    """One method per grammar rule, reading ``pattern`` from ``pos`` on; ``peek`` is "" past the end."""
+
     def __init__(self, pattern: str):
         self.pattern, self.pos = pattern, 0
 
     def fail(self, message: str, back: int = 0):
         raise ValueError(f"{message} at position {self.pos - back} of {self.pattern!r}")
 
-    def peek(self, ahead: int = 0):
-        i = self.pos + ahead
-        return self.pattern[i] if i < len(self.pattern) else None
+    def peek(self, ahead: int = 0) -> str:
+        return self.pattern[self.pos + ahead:self.pos + ahead + 1]
 
-    def accept(self, chars: str) -> str | None:
-        """Take the next character if it is one of ``chars`` and return it; None (taking nothing) if not."""
+    def accept(self, chars: str) -> str:
+        """Take the next character if it is one of ``chars`` and return it; "" (taking nothing) if not."""
         c = self.peek()
-        if c is None or c not in chars:
-            return None
+        if not c or c not in chars:
+            return ""
         self.pos += 1
         return c
 
     def take(self) -> str:
-        if self.pos >= len(self.pattern):
+        if not self.peek():
             self.fail("unexpected end of pattern")
         self.pos += 1
         return self.pattern[self.pos - 1]
-
-    def parse(self):
-        node = self.alternation()
-        if self.pos < len(self.pattern):  # only a ')' can stop the alternation early
-            self.fail("unbalanced ')'")
-        return node
 
     def alternation(self):
         branches = [self.concatenation()]
@@ -77,33 +80,27 @@ class _Parser:
 
     def concatenation(self):
         items = []
-        while self.peek() not in (None, "|", ")"):
+        while self.peek() not in ("", "|", ")"):
             items.append(self.repetition())
         return items[0] if len(items) == 1 else ("cat", items)
 
     def repetition(self):
         node = self.atom()
-        if (c := self.accept(QUANTIFIERS)) is None:
+        if not (c := self.accept(QUANTIFIERS)):
             return node
         lo, hi = {"*": (0, None), "+": (1, None), "?": (0, 1)}.get(c) or self.counted()
-        if self.peek() is not None and self.peek() in QUANTIFIERS:
+        if self.accept(QUANTIFIERS):
             self.fail("a quantifier right after a quantifier (lazy/possessive) is not in the subset; "
-                      "use a group, e.g. (a*)?")
+                      "use a group, e.g. (a*)?", back=1)
         return ("rep", node, lo, hi)
 
     def counted(self):
         """After '{': m}  m,}  ,n}  m,n}."""
-        def number():
-            start = self.pos
-            while self.peek() is not None and self.peek().isdigit() and self.peek().isascii():
-                self.take()
-            return int(self.pattern[start:self.pos]) if self.pos > start else None
-        lo = hi = number()
-        if self.accept(","):
-            hi = number()
-        if (lo is None and hi is None) or not self.accept("}"):
+        low, comma, high = _COUNTS.match(self.pattern, self.pos).groups()
+        self.pos += len(low + comma + high)
+        if not (low or high) or not self.accept("}"):
             self.fail("'{' must start a repetition {m}, {m,}, {,n} or {m,n} (write \\{ for a brace)")
-        lo = lo or 0
+        lo, hi = int(low or 0), (int(high) if high else None) if comma else int(low)
         if hi is not None and hi < lo:
             self.fail(f"repetition {{{lo},{hi}}} has its maximum below its minimum")
         if max(lo, hi or 0) > MAX_REPEAT:
@@ -129,53 +126,44 @@ class _Parser:
             self.fail(f"nothing to repeat before {c!r}", back=1)
         if c in "^$":
             self.fail(f"anchors ({c!r}) are not in the subset: the whole output always has to match", back=1)
-        return self.literal(c)
-
-    @staticmethod
-    def literal(c: str):
-        return ("chars", frozenset([ord(c)]), False) if c.isascii() else ("bytes", c.encode("utf-8"))
+        return _literal(c)
 
     def escape(self):
         c = self.take()
         if c in CLASS_ESCAPES:
             return ("chars", *CLASS_ESCAPES[c])
-        if c in CHAR_ESCAPES:
-            return self.literal(CHAR_ESCAPES[c])
-        if c.isascii() and not c.isalnum():
-            return self.literal(c)
+        if c in CHAR_ESCAPES or (c.isascii() and not c.isalnum()):
+            return _literal(CHAR_ESCAPES.get(c, c))
         self.fail(f"the escape \\{c} is not in the subset", back=1)
 
     def class_member(self):
-        """One character of a class (returns ``("chars", ...)`` or the single character as a str)."""
+        """One member of a class: a character (a str) or a class escape's ``("chars", ...)`` node."""
         c = self.take()
-        if c == "\\":
-            node = self.escape()
-            if node[0] == "chars" and len(node[1]) == 1 and not node[2]:
-                return chr(next(iter(node[1])))
-            return node
-        return c
+        if c != "\\":
+            return c
+        node = self.escape()  # a single character (\n, \.) as a str; \d, \w, ... stay nodes
+        return chr(min(node[1])) if len(node[1]) == 1 and not node[2] else node
 
     def char_class(self):
-        negated = self.accept("^") is not None
-        members, multibyte, first = set(), False, True
-        while first or not self.accept("]"):  # a ']' right after the '[' (or '[^') is a member
-            first = False
-            if self.peek() is None:
+        negated = bool(self.accept("^"))
+        members, multibyte = set(), False
+        while True:  # ']' ends the class only after a member: right after '[' (or '[^') it is one
+            if not self.peek():
                 self.fail("missing ']'")
-            m = self.class_member()
-            if not isinstance(m, str):  # \d, \w, ... inside the class
-                members |= m[1]
-                multibyte |= m[2]
-                continue
-            hi = m
-            if self.peek() == "-" and self.peek(1) not in (None, "]"):
+            low = high = self.class_member()
+            if isinstance(low, str) and self.peek() == "-" and self.peek(1) not in ("", "]"):
                 self.take()
-                hi = self.class_member()
-                if not isinstance(hi, str) or ord(hi) < ord(m):
-                    self.fail(f"bad range {m!r}-{hi if isinstance(hi, str) else '...'!r} in a class")
-            if ord(hi) > 127:
+                high = self.class_member()
+                if not isinstance(high, str) or ord(high) < ord(low):
+                    self.fail(f"bad range {low!r}-{high if isinstance(high, str) else '...'!r} in a class")
+            if not isinstance(low, str):  # \d, \w, ... inside the class
+                members, multibyte = members | low[1], multibyte or low[2]
+            elif ord(high) > 127:
                 self.fail("classes hold ASCII characters only in the subset")
-            members |= set(range(ord(m), ord(hi) + 1))
+            else:
+                members |= set(range(ord(low), ord(high) + 1))
+            if self.accept("]"):
+                break
         if negated:
             members, multibyte = ASCII - members, not multibyte
         return ("chars", frozenset(members), multibyte)
@@ -185,4 +173,8 @@ def parse(pattern: str):
     """The syntax tree of ``pattern`` (see the node kinds above); ``ValueError`` outside the subset."""
     if not isinstance(pattern, str):
         raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
-    return _Parser(pattern).parse()
+    parser = _Parser(pattern)
+    node = parser.alternation()
+    if parser.peek():  # only a ')' can stop the alternation early
+        parser.fail("unbalanced ')'")
+    return node

@@ -102,11 +102,8 @@ class NFA:
                     q = self.step(q, byteset)
                 self.step(q, sequence[-1], e)
             return s, e
-        if kind == "bytes":
-            s = q = self.new_state()
-            for b in node[1]:
-                q = self.step(q, frozenset([b]))
-            return s, q
+        if kind == "bytes":  # a non-ASCII literal: its UTF-8 bytes one after the other
+            return self.fragment(("cat", [("chars", frozenset([b]), False) for b in node[1]]))
         if kind == "cat":
             s = e = self.new_state()
             for child in node[1]:

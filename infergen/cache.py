@@ -110,10 +110,11 @@ class RowCache(Cache, Protocol):
 
 @runtime_checkable
 class ColumnCache(Cache, Protocol):
-    """A batch-1 cache whose columns can be read out and appended back (MCTS's tree nodes)."""
+    """A cache whose columns can be read out (from any row) and appended back (to row 0 of a batch-1
+    cache): MCTS's tree nodes keep one column each."""
 
-    def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row 0's keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
+    def read_column(self, column: int, row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``row``'s keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
 
     def append_columns(self, k: torch.Tensor, v: torch.Tensor) -> Self:
         """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of row 0."""
@@ -234,9 +235,9 @@ class PaddingState:
         self.length = length
         return self
 
-    def read_column(self, column: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row 0's keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
-        k, v = (torch.cat([t[..., 0, :, column, :].reshape(-1, t.shape[-3], t.shape[-1]) for t in ts])
+    def read_column(self, column: int, row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``row``'s keys and values at ``column``: two tensors [layers, kv_heads, head_dim] (copies)."""
+        k, v = (torch.cat([t[..., row, :, column, :].reshape(-1, t.shape[-3], t.shape[-1]) for t in ts])
                 for ts in zip(*self.kv_layers()))
         return k, v
 

@@ -59,6 +59,7 @@ import torch
 from .._validation import check_number
 from ..constraints.base import RowConstraints, as_row_constraints
 from ..params import SamplingParams, is_greedy
+from ..pipeline import LogitsPipeline
 from ..registry import register_decoder
 from .base import GenerationOutput, check_stop, make_generator, prepare
 from .beam_state import LENGTH, NO_VALID, Beams
@@ -121,9 +122,9 @@ def _check_common(num_beams, num_return_sequences, length_penalty, early_stoppin
 # --------------------------------------------------------------------------------------------------------
 # The search loop shared by both strategies
 # --------------------------------------------------------------------------------------------------------
-def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, early_stopping,
-            num_return_sequences, sampler: Sampler, rule, diversity_penalty=0.0, attention_mask=None, eos_token_id=None, pad_token_id=None, streamer=None, stopping=None,
-            return_dict=False, strategy="beam", constraint=None):
+def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size, rule, strategy, length_penalty,
+            early_stopping, num_return_sequences, diversity_penalty=0.0, attention_mask=None, eos_token_id=None,
+            pad_token_id=None, streamer=None, stopping=None, return_dict=False, constraint=None):
     """Run ``groups`` groups of ``size`` beams per input row (see :class:`.Beams`) and assemble the output.
 
     One forward pass per step serves every beam of every row: the cache holds ``B * num_beams`` rows
@@ -158,12 +159,11 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
                    constrained=rows is not None)
 
     # Hamming diversity joins the pipeline where transformers 4.x had it: after the bias, before penalties.
-    hamming: dict[str, torch.Tensor | None] = {"previous": None}
     if groups > 1 and diversity_penalty > 0:
         names = [n for n, _ in sampler.pipeline.steps if n != "logit_bias"]
 
-        def diversity_step(z, ctx):
-            return apply_hamming_diversity(z, hamming["previous"], diversity_penalty, beams_per_row=size)
+        def diversity_step(z, ctx):  # `seen`: the tokens the earlier groups chose at this step
+            return apply_hamming_diversity(z, torch.cat(seen, 1), diversity_penalty, beams_per_row=size)
 
         sampler.pipeline.add("diversity", diversity_step, before=names[0] if names else None)
     prompt_ids = setup.prompt_ids_for_penalties.repeat_interleave(size, 0)  # [B * size, T]
@@ -191,7 +191,6 @@ def _search(model, input_ids, max_new_tokens, *, groups, size, length_penalty, e
             all_ended = True
             for g in range(groups):
                 completes = None if rows is None else _completion_check(rows, g, size, num_beams, kept)
-                hamming["previous"] = torch.cat(seen, 1)
                 generated = beams.run_tokens[:, g, :, :step].reshape(B * size, step)
                 processed = sampler.process(scored[:, g].reshape(B * size, vocab), prompt_ids, generated)
                 was_open = beams.open[:, g, None].clone()
@@ -281,19 +280,16 @@ def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalt
     do_sample = do_sample and not is_greedy(params.temperature)  # beam sampling at temperature 0 is beam search
     if not do_sample:
         params.require_deterministic("beam_search without do_sample", "only beam_search(do_sample=True) samples")
+    io = dict(attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+              streamer=streamer, stopping=stopping, return_dict=return_dict, constraint=constraint)
     if num_beams == 1:  # one beam is greedy search, or plain sampling (as in transformers)
-        return generate_autoregressive(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                                       eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
-                                       streamer=streamer, stopping=stopping, return_dict=return_dict,
-                                       constraint=constraint,
-                                       params=params if do_sample else params.replace(temperature=0.0))
+        return generate_autoregressive(model, input_ids, max_new_tokens, generator=generator,
+                                       params=params if do_sample else params.replace(temperature=0.0), **io)
     gen = make_generator(params.seed, generator, device=getattr(model, "device", "cpu")) if do_sample else None
-    return _search(model, input_ids, max_new_tokens, groups=1, size=num_beams, length_penalty=length_penalty,
-                   early_stopping=early_stopping, num_return_sequences=num_return_sequences,
-                   sampler=Sampler(params, params.pipeline(sampling=do_sample), gen), rule="v5",
-                   attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                   streamer=streamer, stopping=stopping, return_dict=return_dict, strategy="beam",
-                   constraint=constraint)
+    sampler = Sampler(params, LogitsPipeline.from_params(params, sampling=do_sample), gen)
+    return _search(model, input_ids, max_new_tokens, sampler, groups=1, size=num_beams, rule="v5", strategy="beam",
+                   length_penalty=length_penalty, early_stopping=early_stopping,
+                   num_return_sequences=num_return_sequences, **io)
 
 
 @register_decoder("diverse_beam")
@@ -332,9 +328,10 @@ def diverse_beam_search(model, input_ids, max_new_tokens=100, num_beams=4, num_b
     params = SamplingParams.resolve(params, **settings)
     check_stop(params, stopping)
     params.require_deterministic("diverse_beam_search", "only beam_search(do_sample=True) samples")
-    return _search(model, input_ids, max_new_tokens, groups=num_beam_groups, size=num_beams // num_beam_groups,
+    sampler = Sampler(params, LogitsPipeline.from_params(params, sampling=False))
+    return _search(model, input_ids, max_new_tokens, sampler, groups=num_beam_groups,
+                   size=num_beams // num_beam_groups, rule="v4", strategy="diverse_beam",
                    length_penalty=length_penalty, early_stopping=early_stopping,
-                   num_return_sequences=num_return_sequences, sampler=Sampler(params, params.pipeline(sampling=False)), rule="v4",
-                   diversity_penalty=diversity_penalty, attention_mask=attention_mask, eos_token_id=eos_token_id,
-                   pad_token_id=pad_token_id, streamer=streamer, stopping=stopping, return_dict=return_dict,
-                   strategy="diverse_beam", constraint=constraint)
+                   num_return_sequences=num_return_sequences, diversity_penalty=diversity_penalty,
+                   attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                   streamer=streamer, stopping=stopping, return_dict=return_dict, constraint=constraint)

@@ -29,7 +29,8 @@ import torch
 from ..constraints.base import RowConstraints, as_row_constraints
 from ..models.protocol import ModelOutput
 from ..params import SamplingParams
-from ..processors import LogitsPipeline, check_finite_row, safe_probs, sample_from_logits
+from ..pipeline import LogitsPipeline
+from ..processors import check_finite_row, safe_probs, sample_from_logits
 from .base import GenerationOutput, Setup
 
 
@@ -100,16 +101,15 @@ def draw(logits: torch.Tensor, generator=None) -> torch.Tensor:
 class Sampler:
     """Chooses the next token of every row from the model's logits under one :class:`SamplingParams`.
 
-    ``pipeline`` defaults to ``params.pipeline()``; ``generator`` as in :func:`draw`. Whether it is greedy
+    ``pipeline`` defaults to ``LogitsPipeline.from_params(params)``; ``generator`` as in :func:`draw`. Whether it is greedy
     is the pipeline's answer (``pipeline.is_greedy``, by the one rule of :func:`infergen.params.is_greedy`);
     greedy settings with nothing else to apply take the argmax directly (``pipeline.is_plain_argmax``:
     no pipeline step, no random numbers).
     """
 
     def __init__(self, params: SamplingParams, pipeline: LogitsPipeline | None = None, generator=None):
-        self.params = params
-        self.pipeline = pipeline if pipeline is not None else params.pipeline()
-        self.generator = generator
+        self.params, self.generator = params, generator
+        self.pipeline = pipeline if pipeline is not None else LogitsPipeline.from_params(params)
         self.greedy = self.pipeline.is_greedy
 
     def process(self, logits: torch.Tensor, prompt_ids: torch.Tensor | None = None,

@@ -44,7 +44,8 @@ token's K/V slice** (``[layers, kv_heads, head_dim]`` for keys and for values; 4
 SmolLM2-135M in float32, independent of the context length). One working cache per row holds the root
 context; to evaluate a leaf we crop it back to the longest prefix of the path that is already there
 (consecutive simulations share most of their path), write the remaining path slices into it (memory
-copies, no compute), and run **one single-token forward** of the leaf's token. Keeping a full cache per
+copies, no compute), copy it into a row of the leaf cache and run **one single-token forward** of the
+leaf's token there. Keeping a full cache per
 node instead would cost ``context_length`` slices per node. K/V are stored after the rotary embedding,
 which is valid because a node's absolute position never changes (a committed token keeps its column).
 
@@ -57,7 +58,7 @@ so the next selection turns elsewhere, as in AlphaZero's parallel search. The ``
 evaluated by one forward over a ``k``-row cache whose row ``i`` holds the root context and leaf ``i``'s
 path (written from the nodes' slices; shorter paths are left-padded), expanded and scored; finally
 each virtual loss is replaced by the real visit and value. ``leaf_batch = 1`` is the same code with
-batches of one leaf: the plain sequential search.
+batches of one leaf (a one-row leaf cache): the plain sequential search.
 
 Batches are searched row by row (each row has its own tree and a batch-1 cache holding its prompt
 without padding), in lockstep: every step commits one column for all unfinished rows, so streamers,

@@ -3,7 +3,7 @@
 One code path: every call to :meth:`RowSearch.simulate` selects up to ``leaf_batch`` leaves (each
 adding a virtual loss to its path), evaluates them with one forward pass of their leaf tokens, expands
 them, scores them and backs the values up. ``leaf_batch = 1`` is the sequential search, the same code
-with batches of one leaf (evaluated in the working cache itself, no batch cache needed).
+with batches of one leaf (a one-row batch cache).
 """
 from __future__ import annotations
 
@@ -55,8 +55,9 @@ class RowSearch:
     """The tree, the working cache and the counters of one batch row.
 
     The working cache (batch 1) holds the root context, then the K/V slices of ``cached_path``, the
-    nodes of the last path loaded. The model is called by :meth:`leaf_logits` and :meth:`rollout_logits`
-    only (a subclass that evaluates leaves differently overrides those two: infergen/bench/mcts_nocache.py).
+    nodes of the last path loaded; the batch cache (``leaf_batch`` rows) is where leaves are evaluated.
+    The model is called by :meth:`leaf_logits` and :meth:`rollout_logits` only (a subclass that evaluates
+    leaves differently overrides those two: infergen/bench/mcts_nocache.py).
     """
 
     def __init__(self, model, prompt: list[int], max_new_tokens: int, cfg: SearchConfig):
@@ -65,11 +66,10 @@ class RowSearch:
         self.committed_logprobs: list[float] = []
         self.cache = model.new_cache(1, len(prompt) + max_new_tokens)
         self.leaf_batch = cfg.leaf_batch or DEFAULT_LEAF_BATCH
-        for needed in (ColumnCache, CropCache) + (RowCache,) * (self.leaf_batch > 1):  # rows: see leaf_logits
+        for needed in (ColumnCache, CropCache, RowCache):  # see load and leaf_logits
             require(self.cache, needed, f"mcts_decode with leaf_batch={self.leaf_batch}")
-        longest = len(prompt) + max_new_tokens + cfg.rollout_tokens + 1  # a batch of leaves; a row reader
-        self.batch: Any = model.new_cache(self.leaf_batch, longest) if self.leaf_batch > 1 else None
-        self.scratch: Any = model.new_cache(1, longest) if self.leaf_batch > 1 else None
+        longest = len(prompt) + max_new_tokens + cfg.rollout_tokens + 1  # a path, then its rollout
+        self.batch: Any = model.new_cache(self.leaf_batch, longest)
         self.cached_path: list[Node] = []
         self.priors, self.chooser = cfg.priors.pipeline(), Sampler(cfg.commit, generator=cfg.generator)
         self.rollout_sampler = Sampler(SamplingParams(temperature=0))  # rollouts are greedy
@@ -104,30 +104,18 @@ class RowSearch:
         """Next-token logits [k, V] after each of ``k`` paths, from one forward of their leaf tokens, and
         the cache it ran on; each leaf keeps its new K/V slice.
 
-        One leaf runs on the working cache loaded with its path. Several run on the ``leaf_batch``-row
-        cache, whose row ``i`` becomes ``padding + root context + path_i[:-1]`` (the working cache loaded
-        with the path's slices, then copied in right-aligned with ``write_row``), so that every leaf
-        token sits in the same, last column. A leaf's new column is read back through a batch-1 cache
-        (``read_column`` reads row 0).
+        The leaves run on the ``leaf_batch``-row cache, whose row ``i`` becomes ``padding + root context +
+        path_i[:-1]`` (the working cache loaded with the path's slices, then copied in right-aligned with
+        ``write_row``), so that every leaf token sits in the same, last column, read back per row.
         """
-        single = len(paths) == 1
-        cache = self.cache if single else self.batch
-        if single:
-            self.load(paths[0][:-1])
-        else:
-            width = len(self.context) + max(len(p) for p in paths) - 1
-            cache.crop(0).append_mask(torch.zeros(cache.batch_size, width, dtype=torch.bool, device=self.device), width)
-            for i in range(cache.batch_size):  # the rows after the last leaf repeat it
-                self.load(paths[min(i, len(paths) - 1)][:-1])
-                cache.write_row(i, self.cache)
+        cache, width = self.batch, len(self.context) + max(len(p) for p in paths) - 1
+        cache.crop(0).append_mask(torch.zeros(cache.batch_size, width, dtype=torch.bool, device=self.device), width)
+        for i in range(cache.batch_size):  # the rows after the last leaf repeat it
+            self.load(paths[min(i, len(paths) - 1)][:-1])
+            cache.write_row(i, self.cache)
         logits = self.forward([p[-1].token for p in paths], cache)
         for i, path in enumerate(paths):
-            if not single:
-                self.scratch.crop(0).append_mask(torch.zeros(1, cache.length, dtype=torch.bool, device=self.device),
-                                                 cache.length)
-                self.scratch.write_row(0, cache, i)
-            path[-1].kv = (cache if single else self.scratch).read_column(cache.length - 1)
-        self.cached_path += paths[0][-1:] * single  # the leaf's column now follows its path
+            path[-1].kv = cache.read_column(cache.length - 1, i)
         return logits, cache
 
     def rollout_logits(self, paths: list[list[Node]], rollouts: list[list[int]], cache) -> torch.Tensor:
@@ -256,7 +244,7 @@ class RowSearch:
 
     def release(self):
         """Drop the tree and the caches (a finished row needs them no more)."""
-        self.root, self.cache, self.batch, self.scratch, self.cached_path = None, None, None, None, []
+        self.root, self.cache, self.batch, self.cached_path = None, None, None, []
 
 
 def summarise(searches: list[RowSearch]) -> dict:
@@ -298,9 +286,9 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
       the next selection tries another leaf); after the batched evaluation the virtual visits become
       real ones carrying the leaves' values. 1 is the plain sequential search (each simulation sees
       every earlier value); larger batches trade a little of that for speed. None picks
-      :data:`DEFAULT_LEAF_BATCH` (8). The working cache must crop and move columns
-      (:class:`~infergen.cache.CropCache`, :class:`~infergen.cache.ColumnCache`), and a batch of leaves
-      needs rows (:class:`~infergen.cache.RowCache`): a cache without them is refused up front.
+      :data:`DEFAULT_LEAF_BATCH` (8). The caches must crop, move columns and copy rows
+      (:class:`~infergen.cache.CropCache`, :class:`~infergen.cache.ColumnCache`,
+      :class:`~infergen.cache.RowCache`): a cache without them is refused up front.
     * ``tokenizer``: optional, only to fill ``ctx.text`` for text-based value functions. (Through
       ``infergen.generate``, whose own second argument is called ``tokenizer``, give the tokenizer to the
       value function instead: ``keyword_reward("Paris", tokenizer=tok)``.)

@@ -194,9 +194,9 @@ class Setting:
         if self.kind is dict:  # logit_bias: integer ids (< vocab when known), biases in [-100, 100]
             if not isinstance(value, dict):
                 raise TypeError(f"{name} must be a dict {{token_id: bias}}, got {type(value).__name__}")
-            return {check_number(f"{name} token id", token_id, low=0, high=None if vocab is None else vocab - 1,
-                                 integer=True): check_number(f"{name}[{token_id}]", bias, low=-100, high=100)
-                    for token_id, bias in value.items()}
+            high = None if vocab is None else vocab - 1
+            return {check_number(f"{name} token id", token_id, low=0, high=high, integer=True):
+                    check_number(f"{name}[{token_id}]", bias, low=-100, high=100) for token_id, bias in value.items()}
         if self.kind is tuple:  # stop strings: one string is one stop string
             stop = (value,) if isinstance(value, str) else value
             if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):

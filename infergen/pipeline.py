@@ -67,13 +67,15 @@ class LogitsPipeline:
 
     Order matters: top-p after temperature keeps a different set than top-p before it, because temperature
     changes the probabilities top-p sums. Custom steps can be appended (or inserted) with :meth:`add`.
-    ``LogitsPipeline(steps, temperature)`` builds one by hand; ``temperature`` only feeds :attr:`is_greedy`.
+    ``LogitsPipeline(steps, temperature)`` builds one by hand; ``temperature`` only feeds ``is_greedy``:
+    temperature 0 (for a ``[B]`` tensor: in every row), decided once, here, by the one rule of
+    :func:`infergen.params.is_greedy` (so asking it per token never waits for the device).
     """
 
     def __init__(self, steps=(), temperature=1.0):
         self._steps: list[tuple[str, Step, bool]] = []  # (name, fn, reads the history)
         self._per_row: list[tuple[str, torch.Tensor]] = []  # [B] settings: their batch is checked per call
-        self.temperature = temperature
+        self.temperature, self.is_greedy = temperature, is_greedy(temperature)
         for name, fn in steps:
             self.add(name, fn)
 
@@ -159,11 +161,6 @@ class LogitsPipeline:
     def is_plain_argmax(self) -> bool:
         """Greedy with no step but the temperature: the chosen token is simply the argmax of the logits."""
         return self.is_greedy and all(name == "temperature" for name, _, _ in self._steps)
-
-    @property
-    def is_greedy(self) -> bool:
-        """Temperature 0 (for a ``[B]`` tensor: in every row), as :func:`infergen.params.is_greedy` decides."""
-        return is_greedy(self.temperature)
 
     def __call__(self, logits: torch.Tensor, prompt_ids=None, generated_ids=None) -> torch.Tensor:
         """Run every step in order and return new logits (shape ``[V]`` or ``[B, V]`` as given); the input

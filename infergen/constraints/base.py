@@ -385,7 +385,7 @@ def as_row_constraints(constraint, batch_size: int, budget=None) -> RowConstrain
         out.budget = out.budget if budget is None else RowConstraints(out.states, budget).budget
         return out
     if isinstance(constraint, Constraint):
-        return RowConstraints([constraint.start() for _ in range(batch_size)], budget)
+        constraint = [constraint] * batch_size  # every row starts its own state
     if isinstance(constraint, (list, tuple)):
         if len(constraint) != batch_size:
             raise ValueError(f"constraint must have one entry per row ({batch_size}), got {len(constraint)}")

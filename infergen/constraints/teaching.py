@@ -191,12 +191,11 @@ def determinize(nfa: NFA) -> DFA:
                     targets.setdefault(b, set()).add(r)
         for b, rs in targets.items():
             nxt = closure(frozenset(rs))
-            if nxt not in number:
-                if len(sets) >= MAX_DFA_STATES:
-                    raise ValueError(f"the pattern needs more than {MAX_DFA_STATES} DFA states")
-                number[nxt] = len(sets)
+            row[b] = number.setdefault(nxt, len(sets))
+            if row[b] == len(sets):  # a set not seen before: a new DFA state
                 sets.append(nxt)
-            row[b] = number[nxt]
+        if len(sets) > MAX_DFA_STATES:
+            raise ValueError(f"the pattern needs more than {MAX_DFA_STATES} DFA states")
         table.append(row)
     return DFA(table=table, accepting=[nfa.end in s for s in sets])
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import check_number
 from ..cache import KVCache
 from .protocol import ModelBase, ModelOutput
 
@@ -150,8 +151,7 @@ class CompiledDecode(ModelBase):
 
         if not isinstance(model, LlamaModel):
             raise TypeError(f"compile_decode needs infergen's native LlamaModel, got {type(model).__name__}")
-        if not isinstance(bucket, int) or isinstance(bucket, bool) or bucket < 1:
-            raise ValueError(f"bucket must be an integer >= 1, got {bucket!r}")
+        check_number("bucket", bucket, low=1, integer=True)
         self.model, self.bucket, self.compiled = model, bucket, bool(compile)
         step = lambda *args: decode_static(model, *args)  # noqa: E731
         self.step = torch.compile(step, mode=mode, fullgraph=True, dynamic=False) if compile else step

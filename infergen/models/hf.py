@@ -36,11 +36,8 @@ class HFCache(PaddingState):
         super().__init__(batch_size, max_len, device)
         from transformers import DynamicCache
 
-        self.inner: Any  # transformers' DynamicCache: its layers hold keys/values [B, kv_heads, length, head_dim]
-        try:
-            self.inner = DynamicCache(config=config)
-        except TypeError:  # older transformers take no config
-            self.inner = DynamicCache()
+        # transformers' DynamicCache (config= since 4.56, our floor); layers of [B, kv_heads, length, head_dim]
+        self.inner: Any = DynamicCache(config=config)
 
     def unsupported(self, capability: type) -> str | None:
         """A sliding-window layer keeps only its last ``window`` positions: once a sequence may outgrow

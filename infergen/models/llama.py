@@ -106,10 +106,8 @@ class Attention(nn.Module):
         if t == 1:
             # Decode: the `groups` query heads that share a kv head are stacked as `groups` queries of
             # that head -- GQA without copying keys/values. Mask [B,1,1,L] broadcasts over them.
-            q = q.view(B, nkv, groups, hd)
             attend = decode_attention if B > 1 and x.device.type == "cpu" else F.scaled_dot_product_attention
-            out = attend(q, k, v, mask)
-            return self.wo(out.reshape(B, 1, nh * hd))
+            return self.wo(attend(q.view(B, nkv, groups, hd), k, v, mask).reshape(B, 1, nh * hd))
         q = q.transpose(1, 2)
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
@@ -174,8 +172,7 @@ class LlamaModel(ModelBase):
 
     def __init__(self, cfg, defaults: GenerationDefaults | None = None):
         super().__init__()
-        reason = native_unsupported(cfg)
-        if reason:
+        if reason := native_unsupported(cfg):
             raise ValueError(f"the native model cannot run this config: {reason}; load it with "
                              "infergen.load_model(..., backend='hf') (the transformers adapter)")
         if getattr(cfg, "head_dim", None) is None:

@@ -67,11 +67,10 @@ def processor(**fields: str):
 
         @functools.wraps(kernel)
         def checked(logits, *args, **kwargs):
-            bound = signature.bind(logits, *args, **kwargs)
+            rows, squeeze = as_rows(logits)  # [B, V]
+            bound = signature.bind(rows, *args, **kwargs)
             bound.apply_defaults()
             values = bound.arguments
-            rows, squeeze = as_rows(logits)
-            values["logits"] = rows
             if "token_ids" in values:
                 values["token_ids"] = check_token_ids(values["token_ids"], rows.shape[0], rows.device)
             for arg, field in fields.items():

@@ -78,13 +78,6 @@ class NFA:
         self.eps.append([])
         return len(self.moves) - 1
 
-    def step(self, q: int, byteset: frozenset, r: int | None = None) -> int:
-        """Add a move from ``q``, reading one byte of ``byteset``, into ``r`` (default: a new state).
-        Return ``r``."""
-        r = self.new_state() if r is None else r
-        self.moves[q].append((byteset, r))
-        return r
-
     def then(self, q: int, node) -> int:
         """Add the automaton of ``node``, entered from ``q`` by an ε-move; return its exit."""
         entry, exit_ = self.fragment(node)
@@ -97,10 +90,9 @@ class NFA:
         if kind == "chars":  # the ASCII set, then any non-ASCII character: each row of the UTF-8 table
             s, e = self.new_state(), self.new_state()
             for sequence in ([(node[1],)] if node[1] else []) + (list(UTF8_SEQUENCES) if node[2] else []):
-                q = s
-                for byteset in sequence[:-1]:
-                    q = self.step(q, byteset)
-                self.step(q, sequence[-1], e)
+                states = [s, *(self.new_state() for _ in sequence[:-1]), e]  # one move per byte, s to e
+                for q, byteset, r in zip(states, sequence, states[1:]):
+                    self.moves[q].append((byteset, r))
             return s, e
         if kind == "bytes":  # a non-ASCII literal: its UTF-8 bytes one after the other
             return self.fragment(("cat", [("chars", frozenset([b]), False) for b in node[1]]))
@@ -116,17 +108,14 @@ class NFA:
             return s, e
         if kind == "rep":
             _, child, lo, hi = node
-            s, e = self.fragment(("cat", [child] * lo))  # the mandatory copies, one after the other
-            if hi is None:  # then a loop: any number of further copies
+            optional = ("alt", [child, ("cat", [])])  # one copy or none
+            # the lo mandatory copies, then hi - lo optional ones (x{1,3} is x x? x?) ...
+            s, e = self.fragment(("cat", [child] * lo + [optional] * (0 if hi is None else hi - lo)))
+            if hi is None:  # ... or a loop: any number of further copies
                 loop = self.new_state()
                 self.eps[e].append(loop)
                 self.eps[self.then(loop, child)].append(loop)
-                return s, loop
-            for _ in range(hi - lo):  # or up to hi - lo optional copies
-                copy_exit, out = self.then(e, child), self.new_state()
-                self.eps[e].append(out)
-                self.eps[copy_exit].append(out)
-                e = out
+                e = loop
             return s, e
         raise AssertionError(f"unknown node {kind!r}")
 

@@ -67,10 +67,8 @@ class PackedLinear(nn.Linear):
         if (x.device.type != "cpu" or x.dtype != w.dtype or w.dtype not in PACKABLE or x.dim() < 2 or x.shape[-2] != 1
                 or torch.is_grad_enabled() or torch.compiler.is_compiling()):  # compiling: F.linear
             return None
-        try:
-            identity = (w.data_ptr(), w.dtype, w._version)
-        except RuntimeError:  # an inference tensor (made under inference_mode) has no version counter
-            identity = (w.data_ptr(), w.dtype, 0)
+        # an inference tensor (made under inference_mode) has no version counter: it cannot change in place
+        identity = (w.data_ptr(), w.dtype, 0 if w.is_inference() else w._version)
         if self._packed is None or self._packed[0] is not w or self._packed[1] != identity:
             self._packed = (w, identity, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
         return self._packed[2]

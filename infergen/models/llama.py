@@ -119,14 +119,13 @@ class MLP(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.inter = cfg.intermediate_size
         bias = bias_layout(cfg)["mlp"]
         self.w13 = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=bias)  # gate | up
         self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [..., D] -> [..., D]."""
-        gate, up = self.w13(x).split(self.inter, dim=-1)
+        gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate).mul_(up))  # in place: one temporary fewer
 
 
@@ -237,8 +236,8 @@ class LlamaModel(ModelBase):
         if table is None or table.shape[0] < needed or table.device != device or table.dtype != self.dtype:
             inv_freq, scale = rope_inverse_frequencies(self.config)
             n = max(512, 1 << max(needed - 1, 1).bit_length())
-            steps = torch.arange(n, device=device, dtype=torch.float32)
-            angles = steps[:, None] * inv_freq.to(device)[None, :]  # [n, hd/2], float32 as the reference
+            # [n, hd/2]: position times frequency, float32 as the reference
+            angles = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv_freq.to(device))
             cos, sin = (angles.cos() * scale).to(self.dtype), (angles.sin() * scale).to(self.dtype)
             table = self._rope_table = torch.cat((cos, cos, -sin, sin), dim=-1)  # cos | sin_signed, see apply_rope
         return table

@@ -101,14 +101,12 @@ class LogitsPipeline:
         for s in SETTINGS:
             if s.processor and not (s.sampling_only and not sampling) and not (s.truncates and pipe.is_greedy):
                 groups.setdefault(s.processor, []).append(s)
-        for name, settings in groups.items():
-            values = tuple(getattr(params, s.name) for s in settings)
-            if all(s.is_off(v) for s, v in zip(settings, values)):
-                continue
-            kernel = getattr(processors, name).kernel
-            pipe._steps.append((settings[0].step, _step(kernel, settings[0].history, values),
-                                bool(settings[0].history)))
-            pipe._per_row += [(s.name, v) for s, v in zip(settings, values) if isinstance(v, torch.Tensor)]
+        for name, settings in groups.items():  # frequency and presence share one step
+            values, first = tuple(getattr(params, s.name) for s in settings), settings[0]
+            if not all(s.is_off(v) for s, v in zip(settings, values)):
+                step = _step(getattr(processors, name).kernel, first.history, values)
+                pipe.add(first.step, step, history=bool(first.history))
+                pipe._per_row += [(s.name, v) for s, v in zip(settings, values) if isinstance(v, torch.Tensor)]
         return pipe
 
     def add(self, name: str, fn: Step, *, before: str | None = None, history: bool = True) -> "LogitsPipeline":

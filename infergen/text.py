@@ -73,11 +73,6 @@ class GenerationResult:
         return len(self.token_ids)
 
     @property
-    def tokens_per_second(self) -> float:
-        """Generated tokens per wall-clock second of the whole call (NaN if it took no time)."""
-        return self.num_tokens / self.seconds if self.seconds > 0 else float("nan")
-
-    @property
     def mean_logprob(self) -> float:
         """The average log-probability of the generated tokens (NaN if there are none)."""
         return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
@@ -129,6 +124,14 @@ def _per_row(kind: str, value, n: int) -> list:
     return list(value)
 
 
+def _check_constrained(strategy: str, what: str) -> None:
+    """Refuse ``what=`` (a constraint) for a strategy that does not take one, saying why and which do."""
+    if strategy not in CONSTRAINED_STRATEGIES:
+        why = UNCONSTRAINED_STRATEGIES.get(strategy, "its decoder does not take a constraint= argument")
+        raise ValueError(f"strategy={strategy!r} does not support {what}=: {why}. Strategies that "
+                         f"do: {', '.join(CONSTRAINED_STRATEGIES)}")
+
+
 def build_constraint(model, tokenizer, n_prompts: int, strategy: str, backend: str | None = None,
                      eos_token_id=None, **kinds):
     """The ``constraint=`` for the decoder from :func:`generate`'s ``regex`` / ``json_schema`` / ``grammar`` /
@@ -144,10 +147,7 @@ def build_constraint(model, tokenizer, n_prompts: int, strategy: str, backend: s
         return None
     if len(given) > 1:
         raise ValueError(f"give at most one of regex=, json_schema=, grammar=, choices=; got {' and '.join(given)}")
-    if strategy not in CONSTRAINED_STRATEGIES:
-        why = UNCONSTRAINED_STRATEGIES.get(strategy, "its decoder does not take a constraint= argument")
-        raise ValueError(f"strategy={strategy!r} does not support {next(iter(given))}=: {why}. Strategies that "
-                         f"do: {', '.join(CONSTRAINED_STRATEGIES)}")
+    _check_constrained(strategy, next(iter(given)))
     (kind, value), = given.items()
     if eos_token_id is None:
         eos_token_id = list(model_defaults(as_model(model)).eos_token_ids)
@@ -195,10 +195,8 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     if any(v is not None for v in kinds.values()) and params.get("constraint") is not None:
         raise ValueError("give either constraint= (compiled) or one of regex=, json_schema=, grammar=, choices=, "
                          "not both")
-    if params.get("constraint") is not None and strategy not in CONSTRAINED_STRATEGIES \
-            and "constraint" not in inspect.signature(decoder).parameters:
-        why = UNCONSTRAINED_STRATEGIES.get(strategy, "its decoder does not take a constraint= argument")
-        raise ValueError(f"strategy={strategy!r} does not support constraint=: {why}")
+    if params.get("constraint") is not None and "constraint" not in inspect.signature(decoder).parameters:
+        _check_constrained(strategy, "constraint")
     built = build_constraint(model, tokenizer, len(prompts), strategy, constraint_backend,
                              params.get("eos_token_id"), **kinds)
     if built is not None:

@@ -149,8 +149,7 @@ def compare_quality(reference, candidate, input_ids: torch.Tensor) -> dict:
     worse), the mean ``kl`` divergence KL(reference || candidate) of the next-token distributions in
     nats, and ``top1_agreement``: the fraction of positions where both predict the same next token.
     """
-    ref = log_likelihood(reference, input_ids)
-    cand = log_likelihood(candidate, input_ids)
+    ref, cand = (log_likelihood(model, input_ids) for model in (reference, candidate))
     p, q = ref.pop("logprobs"), cand.pop("logprobs")
     kl = (p.exp() * (p - q)).sum(-1).mean()
     agree = (p.argmax(-1) == q.argmax(-1)).float().mean()

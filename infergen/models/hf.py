@@ -112,14 +112,12 @@ class HFModel(ModelBase):
     def forward(self, input_ids, cache: HFCache, attention_mask=None, logits: str = "last",
                 hidden: bool = False) -> ModelOutput:
         """Run ``input_ids`` [B, t] through the wrapped model (same contract as ``LlamaModel.forward``)."""
-        t = input_ids.shape[1]
         cache._pad()  # padding columns recorded without a forward pass get keys/values first
-        positions = cache.append_mask(attention_mask, t)
+        positions = cache.append_mask(attention_mask, input_ids.shape[1])
         out = self.hf(input_ids=input_ids, attention_mask=cache.mask[:, :cache.length].long(),
                       position_ids=positions, use_cache=True, output_hidden_states=hidden,
                       logits_to_keep=1 if logits == "last" else 0, **{self._cache_kw: cache.inner})
-        h = out.hidden_states[-1] if hidden else None
-        return ModelOutput(logits=out.logits, hidden=h)
+        return ModelOutput(logits=out.logits, hidden=out.hidden_states[-1] if hidden else None)
 
 
 def as_model(model):

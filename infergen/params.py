@@ -92,8 +92,7 @@ class SamplingParams:
     def resolve(cls, params: "SamplingParams | None" = None, **settings) -> "SamplingParams":
         """``params`` (or the defaults) with the keyword ``settings`` that are not None applied on top:
         how every decoder turns its document-style keyword arguments into one object at the door."""
-        unknown = sorted(set(settings) - set(_BY_NAME))
-        if unknown:
+        if unknown := sorted(set(settings) - set(_BY_NAME)):
             raise TypeError(f"unknown sampling parameter(s) {unknown}; valid: {sorted(_BY_NAME)}")
         if params is not None and not isinstance(params, SamplingParams):
             raise TypeError(f"params must be an infergen.SamplingParams, got {type(params).__name__}")
@@ -127,9 +126,8 @@ class SamplingParams:
 
     def require_deterministic(self, decoder: str, hint: str = "use strategy='sample' for sampling parameters"):
         """Refuse settings that only matter when sampling (a deterministic ``decoder`` would ignore them)."""
-        given = [s.name for s in self.active_settings()  # temperature 0 *is* the deterministic choice
-                 if s.sampling_only and not (s.name == "temperature" and self.is_greedy)]
-        if given:
+        if given := [s.name for s in self.active_settings()  # temperature 0 *is* the deterministic choice
+                     if s.sampling_only and not (s.name == "temperature" and self.is_greedy)]:
             shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in given)
             raise ValueError(f"{decoder} does not sample, so {shown} has no effect; {hint}")
         return self

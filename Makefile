@@ -87,21 +87,22 @@ bench: model
 	$(PY) -m infergen.bench
 
 # llama.cpp beside infergen (optional; not part of `make test` or CI): llama-cpp-python built from its
-# PyPI source into its own environment (~20 minutes of compiling on 2 cores), F32/BF16/Q8_0 GGUF files
-# written from the converted model, then the alternating side-by-side table in benchmarks/results/peers/.
-PEERS := .venv-peers
-GGUF  := $(INFERGEN_CACHE)/gguf/smollm2-135m-Q8_0.gguf
+# PyPI source into .venv (the `llamacpp` extra; ~20 minutes of compiling on 2 cores; tests/test_llamacpp.py
+# then runs in `make test` instead of skipping), F32/BF16/Q8_0 GGUF files written from the converted model,
+# then two alternating side-by-side tables in benchmarks/results/peers/: infergen's native model beside
+# llama.cpp (results.md) and infergen's decoders on llama.cpp, LlamaCppModel (adapter.md).
+LLAMACPP := $(VENV)/.llamacpp
+GGUF     := $(INFERGEN_CACHE)/gguf/smollm2-135m-Q8_0.gguf
 
-$(PEERS)/.installed:
-	$(PYTHON) -m venv $(PEERS)
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PEERS)/bin/pip install -q --disable-pip-version-check \
-		--no-binary llama-cpp-python llama-cpp-python==0.3.36
+$(LLAMACPP): | setup
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PIP) install -q -c constraints.txt --no-binary llama-cpp-python \
+		llama-cpp-python==0.3.36
 	touch $@
 
 $(GGUF): benchmarks/peers/write_gguf.py | model
 	$(PY) benchmarks/peers/write_gguf.py
 
-bench-peers: model $(PEERS)/.installed $(GGUF)
+bench-peers: model $(LLAMACPP) $(GGUF)
 	$(PY) benchmarks/peers/run_peers.py
 
 # CUDA-only checks (each decoder's tokens on CUDA equal the CPU's in float32, bfloat16, compiled = eager,

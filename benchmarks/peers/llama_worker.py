@@ -1,4 +1,5 @@
-"""The llama.cpp side of ``make bench-peers``, run by ``.venv-peers/bin/python`` (llama-cpp-python).
+"""The llama.cpp side of ``make bench-peers``, run by run_peers.py's ``--python`` (by default the same
+Python, which has llama-cpp-python).
 
 It answers one JSON command per line on stdin with one JSON line on stdout, so that run_peers.py can
 time llama.cpp and infergen alternately from one process:

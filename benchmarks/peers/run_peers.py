@@ -1,15 +1,20 @@
 """infergen against llama.cpp on the CPU, side by side in one run (``make bench-peers``).
 
-The same weights in each precision (F32 / BF16 / Q8_0 GGUF files written from infergen's converted
-float32 model by write_gguf.py, against infergen float32 / bfloat16 / int8), the same prompt ids,
-greedy, EOS off, the same number of threads; the contenders alternate (infergen, llama.cpp, ...) after
-a warm-up and the medians are reported, with each one's share of the memory-bandwidth roofline
-measured in the same run and whether llama.cpp's greedy tokens equal infergen's.
+Two tables. First infergen's native model against llama.cpp: the same weights in each precision (F32 /
+BF16 / Q8_0 GGUF files written from infergen's converted float32 model by write_gguf.py, against infergen
+float32 / bfloat16 / int8), the same prompt ids, greedy, EOS off, the same number of threads; the
+contenders alternate (infergen, llama.cpp, ...) after a warm-up and the medians are reported, with each
+one's share of the memory-bandwidth roofline measured in the same run and whether llama.cpp's greedy
+tokens equal infergen's. Then infergen's decoders on llama.cpp (``LlamaCppModel``) against llama.cpp's
+own loop and against infergen's native beam search (adapter_speed.py, 1 thread by default).
 
-    .venv/bin/python benchmarks/peers/run_peers.py [--tokens 128] [--rounds 5] [--threads 2]
+    .venv/bin/python benchmarks/peers/run_peers.py [--tokens 128] [--rounds 5] [--threads 2] [--tables peers,adapter]
 
-llama.cpp runs in a worker process under ``.venv-peers`` (llama_worker.py). Results go to
-benchmarks/results/peers/ (results.json, results.md).
+llama.cpp's own loop runs in a worker process (llama_worker.py, by default under the running Python,
+which needs llama-cpp-python: ``pip install "infergen[llamacpp]"``). Results go to
+benchmarks/results/peers/: results.json and results.md (the first table; results.json also holds the
+adapter's run under "adapter"), adapter.json and adapter.md. The book reads a copy of results.json
+shipped in the package (infergen/bench/results/peers.json).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +52,8 @@ class LlamaCpp:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError("the llama.cpp worker stopped (is llama-cpp-python installed in .venv-peers? "
-                               "`make bench-peers` builds it)")
+            raise RuntimeError("the llama.cpp worker stopped (is llama-cpp-python installed in --python's "
+                               "environment? `make bench-peers` installs it)")
         reply = json.loads(line)
         if "error" in reply:
             raise RuntimeError(reply["error"])
@@ -67,10 +73,39 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
+    ap.add_argument("--python", default=sys.executable, help="the Python that runs llama_worker.py")
+    ap.add_argument("--tables", default="peers,adapter", help="which tables: peers (native vs llama.cpp), "
+                    "adapter (infergen's decoders on llama.cpp)")
+    ap.add_argument("--adapter-args", default="--threads 1 --rounds 7 --tokens 64",
+                    help="arguments for adapter_speed.py")
     ap.add_argument("--gguf", default=str(cache_dir() / "gguf"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers"))
     args = ap.parse_args(argv)
+    tables = set(args.tables.split(","))
+    if not tables or tables - {"peers", "adapter"}:
+        raise SystemExit(f"--tables must name peers and/or adapter, got {args.tables!r}")
+    if "adapter" in tables:
+        try:
+            import llama_cpp  # noqa: F401  (adapter_speed runs infergen's decoders on it, in this process)
+        except ImportError:
+            raise SystemExit(f"{sys.executable} has no llama-cpp-python: pip install \"infergen[llamacpp]\" "
+                             "(`make bench-peers` installs it)") from None
+    if "peers" in tables:
+        peers_table(args)
+    if "adapter" in tables:
+        sys.path.insert(0, str(HERE))
+        import adapter_speed
+
+        adapter = adapter_speed.main(shlex.split(args.adapter_args) + ["--out", args.out])
+        results = Path(args.out) / "results.json"
+        if results.exists():  # the book reads both tables from one file (infergen/bench/results/peers.json)
+            peers = json.loads(results.read_text())
+            peers["adapter"] = adapter
+            results.write_text(json.dumps(peers, indent=1))
+
+
+def peers_table(args):
+    """The first table: infergen's native model beside llama.cpp's own loop."""
     torch.set_num_threads(args.threads)
     n = args.tokens
     model, tok = infergen.load_model("smollm2-135m", device="cpu", dtype=torch.float32)
@@ -82,7 +117,7 @@ def main(argv=None):
     if missing:
         raise SystemExit(f"missing GGUF files {missing}: run benchmarks/peers/write_gguf.py first")
     if not Path(args.python).exists():
-        raise SystemExit(f"no {args.python}: `make bench-peers` creates .venv-peers with llama-cpp-python")
+        raise SystemExit(f"no {args.python} (the Python with llama-cpp-python that runs llama_worker.py)")
     peer = LlamaCpp(Path(args.python))
     try:
         version = None

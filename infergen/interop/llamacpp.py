@@ -174,6 +174,7 @@ class LlamaCppModel:
         weakref.finalize(self, _release, lib, self.ctx, self.batch, owned, llama)
         vocab = lib.llama_model_get_vocab(self.llama_model)
         self.n_ctx, self.n_seq_max, self.free = n_ctx, n_seq_max, list(range(n_seq_max))
+        self.embeddings = bool(params.embeddings)  # llama.cpp returns output embeddings (switched when a call asks)
         self.config = SimpleNamespace(vocab_size=lib.llama_vocab_n_tokens(vocab),
                                       num_hidden_layers=lib.llama_model_n_layer(self.llama_model),
                                       hidden_size=lib.llama_model_n_embd(self.llama_model),
@@ -234,7 +235,9 @@ class LlamaCppModel:
             b.logits[n] = every or j == t - 1
         b.n_tokens = len(sent)
         outputs = [(r, j if every else 0) for r, j in sent if every or j == t - 1]
-        lib.llama_set_embeddings(self.ctx, hidden)
+        if bool(hidden) != self.embeddings:
+            self.embeddings = bool(hidden)
+            lib.llama_set_embeddings(self.ctx, self.embeddings)
         status = lib.llama_decode(self.ctx, b) if sent else 0
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status} (1: no room in the KV memory: all rows of "

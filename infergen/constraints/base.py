@@ -292,12 +292,14 @@ class RowConstraints:
         Ids at or beyond a constraint's ``vocab_size`` are never allowed; unconstrained rows allow all."""
         return torch.from_numpy(self._allowed_array(width)).to(device)
 
-    def _allowed_array(self, width: int) -> np.ndarray:
+    def _allowed_array(self, width: int, eos_if_dead: bool = False) -> np.ndarray:
         out = np.ones((len(self.states), width), dtype=np.bool_)  # unconstrained rows allow all
         for i, s in enumerate(self.states):
             if s is not None:
                 row = self._row(i)[:width]
                 out[i] = np.pad(row, (0, width - row.size))  # False beyond the constraint's vocab_size
+                if eos_if_dead and not row.any():  # mask's stand-in: a dead row keeps its EOS ids
+                    out[i, [e for e in s.constraint.eos_token_ids if e < width]] = True
         return out
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
@@ -316,10 +318,7 @@ class RowConstraints:
                              f"{len(self.states)}; after reordering beams, call select(index) first")
         for i in range(len(self.states)):
             self._close(i, logits)
-        allowed = self._allowed_array(logits.shape[1])
-        for i, s in enumerate(self.states):
-            if s is not None and not allowed[i].any():
-                allowed[i, [e for e in s.constraint.eos_token_ids if e < allowed.shape[1]]] = True
+        allowed = self._allowed_array(logits.shape[1], eos_if_dead=True)
         banned = torch.from_numpy(~allowed).to(logits.device, non_blocking=True)
         return logits.masked_fill(banned, float("-inf"))
 

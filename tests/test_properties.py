@@ -257,7 +257,8 @@ def test_processor_never_nan_never_mutates(name, data):
     assert torch.equal(z, before[0]) and (hist is None or torch.equal(hist, before[1])), "input modified"
     assert out is not z and out.shape == z.shape and out.dtype == z.dtype
     assert not torch.isnan(out).any(), (name, value, z.tolist(), out.tolist())
-    assert torch.isfinite(out).any(-1).all(), "a row lost every token"
+    if name != "no_repeat_ngram_size":  # a hard ban: with n = 1 every token of the history goes, all of a
+        assert torch.isfinite(out).any(-1).all(), "a row lost every token"  # tiny vocabulary included
 
 
 # ========================================================================================================

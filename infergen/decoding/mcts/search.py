@@ -16,6 +16,7 @@ import torch
 from ..._validation import check_number
 from ...cache import ColumnCache, CropCache, RowCache, require
 from ...params import SamplingParams, setting
+from ...pipeline import LogitsPipeline
 from ...processors import check_finite_row
 from ...registry import register_decoder
 from ..base import make_generator, prepare
@@ -71,7 +72,8 @@ class RowSearch:
         longest = len(prompt) + max_new_tokens + cfg.rollout_tokens + 1  # a path, then its rollout
         self.batch: Any = model.new_cache(self.leaf_batch, longest)
         self.cached_path: list[Node] = []
-        self.priors, self.chooser = cfg.priors.pipeline(), Sampler(cfg.commit, generator=cfg.generator)
+        self.priors = LogitsPipeline.from_params(cfg.priors)  # one-hot priors at temperature 0
+        self.chooser = Sampler(cfg.commit, generator=cfg.generator)
         self.rollout_sampler = Sampler(SamplingParams(temperature=0))  # rollouts are greedy
         self.stats: dict[str, Any] = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0,
                                           reused_visits=[])
@@ -317,7 +319,7 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     check_number("top_k", top_k, low=1, integer=True)
     check_number("rollout_tokens", rollout_tokens, low=0, integer=True)
     check_number("leaf_batch", leaf_batch, low=1, integer=True, allow_none=True)
-    priors = SamplingParams(temperature=setting("temperature").check(temperature))
+    priors = SamplingParams(temperature=temperature)  # which checks it
     commit = SamplingParams(temperature=setting("temperature").check(commit_temperature, "commit_temperature"))
     if value_fn is not None and not callable(value_fn):
         raise TypeError(f"value_fn must be a callable ctx -> float in [0, 1] or None, got {type(value_fn).__name__}")

@@ -92,22 +92,6 @@ def apply_hamming_diversity(scores: torch.Tensor, previous_tokens: torch.Tensor,
     return scores - (diversity_penalty * counts).repeat_interleave(beams_per_row, 0)  # [R * beams_per_row, V]
 
 
-def _completion_check(rows, g: int, size: int, num_beams: int, kept: list):
-    """The ``completes`` callback of :meth:`Beams.advance` for group ``g``: forks the parent beam's state
-    for every live candidate, advances it with the candidate's token, and says which are complete. The
-    advanced candidates (``B * n_cand`` of them, row-major) are appended to ``kept``."""
-
-    def completes(parent: torch.Tensor, token: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-        B, n = parent.shape
-        base = (torch.arange(B, device=parent.device)[:, None] * num_beams + g * size)
-        cands = rows.select((base + parent).reshape(-1).cpu())
-        cands.advance(token.reshape(-1).cpu(), active=live.reshape(-1).cpu())
-        kept.append(cands)
-        return cands.complete(parent.device).view(B, n)
-
-    return completes
-
-
 # --------------------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------------------
@@ -145,18 +129,17 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
     model = setup.model
     B, T = setup.input_ids.shape
     vocab = model.config.vocab_size
-    n_cand = max(2, 1 + setup.eos.numel()) * size
-    if n_cand > size * vocab:
-        raise ValueError(f"num_beams={num_beams} is too large for a vocabulary of {vocab} tokens: each step needs "
-                         f"{n_cand} distinct candidates per group")
     dev = setup.input_ids.device
     # budget closing per beam, unless the caller's RowConstraints brings its own budget (or None: off)
     rows = as_row_constraints(constraint, B, None if isinstance(constraint, RowConstraints) else max_new_tokens)
     if rows is not None:  # every beam gets its own state, forked from its input row's
         rows = rows.select(torch.arange(B).repeat_interleave(num_beams))
     beams = Beams(setup, groups, size, length_penalty=length_penalty, early_stopping=early_stopping, rule=rule,
-                   stopping=stopping, do_sample=not sampler.greedy, generator=sampler.generator,
-                   constrained=rows is not None)
+                  stopping=stopping, do_sample=not sampler.greedy, generator=sampler.generator,
+                  constraint=rows)
+    if beams.n_cand > size * vocab:
+        raise ValueError(f"num_beams={num_beams} is too large for a vocabulary of {vocab} tokens: each step needs "
+                         f"{beams.n_cand} distinct candidates per group")
 
     # Hamming diversity joins the pipeline where transformers 4.x had it: after the bias, before penalties.
     if groups > 1 and diversity_penalty > 0:
@@ -180,22 +163,19 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
             if torch.isnan(logp_all).any():
                 raise ValueError("the model produced NaN logits: nothing sensible can be chosen")
             scored = logp_all  # what the beams score: renormalised over the allowed tokens under a constraint
+            rows = beams.constraint  # every beam's constraint state (None without a constraint)
             if rows is not None:
                 scored = log_probs(rows.mask(logits))
                 scored = scored.masked_fill(rows.dead(dev)[:, None], float("-inf")).view(B, groups, size, vocab)
             parents: list[torch.Tensor] = []
             chosen: list[torch.Tensor] = []
             seen = [torch.empty(B, 0, dtype=torch.long, device=dev)]  # what later groups' Hamming penalty counts
-            kept: list = []  # per group: its advanced candidates' constraint states
-            keeps: list[torch.Tensor] = []  # per group: which candidates it kept [B, size]
             all_ended = True
             for g in range(groups):
-                completes = None if rows is None else _completion_check(rows, g, size, num_beams, kept)
                 generated = beams.run_tokens[:, g, :, :step].reshape(B * size, step)
                 processed = sampler.process(scored[:, g].reshape(B * size, vocab), prompt_ids, generated)
                 was_open = beams.open[:, g, None].clone()
-                p, tok, ended, keep = beams.advance(g, step, processed.view(B, size, vocab), logp_all[:, g], completes)
-                keeps.append(keep)
+                p, tok, ended = beams.advance(g, step, processed.view(B, size, vocab), logp_all[:, g])
                 parents.append(p + g * size)
                 chosen.append(tok)
                 # a group that had already stopped emits padding in transformers 4.x; that is what it counts
@@ -205,19 +185,16 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
                 break
             offsets = torch.arange(B, device=dev)[:, None] * num_beams
             cache.reorder((torch.cat(parents, 1) + offsets).reshape(-1))
-            if rows is not None:  # the survivors' advanced states, in the beams' new order
-                # [B, groups, size] indices into the groups' candidates, concatenated
-                index = (torch.stack(keeps, 1).cpu() + torch.arange(groups)[:, None] * (B * n_cand)
-                         + torch.arange(B)[:, None, None] * n_cand)
-                rows = RowConstraints.concat(kept).select(index.reshape(-1).tolist())
+            if rows is not None:
+                beams.keep_constraints()
             logits = last_logits(decode_one(model, torch.cat(chosen, 1).reshape(-1), cache))
 
     n = num_return_sequences
     tokens, logprobs, scores, lengths, reasons, group = beams.best(n)
     if max_new_tokens == 0:  # no step: the prompt itself, with score 0
         scores, reasons = torch.zeros_like(scores), torch.full_like(reasons, LENGTH)
-    if rows is not None:  # no valid hypothesis because budget closing found no completion that fits
-        no_fit = rows.no_fit(dev).view(B, -1).any(1).repeat_interleave(n)
+    if beams.constraint is not None:  # no valid hypothesis: budget closing found no completion that fits
+        no_fit = beams.constraint.no_fit(dev).view(B, -1).any(1).repeat_interleave(n)
         reasons = torch.where((reasons == NO_VALID) & no_fit, REASONS.index(FinishReason.BUDGET), reasons)
     width = int(lengths.max())
     sequences = torch.cat([setup.input_ids.repeat_interleave(n, 0), tokens[:, :width]], 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..constraints.base import RowConstraints
 from .steps import REASONS, FinishReason
 
 #: The score transformers gives impossible beams: finite, so sums never turn into NaN.
@@ -38,17 +39,26 @@ class Beams:
 
     ``rule`` picks the early-stop test: ``"v5"`` compares the best *running* beam with the worst finished
     hypothesis (transformers 5 beam search), ``"v4"`` the best *candidate* of the step, EOS ones included
-    (transformers 4 ``BeamHypotheses.is_done``, used by group beam search). ``generator`` set means beam
-    sampling; ``constrained`` drops the candidates a constraint forbids.
+    (transformers 4 ``BeamHypotheses.is_done``, used by group beam search). ``do_sample`` means beam
+    sampling (from ``generator``).
+
+    ``constraint``: one constraint state per beam (a :class:`~infergen.constraints.RowConstraints` of
+    ``B * groups * size`` rows, in the order of the tensors). Candidates it forbids are dropped; every
+    candidate advances a fork of its parent beam's state (``forks``), and the candidates whose constraint
+    is then complete end like EOS ones (reason ``"constraint"``); :meth:`keep_constraints` makes the
+    survivors' forks the beams' states at the end of a step.
     """
 
     def __init__(self, setup, groups, size, *, length_penalty, early_stopping, rule, stopping=None,
-                 do_sample=False, generator=None, constrained=False):
+                 do_sample=False, generator=None, constraint: RowConstraints | None = None):
         B, max_new, dev, pad = setup.input_ids.shape[0], setup.max_new_tokens, setup.input_ids.device, setup.pad_token_id
         shape = (B, groups, size)
         self.size, self.max_new, self.eos, self.stopping = size, max_new, setup.eos, stopping
+        self.n_cand = max(2, 1 + setup.eos.numel()) * size  # candidates per step: see the beam module
         self.length_penalty, self.early_stopping, self.rule = length_penalty, early_stopping, rule
-        self.do_sample, self.generator, self.constrained = do_sample, generator, constrained
+        self.do_sample, self.generator, self.constraint = do_sample, generator, constraint
+        self.forks: list[RowConstraints] = []  # per group, this step: every candidate's advanced state
+        self.kept: list[torch.Tensor] = []  # per group, this step: which candidates it kept [B, size]
         self.run_tokens = torch.full(shape + (max_new,), pad, dtype=torch.long, device=dev)
         self.run_logprobs = torch.zeros(shape + (max_new,), device=dev)
         self.run_scores = torch.full(shape, NEG, device=dev)
@@ -58,17 +68,13 @@ class Beams:
         self.fin_scores = torch.full(shape, NEG, device=dev)
         self.fin_lengths = torch.zeros(shape, dtype=torch.long, device=dev)
         # a slot that never receives a hypothesis: under a constraint, no valid text was found
-        self.fin_reason = torch.full(shape, NO_VALID if constrained else LENGTH, dtype=torch.long, device=dev)
+        self.fin_reason = torch.full_like(self.fin_lengths, NO_VALID if constraint is not None else LENGTH)
         self.fin_done = torch.zeros(shape, dtype=torch.bool, device=dev)
         self.open = torch.ones(B, groups, dtype=torch.bool, device=dev)
 
-    def advance(self, g: int, step: int, processed: torch.Tensor, raw_logp: torch.Tensor, completes=None):
+    def advance(self, g: int, step: int, processed: torch.Tensor, raw_logp: torch.Tensor):
         """One step of group ``g``: ``processed`` / ``raw_logp`` are [B, size, V]. Returns
-        ``(parents [B, size], tokens [B, size], all_candidates_ended: bool, keep [B, size])``, ``keep``
-        being the kept candidates' positions among the step's candidates.
-
-        ``completes(parent, token, live) -> BoolTensor [B, n_cand]`` (under a constraint) says which
-        candidates complete their constraint: they end like EOS, with reason ``"constraint"``.
+        ``(parents [B, size], tokens [B, size], all_candidates_ended: bool)``.
         """
         B, size, V = processed.shape
         cand, idx = self._candidates((processed + self.run_scores[:, g, :, None]).reshape(B, size * V))
@@ -77,44 +83,61 @@ class Beams:
         hist[:, :, step] = token
         hist_lp = along_beams(self.run_logprobs[:, g], parent)
         hist_lp[:, :, step] = raw_logp.reshape(B, size * V).gather(-1, idx)
-        reason, live = self._endings(step, cand, parent, token, hist, completes)
+        reason, live = self._endings(g, step, cand, parent, token, hist)
         ended = ((reason != LENGTH) | (step + 1 == self.max_new)) & live
         keep = self._keep_running(g, cand, reason, live, hist, hist_lp)
+        if self.constraint is not None:
+            self.kept.append(keep)
         self._add_finished(g, step, cand, ended, reason, hist, hist_lp)
         self._update_open(g, step, cand)
-        return parent.gather(-1, keep), self.run_tokens[:, g, :, step], bool((ended | ~live).all()), keep
+        return parent.gather(-1, keep), self.run_tokens[:, g, :, step], bool((ended | ~live).all())
 
     def _candidates(self, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's candidates of every row, best first: ``(scores, flat indices)`` [B, n_cand] among
         ``total`` [B, size * V] -- the top ``n_cand``, or (beam sampling) ``n_cand`` draws without
         replacement from ``softmax(total)``."""
-        n_cand = max(2, 1 + self.eos.numel()) * self.size
         if not self.do_sample:
-            return total.topk(n_cand, -1)
+            return total.topk(self.n_cand, -1)
         probs = torch.softmax(total, -1)
         support = int((probs > 0).sum(-1).min())
-        if support < n_cand and not self.constrained:
-            raise ValueError(f"beam sampling draws {n_cand} distinct candidates per row (2 * num_beams) but "
-                             f"the filters leave only {support}: raise top_k / top_p or lower num_beams")
-        idx = (draw_padded(probs, total, n_cand, self.generator) if support < n_cand  # draw all, pad with -inf
-               else torch.multinomial(probs, n_cand, generator=self.generator))
+        if support < self.n_cand and self.constraint is None:
+            raise ValueError(f"beam sampling draws {self.n_cand} distinct candidates per row (2 * num_beams) "
+                             f"but the filters leave only {support}: raise top_k / top_p or lower num_beams")
+        # (under a constraint, fewer allowed tokens than candidates: draw them all, pad with -inf ones)
+        idx = (draw_padded(probs, total, self.n_cand, self.generator) if support < self.n_cand
+               else torch.multinomial(probs, self.n_cand, generator=self.generator))
         cand, order = total.gather(-1, idx).sort(-1, descending=True)
         return cand, idx.gather(-1, order)
 
-    def _endings(self, step, cand, parent, token, hist, completes):
+    def _endings(self, g, step, cand, parent, token, hist):
         """Why each candidate would end now (a REASONS code; ``LENGTH`` = it does not) and which are live
-        (under a constraint: not forbidden, not the extension of a never-started beam)."""
+        (under a constraint: not forbidden, not the extension of a never-started beam). Under a constraint,
+        every candidate advances a fork of its parent beam's state with its token, to see whether its
+        constraint is then complete; the forks (``B * n_cand``, row-major) wait in ``forks``."""
         B, n_cand = token.shape
-        live = cand > NEG / 2 if self.constrained else torch.ones_like(token, dtype=torch.bool)
+        live = cand > NEG / 2 if self.constraint is not None else torch.ones_like(token, dtype=torch.bool)
         is_eos = torch.isin(token, self.eos) & live
         stop = complete = torch.zeros_like(is_eos)  # (EOS comes first, then stop, then complete: see reason)
         if self.stopping is not None:
             stop = self.stopping(hist[:, :, :step + 1].reshape(B * n_cand, step + 1)).to(live.device)
             stop = stop.view(B, n_cand) & live
-        if completes is not None:  # under a constraint
-            complete = completes(parent, token, live & ~is_eos) & live
+        if self.constraint is not None:  # every live candidate advances a fork of its parent beam's state
+            beam = torch.arange(B, device=parent.device)[:, None] * self.open.shape[1] * self.size + g * self.size
+            forks = self.constraint.select((beam + parent).reshape(-1).cpu())
+            forks.advance(token.reshape(-1).cpu(), active=(live & ~is_eos).reshape(-1).cpu())
+            self.forks.append(forks)  # kept until the step's survivors are known (keep_constraints)
+            complete = forks.complete(live.device).view(B, n_cand) & live
         reason = torch.where(is_eos, EOS, torch.where(stop, STOP, torch.where(complete, CONSTRAINT, LENGTH)))
         return reason, live
+
+    def keep_constraints(self):
+        """After every group's step: the survivors' advanced states become the beams' (in their new order)."""
+        B, groups = self.open.shape
+        # [B, groups, size]: each survivor's position among the forks of every group, concatenated
+        index = (torch.stack(self.kept, 1).cpu() + torch.arange(groups)[:, None] * (B * self.n_cand)
+                 + torch.arange(B)[:, None, None] * self.n_cand)
+        self.constraint = RowConstraints.concat(self.forks).select(index.reshape(-1).tolist())
+        self.forks, self.kept = [], []
 
     def _keep_running(self, g, cand, reason, live, hist, hist_lp) -> torch.Tensor:
         """The next running beams of group ``g``: the best candidates that did not end. (At the last step

@@ -88,8 +88,7 @@ def special_ids(model, eos_token_id=None, pad_token_id=None) -> tuple[list[int],
     ``pad_token_id``: an id, or None = the model's pad id, else its first EOS id, else 0. Both must be
     token ids of the model's vocabulary.
     """
-    vocab = model.config.vocab_size
-    defaults = model_defaults(model)
+    vocab, defaults = model.config.vocab_size, model_defaults(model)
     if eos_token_id is None:
         eos_token_id = list(defaults.eos_token_ids)
     ids = list(eos_token_id) if isinstance(eos_token_id, (list, tuple, set, frozenset)) else [eos_token_id]
@@ -115,10 +114,9 @@ def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_
     input_ids = check_input_ids(input_ids)
     check_number("max_new_tokens", max_new_tokens, low=0, integer=True)
     B, T = input_ids.shape
-    vocab = model.config.vocab_size
-    if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
-        raise ValueError(f"input_ids must be token ids in [0, {vocab - 1}], got values in "
-                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+    low, high, vocab = int(input_ids.min()), int(input_ids.max()), model.config.vocab_size
+    if low < 0 or high >= vocab:
+        raise ValueError(f"input_ids must be token ids in [0, {vocab - 1}], got values in [{low}, {high}]")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
     elif not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, T):

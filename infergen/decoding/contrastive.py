@@ -40,7 +40,7 @@ from .._validation import check_number
 from ..processors import check_finite_row
 from ..registry import register_decoder
 from .base import prepare
-from .steps import Rows, decode_one, prefill
+from .steps import Rows, decode_one, last_logits, prefill
 
 
 def degeneration_penalty(candidates: torch.Tensor, context: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -84,15 +84,14 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=DEFA
     model = setup.model
     check_number("top_k", top_k, low=1, high=model.config.vocab_size, integer=True)  # at most the vocabulary
     k, alpha = int(top_k), float(alpha)
-    B, T = setup.input_ids.shape
-    n = setup.max_new_tokens
+    (B, T), n = setup.input_ids.shape, setup.max_new_tokens
     progress = Rows(setup, stopping=stopping, streamer=streamer)
     rows = torch.arange(B, device=setup.input_ids.device)
     penalties = torch.zeros(B, n, device=rows.device)  # of each chosen token
     with torch.inference_mode():
         if n > 0:
             out = prefill(model, setup.input_ids, cache, setup.attention_mask, hidden=True)
-            logits = out.logits[:, -1].float()
+            logits = last_logits(out)
             # Normalised last-layer hidden states of every position (T prompt + n generated); padding invalid.
             context = F.pad(F.normalize(out.hidden.float(), dim=-1), (0, 0, 0, n))  # [B, T + n, D]
             valid = F.pad(setup.attention_mask, (0, n), value=True)  # [B, T + n]
@@ -104,8 +103,8 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=DEFA
             cand = F.normalize(out.hidden[:, -1].float(), dim=-1).view(B, k, -1)
             L = T + step
             penalty = degeneration_penalty(cand, context[:, :L], valid[:, :L])  # [B, k]
-            score = (1.0 - alpha) * top_probs - alpha * penalty
-            choice = score.argmax(-1)  # first maximum: ties go to the more probable candidate
+            # the first maximum: ties go to the more probable candidate
+            choice = ((1.0 - alpha) * top_probs - alpha * penalty).argmax(-1)
             penalties[:, step] = penalty[rows, choice].masked_fill(progress.done, 0.0)
             _, all_done = progress.commit(top_ids[rows, choice], logits)
             # Keep the winner: its hidden state joins the context, its logits are the next step's.

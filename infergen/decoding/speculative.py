@@ -184,21 +184,18 @@ class Speculator:
         g = min(self.gamma, budget - 1)  # drafts beyond the budget would be thrown away
         L0 = self.target_cache.length
         dev = self.pending.device
-        drafts: list[torch.Tensor] = []
-        qs: list[torch.Tensor] = []
-        x = self.pending
+        # x: the draft's unseen tokens (two after a fully accepted round), then its own last proposal;
+        # feed: what the target verifies, the newest committed token and then the drafts
+        x, feed, qs = self.pending, self.pending[:, -1:], []
         for _ in range(g):  # the draft proposes g tokens, one at a time
-            # x: the draft's unseen tokens (two after a fully accepted round), then its own last proposal
             logits = last_logits(decode_many(self.draft, x.to(self.draft.device), self.draft_cache)).to(dev)
             d, q = self._pick(logits)
-            drafts.append(d)
+            x, feed = d[:, None], torch.cat([feed, d[:, None]], 1)
             qs.append(q)
-            x = d[:, None]
-        feed = torch.cat([self.pending[:, -1:]] + [d[:, None] for d in drafts], 1)  # newest + g drafts
         target_logits = decode_many(self.target, feed, self.target_cache).logits.float()  # [B, g+1, V]
         drafts_t = feed[:, 1:]  # [B, g]
         if self.sampler.greedy:  # accept while the draft's token is the target's argmax
-            best = self.sampler.choose(self.sampler.process(target_logits))  # [B, g+1]
+            best = self.sampler(target_logits)  # [B, g+1]
             n = (drafts_t == best[:, :g]).long().cumprod(-1).sum(-1)
             nxt = best.gather(1, n[:, None]).squeeze(1)
         else:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 
-from ..models.hf import as_model
 from ..params import SamplingParams
 from ..processors import LogitsPipeline
 from ..registry import register_decoder
@@ -37,10 +36,10 @@ def start(model, input_ids, max_new_tokens, params: SamplingParams, pipeline: Lo
     """Set up a generation under ``params`` (or ``pipeline``): checks, sampler, cache, rows and the prefill.
     Returns ``(rows, steps)``: ``steps`` is the :func:`decode_n_tokens` loop to run, empty when there is
     nothing to generate (``max_new_tokens`` 0, or every row's constraint complete before any token)."""
-    sampler = Sampler(params, pipeline, make_generator(params.seed, generator, device=as_model(model).device))
     check_stop(params, stopping)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    sampler = Sampler(params, pipeline, make_generator(params.seed, generator, device=setup.model.device))
     rows = Rows(setup, stopping=stopping, streamer=streamer, constraint=constraint)
     if not setup.max_new_tokens or bool(rows.done.all()):  # nothing to generate: no forward pass
         return rows, iter(())

@@ -5,13 +5,14 @@ holds its default, the values that switch it off, its valid range (checked here,
 that names the field, the value and the range), whether it only matters when sampling, what it reads of
 the token history, and which processor applies it. Everything else is derived from those fields:
 :attr:`SamplingParams.is_greedy`, :attr:`SamplingParams.uses_history`, the logits pipeline
-(:meth:`SamplingParams.pipeline`), the command line's options (``python -m infergen generate --help``) and the mappings to transformers' ``GenerationConfig`` and vLLM's
-``SamplingParams`` (:mod:`infergen.serving`). A decoder keeps the document's keyword arguments
+(:meth:`LogitsPipeline.from_params <infergen.LogitsPipeline.from_params>`), the command line's options
+(``python -m infergen generate --help``) and the mappings to transformers' ``GenerationConfig`` and vLLM's
+``SamplingParams`` (:mod:`infergen.interop.mappings`). A decoder keeps the document's keyword arguments
 (``greedy_search(model, ids, 32, repetition_penalty=1.2)``) and turns them into one ``SamplingParams``
 at the door::
 
     params = SamplingParams.from_kwargs(temperature=0.7, top_p=0.9)     # validated here
-    params.is_greedy, params.uses_history, params.pipeline()
+    params.is_greedy, params.uses_history, LogitsPipeline.from_params(params)
 
 A per-row setting may be a ``[B]`` tensor (one value per row) wherever the processor accepts one.
 """
@@ -131,13 +132,6 @@ class SamplingParams:
             shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in given)
             raise ValueError(f"{decoder} does not sample, so {shown} has no effect; {hint}")
         return self
-
-    def pipeline(self, *, sampling: bool = True):
-        """The :class:`~infergen.LogitsPipeline` of these settings. ``sampling=False`` keeps only
-        the steps that edit scores (bias, penalties, n-gram bans), as deterministic searches use them."""
-        from .processors import LogitsPipeline
-
-        return LogitsPipeline.from_params(self, sampling=sampling)
 
     def replace(self, **changes) -> "SamplingParams":
         """A copy with ``changes`` (validated again)."""

@@ -154,8 +154,8 @@ def test_other_real_numbers_are_converted_once_at_the_door():
     assert type(params.temperature) is float and params.temperature == 0.5
     assert type(params.top_k) is int and params.top_k == 4
     logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(params.pipeline()(logits), SamplingParams(temperature=0.5, top_p=0.9, top_k=4)
-                               .pipeline()(logits))
+    pipeline = infergen.LogitsPipeline.from_params
+    torch.testing.assert_close(pipeline(params)(logits), pipeline(SamplingParams(temperature=0.5, top_p=0.9, top_k=4))(logits))
     torch.testing.assert_close(infergen.apply_temperature(logits, Fraction(1, 2)), logits / 0.5)
     with pytest.raises(TypeError, match="top_k must be an integer"):
         SamplingParams(top_k=Fraction(4, 1))  # not an Integral: refused, as 4.0 is

@@ -195,7 +195,7 @@ class Rows:
     in the tokens left), or after ``limit`` tokens (``"length"``; default ``setup.max_new_tokens``,
     or a list with one limit per row); every later token of that row is ``setup.pad_token_id`` with
     log-probability 0. The generated ids (the history the penalties and ``stopping`` read) are always
-    kept, in a device buffer; ``keep_history`` is accepted for older callers and changes nothing. ``constraint`` (see :mod:`infergen.constraints`: one constraint, one per
+    kept, in a device buffer. ``constraint`` (see :mod:`infergen.constraints`: one constraint, one per
     row, or None) is per-row state that :meth:`constrain` applies to the logits and :meth:`commit` advances.
 
     Everything lives in tensors on the rows' device (buffers of ``setup.max_new_tokens`` columns), so a
@@ -203,8 +203,8 @@ class Rows:
     and commits only the rows that hold requests (``commit(..., rows=index)``).
     """
 
-    def __init__(self, setup: Setup, *, stopping: Callable | None = None, streamer=None,
-                 keep_history: bool = False, constraint=None, limit=None):
+    def __init__(self, setup: Setup, *, stopping: Callable | None = None, streamer=None, constraint=None,
+                 limit=None):
         B, dev, n = setup.input_ids.shape[0], setup.input_ids.device, setup.max_new_tokens
         self.setup, self.stopping, self.streamer = setup, stopping, streamer
         # budget closing (infergen.constraints.budget): a constrained row finishes complete within its

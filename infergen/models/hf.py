@@ -15,7 +15,6 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from ..cache import Cache, ColumnCache, CropCache, KVCache, PaddingState, RowCache
 from .protocol import GenerationDefaults, ModelBase, ModelOutput

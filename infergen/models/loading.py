@@ -157,7 +157,7 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
         tokenizer = load_tokenizer(source)
     except (OSError, ValueError) as err:
         why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        if str(name_or_path) in BUNDLED:  # the bundled package is missing and the Hub failed too
+        if str(name_or_path) in BUNDLED:  # not converted here, and the Hub failed too
             raise FileNotFoundError(f"{not_converted_message(str(name_or_path))}. (The Hub fallback failed: "
                                     f"{why})") from err
         aliases = ", ".join(repr(a) for a in BUNDLED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from infergen.bench import tasks
 from infergen.decoding import test_time as tt
 
 PROMPT = torch.tensor([[5, 6, 7, 8]])
@@ -118,25 +119,25 @@ def test_bad_callables_and_empty_sets(tiny_native):
     with pytest.raises(ValueError, match="candidates"):
         tt.mbr_select([])
     with pytest.raises(ValueError, match="input_ids"):
-        tt.sample_candidates(tiny_native, torch.tensor([1, 2, 3]), 2)
+        tt.sample_candidates(tiny_native, torch.tensor([[[1, 2, 3]]]), 2)  # [1, 1, 3]: not [B, T]
 
 
-# --- the task ---------------------------------------------------------------------------------------------
+# --- the task (infergen.bench.tasks) ---------------------------------------------------------------------------------------------
 
 def test_addition_problems_are_seeded_and_right():
-    pairs = tt.addition_problems(20, seed=4)
-    assert pairs == tt.addition_problems(20, seed=4) and pairs != tt.addition_problems(20, seed=5)
+    pairs = tasks.addition_problems(20, seed=4)
+    assert pairs == tasks.addition_problems(20, seed=4) and pairs != tasks.addition_problems(20, seed=5)
     for prompt, answer in pairs:
         a, b = (int(x) for x in prompt.removeprefix("What is ").removesuffix("?").split(" + "))
         assert 2 <= a <= 9 and 2 <= b <= 9 and answer == a + b
     with pytest.raises(ValueError, match="high"):
-        tt.addition_problems(3, low=5, high=4)
+        tasks.addition_problems(3, low=5, high=4)
 
 
 def test_extract_number():
-    assert tt.extract_number("3 + 4 = 7") == 7
-    assert tt.extract_number("The answer is -12.") == -12
-    assert tt.extract_number("no digits") is None
+    assert tasks.extract_number("3 + 4 = 7") == 7
+    assert tasks.extract_number("The answer is -12.") == -12
+    assert tasks.extract_number("no digits") is None
 
 
 def test_wilson_interval():

@@ -23,15 +23,11 @@ three rules then choose from the very same samples, at the cost of one sampling 
 """
 from __future__ import annotations
 
-import random
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
-
-from .._validation import check_number
+from .._validation import check_input_ids, check_number
 from .base import GenerationOutput
 from .sampling import generate_autoregressive
 
@@ -66,9 +62,7 @@ def sample_candidates(model, input_ids, n: int, max_new_tokens: int = 32, *, att
     ``eos_token_id``, ...); a ``seed`` makes the whole set of samples reproducible.
     """
     check_number("n", n, low=1, integer=True)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be a tensor of shape [B, T], got "
-                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    input_ids = check_input_ids(input_ids)
     mask = None if attention_mask is None else attention_mask.repeat_interleave(n, 0)
     return generate_autoregressive(model, input_ids.repeat_interleave(n, 0), max_new_tokens, attention_mask=mask,
                                    return_dict=True, **settings)
@@ -77,7 +71,7 @@ def sample_candidates(model, input_ids, n: int, max_new_tokens: int = 32, *, att
 def _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_mask, settings) -> list[Choice]:
     """Sample (or take ``settings["samples"]``), split the rows per prompt, and let
     ``select(candidates, logprobs)`` return ``(index, scores, answers)`` for each prompt."""
-    out = settings.pop("samples", None)
+    input_ids, out = check_input_ids(input_ids), settings.pop("samples", None)
     if out is None:
         out = sample_candidates(model, input_ids, n, max_new_tokens, attention_mask=attention_mask, **settings)
     elif not isinstance(out, GenerationOutput) or out.sequences.shape[0] != input_ids.shape[0] * n:
@@ -178,23 +172,6 @@ def mbr(model, input_ids, n: int = 8, max_new_tokens: int = 32, *, utility: Call
     def select(cands, logprobs):
         return (*mbr_select(cands, utility), None)
     return _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_mask, settings)
-
-
-def addition_problems(count: int = 40, seed: int = 0, low: int = 2, high: int = 9) -> list[tuple[str, int]]:
-    """A small verifiable task: ``count`` questions ``"What is a + b?"`` with ``a, b`` drawn (seeded) from
-    ``[low, high]``, as ``(prompt, answer)`` pairs. Check an output with :func:`extract_number`."""
-    check_number("count", count, low=1, integer=True)
-    check_number("low", low, low=0, integer=True)
-    check_number("high", high, low=low, integer=True)
-    rng = random.Random(seed)
-    pairs = [(rng.randint(low, high), rng.randint(low, high)) for _ in range(count)]
-    return [(f"What is {a} + {b}?", a + b) for a, b in pairs]
-
-
-def extract_number(text: str) -> int | None:
-    """The answer in a model's text: its *last* integer (``"3 + 4 = 7"`` -> 7), or None if it has none."""
-    found = re.findall(r"-?\d+", text)
-    return int(found[-1]) if found else None
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:

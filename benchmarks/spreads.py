@@ -3,7 +3,7 @@
 Each chapter runs its comparison on a handful of prompts, fast enough for CI. This script runs the same
 comparison, with the same settings, on ``--prompts`` prompts (24 by default) and, for the strategies that
 sample, on several seeds, and stores every per-prompt number and a summary with intervals from
-:func:`infergen.metrics.bootstrap_interval` (percentile bootstrap over the prompts, 2000 resamples,
+:func:`infergen.bench.stats.bootstrap_interval` (percentile bootstrap over the prompts, 2000 resamples,
 seed 0). The chapters read the summary and say which differences these intervals resolve.
 
     python benchmarks/spreads.py --chapter 2     # strategy table: 7 strategies, sampled ones with 3 seeds
@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 import infergen
-from infergen.metrics import bootstrap_interval, distinct_n, diversity, rep_n
+from infergen.bench.stats import bootstrap_interval
+from infergen.metrics import distinct_n, diversity, rep_n
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = [ROOT / "benchmarks" / "results" / "spreads" / "results.json",
@@ -291,8 +292,8 @@ def main(argv=None) -> None:
                      "seconds": time.perf_counter() - start, "prompts": PROMPTS[:args.prompts],
                      "device": f"cpu ({platform.machine()}), torch threads 1, float32",
                      "torch": torch.__version__, "infergen": infergen.__version__,
-                     "interval": "95% percentile bootstrap over the prompts (metrics.bootstrap_interval, "
-                                 "2000 resamples, seed 0)"}
+                     "interval": "95% percentile bootstrap over the prompts "
+                                 "(infergen.bench.stats.bootstrap_interval, 2000 resamples, seed 0)"}
     everything = json.loads(OUTPUTS[0].read_text()) if OUTPUTS[0].exists() else {}
     everything[f"chapter_{args.chapter}"] = result
     text = json.dumps(everything, indent=1, sort_keys=True) + "\n"

@@ -21,8 +21,9 @@ log-likelihood of the text it produced measures how far a strategy strays from w
 * ``perplexity`` -- ``exp(-mean log-prob)``: the effective number of equally likely choices per token.
 
 **How sure is a difference?** A handful of prompts and one seed give one number per strategy; another
-handful would give another. ``bootstrap_interval`` puts a 95% confidence interval around any of the
-numbers above (or around per-prompt differences between two strategies) by resampling the prompts.
+handful would give another. :func:`infergen.bench.stats.bootstrap_interval` (benchmark methodology, in the
+benchmark companion) puts a 95% confidence interval around any of the numbers above (or around per-prompt
+differences between two strategies) by resampling the prompts.
 
 Neither axis alone is a quality measure: greedy text has the best likelihood and the worst repetition,
 temperature-2 text the reverse. Good strategies sit in between; chapters report both numbers.
@@ -43,14 +44,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
 
 import torch
 
 from ._validation import check_input_ids, check_number
 
-__all__ = ["ngrams", "rep_n", "distinct_n", "diversity", "sequence_logprob", "mean_logprob", "perplexity",
-           "Interval", "bootstrap_interval"]
+__all__ = ["ngrams", "rep_n", "distinct_n", "diversity", "sequence_logprob", "mean_logprob", "perplexity"]
 
 
 def _as_token_lists(texts, tokenize: Callable[[str], Sequence]) -> list[list]:
@@ -201,49 +200,3 @@ def perplexity(model, input_ids, continuation_ids, **kwargs) -> torch.Tensor:
     the text more predictable (which is not the same as better text: loops have very low perplexity).
     """
     return torch.exp(-mean_logprob(model, input_ids, continuation_ids, **kwargs))
-
-
-class Interval(NamedTuple):
-    """A statistic of ``n`` items (``estimate``, computed on all of them) with its confidence interval."""
-
-    estimate: float
-    low: float
-    high: float
-    n: int
-
-
-def bootstrap_interval(values: Sequence, statistic: Callable[[list], float] | None = None, *,
-                       confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
-    """Percentile-bootstrap confidence interval of ``statistic(values)`` (Efron & Tibshirani, 1993).
-
-    ``values`` are the independent units of an experiment, one per prompt (or per prompt and seed):
-    numbers, or texts for a pooled ``statistic`` such as :func:`diversity`. ``statistic`` maps a list of
-    them to a float; the default is the mean (then ``values`` must be finite numbers). The items are
-    drawn with replacement ``resamples`` times (a ``torch.Generator`` seeded with ``seed``: the interval is
-    reproducible), and ``low`` / ``high`` are the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
-    quantiles of the resampled statistics (resamples where it is NaN are left out).
-
-    Read it as the range of values the statistic could plausibly have had with other prompts of the same
-    kind. Two strategies whose intervals overlap are not resolved at this sample size; to compare them,
-    put an interval around their per-prompt *differences* (paired: the same prompts), which is narrower.
-    Pitfall: with few items (under ~10) the percentile interval is too narrow; say how many there were.
-    """
-    confidence = check_number("confidence", confidence, low=0, high=1, low_open=True, high_open=True)
-    resamples = check_number("resamples", resamples, low=1, integer=True)
-    items = list(values)
-    if not items:
-        raise ValueError("values must hold at least one item, got an empty sequence")
-    index = torch.randint(len(items), (resamples, len(items)), generator=torch.Generator().manual_seed(seed))
-    if statistic is None:  # the mean, vectorised over the resamples
-        data = torch.tensor([check_number(f"values[{i}]", v) for i, v in enumerate(items)], dtype=torch.float64)
-        estimate, resampled = float(data.mean()), data[index].mean(-1)
-    else:
-        estimate = float(statistic(items))
-        resampled = torch.tensor([statistic([items[i] for i in row]) for row in index.tolist()],
-                                 dtype=torch.float64)
-    resampled = resampled[~resampled.isnan()]
-    if resampled.numel() == 0:
-        raise ValueError("statistic is NaN on every resample: no interval can be formed")
-    quantiles = torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=torch.float64)
-    low, high = torch.quantile(resampled, quantiles).tolist()
-    return Interval(estimate, low, high, len(items))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from infergen import greedy_search, metrics
+from infergen.bench import stats
 from infergen.metrics import (distinct_n, diversity, mean_logprob, ngrams, perplexity, rep_n,
                               sequence_logprob)
 
@@ -184,11 +185,11 @@ def test_logprob_rejects_bad_arguments(tiny_native):
 
 def test_bootstrap_interval_of_the_mean_brackets_it_and_is_reproducible():
     values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
-    iv = metrics.bootstrap_interval(values)
+    iv = stats.bootstrap_interval(values)
     assert iv.estimate == pytest.approx(sum(values) / len(values)) and iv.n == len(values)
     assert min(values) <= iv.low < iv.estimate < iv.high <= max(values)
-    assert metrics.bootstrap_interval(values) == iv  # the same seed, the same interval
-    assert metrics.bootstrap_interval([2.5] * 5) == (2.5, 2.5, 2.5, 5)  # no spread, no width
+    assert stats.bootstrap_interval(values) == iv  # the same seed, the same interval
+    assert stats.bootstrap_interval([2.5] * 5) == (2.5, 2.5, 2.5, 5)  # no spread, no width
 
 
 def test_bootstrap_interval_narrows_with_more_items_and_covers_the_true_mean():
@@ -196,25 +197,25 @@ def test_bootstrap_interval_narrows_with_more_items_and_covers_the_true_mean():
     small = torch.randn(10, generator=gen).tolist()
     large = torch.randn(400, generator=gen).tolist()
     width = lambda iv: iv.high - iv.low  # noqa: E731
-    assert width(metrics.bootstrap_interval(large)) < width(metrics.bootstrap_interval(small)) / 3
+    assert width(stats.bootstrap_interval(large)) < width(stats.bootstrap_interval(small)) / 3
     # a 95% interval should cover the true mean (0) in roughly 95% of experiments; the percentile
     # bootstrap is a little narrow at n = 30, so accept 85-99%
     covered = sum(iv.low <= 0.0 <= iv.high for iv in
-                  (metrics.bootstrap_interval(torch.randn(30, generator=gen).tolist(), resamples=400, seed=s)
+                  (stats.bootstrap_interval(torch.randn(30, generator=gen).tolist(), resamples=400, seed=s)
                    for s in range(200)))
     assert 170 <= covered <= 198, covered
     # a lower confidence gives a narrower interval inside the wider one
-    iv95, iv50 = metrics.bootstrap_interval(small), metrics.bootstrap_interval(small, confidence=0.5)
+    iv95, iv50 = stats.bootstrap_interval(small), stats.bootstrap_interval(small, confidence=0.5)
     assert iv95.low < iv50.low <= iv50.high < iv95.high
 
 
 def test_bootstrap_interval_of_a_pooled_statistic_resamples_texts():
     texts = ["a b c d e f", "a b a b a b", "x y z w v u t", "p q p q p q p q"]
-    iv = metrics.bootstrap_interval(texts, metrics.diversity, resamples=300)
+    iv = stats.bootstrap_interval(texts, metrics.diversity, resamples=300)
     assert iv.estimate == pytest.approx(metrics.diversity(texts)) and iv.n == 4
     assert 0.0 <= iv.low < iv.estimate < iv.high <= 100.0
     # resamples on which the statistic is NaN (here: only the one-word text drawn) are left out
-    iv = metrics.bootstrap_interval(["a", "a b c d e"], metrics.diversity, resamples=200)
+    iv = stats.bootstrap_interval(["a", "a b c d e"], metrics.diversity, resamples=200)
     assert iv.high == 100.0 and iv.low == 100.0
 
 
@@ -228,4 +229,4 @@ def test_bootstrap_interval_of_a_pooled_statistic_resamples_texts():
 ])
 def test_bootstrap_interval_rejects_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        metrics.bootstrap_interval(**kwargs)
+        stats.bootstrap_interval(**kwargs)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infergen.metrics import bootstrap_interval
+from infergen.bench.stats import bootstrap_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_COPY = ROOT / "benchmarks" / "results" / "spreads" / "results.json"

@@ -19,7 +19,7 @@ import re
 import torch
 
 from infergen import greedy_search
-from infergen.decoding.test_time import wilson_interval
+from infergen.bench.stats import wilson_interval
 
 #: The prompts the committed run tries, in order (the first ``--prompts`` of them).
 PROMPTS = [

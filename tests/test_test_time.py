@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infergen.bench import tasks
+from infergen.bench import stats, tasks
 from infergen.decoding import test_time as tt
 
 PROMPT = torch.tensor([[5, 6, 7, 8]])
@@ -141,12 +141,12 @@ def test_extract_number():
 
 
 def test_wilson_interval():
-    low, high = tt.wilson_interval(8, 20)
+    low, high = stats.wilson_interval(8, 20)
     assert low == pytest.approx(0.2188, abs=1e-3) and high == pytest.approx(0.6134, abs=1e-3)  # textbook values
-    assert tt.wilson_interval(0, 10)[0] == 0.0 and tt.wilson_interval(0, 10)[1] > 0
-    assert tt.wilson_interval(10, 10)[1] == pytest.approx(1.0) and tt.wilson_interval(10, 10)[0] < 1
+    assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(0, 10)[1] > 0
+    assert stats.wilson_interval(10, 10)[1] == pytest.approx(1.0) and stats.wilson_interval(10, 10)[0] < 1
     with pytest.raises(ValueError, match="successes"):
-        tt.wilson_interval(11, 10)
+        stats.wilson_interval(11, 10)
 
 
 def test_strategies_reuse_given_samples(tiny_native, monkeypatch):

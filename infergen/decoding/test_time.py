@@ -172,14 +172,3 @@ def mbr(model, input_ids, n: int = 8, max_new_tokens: int = 32, *, utility: Call
     def select(cands, logprobs):
         return (*mbr_select(cands, utility), None)
     return _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_mask, settings)
-
-
-def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval for an accuracy of ``successes / total`` (z = 1.96: 95 %). Unlike
-    ``p +- z * sqrt(p (1 - p) / total)`` it stays inside [0, 1] and is not empty at 0 or ``total`` correct."""
-    check_number("total", total, low=1, integer=True)
-    check_number("successes", successes, low=0, high=total, integer=True)
-    check_number("z", z, low=0)
-    p, z2 = successes / total, z * z
-    centre, half = p + z2 / (2 * total), z * (p * (1 - p) / total + z2 / (4 * total * total)) ** 0.5
-    return max(0.0, (centre - half) / (1 + z2 / total)), min(1.0, (centre + half) / (1 + z2 / total))

@@ -15,15 +15,17 @@ Results go to benchmarks/results/mcts/nocache.json.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from infergen.decoding.mcts import RowSearch, mcts_decode
-from infergen.decoding.steps import last_logits, prefill
+from infergen.decoding.base import make_generator, prepare
+from infergen.decoding.mcts import RowSearch, SearchConfig, likelihood_value, mcts_decode, snapshot
+from infergen.decoding.mcts.search import summarise
+from infergen.decoding.steps import Rows, last_logits, prefill
+from infergen.params import SamplingParams
 
 
 class NoCacheSearch(RowSearch):
@@ -51,8 +53,38 @@ class NoCacheSearch(RowSearch):
         return last_logits(prefill(self.model, ids, cache, mask))[:len(paths)]
 
 
-#: ``mcts_decode`` re-running the prefix for every evaluation (what ``use_cache=False`` used to do).
-mcts_decode_nocache = functools.partial(mcts_decode, row_search=NoCacheSearch)
+def mcts_decode_nocache(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_id=None,
+                        pad_token_id=None, stopping=None, return_dict=False, num_simulations=50, c_puct=1.0,
+                        temperature=1.0, top_k=10, value_fn=None, rollout_tokens=0, leaf_batch=None, seed=None,
+                        commit_temperature=0.0):
+    """``mcts_decode`` re-running the prefix for every evaluation (what ``use_cache=False`` used to do).
+
+    The decoder's own driver, written out with :class:`NoCacheSearch` searching every row (each row its
+    own tree, one column committed for all unfinished rows per step), so that the library needs no seam
+    for this baseline. The settings are those of :func:`~infergen.decoding.mcts.mcts_decode`, taken as
+    valid: the benchmark and the tests pass the same ones to both and compare the results.
+    """
+    setup, _ = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask, eos_token_id=eos_token_id,
+                       pad_token_id=pad_token_id, allocate=False)
+    model, B, dev = setup.model, setup.input_ids.shape[0], setup.input_ids.device
+    cfg = SearchConfig(num_simulations, c_puct, top_k, value_fn or likelihood_value, rollout_tokens,
+                       frozenset(setup.eos.tolist()), SamplingParams(temperature=temperature),
+                       SamplingParams(temperature=commit_temperature),
+                       generator=make_generator(seed, device=model.device), leaf_batch=leaf_batch)
+    rows, trees = Rows(setup, stopping=stopping), [None] * B
+    with torch.inference_mode():
+        searches = [NoCacheSearch(model, ids[mask].tolist(), max_new_tokens, cfg)
+                    for ids, mask in zip(setup.input_ids, setup.attention_mask)]
+        for _ in range(max_new_tokens):
+            tokens, logprobs = torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, device=dev)
+            for b in (~rows.done).nonzero().flatten().tolist():
+                searches[b].search()
+                trees[b] = trees[b] or snapshot(searches[b].root)
+                child = searches[b].commit()
+                tokens[b], logprobs[b] = child.token, child.logprob
+            if rows.commit(tokens, logprobs=logprobs)[1]:
+                break
+    return rows.output(return_dict, info={"tree": trees[0], "trees": trees, "stats": summarise(searches)})
 
 
 def assert_same_search(cached, naive, atol=1e-5):

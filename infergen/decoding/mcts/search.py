@@ -264,8 +264,7 @@ def summarise(searches: list[RowSearch]) -> dict:
 def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct=1.0, temperature=1.0,
                 top_k=10, value_fn=None, rollout_tokens=0, *, attention_mask=None, eos_token_id=None,
                 pad_token_id=None, seed=None, generator=None, streamer=None, stopping=None,
-                return_dict=False, tokenizer=None, commit_temperature=0.0, leaf_batch=None,
-                row_search=RowSearch):
+                return_dict=False, tokenizer=None, commit_temperature=0.0, leaf_batch=None):
     """Generate by Monte Carlo tree search: ``num_simulations`` PUCT simulations before each token.
 
     ``model``/``input_ids`` [B, T]/``attention_mask``: as every decoder (left padding; rows are searched
@@ -294,9 +293,6 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     * ``tokenizer``: optional, only to fill ``ctx.text`` for text-based value functions. (Through
       ``infergen.generate``, whose own second argument is called ``tokenizer``, give the tokenizer to the
       value function instead: ``keyword_reward("Paris", tokenizer=tok)``.)
-    * ``row_search``: the class that searches one row, :class:`RowSearch` or a subclass
-      (``infergen/bench/mcts_nocache.py`` passes one that re-runs the whole prefix for every evaluation,
-      the naive baseline the K/V slices are measured against).
 
     Returns [B, T + n] ids, or with ``return_dict=True`` a ``GenerationOutput`` whose ``logprobs`` are
     the model's log-probs of the committed tokens and whose ``info`` holds ``"tree"`` (row 0's tree for
@@ -322,8 +318,6 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     commit = SamplingParams(temperature=setting("temperature").check(commit_temperature, "commit_temperature"))
     if value_fn is not None and not callable(value_fn):
         raise TypeError(f"value_fn must be a callable ctx -> float in [0, 1] or None, got {type(value_fn).__name__}")
-    if not (isinstance(row_search, type) and issubclass(row_search, RowSearch)):
-        raise TypeError(f"row_search must be RowSearch or a subclass of it, got {row_search!r}")
     setup, _ = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, allocate=False)
     model, B = setup.model, setup.input_ids.shape[0]
@@ -334,7 +328,7 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     trees: list[Node | None] = [None] * B  # each row's tree for its first token
     with torch.inference_mode():
         prompts = [ids[mask].tolist() for ids, mask in zip(setup.input_ids, setup.attention_mask)]
-        searches = [row_search(model, p, max_new_tokens, cfg) for p in prompts] if max_new_tokens else []
+        searches = [RowSearch(model, p, max_new_tokens, cfg) for p in prompts] if max_new_tokens else []
         for _ in range(max_new_tokens):
             # (a finished row's entries are ignored: the commit pads it)
             tokens, logprobs = torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, device=dev)

@@ -15,6 +15,7 @@ import torch
 
 import infergen
 from infergen.interop.cli import main
+from infergen.interop.outlines import OutlinesCompiler
 
 
 class ModelLoaded(AssertionError):
@@ -105,7 +106,7 @@ def test_constraint_options_reach_generate(recorded, tmp_path):
     main(["generate", "hello", "--json-schema", str(path)])
     assert recorded[-1]["json_schema"] == schema
     main(["generate", "hello", "--json-schema", json.dumps(schema), "--constraint-backend", "outlines"])
-    assert recorded[-1]["json_schema"] == schema and recorded[-1]["constraint_backend"] == "outlines"
+    assert recorded[-1]["json_schema"] == schema and recorded[-1]["constraint_backend"] is OutlinesCompiler
     main(["generate", "hello", "--choices", "yes", "--choices", "no, thanks"])  # repeatable: commas kept
     assert recorded[-1]["choices"] == ["yes", "no, thanks"]
     main(["generate", "hello", "--grammar", str(grammar), "--strategy", "sample", "--seed", "3"])

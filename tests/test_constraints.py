@@ -17,6 +17,7 @@ from infergen.constraints import (FINISH_CONSTRAINT, FINISH_NO_VALID_TOKEN, RowC
                                   as_row_constraints, byte_level_alphabet, get_compiler, is_complete,
                                   make_constraint)
 from infergen.constraints.teaching import DEAD, parse, regex_to_dfa
+from infergen.interop.outlines import OutlinesCompiler
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
@@ -35,6 +36,12 @@ AGREEMENT = {
 }
 
 
+def backend_of(name: str):
+    """``make_constraint``'s ``backend=`` for a test's name: the core's by name, outlines-core's by its
+    compiler class (the interop companion)."""
+    return OutlinesCompiler if name == "outlines" else name
+
+
 @pytest.fixture(scope="module")
 def tok():
     from infergen.interop.gguf import prepare_bundled
@@ -49,7 +56,8 @@ def compiled(tok):
     out = {}
     exact = get_compiler(tok, "llguidance")
     for rx in AGREEMENT:
-        out[rx] = {b: make_constraint(tok, regex=rx, backend=b) for b in ("teaching", "llguidance", "outlines")}
+        out[rx] = {b: make_constraint(tok, regex=rx, backend=backend_of(b))
+                   for b in ("teaching", "llguidance", "outlines")}
         out[rx]["llguidance-exact"] = exact.compile("regex", rx, rx, forcing=False)
     return out
 
@@ -256,13 +264,13 @@ def test_every_fullmatch_is_producible(tok, backend, pattern):
     if backend == "llguidance-exact":
         c = get_compiler(tok, "llguidance").compile("regex", pattern, pattern, forcing=False)
     else:
-        c = make_constraint(tok, regex=pattern, backend=backend)
+        c = make_constraint(tok, regex=pattern, backend=backend_of(backend))
     check_every_match_is_producible(tok, c, pattern, texts)
 
 
 @pytest.mark.parametrize("backend", ["outlines", "llguidance", "teaching"])
 def test_choices_with_a_common_prefix_can_produce_the_longer_one(tok, backend):
-    c = make_constraint(tok, choices=["yes", "yesterday"], backend=backend)
+    c = make_constraint(tok, choices=["yes", "yesterday"], backend=backend_of(backend))
     state = c.start()
     for t in tok.encode("yes", add_special_tokens=False):
         state.advance(t)
@@ -331,9 +339,9 @@ def test_teaching_masks_refuse_overlong_surrogate_and_out_of_range_bytes(tok, ba
 @pytest.mark.parametrize("backend", ["teaching", "outlines", "llguidance"])
 @pytest.mark.parametrize("kwargs", [dict(regex=""), dict(choices=[""]), dict(regex="(?:)")])
 def test_a_pattern_complete_before_any_token(tok, backend, kwargs):
-    c = make_constraint(tok, backend=backend, **kwargs)
+    c = make_constraint(tok, backend=backend_of(backend), **kwargs)
     assert is_complete(c.start())
-    rows = as_row_constraints([c, make_constraint(tok, regex="a?", backend=backend)], 2)
+    rows = as_row_constraints([c, make_constraint(tok, regex="a?", backend=backend_of(backend))], 2)
     assert rows.complete().tolist() == [True, False]  # the decoder finishes row 0 "constraint" at once
     assert rows.allowed(len(tok))[0].nonzero().flatten().tolist() == [tok.eos_token_id]
 
@@ -343,7 +351,7 @@ def test_a_pattern_complete_before_any_token(tok, backend, kwargs):
 # ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["teaching", "outlines", "llguidance"])
 def test_select_forks_rows_for_beam_search(tok, backend):
-    c = make_constraint(tok, regex=r"(cat|dog)s? [0-9]+", backend=backend)
+    c = make_constraint(tok, regex=r"(cat|dog)s? [0-9]+", backend=backend_of(backend))
     rows = as_row_constraints(c, 2)
     cat, dog = tok.convert_tokens_to_ids("cat"), tok.convert_tokens_to_ids("dog")
     rows.advance(torch.tensor([cat, dog]))
@@ -363,7 +371,7 @@ def test_select_forks_rows_for_beam_search(tok, backend):
 
 def test_ragged_batch_with_one_constraint_per_row(tok):
     date = make_constraint(tok, regex=r"[0-9]{4}")
-    pick = make_constraint(tok, choices=["red", "green"], backend="outlines")
+    pick = make_constraint(tok, choices=["red", "green"], backend=OutlinesCompiler)
     rows = as_row_constraints([date, None, pick], 3)
     width = len(tok) + 64  # logits wider than the tokenizer: the extra ids are never allowed
     logits = torch.randn(3, width)
@@ -384,9 +392,9 @@ def test_ragged_batch_with_one_constraint_per_row(tok):
 
 @pytest.mark.parametrize("backend", ["teaching", "outlines", "llguidance"])
 def test_complete_and_dead_rows(tok, backend):
-    rows = as_row_constraints([make_constraint(tok, regex="a[bc]", backend=backend),
-                               make_constraint(tok, regex="a+", backend=backend),
-                               make_constraint(tok, regex="[0-9]", backend=backend)], 3)
+    rows = as_row_constraints([make_constraint(tok, regex="a[bc]", backend=backend_of(backend)),
+                               make_constraint(tok, regex="a+", backend=backend_of(backend)),
+                               make_constraint(tok, regex="[0-9]", backend=backend_of(backend))], 3)
     a, b, x = (tok.convert_tokens_to_ids(t) for t in ("a", "b", "x"))
     rows.advance(torch.tensor([a, a, x]))  # "x" is not a digit: row 2 is dead
     assert rows.dead().tolist() == [False, False, True]
@@ -410,21 +418,36 @@ def test_complete_and_dead_rows(tok, backend):
 @pytest.mark.parametrize("kwargs, pattern", [
     (dict(regex="(ab"), r"(?s)regex .*\(llguidance: .*unclosed group"),
     (dict(regex="(ab", backend="teaching"), r"regex .*\(teaching: missing '\)'"),
-    (dict(regex="(ab", backend="outlines"), r"regex .*\(outlines: "),
+    (dict(regex="(ab", backend=OutlinesCompiler), r"regex .*\(OutlinesCompiler: "),
     (dict(json_schema={"type": "nonsense"}), r"json_schema .*nonsense"),
-    (dict(json_schema={"type": "nonsense"}, backend="outlines"), r"json_schema .*nonsense"),
+    (dict(json_schema={"type": "nonsense"}, backend=OutlinesCompiler), r"json_schema .*nonsense"),
     (dict(json_schema="{not json"), "json_schema is a string but not valid JSON"),
     (dict(grammar="start: (\n"), r"grammar .*\(llguidance: "),
     (dict(regex="a", json_schema={"type": "string"}), "regex and json_schema"),
     (dict(), "one of regex=, json_schema=, grammar= or choices="),
-    (dict(regex="a", backend="xla"), "backend must be one of"),
+    (dict(regex="a", backend="xla"), "backend must be one of .*'teaching'.* or a compiler class"),
+    (dict(regex="a", backend="outlines"), r"backend must .*infergen\.interop\.outlines\.OutlinesCompiler.*'outlines'"),
+    (dict(regex="a", backend=5), "backend must be one of .*got 5"),
     (dict(json_schema={"type": "string"}, backend="teaching"), "json_schema: backend 'teaching' supports"),
-    (dict(grammar="start: \"a\"", backend="outlines"), "grammar: backend 'outlines' supports"),
+    (dict(grammar="start: \"a\"", backend=OutlinesCompiler), "grammar: backend 'OutlinesCompiler' supports"),
     (dict(choices=[]), "choices must hold at least one string"),
 ])
 def test_bad_input_names_the_parameter(tok, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         make_constraint(tok, **kwargs)
+
+
+def test_compilers_are_cached_per_tokenizer_class_and_eos(tok):
+    """A compiler class is a backend like a name: one compiler per (tokenizer, class, EOS ids)."""
+    from infergen.constraints.teaching import TeachingCompiler
+
+    outlines = get_compiler(tok, OutlinesCompiler)
+    assert isinstance(outlines, OutlinesCompiler) and get_compiler(tok, OutlinesCompiler) is outlines
+    assert get_compiler(tok, "teaching") is get_compiler(tok, TeachingCompiler) is not outlines
+    assert get_compiler(tok, OutlinesCompiler, eos_token_id=[0]) is not outlines
+    assert get_compiler(tok, OutlinesCompiler, eos_token_id=[0]).vocab.eos_token_ids == (0,)
+    c = make_constraint(tok, regex="[0-9]", backend=OutlinesCompiler)
+    assert c.backend == "outlines" and c.start().allowed()[tok.convert_tokens_to_ids("7")]
 
 
 @pytest.mark.parametrize("kwargs", [dict(regex=5), dict(json_schema=5), dict(choices="red"), dict(grammar=["x"]),

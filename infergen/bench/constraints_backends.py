@@ -12,8 +12,10 @@ automaton, and for each workload (regexes, JSON schemas, one context-free gramma
   and the repetitions; "max" is the slowest single step. Bitmasks are unpacked with numpy.
 * advance µs -- consuming one token.
 
-Then, through infergen's own interface (``make_constraint`` + ``RowConstraints``): the mask of one row
-as the decoder sees it and the cost of forking a row (beam search). It also prints each package's
+Then, through infergen's own interface (``make_constraint`` + ``RowConstraints``), for the core's two
+backends (llguidance and the teaching automaton; outlines-core's adapter lives in the interop companion,
+which this one does not import): the mask of one row as the decoder sees it and the cost of forking a row
+(beam search). It also prints each package's
 version, wheel tag and installed dependencies. Timings are wall-clock on whatever machine runs this.
 """
 from __future__ import annotations
@@ -271,14 +273,15 @@ def bench_backend(backend, tok, reps: int) -> dict:
 
 
 def bench_interface(tok, reps: int) -> list[dict]:
-    """The decoder's view: RowConstraints.allowed for one row, and select() forking 4 beams."""
+    """The decoder's view: RowConstraints.allowed for one row, and select() forking 4 beams (the core's
+    backends, by name)."""
     import torch
 
     from infergen.constraints import RowConstraints, make_constraint
     out = []
-    for backend in ("llguidance", "outlines", "teaching"):
+    for backend in ("llguidance", "teaching"):
         for kind, name, src, text in workloads():
-            if (backend == "teaching" and kind != "regex") or (backend == "outlines" and kind == "grammar"):
+            if backend == "teaching" and kind != "regex":
                 continue
             try:
                 c = make_constraint(tok, backend=backend, **{kind: LARK if kind == "grammar" else src})

@@ -9,7 +9,8 @@
   and its semantics: EOS exactly in accepting states, finish reasons ``"constraint"`` and
   ``"no_valid_token"``, forking for beam search, ragged batches.
 * :mod:`.front` -- :func:`make_constraint`, which checks the arguments and picks a backend:
-  llguidance (default), outlines-core, or the teaching automaton.
+  llguidance (default), the teaching automaton, or any :class:`Compiler` class (outlines-core's is
+  ``infergen.interop.outlines.OutlinesCompiler``).
 * :mod:`.schema` -- :class:`SchemaOptions`: unique keys, default bounds, ``oneOf`` coercion, refusals.
 * :mod:`.budget` -- budget closing: finish inside ``max_new_tokens`` whenever a completion fits.
 * :mod:`.teaching` -- regex -> NFA -> DFA -> per-state token masks, from scratch in one file.
@@ -18,10 +19,10 @@
 from .base import (FINISH_CONSTRAINT, FINISH_NO_VALID_TOKEN, Constraint, ConstraintState, RowConstraints,
                    as_row_constraints, is_complete)
 from .schema import DEFAULT_OPTIONS, UNBOUNDED, SchemaOptions
-from .front import BACKENDS, DEFAULT_BACKEND, escape_literal, get_compiler, make_constraint
+from .front import BACKENDS, DEFAULT_BACKEND, Compiler, escape_literal, get_compiler, make_constraint
 from .vocabulary import TokenVocabulary, byte_level_alphabet
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "DEFAULT_OPTIONS", "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN",
-           "UNBOUNDED", "Constraint", "ConstraintState", "RowConstraints", "SchemaOptions", "TokenVocabulary",
-           "as_row_constraints", "byte_level_alphabet", "escape_literal", "get_compiler", "is_complete",
-           "make_constraint"]
+           "UNBOUNDED", "Compiler", "Constraint", "ConstraintState", "RowConstraints", "SchemaOptions",
+           "TokenVocabulary", "as_row_constraints", "byte_level_alphabet", "escape_literal", "get_compiler",
+           "is_complete", "make_constraint"]

@@ -13,22 +13,37 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import Protocol
 
 from .base import Constraint
 from .schema import DEFAULT_OPTIONS, UNBOUNDED, SchemaOptions, bound_schema, explain_refusal
 from .vocabulary import TokenVocabulary
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "escape_literal", "get_compiler", "make_constraint"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Compiler", "escape_literal", "get_compiler", "make_constraint"]
 
 DEFAULT_BACKEND = "llguidance"
-BACKENDS = ("llguidance", "outlines", "teaching")
+BACKENDS = ("llguidance", "teaching")  # by name; any other backend is given as its compiler class
 _REGEX_META = set("\\.^$|?*+()[]{}")
 
-# tokenizer -> {(backend or "vocabulary", repr(eos_token_id)): compiler or TokenVocabulary}; a pure cache
-# (results are the same without it), whose entries go away with their tokenizer
+# tokenizer -> {(compiler class or "vocabulary", repr(eos_token_id)): compiler or TokenVocabulary}; a pure
+# cache (results are the same without it), whose entries go away with their tokenizer
 _compilers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class Compiler(Protocol):
+    """A backend: made once per tokenizer, as ``SomeCompiler(tokenizer, vocab)`` (``vocab`` its
+    :class:`~.vocabulary.TokenVocabulary`, which every backend shares), it compiles patterns.
+
+    :func:`make_constraint` takes the core's backends by name (``"llguidance"``, ``"teaching"``)
+    and any other as its compiler class (``infergen.interop.outlines.OutlinesCompiler``)."""
+
+    kinds: tuple[str, ...]  # the kinds of pattern it compiles, of "regex", "json_schema", "grammar", "choices"
+
+    def compile(self, kind: str, source, pattern) -> Constraint:
+        """``source`` as given (a schema as a dict), ``pattern`` the regex (a str) of a regex or choices
+        (else None); a ``ValueError`` with the library's own message when the pattern is invalid."""
 
 
 def escape_literal(text: str) -> str:
@@ -36,36 +51,37 @@ def escape_literal(text: str) -> str:
     return "".join("\\" + c if c in _REGEX_META else c for c in text)
 
 
-def _new_compiler(tokenizer, backend: str, vocab: TokenVocabulary):
+def _compiler_class(backend):
+    """The compiler class a ``backend=`` names (or is)."""
     if backend == "teaching":
         from .teaching import TeachingCompiler
-        return TeachingCompiler(vocab)
-    package = {"llguidance": "llguidance", "outlines": "outlines-core"}[backend]
-    try:  # a production backend needs its package, an optional dependency (the constraints extra)
-        if backend == "llguidance":
+        return TeachingCompiler
+    if backend == "llguidance":
+        try:  # a production backend needs its package, an optional dependency (the constraints extra)
             from .llguidance_backend import LLGuidanceCompiler
-            return LLGuidanceCompiler(tokenizer, vocab)
-        from .outlines_backend import OutlinesCompiler
-        return OutlinesCompiler(vocab)
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"backend={backend!r} needs the {package} package: "
-                          f"pip install 'infergen[constraints]' (or pip install {package})") from e
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("backend='llguidance' needs the llguidance package: "
+                              "pip install 'infergen[constraints]' (or pip install llguidance)") from e
+        return LLGuidanceCompiler
+    if isinstance(backend, str) or not callable(backend):
+        raise ValueError(f"backend must be one of {BACKENDS} or a compiler class, built from (tokenizer, vocab) "
+                         f"(outlines-core: infergen.interop.outlines.OutlinesCompiler), got {backend!r}")
+    return backend
 
 
-def get_compiler(tokenizer, backend: str = DEFAULT_BACKEND, eos_token_id=None):
-    """The backend's compiler for ``tokenizer`` (built on first use, then reused)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    eos = repr(eos_token_id)
+def get_compiler(tokenizer, backend=DEFAULT_BACKEND, eos_token_id=None) -> Compiler:
+    """The backend's compiler for ``tokenizer`` (built on first use, then reused): ``backend`` is a name
+    of :data:`BACKENDS` or a :class:`Compiler` class (any callable ``(tokenizer, vocab)``)."""
+    factory, eos = _compiler_class(backend), repr(eos_token_id)
     try:
         per_tokenizer = _compilers.setdefault(tokenizer, {})
     except TypeError:  # an object that cannot be weakly referenced: no caching
         per_tokenizer = {}
     if ("vocabulary", eos) not in per_tokenizer:  # shared by the backends
         per_tokenizer[("vocabulary", eos)] = TokenVocabulary.from_tokenizer(tokenizer, eos_token_id)
-    if (backend, eos) not in per_tokenizer:
-        per_tokenizer[(backend, eos)] = _new_compiler(tokenizer, backend, per_tokenizer[("vocabulary", eos)])
-    return per_tokenizer[(backend, eos)]
+    if (factory, eos) not in per_tokenizer:
+        per_tokenizer[(factory, eos)] = factory(tokenizer, per_tokenizer[("vocabulary", eos)])
+    return per_tokenizer[(factory, eos)]
 
 
 def _schema_dict(json_schema):
@@ -88,7 +104,7 @@ def _schema_dict(json_schema):
 
 
 def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, grammar: str | None = None,
-                    choices=None, backend: str = DEFAULT_BACKEND, eos_token_id=None,
+                    choices=None, backend: str | Callable[..., Compiler] = DEFAULT_BACKEND, eos_token_id=None,
                     json_options: SchemaOptions = DEFAULT_OPTIONS) -> Constraint:
     """Compile one pattern for ``tokenizer`` into a :class:`~infergen.constraints.base.Constraint`.
 
@@ -102,9 +118,10 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
       ``start: expr\\nexpr: NUMBER | expr "+" expr\\n%import common.NUMBER``;
     * ``choices``: a list of strings; the output is exactly one of them.
 
-    ``backend``: ``"llguidance"`` (default; all four kinds), ``"outlines"`` (regex, json_schema,
-    choices) or ``"teaching"`` (regex and choices, the from-scratch automaton of
-    :mod:`infergen.constraints.teaching`). ``eos_token_id`` (int or list) defaults to the tokenizer's.
+    ``backend``: ``"llguidance"`` (default; all four kinds), ``"teaching"`` (regex and choices, the
+    from-scratch automaton of :mod:`infergen.constraints.teaching`), or a :class:`Compiler` class
+    for any other library, e.g. ``infergen.interop.outlines.OutlinesCompiler`` (outlines-core: regex,
+    json_schema, choices). ``eos_token_id`` (int or list) defaults to the tokenizer's.
     ``json_options`` (:class:`~infergen.constraints.schema.SchemaOptions`): how a JSON schema is bounded
     before compiling -- unique keys and default bounds on open-ended values (``UNBOUNDED``: none), and
     the opt-in ``oneOf`` coercion; a schema the bounds make uncompilable is compiled as given.
@@ -136,8 +153,9 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
     if not isinstance(json_options, SchemaOptions):
         raise TypeError(f"json_options must be a SchemaOptions, got {type(json_options).__name__}")
     compiler = get_compiler(tokenizer, backend, eos_token_id)  # it checks ``backend``
+    name = backend if isinstance(backend, str) else getattr(backend, "__name__", repr(backend))
     if kind not in compiler.kinds:
-        raise ValueError(f"{kind}: backend {backend!r} supports {', '.join(compiler.kinds)}; use "
+        raise ValueError(f"{kind}: backend {name!r} supports {', '.join(compiler.kinds)}; use "
                          f"backend='llguidance' for {kind}")
     tries = [source]
     if kind == "json_schema":  # bounded first; as given (but for oneOf coercion) when that fails
@@ -152,4 +170,4 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
     shown = shown[:200] + "..." if len(shown) > 200 else shown
     where = explain_refusal(source, str(error)) if kind == "json_schema" else None
     lead = f"invalid {kind} -- {where} " if where else f"invalid {kind} "
-    raise ValueError(f"{lead}{shown} ({backend}: {error})") from None
+    raise ValueError(f"{lead}{shown} ({name}: {error})") from None

@@ -30,7 +30,7 @@ __all__ = ["LLGuidanceCompiler", "LLGuidanceConstraint"]
 class LLGuidanceCompiler:
     """Turns patterns into llguidance grammars for one tokenizer (its token trie is built once, here)."""
 
-    kinds = ("regex", "json_schema", "grammar", "choices")
+    kinds: tuple[str, ...] = ("regex", "json_schema", "grammar", "choices")
 
     def __init__(self, tokenizer, vocab: TokenVocabulary):
         self.vocab = vocab

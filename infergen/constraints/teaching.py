@@ -256,11 +256,11 @@ class TeachingConstraint(BackendConstraint):
 
 
 class TeachingCompiler:
-    """Compiles regexes (and choice lists) for one tokenizer."""
+    """Compiles regexes (and choice lists) for one tokenizer (it needs only its ``vocab``)."""
 
-    kinds = ("regex", "choices")
+    kinds: tuple[str, ...] = ("regex", "choices")
 
-    def __init__(self, vocab: TokenVocabulary):
+    def __init__(self, tokenizer, vocab: TokenVocabulary):
         self.vocab = vocab
 
     def compile(self, kind: str, source, pattern: str) -> TeachingConstraint:

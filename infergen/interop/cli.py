@@ -23,6 +23,7 @@ import infergen
 
 from .._validation import check_number
 from .gguf import prepare_bundled
+from .outlines import OutlinesCompiler
 from ..params import SETTINGS, SamplingParams
 from ..registry import get_decoder
 from ..text import CONSTRAINED_STRATEGIES, UNCONSTRAINED_STRATEGIES
@@ -76,7 +77,8 @@ def _add_generate(sub):
     c.add_argument("--grammar", default=None,
                    help="a Lark-style grammar (llguidance): the grammar text or a path to a file holding it")
     c.add_argument("--constraint-backend", default=None, choices=("llguidance", "outlines", "teaching"),
-                   help="the constraint engine (default llguidance)")
+                   help="the constraint engine (default llguidance; outlines: outlines-core, "
+                        "infergen.interop.outlines)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--stream", action="store_true",
                    help="print tokens as they are generated (one prompt; not with --json)")
@@ -147,7 +149,8 @@ def constraint_arguments(args) -> dict:
     if args.constraint_backend is not None:
         if not given:
             raise ValueError("--constraint-backend needs one of --regex, --json-schema, --grammar, --choices")
-        given["constraint_backend"] = args.constraint_backend
+        given["constraint_backend"] = {"outlines": OutlinesCompiler}.get(args.constraint_backend,
+                                                                         args.constraint_backend)
     return given
 
 

@@ -1,4 +1,9 @@
-"""An optional production backend: outlines-core (regex and JSON schema; no grammars).
+"""outlines-core behind the core's compiler protocol: ``make_constraint(..., backend=OutlinesCompiler)``.
+
+An adapter to an optional second library (``pip install "infergen[constraints]"``, or
+``pip install outlines-core``; imported when a compiler is made, never by the core): regex, JSON schema
+and choices, no grammars. The core's own backends are llguidance (the default) and the teaching
+automaton; tests/test_constraints.py checks that the three give the same masks.
 
 outlines-core does, in Rust and ahead of time, what :mod:`~infergen.constraints.teaching` does in
 Python: regex -> DFA -> for every DFA state, the tokens that keep it alive (its ``Index``). A JSON
@@ -17,14 +22,14 @@ lookahead would otherwise make the index refuse any pattern that matches the emp
 """
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
-import outlines_core
 import torch
 
-from .base import BackendConstraint
-from .vocabulary import TokenVocabulary
+from ..constraints.base import BackendConstraint
+from ..constraints.vocabulary import TokenVocabulary
 
 __all__ = ["OutlinesCompiler", "OutlinesConstraint", "anchored"]
 
@@ -41,24 +46,29 @@ def anchored(regex: str) -> str:
 class OutlinesCompiler:
     """Builds outlines-core ``Index`` objects for one tokenizer (its ``Vocabulary`` is made once, here)."""
 
-    kinds = ("regex", "json_schema", "choices")
+    kinds: tuple[str, ...] = ("regex", "json_schema", "choices")
 
-    def __init__(self, vocab: TokenVocabulary):
+    def __init__(self, tokenizer, vocab: TokenVocabulary):
+        try:  # an optional dependency (the constraints extra)
+            self.oc = importlib.import_module("outlines_core")
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("OutlinesCompiler needs the outlines-core package: pip install "
+                              "'infergen[constraints]' (or pip install outlines-core)") from e
         self.vocab = vocab
         by_bytes: dict[bytes, list[int]] = {START_BYTE: [vocab.size]}  # the extra id that reads START_BYTE
         for i, b in enumerate(vocab.token_bytes):
             if b is not None:
                 by_bytes.setdefault(b, []).append(i)
-        self.vocabulary = outlines_core.Vocabulary(vocab.eos_token_ids[0], by_bytes)
+        self.vocabulary = self.oc.Vocabulary(vocab.eos_token_ids[0], by_bytes)
 
     def compile(self, kind: str, source, pattern: str | None) -> "OutlinesConstraint":
         """``ValueError`` with outlines-core's own message when the pattern is invalid. A JSON schema
         becomes outlines' own regex first, whose fullmatches are the texts valid under it."""
         try:
             if kind == "json_schema":
-                pattern = outlines_core.json_schema.build_regex_from_schema(json.dumps(source))
+                pattern = self.oc.json_schema.build_regex_from_schema(json.dumps(source))
             assert pattern is not None, "a regex or choices constraint comes with its pattern"
-            index = outlines_core.Index(anchored(pattern), self.vocabulary)
+            index = self.oc.Index(anchored(pattern), self.vocabulary)
         except (ValueError, RuntimeError) as e:
             raise ValueError(str(e).strip()) from None
         return OutlinesConstraint(kind, source, pattern, index, self.vocab)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..models.loading import CONVERSION_FORMAT, cache_dir, find_gguf, is_converted, not_installed_message
+from ..models.loading import CONVERSION_FORMAT, cache_dir, find_gguf, is_converted, not_converted_message
 
 def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
     """Dequantize the bundled GGUF once into ``cache_dir()/name``; return that directory.
@@ -42,7 +42,7 @@ def prepare_bundled(name: str = "smollm2-135m", progress: bool = True) -> Path:
         return target
     gguf = find_gguf(name)
     if gguf is None:
-        raise FileNotFoundError(not_installed_message(name))
+        raise FileNotFoundError(not_converted_message(name))
     from gguf import GGUFReader
     from safetensors.torch import save_file
 

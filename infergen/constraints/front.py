@@ -39,7 +39,7 @@ class Compiler(Protocol):
     :func:`make_constraint` takes the core's backends by name (``"llguidance"``, ``"teaching"``)
     and any other as its compiler class (``infergen.interop.outlines.OutlinesCompiler``)."""
 
-    kinds: tuple[str, ...]  # the kinds of pattern it compiles, of "regex", "json_schema", "grammar", "choices"
+    kinds: tuple[str, ...]  # the kinds of pattern it compiles: "regex", "json_schema", "grammar", "choices"
 
     def compile(self, kind: str, source, pattern) -> Constraint:
         """``source`` as given (a schema as a dict), ``pattern`` the regex (a str) of a regex or choices
@@ -64,7 +64,7 @@ def _compiler_class(backend):
                               "pip install 'infergen[constraints]' (or pip install llguidance)") from e
         return LLGuidanceCompiler
     if isinstance(backend, str) or not callable(backend):
-        raise ValueError(f"backend must be one of {BACKENDS} or a compiler class, built from (tokenizer, vocab) "
+        raise ValueError(f"backend must be one of {BACKENDS} or a compiler class, cls(tokenizer, vocab) "
                          f"(outlines-core: infergen.interop.outlines.OutlinesCompiler), got {backend!r}")
     return backend
 

@@ -40,15 +40,14 @@ class LLGuidanceCompiler:
 
     def grammar(self, kind: str, source, pattern: str | None) -> str:
         """The llguidance grammar text (not yet checked) for a regex, a schema dict or Lark text."""
-        M = llguidance.LLMatcher
         if kind in ("regex", "choices"):
             assert pattern is not None, "a regex or choices constraint comes with its pattern"
-            return M.grammar_from_regex(pattern)
+            return llguidance.LLMatcher.grammar_from_regex(pattern)
         if kind == "json_schema":  # JSON the way json.dumps writes it ({"a": 1, "b": [1, 2]}): one layout,
             # so a small model cannot wander into endless whitespace (a schema's "x-guidance" overrides it)
-            return M.grammar_from_json_schema(source, defaults={
+            return llguidance.LLMatcher.grammar_from_json_schema(source, defaults={
                 "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
-        return M.grammar_from_lark(source)
+        return llguidance.LLMatcher.grammar_from_lark(source)
 
     def compile(self, kind: str, source, pattern: str | None, forcing: bool = True) -> "LLGuidanceConstraint":
         """``ValueError`` with llguidance's own message when the pattern is invalid.

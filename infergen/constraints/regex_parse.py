@@ -22,10 +22,9 @@ __all__ = ["parse"]
 MAX_REPEAT = 1000
 
 # ---------------------------------------------------------------------------------------------------
-# 1. Parsing. The tree has five kinds of node:
+# 1. Parsing. The tree has four kinds of node:
 #    ("chars", ascii, multibyte)  one character: a byte in the frozenset ``ascii``, or (if ``multibyte``)
-#                                 any non-ASCII character
-#    ("bytes", b"...")            one non-ASCII literal character, as its UTF-8 bytes
+#                                 any non-ASCII character; also one byte of a non-ASCII literal
 #    ("cat", [nodes])             the nodes one after the other ("" when empty)
 #    ("alt", [nodes])             one of the nodes
 #    ("rep", node, lo, hi)        node repeated lo..hi times (hi None: no upper bound)
@@ -42,8 +41,10 @@ _COUNTS = re.compile(r"([0-9]*)(,?)([0-9]*)")  # after '{': m  m,  ,n  m,n (ASCI
 
 
 def _literal(c: str):
-    """The node of one literal character: an ASCII byte, or a non-ASCII character's UTF-8 bytes."""
-    return ("chars", frozenset([ord(c)]), False) if c.isascii() else ("bytes", c.encode("utf-8"))
+    """The node of one literal character: an ASCII byte, or a non-ASCII character's UTF-8 bytes one
+    after the other (``é`` is C3 then A9)."""
+    return (("chars", frozenset([ord(c)]), False) if c.isascii()
+            else ("cat", [("chars", frozenset([b]), False) for b in c.encode("utf-8")]))
 
 
 class _Parser:
@@ -60,11 +61,10 @@ class _Parser:
 
     def accept(self, chars: str) -> str:
         """Take the next character if it is one of ``chars`` and return it; "" (taking nothing) if not."""
-        c = self.peek()
-        if not c or c not in chars:
-            return ""
-        self.pos += 1
-        return c
+        if (c := self.peek()) and c in chars:
+            self.pos += 1
+            return c
+        return ""
 
     def take(self) -> str:
         if not self.peek():
@@ -170,9 +170,8 @@ class _Parser:
 
 
 def parse(pattern: str):
-    """The syntax tree of ``pattern`` (see the node kinds above); ``ValueError`` outside the subset."""
-    if not isinstance(pattern, str):
-        raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+    """The syntax tree of ``pattern`` (see the node kinds above); ``ValueError`` outside the subset.
+    (``make_constraint`` has checked that it is a str.)"""
     parser = _Parser(pattern)
     node = parser.alternation()
     if parser.peek():  # only a ')' can stop the alternation early

@@ -94,8 +94,6 @@ class NFA:
                 for q, byteset, r in zip(states, sequence, states[1:]):
                     self.moves[q].append((byteset, r))
             return s, e
-        if kind == "bytes":  # a non-ASCII literal: its UTF-8 bytes one after the other
-            return self.fragment(("cat", [("chars", frozenset([b]), False) for b in node[1]]))
         if kind == "cat":
             s = e = self.new_state()
             for child in node[1]:
@@ -249,10 +247,9 @@ class TeachingConstraint(BackendConstraint):
         return self.dfa.accepting[state]
 
     def step(self, state: int, token_id: int) -> int | None:
-        """Walk the token's bytes through the DFA; None where it falls into ``DEAD``."""
-        data = self.vocab.token_bytes[token_id]
-        state = DEAD if data is None else self.dfa.walk(state, data)
-        return None if state == DEAD else state
+        """Walk the token's bytes through the DFA; None for a token the mask refuses (its walk falls into
+        ``DEAD``, or it is no text)."""
+        return self.dfa.walk(state, self.vocab.token_bytes[token_id]) if self.masks[state, token_id] else None
 
 
 class TeachingCompiler:

@@ -190,10 +190,7 @@ class RowConstraints:
     """
 
     def __init__(self, states: Sequence[ConstraintState | None], budget=None):
-        self.states, n = list(states), len(states)
-        for i, s in enumerate(self.states):
-            if s is not None and not isinstance(s, ConstraintState):
-                raise TypeError(f"states[{i}] must be a ConstraintState or None, got {type(s).__name__}")
+        self.states, n = list(states), len(states)  # as_row_constraints has checked what they come from
         self._allowed: list[np.ndarray | None] = [None] * n
         budget = list(budget) if isinstance(budget, (list, tuple)) else [budget] * n
         if len(budget) != n or any(b is not None and (not isinstance(b, int) or b < 0) for b in budget):

@@ -51,28 +51,21 @@ def escape_literal(text: str) -> str:
     return "".join("\\" + c if c in _REGEX_META else c for c in text)
 
 
-def _compiler_class(backend):
-    """The compiler class a ``backend=`` names (or is)."""
-    if backend == "teaching":
-        from .teaching import TeachingCompiler
-        return TeachingCompiler
-    if backend == "llguidance":
-        try:  # a production backend needs its package, an optional dependency (the constraints extra)
-            from .llguidance_backend import LLGuidanceCompiler
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("backend='llguidance' needs the llguidance package: "
-                              "pip install 'infergen[constraints]' (or pip install llguidance)") from e
-        return LLGuidanceCompiler
-    if isinstance(backend, str) or not callable(backend):
-        raise ValueError(f"backend must be one of {BACKENDS} or a compiler class, cls(tokenizer, vocab) "
-                         f"(outlines-core: infergen.interop.outlines.OutlinesCompiler), got {backend!r}")
-    return backend
-
-
 def get_compiler(tokenizer, backend=DEFAULT_BACKEND, eos_token_id=None) -> Compiler:
     """The backend's compiler for ``tokenizer`` (built on first use, then reused): ``backend`` is a name
     of :data:`BACKENDS` or a :class:`Compiler` class (any callable ``(tokenizer, vocab)``)."""
-    factory, eos = _compiler_class(backend), repr(eos_token_id)
+    factory, eos = backend, repr(eos_token_id)
+    if backend == "teaching":
+        from .teaching import TeachingCompiler as factory
+    elif backend == "llguidance":
+        try:  # a production backend needs its package, an optional dependency (the constraints extra)
+            from .llguidance_backend import LLGuidanceCompiler as factory
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("backend='llguidance' needs the llguidance package: "
+                              "pip install 'infergen[constraints]' (or pip install llguidance)") from e
+    elif isinstance(backend, str) or not callable(backend):
+        raise ValueError(f"backend must be one of {BACKENDS} or a compiler class, cls(tokenizer, vocab) "
+                         f"(outlines-core: infergen.interop.outlines.OutlinesCompiler), got {backend!r}")
     try:
         per_tokenizer = _compilers.setdefault(tokenizer, {})
     except TypeError:  # an object that cannot be weakly referenced: no caching
@@ -128,11 +121,9 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
     """
     given = {k: v for k, v in (("regex", regex), ("json_schema", json_schema), ("grammar", grammar),
                                ("choices", choices)) if v is not None}
-    if not given:
-        raise ValueError("make_constraint needs one of regex=, json_schema=, grammar= or choices=")
-    if len(given) > 1:
-        raise ValueError(f"give only one of regex, json_schema, grammar, choices; got {' and '.join(given)} "
-                         "(a JSON schema already fixes the text: a regex cannot be added to it)")
+    if len(given) != 1:  # (a JSON schema already fixes the text: a regex cannot be added to it)
+        raise ValueError("make_constraint needs exactly one of regex=, json_schema=, grammar= or choices=, got "
+                         f"{' and '.join(given) or 'none'}")
     (kind, source), = given.items()
     pattern = source if kind == "regex" else None  # the regex a regex backend compiles (choices: built below)
     if kind in ("regex", "grammar") and not isinstance(source, str):

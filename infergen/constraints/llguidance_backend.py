@@ -65,10 +65,8 @@ class LLGuidanceCompiler:
                     raise ValueError(f"forcing=False needs a regex, choices or a grammar, not {kind}")
                 g["lark_grammar"] = '%llguidance {"no_forcing": true}\n' + g["lark_grammar"]
             grammar = json.dumps(spec)
-        if error := llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer):
-            raise ValueError(error.strip())
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
-        if matcher.is_error():
+        if matcher.is_error():  # the grammar is invalid
             raise ValueError(matcher.get_error().strip())
         return LLGuidanceConstraint(kind, source, matcher, self.vocab, self.closing_rank)
 

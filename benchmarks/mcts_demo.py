@@ -8,7 +8,7 @@ prompt, the ``top_k`` most likely first tokens are each continued greedily to ``
 (``find_task``). The keyword is a word (5+ letters, not in the prompt) that occurs
 in exactly one of those ``top_k`` branches, chosen from the *least likely* branch whose first token is
 ranked 3 or lower with probability below 0.1; the reward of a continuation is 1 if it contains the
-keyword (a case-insensitive substring test, as :func:`~infergen.decoding.mcts.keyword_reward`), else 0.
+keyword (a case-insensitive substring test, as :func:`~infergen.bench.lookahead.keyword_reward`), else 0.
 The task is built so that look-ahead pays: the good first token is one greedy and beam search do not
 pick, independent samples rarely take it, and a greedy rollout from it reaches the reward by construction.
 It shows the mechanism; it is no benchmark of MCTS against anything on a task chosen without it.
@@ -43,8 +43,8 @@ import torch
 
 import infergen
 from infergen.decoding import test_time
-from infergen.bench.lookahead import PROMPTS, find_task, has
-from infergen.decoding.mcts import keyword_reward, likelihood_value, mix
+from infergen.bench.lookahead import PROMPTS, find_task, has, keyword_reward
+from infergen.decoding.mcts import likelihood_value, mix
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "mcts" / "results.json"

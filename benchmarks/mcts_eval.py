@@ -26,7 +26,8 @@ import torch
 from infergen.bench import mcts_nocache as nocache
 
 import infergen
-from infergen.decoding.mcts import keyword_reward, likelihood_value, mix  # registers "mcts"
+from infergen.bench.lookahead import keyword_reward
+from infergen.decoding.mcts import likelihood_value, mix  # registers "mcts"
 
 PROMPTS = [  # (prompt, keyword to steer towards: plausible, but not what the model says by itself)
     ("The future of AI is", "bright"),

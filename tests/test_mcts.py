@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import infergen
-from infergen.decoding.mcts import (Node, RowSearch, SearchConfig, ValueContext, keyword_reward,
-                                    length_reward, likelihood_value, mcts_decode, mix, puct_scores,
-                                    select_child, snapshot)
+from infergen.bench.lookahead import keyword_reward
+from infergen.decoding.mcts import (Node, RowSearch, SearchConfig, ValueContext, length_reward, likelihood_value,
+                                    mcts_decode, mix, puct_scores, select_child, snapshot)
 from infergen.params import SamplingParams
 from infergen.decoding.sampling import generate_autoregressive
 from infergen.models.hf import as_model

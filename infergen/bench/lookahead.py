@@ -4,7 +4,8 @@
 to ``horizon`` tokens and picks as the keyword a word (5+ letters, no stop word, not in the prompt) that
 occurs in exactly one branch: the least likely branch whose first token ranks 3rd or lower with a
 probability below 0.1 (the longest such word). The reward of a continuation is :func:`has`: 1 if it
-contains the keyword. By construction the good first token is one that greedy search does not take and
+contains the keyword; the search steers towards it with the same test as a value function,
+:func:`keyword_reward` (token ids or strings, usually mixed with the likelihood). By construction the good first token is one that greedy search does not take and
 that samples rarely take, while a greedy rollout from it reaches the reward: the case look-ahead is for.
 The rule is fixed before any decoder runs; no keyword is picked by looking at a method's result.
 
@@ -15,11 +16,13 @@ model tokens as each MCTS run (:func:`best_of_n_at`).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
 from infergen import greedy_search
 from infergen.bench.stats import wilson_interval
+from infergen.decoding.mcts import ValueContext, ValueFn
 
 #: The prompts the committed run tries, in order (the first ``--prompts`` of them).
 PROMPTS = [
@@ -54,8 +57,47 @@ def words(text: str) -> list[str]:
 
 
 def has(text: str, keyword: str) -> bool:
-    """The reward: ``keyword`` occurs in ``text`` (case-insensitive substring, as ``keyword_reward``)."""
+    """The reward: ``keyword`` occurs in ``text`` (case-insensitive substring, as :func:`keyword_reward`)."""
     return keyword.lower() in text.lower()
+
+
+def keyword_reward(*keywords, tokenizer: Any = None, case_sensitive: bool = False) -> ValueFn:
+    """The keyword task's reward as an MCTS value function: the fraction of ``keywords`` that occur in the
+    continuation, in ``[0, 1]`` (:func:`has` is the same test on a finished text).
+
+    Each keyword is a token id (an ``int``: matched among the continuation's token ids, no tokenizer
+    needed) or a string (matched as a substring of the decoded continuation; needs a ``tokenizer``,
+    given here or to ``mcts_decode``). Keywords may be given one by one or in lists::
+
+        keyword_reward("Paris", " museum", tokenizer=tok)     # strings
+        keyword_reward([tok.encode(" Paris")[0]])              # a token id
+        mix(likelihood_value, keyword_reward("Paris", tokenizer=tok), 0.5)   # stay fluent
+
+    Pitfalls: the match is a substring test (``"cat"`` matches ``"category"``; add spaces to match
+    words), and the reward is sparse (0 until a keyword appears), so the search only finds keywords
+    within reach of its ``top_k`` / depth; mixing with the likelihood keeps the text fluent meanwhile.
+    """
+    flat = [k for item in keywords for k in (item if isinstance(item, (list, tuple, set)) else [item])]
+    if not flat:
+        raise ValueError("keyword_reward needs at least one keyword (a string or a token id)")
+    for k in flat:
+        if not (isinstance(k, str) and k) and not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
+            raise TypeError(f"keyword_reward: keywords must be non-empty strings or token ids (int >= 0), got {k!r}")
+    ids = [k for k in flat if isinstance(k, int)]
+    words = [k if case_sensitive else k.lower() for k in flat if isinstance(k, str)]
+
+    def reward(ctx: ValueContext) -> float:
+        present = set(ctx.new_ids.tolist())
+        found = sum(t in present for t in ids)
+        if words:
+            text = ctx.text if tokenizer is None else tokenizer.decode(ctx.new_ids.tolist(), skip_special_tokens=True)
+            if text is None:
+                raise ValueError("keyword_reward with string keywords needs a tokenizer: pass tokenizer= to "
+                                 "keyword_reward or to mcts_decode (or give token ids instead)")
+            found += sum(w in (text if case_sensitive else text.lower()) for w in words)
+        return found / len(flat)
+
+    return reward
 
 
 def branches(model, tok, prompt: str, top_k: int = 5, horizon: int = 12) -> tuple[list[str], list[float], list[str]]:

@@ -84,8 +84,6 @@ def apply_hamming_diversity(scores: torch.Tensor, previous_tokens: torch.Tensor,
     earlier beams costs twice as much. The counting is one ``scatter_add`` per call, no loop over rows.
     """
     check_number("diversity_penalty", diversity_penalty, low=0, high=math.inf, high_open=True)
-    if previous_tokens.shape[-1] == 0 or diversity_penalty == 0:
-        return scores.clone()
     previous = previous_tokens.to(scores.device)
     ones = scores.new_ones(previous.shape)
     counts = scores.new_zeros(previous.shape[0], scores.shape[-1]).scatter_add_(1, previous, ones)  # [R, V]
@@ -124,12 +122,11 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
     reason ``"constraint"``, no EOS token added), and keeps the survivors' states in the beams' new order.
     """
     num_beams = groups * size
+    check_stop(sampler.params, stopping)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-    model = setup.model
-    B, T = setup.input_ids.shape
+    model, (B, T), dev = setup.model, setup.input_ids.shape, setup.input_ids.device
     vocab = model.config.vocab_size
-    dev = setup.input_ids.device
     # budget closing per beam, unless the caller's RowConstraints brings its own budget (or None: off)
     rows = as_row_constraints(constraint, B, None if isinstance(constraint, RowConstraints) else max_new_tokens)
     if rows is not None:  # every beam gets its own state, forked from its input row's
@@ -142,13 +139,10 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
                          f"{beams.n_cand} distinct candidates per group")
 
     # Hamming diversity joins the pipeline where transformers 4.x had it: after the bias, before penalties.
-    if groups > 1 and diversity_penalty > 0:
-        names = [n for n, _ in sampler.pipeline.steps if n != "logit_bias"]
-
-        def diversity_step(z, ctx):  # `seen`: the tokens the earlier groups chose at this step
-            return apply_hamming_diversity(z, torch.cat(seen, 1), diversity_penalty, beams_per_row=size)
-
-        sampler.pipeline.add("diversity", diversity_step, before=names[0] if names else None)
+    if groups > 1 and diversity_penalty > 0:  # `seen`: the tokens the earlier groups chose at this step
+        first = next((n for n, _ in sampler.pipeline.steps if n != "logit_bias"), None)
+        sampler.pipeline.add("diversity", lambda z, ctx: apply_hamming_diversity(
+            z, torch.cat(seen, 1), diversity_penalty, beams_per_row=size), before=first)
     prompt_ids = setup.prompt_ids_for_penalties.repeat_interleave(size, 0)  # [B * size, T]
 
     steps = 0
@@ -162,11 +156,9 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
             logp_all = log_probs(logits).view(B, groups, size, vocab)
             if torch.isnan(logp_all).any():
                 raise ValueError("the model produced NaN logits: nothing sensible can be chosen")
-            scored = logp_all  # what the beams score: renormalised over the allowed tokens under a constraint
             rows = beams.constraint  # every beam's constraint state (None without a constraint)
-            if rows is not None:
-                scored = log_probs(rows.mask(logits))
-                scored = scored.masked_fill(rows.dead(dev)[:, None], float("-inf")).view(B, groups, size, vocab)
+            scored = logp_all if rows is None else log_probs(rows.mask(logits)).masked_fill(  # what the beams score:
+                rows.dead(dev)[:, None], float("-inf")).view(B, groups, size, vocab)  # renormalised over allowed tokens
             parents: list[torch.Tensor] = []
             chosen: list[torch.Tensor] = []
             seen = [torch.empty(B, 0, dtype=torch.long, device=dev)]  # what later groups' Hamming penalty counts
@@ -253,7 +245,6 @@ def beam_search(model, input_ids, max_new_tokens=100, num_beams=4, length_penalt
     if not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
     params = SamplingParams.resolve(params, **settings)
-    check_stop(params, stopping)
     do_sample = do_sample and not is_greedy(params.temperature)  # beam sampling at temperature 0 is beam search
     if not do_sample:
         params.require_deterministic("beam_search without do_sample", "only beam_search(do_sample=True) samples")
@@ -303,12 +294,10 @@ def diverse_beam_search(model, input_ids, max_new_tokens=100, num_beams=4, num_b
         raise ValueError("diverse_beam_search is deterministic: do_sample=True is not supported "
                          "(use beam_search(do_sample=True) for beam sampling)")
     params = SamplingParams.resolve(params, **settings)
-    check_stop(params, stopping)
     params.require_deterministic("diverse_beam_search", "only beam_search(do_sample=True) samples")
     sampler = Sampler(params, LogitsPipeline.from_params(params, sampling=False))
-    return _search(model, input_ids, max_new_tokens, sampler, groups=num_beam_groups,
-                   size=num_beams // num_beam_groups, rule="v4", strategy="diverse_beam",
-                   length_penalty=length_penalty, early_stopping=early_stopping,
+    return _search(model, input_ids, max_new_tokens, sampler, groups=num_beam_groups, size=num_beams // num_beam_groups,
+                   rule="v4", strategy="diverse_beam", length_penalty=length_penalty, early_stopping=early_stopping,
                    num_return_sequences=num_return_sequences, diversity_penalty=diversity_penalty,
                    attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                    streamer=streamer, stopping=stopping, return_dict=return_dict, constraint=constraint)

@@ -99,13 +99,16 @@ class Beams:
         if not self.do_sample:
             return total.topk(self.n_cand, -1)
         probs = torch.softmax(total, -1)
-        support = int((probs > 0).sum(-1).min())
-        if support < self.n_cand and self.constraint is None:
-            raise ValueError(f"beam sampling draws {self.n_cand} distinct candidates per row (2 * num_beams) "
-                             f"but the filters leave only {support}: raise top_k / top_p or lower num_beams")
-        # (under a constraint, fewer allowed tokens than candidates: draw them all, pad with -inf ones)
-        idx = (draw_padded(probs, total, self.n_cand, self.generator) if support < self.n_cand
-               else torch.multinomial(probs, self.n_cand, generator=self.generator))
+        support = (probs > 0).sum(-1, keepdim=True)
+        if self.constraint is None and int(support.min()) < self.n_cand:
+            raise ValueError(f"beam sampling draws {self.n_cand} distinct candidates per row (2 * num_beams) but the "
+                             f"filters leave only {int(support.min())}: raise top_k / top_p or lower num_beams")
+        # under a constraint, a row with fewer allowed tokens than candidates takes them all, then -inf ones
+        # (which the caller drops); the draws of such a row (from a uniform stand-in) are not used
+        few = support < self.n_cand
+        everything = torch.where(probs > 0, 2.0, (total == float("-inf")).float()).topk(self.n_cand, -1).indices
+        drawn = torch.multinomial(torch.where(few, 1.0, probs), self.n_cand, generator=self.generator)
+        idx = torch.where(few, everything, drawn)
         cand, order = total.gather(-1, idx).sort(-1, descending=True)
         return cand, idx.gather(-1, order)
 
@@ -193,14 +196,3 @@ class Beams:
         return (*(along_beams(t.flatten(1, 2), order).flatten(0, 1) for t in tables),
                 group.gather(1, order).reshape(-1))
 
-
-def draw_padded(probs: torch.Tensor, total: torch.Tensor, n: int, generator) -> torch.Tensor:
-    """``n`` candidate indices per row: as many distinct draws from ``probs`` as it has support, then the
-    best of the rest (probability 0, so ``-inf`` scores that the caller drops)."""
-    out = []
-    for r in range(probs.shape[0]):
-        k = min(n, int((probs[r] > 0).sum()))
-        drawn = torch.multinomial(probs[r], k, generator=generator) if k else probs.new_zeros(0, dtype=torch.long)
-        rest = total[r].index_fill(0, drawn, float("inf")).topk(n, largest=False).indices[:n - k] if k < n else drawn[:0]
-        out.append(torch.cat([drawn, rest]))
-    return torch.stack(out)

@@ -74,10 +74,9 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=DEFA
 
     Cost per step: one forward of ``B * top_k`` single tokens, plus a ``[k, D] x [D, L]`` product per row.
     """
-    if penalty_alpha is not None:  # transformers' name for the same setting
-        if alpha != DEFAULT_ALPHA:
-            raise ValueError(f"give alpha or penalty_alpha, not both (alpha={alpha}, penalty_alpha={penalty_alpha})")
-        alpha = penalty_alpha
+    if penalty_alpha is not None and alpha != DEFAULT_ALPHA:  # transformers' name for the same setting
+        raise ValueError(f"give alpha or penalty_alpha, not both (alpha={alpha}, penalty_alpha={penalty_alpha})")
+    alpha = alpha if penalty_alpha is None else penalty_alpha
     check_number("alpha", alpha, low=0, high=1)
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id, who="contrastive_search")

@@ -73,14 +73,18 @@ class LayerSkipDraft(LlamaModel):
     is copied, and changing the target changes the draft. It speaks the same protocol as any model
     (``forward``, ``new_cache`` with ``n_layers`` layers, ``device``...). Without fine-tuning for early
     exit, its guesses are mediocre in the middle of the network and good near the top; the acceptance
-    rate measures exactly that.
+    rate measures exactly that. ``n_layers`` None: ``n - n // 10`` of the model's ``n`` layers (e.g. 27
+    of 30), capped at ``n - 1``.
     """
 
-    def __init__(self, model: LlamaModel, n_layers: int):
+    def __init__(self, model: LlamaModel, n_layers: int | None = None):
         nn.Module.__init__(self)
         if not isinstance(model, LlamaModel):
-            raise TypeError(f"LayerSkipDraft needs infergen's native LlamaModel, got {type(model).__name__}")
+            raise ValueError("a self-speculative draft (draft_layers) needs infergen's native LlamaModel; for "
+                             f"a {type(model).__name__} pass draft_model (a smaller model, same vocabulary)")
         total = model.config.num_hidden_layers
+        if n_layers is None:  # early exit guesses well only near the top (see the module docstring)
+            n_layers = min(total - 1, max(1, total - total // 10))
         check_number("draft_layers", n_layers, low=1, high=total - 1, integer=True)
         # Take over the target's whole state (submodules, buffers, rotary tables...) by reference, with
         # fresh containers so that what follows does not touch the target; then keep fewer blocks.
@@ -129,13 +133,7 @@ def resolve_draft(target, draft_model=None, draft_layers=None):
             raise ValueError(f"draft_model must share the target's vocabulary: vocab_size "
                              f"{draft.config.vocab_size} != {target.config.vocab_size}")
         return draft
-    if not isinstance(target, LlamaModel):
-        raise ValueError("a self-speculative draft (draft_layers) needs infergen's native LlamaModel; for "
-                         f"a {type(target).__name__} pass draft_model (a smaller model, same vocabulary)")
-    total = target.config.num_hidden_layers
-    if draft_layers is None:  # early exit guesses well only near the top (see the module docstring)
-        draft_layers = min(total - 1, max(1, total - total // 10))
-    return LayerSkipDraft(target, draft_layers)  # which checks draft_layers
+    return LayerSkipDraft(target, draft_layers)  # which checks the target and draft_layers
 
 
 class Speculator:

@@ -66,8 +66,7 @@ stopping criteria and EOS handling behave as in the other decoders. Rows stop at
 """
 from .search import DEFAULT_LEAF_BATCH, RowSearch, SearchConfig, mcts_decode
 from .tree import Node, puct_scores, select_child, snapshot
-from .values import ValueContext, ValueFn, keyword_reward, length_reward, likelihood_value, mix
+from .values import ValueContext, ValueFn, length_reward, likelihood_value, mix
 
-__all__ = ["mcts_decode", "ValueContext", "ValueFn", "Node", "likelihood_value", "keyword_reward",
-           "length_reward", "mix", "puct_scores", "select_child", "snapshot", "RowSearch", "SearchConfig",
-           "DEFAULT_LEAF_BATCH"]
+__all__ = ["mcts_decode", "ValueContext", "ValueFn", "Node", "likelihood_value", "length_reward", "mix", "puct_scores",
+           "select_child", "snapshot", "RowSearch", "SearchConfig", "DEFAULT_LEAF_BATCH"]

@@ -278,7 +278,8 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
       to (and renormalised over) each node's ``top_k`` tokens, the only actions the tree considers;
       temperature 0 is greedy, as everywhere in the library: the prior is all on the most likely token.
     * ``value_fn(ctx) -> float in [0, 1]`` (default :func:`likelihood_value`); ``ctx`` is a
-      :class:`ValueContext`. See :func:`keyword_reward`, :func:`length_reward`, :func:`mix`.
+      :class:`ValueContext`. See :func:`length_reward`, :func:`mix` (and the keyword task's
+      ``keyword_reward`` in :mod:`infergen.bench.lookahead`).
     * ``rollout_tokens`` (>= 0): greedy tokens appended after each evaluated leaf before scoring it.
     * ``commit_temperature`` (>= 0): 0 commits the most visited child (ties: higher prior); tau > 0
       samples a child with probability proportional to ``visits ** (1 / tau)`` (``seed``/``generator``).
@@ -292,7 +293,7 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
       :class:`~infergen.cache.RowCache`): a cache without them is refused up front.
     * ``tokenizer``: optional, only to fill ``ctx.text`` for text-based value functions. (Through
       ``infergen.generate``, whose own second argument is called ``tokenizer``, give the tokenizer to the
-      value function instead: ``keyword_reward("Paris", tokenizer=tok)``.)
+      value function instead, e.g. ``keyword_reward("Paris", tokenizer=tok)``.)
 
     Returns [B, T + n] ids, or with ``return_dict=True`` a ``GenerationOutput`` whose ``logprobs`` are
     the model's log-probs of the committed tokens and whose ``info`` holds ``"tree"`` (row 0's tree for

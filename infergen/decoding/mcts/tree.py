@@ -93,9 +93,6 @@ def snapshot(root: Node) -> Node:
     and nothing shared, so later searches (which keep updating the live nodes) do not change it. A node
     that was never expanded has ``children == []`` in the copy."""
     out = copy.copy(root)
-    stack = [out]
-    while stack:
-        node = stack.pop()
+    for _, node in out.walk():  # walk reaches a node's children after this replaced them by copies
         node.kv, node.children = None, [copy.copy(c) for c in node.children or ()]  # [] if never expanded
-        stack.extend(node.children)
     return out

@@ -3,10 +3,11 @@
 A value function sees a :class:`ValueContext` (the token ids of the path and its rollout, the model's
 log-probabilities of them, whether it ended with EOS, optionally the decoded text) and returns a number
 in ``[0, 1]``: higher is better. :func:`likelihood_value` (the default) asks the model itself;
-:func:`keyword_reward` and :func:`length_reward` are rewards; :func:`mix` combines two, the usual recipe
-for steering (PPL-MCTS): ``mix(likelihood_value, reward, 0.5)`` keeps the text fluent while it looks
-for the reward. A classifier is just another callable (the course's assignment a4 builds a sentiment
-value this way).
+:func:`length_reward` is a reward, the pattern for writing one (a factory that checks its settings once
+and returns ``ctx -> float``); :func:`mix` combines two, the usual recipe for steering (PPL-MCTS):
+``mix(likelihood_value, reward, 0.5)`` keeps the text fluent while it looks for the reward. A classifier
+is just another callable (the course's assignment a4 builds a sentiment value this way). Chapter 6's
+keyword task has its reward, ``keyword_reward``, next to the task in :mod:`infergen.bench.lookahead`.
 """
 from __future__ import annotations
 
@@ -56,17 +57,11 @@ class ValueContext:
         start = self.prompt_length + self.num_committed
         return self.token_ids[start:start + self.path_length]
 
-    @property
-    def rollout_ids(self) -> torch.Tensor:
-        """The greedy rollout tokens after the evaluated node (empty without a rollout)."""
-        return self.token_ids[len(self.token_ids) - self.rollout_length:]
-
     @cached_property
     def text(self) -> str | None:
         """The decoded continuation (:attr:`new_ids`), or None without a tokenizer."""
-        if self.tokenizer is None:
-            return None
-        return self.tokenizer.decode(self.new_ids.tolist(), skip_special_tokens=True)
+        tok = self.tokenizer
+        return None if tok is None else tok.decode(self.new_ids.tolist(), skip_special_tokens=True)
 
 
 #: The type of a value function.
@@ -83,45 +78,6 @@ def likelihood_value(ctx: ValueContext) -> float:
     count: the committed tokens are shared by every path and would only dilute the differences.
     """
     return math.exp(float(ctx.logprobs.float().mean())) if ctx.logprobs.numel() else 1.0  # no token: 1
-
-
-def keyword_reward(*keywords, tokenizer: Any = None, case_sensitive: bool = False) -> ValueFn:
-    """A reward: the fraction of ``keywords`` that occur in the continuation, in ``[0, 1]``.
-
-    Each keyword is a token id (an ``int``: matched among the continuation's token ids, no tokenizer
-    needed) or a string (matched as a substring of the decoded continuation; needs a ``tokenizer``,
-    given here or to ``mcts_decode``). Keywords may be given one by one or in lists::
-
-        keyword_reward("Paris", " museum", tokenizer=tok)     # strings
-        keyword_reward([tok.encode(" Paris")[0]])              # a token id
-        mix(likelihood_value, keyword_reward("Paris", tokenizer=tok), 0.5)   # stay fluent
-
-    Pitfalls: the match is a substring test (``"cat"`` matches ``"category"``; add spaces to match
-    words), and the reward is sparse (0 until a keyword appears), so the search only finds keywords
-    within reach of its ``top_k`` / depth; mixing with the likelihood keeps the text fluent meanwhile.
-    """
-    flat = [k for item in keywords for k in (item if isinstance(item, (list, tuple, set)) else [item])]
-    if not flat:
-        raise ValueError("keyword_reward needs at least one keyword (a string or a token id)")
-    for k in flat:
-        if not (isinstance(k, str) and k) and not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
-            raise TypeError(f"keyword_reward: keywords must be non-empty strings or token ids (int >= 0), got {k!r}")
-    ids = [k for k in flat if isinstance(k, int)]
-    words = [k if case_sensitive else k.lower() for k in flat if isinstance(k, str)]
-
-    def reward(ctx: ValueContext) -> float:
-        present = set(ctx.new_ids.tolist())
-        found = sum(t in present for t in ids)
-        if words:
-            tok = tokenizer if tokenizer is not None else ctx.tokenizer
-            if tok is None:
-                raise ValueError("keyword_reward with string keywords needs a tokenizer: pass tokenizer= to "
-                                 "keyword_reward or to mcts_decode (or give token ids instead)")
-            text = tok.decode(ctx.new_ids.tolist(), skip_special_tokens=True)
-            found += sum(w in (text if case_sensitive else text.lower()) for w in words)
-        return found / len(flat)
-
-    return reward
 
 
 def length_reward(target_length: int) -> ValueFn:
@@ -144,7 +100,7 @@ def mix(value_a: ValueFn, value_b: ValueFn, weight: float = 0.5) -> ValueFn:
     """Combine two value functions: ``(1 - weight) * value_a(ctx) + weight * value_b(ctx)``.
 
     Both return values in ``[0, 1]``, so the mixture does too. The usual use is LM likelihood plus a
-    reward (PPL-MCTS): ``mix(likelihood_value, keyword_reward("Paris", tokenizer=tok), 0.5)``. A
+    reward (PPL-MCTS): ``mix(likelihood_value, length_reward(20), 0.3)``. A
     classifier is just another callable, e.g. ``lambda ctx: float(clf(ctx.text)[0]["score"])`` (a
     probability in ``[0, 1]``; pass ``tokenizer=`` to ``mcts_decode`` so ``ctx.text`` is filled).
     """

@@ -95,8 +95,8 @@ def assert_same_search(cached, naive, atol=1e-5):
         pairs = [(a, b)]
         while pairs:
             x, y = pairs.pop()
-            assert (x.token_id, x.visits, x.terminal) == (y.token_id, y.visits, y.terminal), (x, y)
-            assert abs(x.prior - y.prior) <= atol and abs(x.value - y.value) <= atol, (x, y)
+            assert (x.token, x.visits, x.terminal) == (y.token, y.visits, y.terminal), (x, y)
+            assert abs(x.prior - y.prior) <= atol and abs(x.q - y.q) <= atol, (x, y)
             assert len(x.children) == len(y.children)
             pairs.extend(zip(x.children, y.children))
 

@@ -145,14 +145,13 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
             z, torch.cat(seen, 1), diversity_penalty, beams_per_row=size), before=first)
     prompt_ids = setup.prompt_ids_for_penalties.repeat_interleave(size, 0)  # [B * size, T]
 
-    steps = 0
+    step = -1  # the last step run: step + 1 steps in all
     with torch.inference_mode():
         if max_new_tokens > 0:
             logits = last_logits(prefill(model, setup.input_ids, cache, setup.attention_mask))
             logits = logits.repeat_interleave(num_beams, 0)  # [B * num_beams, V], beams of row 0 first
             cache.repeat(num_beams)
         for step in range(max_new_tokens):
-            steps += 1
             logp_all = log_probs(logits).view(B, groups, size, vocab)
             if torch.isnan(logp_all).any():
                 raise ValueError("the model produced NaN logits: nothing sensible can be chosen")
@@ -195,7 +194,7 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
     end_stream(streamer)
     if not return_dict:
         return sequences
-    info = {"strategy": strategy, "num_beams": num_beams, "steps": steps, "num_return_sequences": n}
+    info = {"strategy": strategy, "num_beams": num_beams, "steps": step + 1, "num_return_sequences": n}
     if groups > 1:
         info.update(num_beam_groups=groups, group=group.tolist())
     return GenerationOutput(sequences=sequences, logprobs=logprobs[:, :width], prompt_length=T,

@@ -253,12 +253,11 @@ def speculative_decode(model, input_ids, max_new_tokens=100, draft_model=None, n
     if params.uses_history:
         raise ValueError(f"speculative_decode applies only settings that do not read the token history; got "
                          f"{[s.name for s in params.active_settings() if s.history]}")
-    target = as_model(model)
-    draft = resolve_draft(target, draft_model, draft_layers)
-    setup, _ = prepare(target, input_ids, max_new_tokens, attention_mask=attention_mask,
+    setup, _ = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, allocate=False)
-    sampler = Sampler(params, generator=make_generator(params.seed, generator, device=target.device))
-    spec = Speculator(target, draft, setup, sampler, int(num_draft_tokens))
+    draft = resolve_draft(setup.model, draft_model, draft_layers)
+    sampler = Sampler(params, generator=make_generator(params.seed, generator, device=setup.model.device))
+    spec = Speculator(setup.model, draft, setup, sampler, int(num_draft_tokens))
     rows = Rows(setup, stopping=stopping, streamer=streamer)
 
     def commit(tokens, logits) -> bool:  # one column at a time, so rows finish exactly at their EOS

@@ -24,7 +24,7 @@ three rules then choose from the very same samples, at the cost of one sampling 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from .._validation import check_input_ids, check_number
@@ -50,7 +50,6 @@ class Choice:
     model_calls: int
     answers: list | None = None
     answer: Any = None
-    info: dict = field(default_factory=dict, repr=False)
 
 
 def sample_candidates(model, input_ids, n: int, max_new_tokens: int = 32, *, attention_mask=None,

@@ -40,16 +40,6 @@ class Node:
         """The mean value ``W / N`` (0 while unvisited: pessimistic first play)."""
         return self.value_sum / self.visits if self.visits else 0.0
 
-    @property
-    def token_id(self) -> int | None:
-        """The same as :attr:`token` (the name ``info["tree"]`` readers use: plots, the no-cache baseline)."""
-        return self.token
-
-    @property
-    def value(self) -> float:
-        """The same as :attr:`q`, the mean value (the name ``info["tree"]`` readers use)."""
-        return self.q
-
     def walk(self) -> Iterator[tuple[int, "Node"]]:
         """Every node below (and including) this one as ``(depth, node)``, depth first, in child order."""
         stack = [(0, self)]

@@ -47,11 +47,9 @@ def check_number(name: str, value, *, low=None, high=None, low_open=False, high_
         raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {_shown(value)} "
                         f"({type(value).__name__})")
     x = value if tensor or isinstance(value, (int, float)) else (int if integer else float)(value)  # Fraction
-    bad = x != x  # NaN
-    if low is not None:
-        bad = bad | (x <= low if low_open else x < low)
-    if high is not None:
-        bad = bad | (x >= high if high_open else x > high)
+    below = low is not None and (x <= low if low_open else x < low)
+    above = high is not None and (x >= high if high_open else x > high)
+    bad = (x != x) | below | above  # NaN, or outside the interval
     bad = bool(bad.any()) if isinstance(bad, torch.Tensor) else bad
     if not (bad or tensor) and integer and high in (None, math.inf) and x > _INT64_MAX:  # no tensor holds it
         fits = " and fit a 64-bit integer (at most 2**63 - 1)"

@@ -43,8 +43,8 @@ def _step(kernel: Callable, history: str, values: tuple) -> Step:
     def step(logits: torch.Tensor, context: LogitsContext) -> torch.Tensor:
         if not history:
             return kernel(logits, *values)
-        ids = getattr(context, history)
-        return kernel(logits, check_token_ids(ids, logits.shape[0], logits.device) if ids is None else ids, *values)
+        ids = check_token_ids(getattr(context, history), logits.shape[0], logits.device)  # None: [B, 0]
+        return kernel(logits, ids, *values)
 
     return step
 

@@ -189,47 +189,37 @@ class ContinuousBatcher:
                       self.pad, max(r.max_new_tokens for r in requests))
         pending = deque(sorted(requests, key=lambda r: r.arrival))
         slots: list[Request | None] = [None] * B
-        held: list[RowConstraints | None] = [None] * B  # the constraint state of each slot's request
 
         def stopping(generated: torch.Tensor) -> torch.Tensor:
-            """Rows.commit's stopping criterion, asked after EOS and before the length limit (commit's
-            order): finishes the rows whose constraint is now complete; returns those at a stop string."""
-            stop = torch.zeros(B, dtype=torch.bool)
-            for row in (row for row, req in enumerate(slots) if req is not None):
-                if (stops := plan[id(slots[row])][2]) is not None:
-                    stop[row] = stops(generated[row:row + 1])[0]
-                if (rc := held[row]) is not None and not stop[row] and rc.complete()[0]:
-                    rows.finish(one(row), FinishReason.CLOSED if rc.closed()[0] else FinishReason.CONSTRAINT)
-            return stop.to(device)
+            """Rows.commit's stopping criterion: the rows whose request's stop strings are in its text."""
+            stops = [None if req is None else plan[id(req)][2] for req in slots]
+            return torch.tensor([s is not None and bool(s(generated[row:row + 1])[0]) for row, s in enumerate(stops)],
+                                device=device)
 
-        one = lambda row: torch.arange(B, device=device) == row  # noqa: E731  (a row as a mask for Rows.finish)
-        rows = Rows(setup, stopping=stopping if any(p[2] for p in plan.values()) or any(
-            r.constraint for r in requests) else None)  # (no host work per step without stops and constraints)
+        constrained = any(r.constraint for r in requests)  # each slot's own (set at admission)
+        rows = Rows(setup, stopping=stopping if any(p[2] for p in plan.values()) else None,
+                    constraint=RowConstraints([None] * B) if constrained else None)
         last = torch.full((B,), self.pad, dtype=torch.long, device=device)
         cache = require(model.new_cache(B, max_len), RowCache, "ContinuousBatcher")
         step, started = 0, time.perf_counter()
-        stats: dict[str, float] = dict(decode_steps=0, busy_row_steps=0, prefills=0, dropped_columns=0, max_len=max_len)
+        self.stats = stats = dict[str, float](decode_steps=0, busy_row_steps=0, prefills=0, dropped_columns=0,
+                                              max_len=max_len)  # (filled in as it runs)
 
         def retire(req, row: int | None, reason: FinishReason | None = None):
             """``req`` is finished (``reason``, else its row's): fill in its result, free its slot ``row``."""
             if row is not None:
                 req.tokens, req.logprobs, got = rows.result(row)
-                slots[row], held[row] = None, None
+                slots[row] = None
                 cache.clear_row(row)
             req.finish_reason, req.finished_step, req.latency_s = reason or got, step, time.perf_counter() - started
             if self.tokenizer is not None:  # the text, cut before the first stop string (as generate cuts it)
                 text = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
                 req.text = text if (stops := plan[id(req)][2]) is None else stops.cut(text)
 
-        def choose_and_commit(logits: torch.Tensor, occupied: list[int]):
-            """Each request's Sampler and constraint, Rows.commit for the slots ``occupied``; retire the finished."""
-            idx, masked = torch.tensor(occupied, device=device), logits.clone()
-            for j, row in enumerate(occupied):  # a constraint masks its row first (and ends a dead one)
-                if (rc := held[row]) is not None:
-                    masked[j] = rc.mask(logits[j:j + 1])[0]
-                    if rc.dead()[0]:
-                        rows.finish(one(row), FinishReason.BUDGET if rc.no_fit()[0] else FinishReason.NO_VALID_TOKEN)
-            groups: dict[Sampler, list[int]] = {}
+        def choose_and_commit(logits: torch.Tensor, masked: torch.Tensor, occupied: list[int]):
+            """Each request's Sampler on its row of the ``masked`` logits, Rows.commit for the slots
+            ``occupied`` (their ``logits``: constraints end and advance there); retire the finished."""
+            idx, groups = torch.tensor(occupied, device=device), dict[Sampler, list[int]]()
             for j, row in enumerate(occupied):
                 groups.setdefault(plan[id(slots[row])][0], []).append(j)
             tokens = torch.empty(len(occupied), dtype=torch.long, device=device)
@@ -237,12 +227,7 @@ class ContinuousBatcher:
                 sel = slice(None) if len(groups) == 1 else torch.tensor(js, device=device)  # (one group: no copy)
                 tokens[sel] = sampler(masked[sel], rows.prompt_ids[idx[sel]], rows.history[idx[sel]],
                                       generator=[plan[id(slots[occupied[j]])][1] for j in js])
-            closed = torch.tensor([rc is not None and bool(rc.closed()[0]) for rc in held], device=device) \
-                if any(rc is not None for rc in held) else None
-            for j, row in enumerate(occupied):  # each constraint consumes its row's token
-                if (rc := held[row]) is not None and not rc.dead()[0]:
-                    rc.advance(tokens[j:j + 1])
-            rows.commit(tokens, logits, rows=idx, closed=closed)  # a closed row's EOS finishes "closed"
+            rows.commit(tokens, logits, rows=idx)
             last[idx] = tokens
             for row, done in zip(occupied, rows.done[idx].tolist()):
                 if done:
@@ -256,15 +241,17 @@ class ContinuousBatcher:
                 # 1. admit the requests that have arrived into free slots; each chooses its first token
                 while pending and pending[0].arrival <= step and None in slots:
                     req, row = pending.popleft(), slots.index(None)
-                    rc = as_row_constraints(req.constraint, 1, req.max_new_tokens)
-                    if req.cancel_at is not None and req.cancel_at <= step or rc is not None and rc.complete()[0]:
-                        retire(req, None, FinishReason.CONSTRAINT if req.cancel_at is None else FinishReason.CANCELLED)
-                        continue  # cancelled before it ran, or complete before any token: no forward pass
+                    if req.cancel_at is not None and req.cancel_at <= step:
+                        retire(req, None, FinishReason.CANCELLED)  # cancelled before it ran: no forward pass
+                        continue
+                    rows.reset(row, req.prompt, req.max_new_tokens, req.constraint)
+                    if rows.done[row]:  # its constraint is complete before any token: no forward pass
+                        retire(req, None, FinishReason.CONSTRAINT)
+                        continue
                     first = self._admit(req, row, cache)
                     stats["prefills"] += 1
-                    req.admitted_step, slots[row], held[row] = step, req, rc
-                    rows.reset(row, req.prompt, req.max_new_tokens)
-                    choose_and_commit(first, [row])
+                    req.admitted_step, slots[row] = step, req
+                    choose_and_commit(first, rows.constrain(first, row), [row])
                 occupied = [i for i, s in enumerate(slots) if s is not None]
                 if not occupied:  # every admitted request finished at its first token, or none has arrived yet
                     if pending:  # idle until the next arrival
@@ -280,11 +267,10 @@ class ContinuousBatcher:
                 stats["busy_row_steps"] += len(occupied)
                 step += 1
                 # 3. choose and commit each row's token; retire finished requests at once
-                choose_and_commit(logits[occupied], occupied)
+                choose_and_commit(logits[occupied], rows.constrain(logits)[occupied], occupied)
         stats.update(seconds=time.perf_counter() - started, row_steps=B * stats["decode_steps"],
                      tokens=sum(len(r.tokens) for r in requests))
         stats["occupancy"] = stats["busy_row_steps"] / max(stats["row_steps"], 1)
-        self.stats = stats
         return requests
 
     def _plan(self, req: Request, samplers: dict, device) -> tuple[Sampler, torch.Generator | None, StopStrings | None]:
@@ -305,8 +291,7 @@ class ContinuousBatcher:
         if cache.length < T:  # the prompt is longer than the shared columns: pad every row on the left
             cache.append_mask(torch.zeros(cache.batch_size, T - cache.length, dtype=torch.bool,
                                           device=cache.mask.device), T - cache.length)
-        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.model.device)
         alone = self.model.new_cache(1, T)
-        logits = last_logits(prefill(self.model, ids, alone))
+        logits = last_logits(prefill(self.model, torch.tensor([req.prompt], device=self.model.device), alone))
         cache.write_row(row, alone)
         return logits

@@ -80,9 +80,8 @@ class GenerationResult:
 def _stopper(tokenizer, stop, params: dict) -> StopStrings:
     """The stop strings of a call: ``stop=`` (given, even empty: checked by StopStrings), else those of
     ``params=`` (a SamplingParams), else none."""
-    given = params.get("params")
-    if stop is None and isinstance(given, SamplingParams):
-        stop = given.stop
+    if stop is None and isinstance(params.get("params"), SamplingParams):
+        stop = params["params"].stop
     return StopStrings(tokenizer, () if stop is None else stop)
 
 
@@ -138,7 +137,7 @@ def build_constraint(model, tokenizer, n_prompts: int, strategy: str, backend: s
     entries leaving a row free). Returns None when none is given. The EOS ids the constraint allows in
     accepting states are the decoder's: ``eos_token_id`` or the model's defaults."""
     from .constraints import DEFAULT_BACKEND, make_constraint
-    from .decoding.base import model_defaults
+    from .decoding.base import special_ids
     from .models.hf import as_model
 
     given = {k: v for k, v in kinds.items() if v is not None}
@@ -146,14 +145,12 @@ def build_constraint(model, tokenizer, n_prompts: int, strategy: str, backend: s
         return None
     if len(given) > 1:
         raise ValueError(f"give at most one of regex=, json_schema=, grammar=, choices=; got {' and '.join(given)}")
-    _check_constrained(strategy, next(iter(given)))
     (kind, value), = given.items()
-    if eos_token_id is None:
-        eos_token_id = list(model_defaults(as_model(model)).eos_token_ids)
-    values = _per_row(kind, value, n_prompts)
+    _check_constrained(strategy, kind)
+    values, eos = _per_row(kind, value, n_prompts), special_ids(as_model(model), eos_token_id)[0]
     unique = {id(v): v for v in values if v is not None}  # the same object for several prompts: compiled once
     compiled = {key: make_constraint(tokenizer, **{kind: v}, backend=backend or DEFAULT_BACKEND,
-                                     eos_token_id=eos_token_id) for key, v in unique.items()}
+                                     eos_token_id=eos) for key, v in unique.items()}
     out: list[Constraint | None] = [None if v is None else compiled[id(v)] for v in values]
     return out[0] if all(c is out[0] for c in out) else out
 
@@ -210,14 +207,13 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     results = []
     per_prompt = out.sequences.shape[0] // len(prompts)  # > 1 with num_return_sequences
     for i in range(out.sequences.shape[0]):
-        prompt = prompts[i // per_prompt]
         n = out.lengths[i] if out.lengths is not None else out.new_tokens.shape[1]
         ids, lps = out.new_tokens[i, :n].tolist(), out.logprobs[i, :n].tolist()
-        text = stopper.cut(tokenizer.decode(ids, skip_special_tokens=True))
-        score = float(out.scores[i]) if out.scores is not None else None
-        results.append(GenerationResult(prompt=prompt, text=text, token_ids=ids, logprobs=lps,
+        results.append(GenerationResult(prompt=prompts[i // per_prompt], token_ids=ids, logprobs=lps,
+                                        text=stopper.cut(tokenizer.decode(ids, skip_special_tokens=True)),
                                         finish_reason=out.finish_reason[i], strategy=strategy,
-                                        seconds=seconds, score=score, info=out.info))
+                                        score=None if out.scores is None else float(out.scores[i]),
+                                        seconds=seconds, info=out.info))
     return results[0] if single and per_prompt == 1 else results
 
 
@@ -251,8 +247,7 @@ def stream(model, tokenizer, prompt: str, strategy: str = "sample", max_new_toke
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    ids: list[int] = []
-    emitted = ""
+    ids, emitted = list[int](), ""
     try:
         while isinstance(item := pieces.get(), int):
             ids.append(item)

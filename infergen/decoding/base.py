@@ -76,11 +76,6 @@ def model_defaults(model) -> GenerationDefaults:
     return defaults if isinstance(defaults, GenerationDefaults) else GenerationDefaults.from_config(model.config)
 
 
-def _check_token_id(name: str, value, vocab: int) -> int:
-    check_number(name, value, low=0, high=vocab - 1, integer=True)
-    return int(value)
-
-
 def special_ids(model, eos_token_id=None, pad_token_id=None) -> tuple[list[int], int]:
     """The ids that end a row and the id that pads a finished row: the one place that decides.
 
@@ -92,12 +87,12 @@ def special_ids(model, eos_token_id=None, pad_token_id=None) -> tuple[list[int],
     if eos_token_id is None:
         eos_token_id = list(defaults.eos_token_ids)
     ids = list(eos_token_id) if isinstance(eos_token_id, (list, tuple, set, frozenset)) else [eos_token_id]
-    eos = [_check_token_id("eos_token_id", i, vocab) for i in ids]
+    eos = [int(check_number("eos_token_id", i, low=0, high=vocab - 1, integer=True)) for i in ids]
     if pad_token_id is None:
         pad_token_id = defaults.pad_token_id
         if pad_token_id is None or not 0 <= pad_token_id < vocab:
             pad_token_id = min(eos) if eos else 0
-    return eos, _check_token_id("pad_token_id", pad_token_id, vocab)
+    return eos, int(check_number("pad_token_id", pad_token_id, low=0, high=vocab - 1, integer=True))
 
 
 def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_id=None,
@@ -131,8 +126,7 @@ def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_
         raise ValueError(f"attention_mask row {int(padded_late.nonzero()[0, 0])} has padding after its first "
                          "real token: infergen needs left padding (tokenizer.padding_side = 'left'), so that "
                          "every row's newest token is in the last column")
-    context = model.max_context
-    if T + max_new_tokens > context:
+    if T + max_new_tokens > (context := model.max_context):
         raise ValueError(
             f"prompt length {T} + max_new_tokens {max_new_tokens} = {T + max_new_tokens} exceeds the model's "
             f"context of {context} tokens; shorten the prompt or lower max_new_tokens (valid range: "

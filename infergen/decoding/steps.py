@@ -127,10 +127,10 @@ class Sampler:
 
     def choose(self, processed: torch.Tensor, generator=None) -> torch.Tensor:
         """Tokens [...] from already processed logits [..., V]: the argmax, or one draw per row."""
-        if self.pipeline.is_plain_argmax:
-            return check_finite_row(processed.reshape(-1, processed.shape[-1])).argmax(-1).view(processed.shape[:-1])
         flat = processed.reshape(-1, processed.shape[-1])
-        return draw(flat, self.generator if generator is None else generator).view(processed.shape[:-1])
+        tokens = check_finite_row(flat).argmax(-1) if self.pipeline.is_plain_argmax else draw(
+            flat, self.generator if generator is None else generator)
+        return tokens.view(processed.shape[:-1])
 
     def __call__(self, logits: torch.Tensor, prompt_ids: torch.Tensor | None = None,
                  generated_ids: torch.Tensor | None = None, generator=None) -> torch.Tensor:
@@ -167,11 +167,9 @@ class StopStrings:
 
     def __call__(self, new_tokens: torch.Tensor) -> torch.Tensor:
         """BoolTensor [B]: which rows' decoded text (of ``new_tokens`` [B, n], -1 ignored) holds a stop string."""
-        out = torch.zeros(new_tokens.shape[0], dtype=torch.bool)
-        for i, row in enumerate(new_tokens.tolist()):
-            text = self.tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True)
-            out[i] = any(s in text for s in self.stops)
-        return out
+        texts = [self.tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True)
+                 for row in new_tokens.tolist()]
+        return torch.tensor([any(s in text for s in self.stops) for text in texts], dtype=torch.bool)
 
     def cut(self, text: str) -> str:
         """The text up to (not including) the first stop string."""
@@ -186,14 +184,20 @@ class StopStrings:
         return text[:len(text) - hold]
 
 
+def _spliced(rows: RowConstraints, row: int, one: RowConstraints) -> RowConstraints:
+    """``rows`` with row ``row`` replaced by ``one`` (a one-row RowConstraints): a batcher's slot changes
+    hands (the other rows' states are forked, with everything they know)."""
+    return RowConstraints.concat([rows.select(range(row)), one, rows.select(range(row + 1, len(rows)))])
+
+
 class Rows:
     """Per-row state of a generation over ``setup``'s batch, and :meth:`commit`, which advances it.
 
     A row is finished at its own EOS (``"eos"``), when ``stopping(generated_ids) -> BoolTensor [B]`` says
     so (``"stop"``), when its constraint is complete (``"constraint"``; ``"closed"`` if budget closing had
     to steer it there) or allows no token at all (``"no_valid_token"``; ``"budget"`` when no completion fits
-    in the tokens left), or after ``limit`` tokens (``"length"``; default ``setup.max_new_tokens``,
-    or a list with one limit per row); every later token of that row is ``setup.pad_token_id`` with
+    in the tokens left), or after its limit of tokens (``"length"``: ``setup.max_new_tokens``, or the one
+    :meth:`reset` gives it); every later token of that row is ``setup.pad_token_id`` with
     log-probability 0. The generated ids (the history the penalties and ``stopping`` read) are always
     kept, in a device buffer. ``constraint`` (see :mod:`infergen.constraints`: one constraint, one per
     row, or None) is per-row state that :meth:`constrain` applies to the logits and :meth:`commit` advances.
@@ -203,16 +207,15 @@ class Rows:
     and commits only the rows that hold requests (``commit(..., rows=index)``).
     """
 
-    def __init__(self, setup: Setup, *, stopping: Callable | None = None, streamer=None, constraint=None,
-                 limit=None):
+    def __init__(self, setup: Setup, *, stopping: Callable | None = None, streamer=None, constraint=None):
         B, dev, n = setup.input_ids.shape[0], setup.input_ids.device, setup.max_new_tokens
         self.setup, self.stopping, self.streamer = setup, stopping, streamer
         # budget closing (infergen.constraints.budget): a constrained row finishes complete within its
         # limit; a RowConstraints of the caller's keeps its own budget (budget=None switches closing off)
-        budget = n if limit is None else [int(x) for x in limit] if isinstance(limit, (list, tuple)) else int(limit)
-        self.constraint = as_row_constraints(constraint, B, None if isinstance(constraint, RowConstraints) else budget)
+        self.constraint = as_row_constraints(constraint, B, None if isinstance(constraint, RowConstraints)
+                                             else n)
         self.prompt_ids = setup.prompt_ids_for_penalties
-        self.limit = torch.as_tensor(n if limit is None else limit, device=dev).expand(B).clone()
+        self.limit = torch.full((B,), n, device=dev)                       # tokens each row may commit
         self.ids = torch.full((B, n), setup.pad_token_id, dtype=torch.long, device=dev)  # committed tokens
         self.lp = torch.zeros(B, n, device=dev)                                            # and their log-probs
         self.history = torch.full((B, n), -1, dtype=torch.long, device=dev)  # -1 once a row has finished
@@ -228,20 +231,25 @@ class Rows:
         """[B, n] generated ids, -1 after a row finished (the processors ignore -1); None before any."""
         return self.history[:, :self.steps] if self.steps else None
 
-    def constrain(self, logits: torch.Tensor) -> torch.Tensor:
+    def constrain(self, logits: torch.Tensor, row: int | None = None) -> torch.Tensor:
         """The logits with every token the rows' constraints forbid set to ``-inf`` (the first processor,
-        so that truncation rules choose among allowed tokens); unchanged without a constraint."""
-        return logits if self.constraint is None else self.constraint.mask(logits)
+        so that truncation rules choose among allowed tokens); unchanged without a constraint. ``row``:
+        the one row that ``logits`` [1, V] belong to, when they are not every row's (a batcher's admission)."""
+        if self.constraint is None or row is None:
+            return logits if self.constraint is None else self.constraint.mask(logits)
+        one = self.constraint.select([row])  # masked alone (budget closing reads the row's own logits)
+        masked = one.mask(logits)
+        self.constraint = _spliced(self.constraint, row, one)
+        return masked
 
     def commit(self, tokens: torch.Tensor, logits: torch.Tensor | None = None, logprobs: torch.Tensor | None = None,
-               *, rows: torch.Tensor | None = None, closed: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+               *, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
         """Commit the chosen ``tokens`` [n], chosen from the model's ``logits`` [n, V] (or give the model's
         ``logprobs`` [n] of the tokens directly), one for each row of ``rows`` (default: every row).
 
         Records each token's log-probability, finishes rows (EOS, stop criterion, constraint, limit),
         keeps the history, advances the constraints and streams the tokens. Returns the committed tokens
-        (padding for rows that had finished) and whether every row is done. ``closed`` (Bool [B]): rows whose
-        constraint, kept by the caller (the batcher), was steered by budget closing (else this Rows' own).
+        (padding for rows that had finished) and whether every row is done.
         """
         if self.constraint is not None:  # a row whose constraint allows nothing ends before this token
             dead, dev = self.constraint.dead(self.done.device), self.done.device
@@ -257,16 +265,15 @@ class Rows:
         self.history[idx, at] = tokens.masked_fill(done, -1)
         self.count[idx] += 1
         self.steps = self.steps + 1 if rows is None else self.ids.shape[1]
-        hit = torch.zeros_like(self.done)
-        hit[idx] = torch.isin(tokens, self.setup.eos)
-        closed = self.constraint.closed(self.done.device) if self.constraint is not None else closed
-        if closed is not None:  # an EOS that budget closing forced (the model wanted more) is "closed"
-            self.finish(hit & closed, FinishReason.CLOSED)
+        hit, moved, ids = torch.zeros_like(self.done), torch.zeros_like(self.done), self.count.clone()
+        hit[idx], moved[idx], ids[idx] = torch.isin(tokens, self.setup.eos), ~done, tokens  # over every row
+        if self.constraint is not None:  # an EOS that budget closing forced (the model wanted more): "closed"
+            self.finish(hit & self.constraint.closed(self.done.device), FinishReason.CLOSED)
         self.finish(hit, FinishReason.EOS)
         if self.stopping is not None:
             self.finish(self.stopping(self.generated_ids()).to(self.done.device), FinishReason.STOP)
         if self.constraint is not None:
-            self.constraint.advance(tokens, active=~done)
+            self.constraint.advance(ids, active=moved)
             complete, dev = self.constraint.complete(self.done.device), self.done.device
             self.finish(complete & self.constraint.closed(dev), FinishReason.CLOSED)
             self.finish(complete, FinishReason.CONSTRAINT)
@@ -281,12 +288,18 @@ class Rows:
         self.length = torch.where(rows, self.count, self.length)
         self.done = self.done | rows
 
-    def reset(self, row: int, prompt: list[int], limit: int):
-        """Make ``row`` hold a new request (a batcher's admission): ``prompt`` ids, at most ``limit`` tokens."""
+    def reset(self, row: int, prompt: list[int], limit: int, constraint=None):
+        """Make ``row`` hold a new request (a batcher's admission): ``prompt`` ids, at most ``limit`` tokens,
+        its own ``constraint`` (a Constraint or None; the batcher's Rows is made with
+        ``constraint=RowConstraints([None] * B)``), which finishes the row at once if it is complete."""
         self.prompt_ids[row] = -1
         self.prompt_ids[row, :len(prompt)] = torch.tensor(prompt, device=self.prompt_ids.device)
         self.ids[row], self.lp[row], self.history[row] = self.setup.pad_token_id, 0.0, -1
         self.count[row], self.done[row], self.reason[row], self.limit[row] = 0, False, 0, limit
+        if self.constraint is not None:  # its own state and budget; complete before any token: done at once
+            one = as_row_constraints(constraint, 1, limit) or RowConstraints([None])
+            self.constraint = _spliced(self.constraint, row, one)
+            self.finish(self.constraint.complete(self.done.device), FinishReason.CONSTRAINT)
 
     def result(self, row: int) -> tuple[list[int], list[float], FinishReason]:
         """Row ``row``'s real tokens, their log-probabilities and its finish reason (host values)."""

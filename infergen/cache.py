@@ -131,8 +131,8 @@ def require(cache: C, capability: type, who: str) -> C:
     """
     ops = sorted(n for n in vars(capability) if not n.startswith("_") and n not in vars(Cache))
     what = f"{capability.__name__} operations ({', '.join(ops)})" if ops else capability.__name__
-    why = None if isinstance(cache, capability) else "it lacks some of them"
-    why = why or cache.unsupported(capability)  # type: ignore[attr-defined]
+    why = (cache.unsupported(capability) if isinstance(cache, capability)  # type: ignore[attr-defined]
+           else "it lacks some of them")
     if why:
         raise ValueError(f"{who} needs a cache with the {what}, which this model's cache "
                          f"({type(cache).__name__}) cannot provide: {why}")
@@ -174,16 +174,12 @@ class PaddingState:
                 f"cache is full: {start} + {t} tokens exceed max_len={self.max_len}; "
                 "allocate a larger cache (max_new_tokens too large for it?)")
         seen = self.mask[:, :start].sum(-1, keepdim=True)  # real tokens so far, [B, 1]
-        if new_mask is None:
-            self.mask[:, start:start + t] = True
-            positions = seen + torch.arange(t, device=self.mask.device).unsqueeze(0)
-        else:
-            new_mask = new_mask.to(device=self.mask.device, dtype=torch.bool)
-            self.mask[:, start:start + t] = new_mask
-            self.has_padding = self.has_padding or not bool(new_mask.all())
-            positions = (seen + new_mask.long().cumsum(-1) - 1).clamp_(min=0)
+        real = (torch.ones(self.batch_size, t, dtype=torch.bool, device=self.mask.device) if new_mask is None
+                else new_mask.to(device=self.mask.device, dtype=torch.bool))
+        self.mask[:, start:start + t] = real
+        self.has_padding = self.has_padding or (new_mask is not None and not bool(real.all()))
         self.length = start + t
-        return positions
+        return (seen + real.long().cumsum(-1) - 1).clamp_(min=0)  # a padding slot takes its neighbour's
 
     def attention_mask(self, t: int) -> torch.Tensor | None:
         """Boolean mask [B, 1, t, length] for the last ``t`` columns as queries (True = may attend).

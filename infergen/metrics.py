@@ -54,10 +54,8 @@ __all__ = ["ngrams", "rep_n", "distinct_n", "diversity", "sequence_logprob", "me
 
 def _as_token_lists(texts, tokenize: Callable[[str], Sequence]) -> list[list]:
     """A text, a list of texts, or a list of token sequences -> a list of token lists."""
-    if isinstance(texts, str):
-        texts = [texts]
-    if isinstance(texts, torch.Tensor):
-        texts = texts.tolist() if texts.dim() == 2 else [texts.tolist()]
+    if isinstance(texts, str) or (isinstance(texts, torch.Tensor) and texts.dim() < 2):
+        texts = [texts]  # one text; a [B, T] tensor is a batch of rows
     if not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a string, a list of strings or a list of token sequences, "
                         f"got {type(texts).__name__}")
@@ -121,16 +119,6 @@ def diversity(texts, tokenize: Callable[[str], Sequence] = str.split, orders: Se
     return 100.0 * math.prod(1.0 - rep_n(texts, n, tokenize) / 100.0 for n in orders)
 
 
-def _check_mask(name: str, mask, shape) -> torch.Tensor:
-    """``mask`` as a bool tensor of ``shape`` (all True when None)."""
-    if mask is None:
-        return torch.ones(shape, dtype=torch.bool)
-    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
-        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"{name} must be a tensor of shape {tuple(shape)}, got {got}")
-    return mask.bool()
-
-
 def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Tensor, *, attention_mask=None,
                      continuation_mask=None, reduction: str = "sum") -> torch.Tensor:
     """Log-likelihood the model assigns to ``continuation_ids`` given the prompt ``input_ids``.
@@ -149,31 +137,30 @@ def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Ten
     tokens it generated. Pitfall: a batch of prompts of different lengths must be padded on the left and
     masked; the positions then follow the real tokens, so each row scores exactly as it would alone.
     """
+    from .decoding.base import prepare
     from .decoding.steps import token_logprobs
-    from .models.hf import as_model
 
     if reduction not in ("sum", "mean", "none"):
         raise ValueError(f"reduction must be one of 'sum', 'mean', 'none', got {reduction!r}")
-    model = as_model(model)
-    input_ids = check_input_ids(input_ids)
-    continuation_ids = check_input_ids(continuation_ids, "continuation_ids")
-    if continuation_ids.shape[0] != input_ids.shape[0]:
-        raise ValueError(f"continuation_ids must have the batch size of input_ids ({input_ids.shape[0]}), "
-                         f"got {continuation_ids.shape[0]}")
-    (B, T), n, vocab = input_ids.shape, continuation_ids.shape[1], model.config.vocab_size
-    for name, ids in (("input_ids", input_ids), ("continuation_ids", continuation_ids)):
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise ValueError(f"{name} must be token ids in [0, {vocab - 1}], got values in "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
+    # the prompt (ids, left-padded mask, context) is checked where every decoder checks it
+    setup, _ = prepare(model, input_ids, 0, attention_mask=attention_mask, allocate=False)
+    model, cont = setup.model, check_input_ids(continuation_ids, "continuation_ids")
+    (B, T), n, vocab = setup.input_ids.shape, cont.shape[1], model.config.vocab_size
+    if cont.shape[0] != B:
+        raise ValueError(f"continuation_ids must have the batch size of input_ids ({B}), got {cont.shape[0]}")
+    if int(cont.min()) < 0 or int(cont.max()) >= vocab:
+        raise ValueError(f"continuation_ids must be token ids in [0, {vocab - 1}], got values in "
+                         f"[{int(cont.min())}, {int(cont.max())}]")
     if T + n > model.max_context:
         raise ValueError(f"prompt + continuation = {T + n} tokens exceed the model's context of "
                          f"{model.max_context}")
-    prompt_mask = _check_mask("attention_mask", attention_mask, (B, T))
-    cont_mask = _check_mask("continuation_mask", continuation_mask, (B, n))
-    if not bool(prompt_mask.any(-1).all()):
-        raise ValueError("attention_mask has a row with no real token: every prompt needs at least one token")
-    ids = torch.cat([input_ids, continuation_ids], 1).to(model.device)
-    mask = torch.cat([prompt_mask, cont_mask], 1).to(model.device)
+    if continuation_mask is not None and (not isinstance(continuation_mask, torch.Tensor)
+                                          or tuple(continuation_mask.shape) != (B, n)):
+        raise ValueError(f"continuation_mask must be a tensor of shape {(B, n)}, got "
+                         f"{getattr(continuation_mask, 'shape', type(continuation_mask).__name__)}")
+    cont_mask = torch.ones(B, n, dtype=torch.bool) if continuation_mask is None else continuation_mask.bool()
+    ids = torch.cat([setup.input_ids, cont.to(model.device)], 1)
+    mask = torch.cat([setup.attention_mask, cont_mask.to(model.device)], 1)
     with torch.inference_mode():
         logits = model(ids, model.new_cache(B, T + n), attention_mask=mask, logits="all").logits[:, T - 1:-1]
         token_lp = token_logprobs(logits, ids[:, T:]).masked_fill(~mask[:, T:], 0.0)

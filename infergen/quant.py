@@ -49,17 +49,6 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scales
 
 
-def _int8pack_available(device: torch.device) -> bool:
-    """Does this PyTorch have the CPU int8 weight-only matmul (``torch._weight_int8pack_mm``)?"""
-    if device.type != "cpu" or not hasattr(torch, "_weight_int8pack_mm"):
-        return False
-    try:
-        ones = torch.ones(8, 32, dtype=torch.bfloat16)
-        return bool(torch._weight_int8pack_mm(ones[:1], ones.to(torch.int8), ones[0, :8])[0, 0] == 32)
-    except (RuntimeError, NotImplementedError):  # pragma: no cover  (old torch / unsupported CPU)
-        return False
-
-
 class Int8Linear(nn.Module):
     """A drop-in replacement for ``nn.Linear`` holding int8 weights and per-output-channel scales.
 
@@ -79,7 +68,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scales.to(compute_dtype))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.compute_dtype = compute_dtype
-        self.packed = _int8pack_available(q.device)
+        # the CPU int8 weight-only matmul (torch >= 2.3; portable CPU kernel): absent in torch 2.2, our floor
+        self.packed = q.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``F.linear(x, weight, bias)`` on the int8 weight: any shape ``[..., in_features]``, ``x``'s dtype out."""
@@ -133,9 +123,8 @@ def log_likelihood(model, input_ids: torch.Tensor) -> dict:
     if ids.shape[1] < 2:
         raise ValueError(f"input_ids needs at least 2 tokens to score, got {ids.shape[1]}")
     with torch.inference_mode():
-        cache = model.new_cache(1, ids.shape[1])
-        logits = model(ids, cache, logits="all").logits[0, :-1].float()
-        logprobs = torch.log_softmax(logits, -1)
+        logits = model(ids, model.new_cache(1, ids.shape[1]), logits="all").logits[0, :-1]
+        logprobs = torch.log_softmax(logits.float(), -1)
         picked = logprobs.gather(-1, ids[0, 1:, None]).squeeze(-1)
     mean = float(picked.mean())
     return {"total_logprob": float(picked.sum()), "mean_logprob": mean, "perplexity": math.exp(-mean),

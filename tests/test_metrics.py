@@ -171,7 +171,7 @@ def test_logprob_rejects_bad_arguments(tiny_native):
         sequence_logprob(tiny_native, ids, torch.tensor([[7], [8]]))
     with pytest.raises(ValueError, match="continuation_mask must be a tensor of shape"):
         sequence_logprob(tiny_native, ids, cont, continuation_mask=torch.ones(1, 3))
-    with pytest.raises(ValueError, match="attention_mask must be a tensor of shape"):
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):  # checked by decoding.prepare
         sequence_logprob(tiny_native, ids, cont, attention_mask=torch.ones(2, 2))
     with pytest.raises(ValueError, match="continuation_ids must be token ids"):
         sequence_logprob(tiny_native, ids, torch.tensor([[7, 96]]))

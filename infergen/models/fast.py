@@ -108,10 +108,8 @@ class StaticKV:
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one column of layer ``layer``; return all of its ``max_len`` columns."""
-        k, v = self.k[layer], self.v[layer]
-        k.index_copy_(2, self.column, k_new)
-        v.index_copy_(2, self.column, v_new)
-        return k, v
+        return (self.k[layer].index_copy_(2, self.column, k_new),  # index_copy_ returns the tensor it wrote
+                self.v[layer].index_copy_(2, self.column, v_new))
 
 
 def decode_static(model, table, input_ids, positions, column, mask, k, v) -> torch.Tensor:
@@ -159,10 +157,10 @@ class CompiledDecode(ModelBase):
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """A :class:`KVCache` of ``max_len`` rounded up to the bucket, reusing free pooled storage."""
         max_len = min(-(-max_len // self.bucket) * self.bucket, max(max_len, self.model.max_context))
-        pooled = self._pool.get((batch_size, max_len))
-        user = pooled[2]() if pooled else None
-        free = pooled is not None and (user is None or user.k is not pooled[0])  # no live cache holds it
-        cache = self.model.new_cache(batch_size, max_len, storage=pooled[:2] if free and pooled is not None else None)
+        pooled: Any = self._pool.get((batch_size, max_len))
+        # free: its last cache is gone, or holds other storage now
+        free = pooled is not None and getattr(pooled[2](), "k", None) is not pooled[0]
+        cache = self.model.new_cache(batch_size, max_len, storage=pooled[:2] if free else None)
         if not free and self.compiled and cache.k.device.type == "cuda":
             for t in (cache.k, cache.v):
                 torch._dynamo.mark_static_address(t)
@@ -175,12 +173,10 @@ class CompiledDecode(ModelBase):
         if input_ids.shape[1] != 1 or hidden or logits != "last" or not isinstance(cache, KVCache):
             return self.model(input_ids, cache, attention_mask=attention_mask, logits=logits, hidden=hidden)
         positions = cache.append_mask(attention_mask, 1)  # eager bookkeeping: the new column is filled
-        column = cache.length - 1
-        mask = cache.mask.clone()
-        mask[:, column] = True  # a (padding) query always sees itself: no empty softmax row
-        table = self.model.rope_table(cache.max_len)
-        col = torch.tensor([column], device=cache.k.device)
-        out = self.step(table, input_ids, positions, col, mask[:, None, None, :], cache.k, cache.v)
+        column = torch.tensor([cache.length - 1], device=cache.k.device)
+        mask = cache.mask.index_fill(1, column, True)  # a (padding) query sees itself: no empty softmax row
+        out = self.step(self.model.rope_table(cache.max_len), input_ids, positions, column,
+                        mask[:, None, None, :], cache.k, cache.v)
         return ModelOutput(logits=out)
 
 

@@ -55,9 +55,8 @@ class HFCache(PaddingState):
         if self.length <= have or source is None or not source.inner.get_seq_length():
             return
         for i, layer in enumerate(source.inner.layers):
-            k, v = layer.keys, layer.values
-            self.inner.update(k.new_zeros(self.batch_size, k.shape[1], self.length - have, k.shape[3]),
-                              v.new_zeros(self.batch_size, v.shape[1], self.length - have, v.shape[3]), i)
+            self.inner.update(*(t.new_zeros(self.batch_size, t.shape[1], self.length - have, t.shape[3])
+                                for t in (layer.keys, layer.values)), i)
 
     def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One ``(keys, values)`` pair per layer, each [B, kv_heads, length, head_dim]."""

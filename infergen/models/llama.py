@@ -150,8 +150,7 @@ def rope_inverse_frequencies(cfg) -> tuple[torch.Tensor, float]:
     params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
-        base = params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-        d = cfg.head_dim
+        base, d = params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)), cfg.head_dim
         return 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)).float(), 1.0
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # scaled variants: reuse theirs
     inv_freq, scale = ROPE_INIT_FUNCTIONS[rope_type](cfg, "cpu")
@@ -266,11 +265,11 @@ def native_unsupported(cfg) -> str | None:
     Qwen2's with ``use_sliding_window``) changes the logits once a sequence is longer than the window,
     so such configs go to the transformers adapter, which implements the window.
     """
-    if getattr(cfg, "model_type", None) not in NATIVE_MODEL_TYPES:
-        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {NATIVE_MODEL_TYPES}"
-    window = getattr(cfg, "sliding_window", None)
-    if getattr(cfg, "model_type", "") == "qwen2" and not getattr(cfg, "use_sliding_window", False):
-        window = None
+    kind = getattr(cfg, "model_type", None)
+    if kind not in NATIVE_MODEL_TYPES:
+        return f"model_type {kind!r} is not one of {NATIVE_MODEL_TYPES}"
+    qwen2_off = kind == "qwen2" and not getattr(cfg, "use_sliding_window", False)  # Qwen2 ignores it when off
+    window = None if qwen2_off else getattr(cfg, "sliding_window", None)
     context = getattr(cfg, "max_position_embeddings", None)
     if window is not None and (context is None or window < context):
         return f"it uses a sliding attention window of {window} tokens (the native attention is full)"

@@ -65,8 +65,10 @@ def test_bounds_are_options_and_the_input_is_not_changed():
     assert bound_schema(schema, SchemaOptions(max_string_length=5)) == {"type": "string", "maxLength": 5}
     assert bound_schema(schema, UNBOUNDED) is schema and schema == {"type": "string"}
     assert bound_schema({"type": "string", "minLength": 300})["maxLength"] == 300  # never unsatisfiable
-    with pytest.raises(ValueError, match="max_items must be None"):
+    with pytest.raises(ValueError, match=r"SchemaOptions.max_items must be in \[0, inf\), got -1"):
         SchemaOptions(max_items=-1)
+    with pytest.raises(TypeError, match=r"SchemaOptions.max_decimals must be an integer, got 1.5"):
+        SchemaOptions(max_decimals=1.5)
 
 
 ONE_OF = {"type": "object", "properties": {"x": {"oneOf": [{"type": "integer"}, {"type": "number"}]}}}

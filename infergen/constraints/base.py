@@ -46,6 +46,8 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from .._validation import check_logits, check_number
+
 __all__ = [
     "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "BackendConstraint", "BackendState", "Constraint",
     "ConstraintState", "RowConstraints", "as_row_constraints", "is_complete",
@@ -102,10 +104,9 @@ def is_complete(state: ConstraintState, allowed: np.ndarray | None = None) -> bo
     :meth:`RowConstraints.complete` right after :func:`as_row_constraints`, and a row that is complete
     there is finished with zero tokens -- no forward pass is spent on it (none at all if every row is).
     """
-    if not state.accepting():
-        return False
     allowed = state.allowed().numpy() if allowed is None else allowed
-    return not np.delete(allowed, [e for e in state.constraint.eos_token_ids if e < allowed.size]).any()
+    others = np.delete(allowed, [e for e in state.constraint.eos_token_ids if e < allowed.size])  # not EOS
+    return state.accepting() and not others.any()
 
 
 class BackendConstraint:
@@ -250,8 +251,7 @@ class RowConstraints:
         left, est = budget - self.used[i], self._estimate[i]
         if left <= 0 or est is not None and est[0] + MARGIN * (self.used[i] - est[1] + 1) < left:
             return
-        rank = getattr(state.constraint, "closing_rank", None)
-        rank = np.arange(state.constraint.vocab_size) if rank is None else rank
+        rank = getattr(state.constraint, "closing_rank", None)  # None: by id
         path = closing_path(state, left, rank)
         self._no_fit[i] = path is None
         if path is not None:
@@ -302,12 +302,9 @@ class RowConstraints:
         logits, before every other processor: penalties and temperature keep ``-inf`` at ``-inf``, and
         the truncation rules (top-k, top-p, ...) then choose among allowed tokens only.
         """
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"logits must be a float tensor [B, V], got {shape}")
-        if logits.shape[0] != len(self.states):
-            raise ValueError(f"logits has {logits.shape[0]} rows but the constraints have "
-                             f"{len(self.states)}; after reordering beams, call select(index) first")
+        if check_logits(logits).dim() != 2 or logits.shape[0] != len(self.states):
+            raise ValueError(f"logits must be [B, V] with B = {len(self.states)} rows (one per constraint), "
+                             f"got {tuple(logits.shape)}; after reordering beams, call select(index) first")
         for i in range(len(self.states)):
             self._close(i, logits)
         allowed = self._allowed_array(logits.shape[1], eos_if_dead=True)
@@ -343,18 +340,11 @@ class RowConstraints:
     def select(self, index) -> "RowConstraints":
         """New rows ``[index[0], index[1], ...]``, each an independent fork (beam search reorders and
         duplicates its beams this way; the batch size may change). ``self`` is left unchanged."""
-        if isinstance(index, torch.Tensor):
-            if index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
-                raise ValueError(f"index must be a 1-D tensor of row numbers, got shape {tuple(index.shape)} "
-                                 f"and dtype {index.dtype}")
-            index = index.tolist()
-        rows = [int(i) for i in index]
-        if bad := [i for i in rows if not 0 <= i < len(self.states)]:
-            raise ValueError(f"index must hold row numbers in [0, {len(self.states) - 1}], got {bad[:5]}")
-        out = RowConstraints([None if (s := self.states[j]) is None else s.fork() for j in rows],
-                             [self.budget[j] for j in rows])
-        for name in ("_allowed", "used", "_estimate", "_closed", "_no_fit"):  # same positions: masks hold
-            setattr(out, name, [getattr(self, name)[j] for j in rows])
+        rows = [check_number("index", i, low=0, high=len(self.states) - 1, integer=True)  # row numbers
+                for i in (index.tolist() if isinstance(index, torch.Tensor) else index)]
+        out = RowConstraints([None if (s := self.states[j]) is None else s.fork() for j in rows])
+        for name in ("budget", "_allowed", "used", "_estimate", "_closed", "_no_fit"):  # same positions:
+            setattr(out, name, [getattr(self, name)[j] for j in rows])  # the masks and estimates hold
         return out
 
 

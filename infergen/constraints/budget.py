@@ -50,9 +50,10 @@ def closing_rank(token_bytes) -> np.ndarray:
     return rank
 
 
-def closing_path(state: ConstraintState, limit: int, rank: np.ndarray) -> list[int] | None:
+def closing_path(state: ConstraintState, limit: int, rank: np.ndarray | None) -> list[int] | None:
     """A short completion of ``state`` (which is not changed): token ids, ending with an EOS id unless
-    the pattern is then complete; ``None`` when the walk needs more than ``limit`` tokens or dies."""
+    the pattern is then complete; ``None`` when the walk needs more than ``limit`` tokens or dies.
+    ``rank``: the constraint's ``closing_rank`` (:func:`closing_rank`), or None for the ids' order."""
     s, path = state.fork(), list[int]()
     eos = list(state.constraint.eos_token_ids)
     while len(path) <= limit:
@@ -61,7 +62,7 @@ def closing_path(state: ConstraintState, limit: int, rank: np.ndarray) -> list[i
             return path
         if s.accepting():
             return path + eos[:1] if len(path) < limit else None
-        ranked = np.where(allowed, rank, np.iinfo(np.int64).max)  # both [vocab_size]
+        ranked = np.where(allowed, np.arange(allowed.size) if rank is None else rank, np.iinfo(np.int64).max)
         ranked[eos] = np.iinfo(np.int64).max
         token = int(ranked.argmin())
         if not allowed[token] or token in eos:

@@ -25,10 +25,10 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "Compiler", "escape_literal", "get_com
 
 DEFAULT_BACKEND = "llguidance"
 BACKENDS = ("llguidance", "teaching")  # by name; any other backend is given as its compiler class
-_REGEX_META = set("\\.^$|?*+()[]{}")
 
 # tokenizer -> {(compiler class or "vocabulary", repr(eos_token_id)): compiler or TokenVocabulary}; a pure
-# cache (results are the same without it), whose entries go away with their tokenizer
+# cache (results are the same without it), whose entries go away with their tokenizer (held by a weak
+# reference, as every Python object but a few builtins can be)
 _compilers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -48,7 +48,7 @@ class Compiler(Protocol):
 
 def escape_literal(text: str) -> str:
     """``text`` as a regex that matches exactly it (the same in Python, Rust and the teaching subset)."""
-    return "".join("\\" + c if c in _REGEX_META else c for c in text)
+    return "".join("\\" + c if c in "\\.^$|?*+()[]{}" else c for c in text)  # the metacharacters
 
 
 def get_compiler(tokenizer, backend=DEFAULT_BACKEND, eos_token_id=None) -> Compiler:
@@ -66,10 +66,7 @@ def get_compiler(tokenizer, backend=DEFAULT_BACKEND, eos_token_id=None) -> Compi
     elif isinstance(backend, str) or not callable(backend):
         raise ValueError(f"backend must be one of {BACKENDS} or a compiler class, cls(tokenizer, vocab) "
                          f"(outlines-core: infergen.interop.outlines.OutlinesCompiler), got {backend!r}")
-    try:
-        per_tokenizer = _compilers.setdefault(tokenizer, {})
-    except TypeError:  # an object that cannot be weakly referenced: no caching
-        per_tokenizer = {}
+    per_tokenizer = _compilers.setdefault(tokenizer, {})
     if ("vocabulary", eos) not in per_tokenizer:  # shared by the backends
         per_tokenizer[("vocabulary", eos)] = TokenVocabulary.from_tokenizer(tokenizer, eos_token_id)
     if (factory, eos) not in per_tokenizer:
@@ -122,8 +119,8 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
     given = {k: v for k, v in (("regex", regex), ("json_schema", json_schema), ("grammar", grammar),
                                ("choices", choices)) if v is not None}
     if len(given) != 1:  # (a JSON schema already fixes the text: a regex cannot be added to it)
-        raise ValueError("make_constraint needs exactly one of regex=, json_schema=, grammar= or choices=, got "
-                         f"{' and '.join(given) or 'none'}")
+        raise ValueError("make_constraint needs exactly one of regex=, json_schema=, grammar= or choices=, "
+                         f"got {' and '.join(given) or 'none'}")
     (kind, source), = given.items()
     pattern = source if kind == "regex" else None  # the regex a regex backend compiles (choices: built below)
     if kind in ("regex", "grammar") and not isinstance(source, str):
@@ -148,10 +145,9 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
     if kind not in compiler.kinds:
         raise ValueError(f"{kind}: backend {name!r} supports {', '.join(compiler.kinds)}; use "
                          f"backend='llguidance' for {kind}")
-    tries = [source]
-    if kind == "json_schema":  # bounded first; as given (but for oneOf coercion) when that fails
-        as_given = replace(UNBOUNDED, coerce_one_of=json_options.coerce_one_of)
-        tries = [bound_schema(source, options) for options in (json_options, as_given)]
+    # a schema is compiled bounded first; as given (but for oneOf coercion) when that fails
+    as_given = replace(UNBOUNDED, coerce_one_of=json_options.coerce_one_of)
+    tries = [bound_schema(source, o) for o in (json_options, as_given)] if kind == "json_schema" else [source]
     for attempt in tries:
         try:
             return compiler.compile(kind, attempt, pattern)

@@ -38,17 +38,6 @@ class LLGuidanceCompiler:
                                                       eos_token=list(vocab.eos_token_ids))
         self.closing_rank = closing_rank(vocab.token_bytes)  # budget closing's token order (per tokenizer)
 
-    def grammar(self, kind: str, source, pattern: str | None) -> str:
-        """The llguidance grammar text (not yet checked) for a regex, a schema dict or Lark text."""
-        if kind in ("regex", "choices"):
-            assert pattern is not None, "a regex or choices constraint comes with its pattern"
-            return llguidance.LLMatcher.grammar_from_regex(pattern)
-        if kind == "json_schema":  # JSON the way json.dumps writes it ({"a": 1, "b": [1, 2]}): one layout,
-            # so a small model cannot wander into endless whitespace (a schema's "x-guidance" overrides it)
-            return llguidance.LLMatcher.grammar_from_json_schema(source, defaults={
-                "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
-        return llguidance.LLMatcher.grammar_from_lark(source)
-
     def compile(self, kind: str, source, pattern: str | None, forcing: bool = True) -> "LLGuidanceConstraint":
         """``ValueError`` with llguidance's own message when the pattern is invalid.
 
@@ -57,7 +46,15 @@ class LLGuidanceCompiler:
         that text (``name``, not ``n`` then ``ame``). Without it the mask is exactly "every token that
         keeps a match possible", as in the teaching automaton. (Regex, choices and Lark grammars.)
         """
-        grammar = self.grammar(kind, source, pattern)
+        if kind in ("regex", "choices"):  # the grammar text (checked below), from a regex, a schema or Lark
+            assert pattern is not None, "a regex or choices constraint comes with its pattern"
+            grammar = llguidance.LLMatcher.grammar_from_regex(pattern)
+        elif kind == "json_schema":  # JSON the way json.dumps writes it ({"a": 1, "b": [1, 2]}): one layout,
+            # so a small model cannot wander into endless whitespace (a schema's "x-guidance" overrides it)
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(source, defaults={
+                "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
+        else:
+            grammar = llguidance.LLMatcher.grammar_from_lark(source)
         if not forcing:
             spec = json.loads(grammar)
             for g in spec["grammars"]:
@@ -83,10 +80,9 @@ class LLGuidanceConstraint(BackendConstraint):
 
     def allowed_at(self, matcher) -> torch.Tensor:
         """The matcher's mask, computed now (EOS iff it accepts)."""
-        n = self.vocab_size
-        bits = np.zeros(((n + 31) // 32) * 4, dtype=np.uint8)  # one bit per token, 32-bit words
+        bits = np.zeros(((self.vocab_size + 31) // 32) * 4, dtype=np.uint8)  # one bit per token, 32-bit words
         matcher.unsafe_compute_mask_ptr(bits.ctypes.data, bits.size)
-        out = np.unpackbits(bits, bitorder="little")[:n].astype(np.bool_)  # numpy: no thread pool for 49k
+        out = np.unpackbits(bits, bitorder="little")[:self.vocab_size].astype(np.bool_)  # numpy: no threads
         out[list(self.eos_token_ids)] = matcher.is_accepting()
         return torch.from_numpy(out)
 

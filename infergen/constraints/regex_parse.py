@@ -67,10 +67,9 @@ class _Parser:
         return ""
 
     def take(self) -> str:
-        if not self.peek():
-            self.fail("unexpected end of pattern")
+        c = self.peek() or self.fail("unexpected end of pattern")
         self.pos += 1
-        return self.pattern[self.pos - 1]
+        return c
 
     def alternation(self):
         branches = [self.concatenation()]
@@ -151,8 +150,7 @@ class _Parser:
             if not self.peek():
                 self.fail("missing ']'")
             low = high = self.class_member()
-            if isinstance(low, str) and self.peek() == "-" and self.peek(1) not in ("", "]"):
-                self.take()
+            if isinstance(low, str) and self.peek(1) not in ("", "]") and self.accept("-"):  # a range
                 high = self.class_member()
                 if not isinstance(high, str) or ord(high) < ord(low):
                     self.fail(f"bad range {low!r}-{high if isinstance(high, str) else '...'!r} in a class")

@@ -31,6 +31,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from .._validation import check_number
+
 __all__ = ["DEFAULT_OPTIONS", "UNBOUNDED", "SchemaOptions", "bound_schema", "explain_refusal"]
 
 _SCALARS = ["null", "boolean", "integer", "number", "string"]
@@ -59,10 +61,8 @@ class SchemaOptions:
     coerce_one_of: bool = False
 
     def __post_init__(self):
-        for name in ("max_string_length", "max_items", "max_integer", "max_decimals"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                raise ValueError(f"SchemaOptions.{name} must be None (no bound) or an int >= 0, got {v!r}")
+        for name in ("max_string_length", "max_items", "max_integer", "max_decimals"):  # None: no bound
+            check_number(f"SchemaOptions.{name}", getattr(self, name), low=0, integer=True, allow_none=True)
 
 
 #: the defaults: unique keys and every bound on, oneOf refused

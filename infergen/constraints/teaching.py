@@ -104,18 +104,16 @@ class NFA:
             for child in node[1]:
                 self.eps[self.then(s, child)].append(e)
             return s, e
-        if kind == "rep":
-            _, child, lo, hi = node
-            optional = ("alt", [child, ("cat", [])])  # one copy or none
-            # the lo mandatory copies, then hi - lo optional ones (x{1,3} is x x? x?) ...
-            s, e = self.fragment(("cat", [child] * lo + [optional] * (0 if hi is None else hi - lo)))
-            if hi is None:  # ... or a loop: any number of further copies
-                loop = self.new_state()
-                self.eps[e].append(loop)
-                self.eps[self.then(loop, child)].append(loop)
-                e = loop
-            return s, e
-        raise AssertionError(f"unknown node {kind!r}")
+        _, child, lo, hi = node  # the last kind, "rep"
+        optional = ("alt", [child, ("cat", [])])  # one copy or none
+        # the lo mandatory copies, then hi - lo optional ones (x{1,3} is x x? x?) ...
+        s, e = self.fragment(("cat", [child] * lo + [optional] * (0 if hi is None else hi - lo)))
+        if hi is None:  # ... or a loop: any number of further copies
+            loop = self.new_state()
+            self.eps[e].append(loop)
+            self.eps[self.then(loop, child)].append(loop)
+            e = loop
+        return s, e
 
 
 def build_nfa(tree) -> NFA:

@@ -20,6 +20,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from .._validation import check_number
+
 __all__ = ["TokenVocabulary", "byte_level_alphabet"]
 
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -76,9 +78,8 @@ class TokenVocabulary:
         if eos is None:
             raise ValueError("eos_token_id is None and the tokenizer has no eos_token_id: give the id(s) "
                              "that end a sequence")
-        eos_ids = tuple(int(i) for i in (eos if isinstance(eos, (list, tuple, set)) else [eos]))
-        if bad := [i for i in eos_ids if not 0 <= i < n]:
-            raise ValueError(f"eos_token_id must be in [0, {n - 1}], got {bad[0]}")
+        eos_ids = tuple(check_number("eos_token_id", i, low=0, high=n - 1, integer=True)
+                        for i in (eos if isinstance(eos, (list, tuple, set)) else [eos]))
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(eos_ids)
         special |= {i for i, tok in added.items() if getattr(tok, "special", False)}

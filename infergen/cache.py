@@ -198,17 +198,15 @@ class PaddingState:
         return ((keys <= queries) & (real | (keys == queries))).unsqueeze(1)  # [B, 1, t, L]
 
     # -- shared operations, written once on the storage of kv_layers() ------------------------------
-    if TYPE_CHECKING:  # each subclass provides these two (see KVCache)
+    if TYPE_CHECKING:  # each subclass provides these three (see KVCache)
         def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Store the newest columns of one layer; return all so far."""
         def reorder(self, index: torch.Tensor) -> Self:
             """Keep rows ``index``."""
-
-    def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The storage as ``(keys, values)`` pairs, each ``[..., B, kv_heads, columns >= length, head_dim]``
-        (one stacked pair with a leading layer dimension, or one pair per layer). ``like``: a cache of
-        the same model, whose shapes a still-empty storage may copy."""
-        raise NotImplementedError
+        def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            """The storage as ``(keys, values)`` pairs, each ``[..., B, kv_heads, columns >= length, head_dim]``
+            (one stacked pair with a leading layer dimension, or one pair per layer). ``like``: a cache of
+            the same model, whose shapes a still-empty storage may copy."""
 
     def copy(self) -> Self:
         """An independent copy (its own keys, values and mask): changing one never changes the other."""
@@ -300,12 +298,11 @@ class KVCache(PaddingState):
                  device=None, dtype=torch.float32, storage: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__(batch_size, max_len, device)
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
-        if storage is None:
-            storage = (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
-        elif any(tuple(t.shape) != shape for t in storage):
+        self.k, self.v = storage or (torch.zeros(shape, device=device, dtype=dtype),
+                                     torch.zeros(shape, device=device, dtype=dtype))
+        if any(tuple(t.shape) != shape for t in (self.k, self.v)):
             raise ValueError(f"storage must be two tensors of shape {shape}, got "
-                             f"{[tuple(t.shape) for t in storage]}")
-        self.k, self.v = storage
+                             f"{[tuple(t.shape) for t in (self.k, self.v)]}")
 
     def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One stacked pair: ``k``, ``v`` [layers, B, kv_heads, max_len, head_dim]."""

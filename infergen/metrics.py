@@ -108,15 +108,13 @@ def distinct_n(texts, n: int = 2, tokenize: Callable[[str], Sequence] = str.spli
     return float("nan") if total == 0 else len(set().union(*grams)) / total
 
 
-def diversity(texts, tokenize: Callable[[str], Sequence] = str.split, orders: Sequence[int] = (2, 3, 4)) -> float:
-    """Diversity in percent (Su et al., 2022): ``100 * prod over n in orders of (1 - rep-n / 100)``.
+def diversity(texts, tokenize: Callable[[str], Sequence] = str.split) -> float:
+    """Diversity in percent (Su et al., 2022): ``100 * prod over n in (2, 3, 4) of (1 - rep-n / 100)``.
 
     100 means no repeated bigram, trigram or 4-gram; a text stuck in a loop scores near 0. Because it is a
     product, one badly repeated order is enough to pull it down. NaN when some order has no n-gram.
     """
-    if not orders:
-        raise ValueError("orders must name at least one n-gram order, got an empty sequence")
-    return 100.0 * math.prod(1.0 - rep_n(texts, n, tokenize) / 100.0 for n in orders)
+    return 100.0 * math.prod(1.0 - rep_n(texts, n, tokenize) / 100.0 for n in (2, 3, 4))
 
 
 def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Tensor, *, attention_mask=None,

@@ -65,7 +65,6 @@ def test_diversity_hand_examples():
     assert diversity("a b c d e f") == pytest.approx(100.0)
     # "a" x 6: rep-2 = 1 - 1/5, rep-3 = 1 - 1/4, rep-4 = 1 - 1/3
     assert diversity("a a a a a a") == pytest.approx(100 * (1 / 5) * (1 / 4) * (1 / 3))
-    assert diversity("a b a b", orders=(1,)) == pytest.approx(50.0)
 
 
 @pytest.mark.parametrize("fn", [rep_n, distinct_n])
@@ -76,13 +75,11 @@ def test_bad_n_is_rejected(fn):
         fn("a b c", 1.5)
 
 
-def test_bad_texts_and_orders_are_rejected():
+def test_bad_texts_are_rejected():
     with pytest.raises(TypeError, match="texts"):
         rep_n(3, 2)
     with pytest.raises(TypeError, match="each text"):
         rep_n([1.5], 2)
-    with pytest.raises(ValueError, match="orders"):
-        diversity("a b c", orders=())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -78,8 +78,7 @@ def load_tokenizer(path):
     """A tokenizer ready for batches: left padding, and a pad token (the EOS token if none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -200,12 +199,11 @@ def native_from_state_dict(config, sd: dict, defaults: GenerationDefaults | None
         layer = ".".join(module.split(".")[:2]) + "." if module.startswith("layers.") else ""
         names[ours] = [f"{layer}{name}.{kind}" for name in table[module.removeprefix(layer)]]
     wanted = {n for theirs in names.values() for n in theirs}
-    if wanted - set(source):
-        raise ValueError(f"weights do not fit the model: the checkpoint lacks {sorted(wanted - set(source))}")
-    left = sorted(set(source) - wanted)
-    if left:
-        raise ValueError(f"weights do not fit the model: the checkpoint has weights the native model would "
-                         f"not use: {left[:8]}{' ...' if len(left) > 8 else ''}")
+    missing, left = sorted(wanted - set(source)), sorted(set(source) - wanted)
+    if missing or left:
+        raise ValueError(f"weights do not fit the model: the checkpoint lacks {missing or 'nothing'} and "
+                         f"has weights the native model would not use: {left[:8] or 'none'}"
+                         f"{' ...' if len(left) > 8 else ''}")
     dtype = torch.get_default_dtype()  # the parameters' dtype, as if the model had been built on the CPU
     # A fused weight is a fresh tensor (torch.cat) and is adopted as it is; the others are copied, so that
     # the model never shares memory with ``sd``.

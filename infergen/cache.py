@@ -322,8 +322,7 @@ class KVCache(PaddingState):
 
     def reorder(self, index: torch.Tensor) -> Self:
         """Keep rows ``index`` (in that order, repeats allowed): beams that survived, chosen candidates."""
-        index = index.to(self.k.device)
-        L = self.length
+        index, L = index.to(self.k.device), self.length
         if index.numel() == self.batch_size:  # same batch size: gather the used columns in place
             for t in (self.k, self.v):
                 t[:, :, :, :L] = t[:, index, :, :L]

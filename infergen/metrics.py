@@ -66,10 +66,11 @@ def _as_token_lists(texts, tokenize: Callable[[str], Sequence]) -> list[list]:
             if isinstance(item, torch.Tensor) else list(item) for item in texts]
 
 
-def _ngrams_per_text(texts, n: int, tokenize) -> list[list[tuple]]:
-    """The n-grams of each text (``n`` checked once)."""
+def _ngrams_per_text(texts, n: int, tokenize) -> tuple[list[list[tuple]], int]:
+    """The n-grams of each text (``n`` checked once), and how many there are in all."""
     check_number("n", n, low=1, integer=True)
-    return [ngrams(tokens, n) for tokens in _as_token_lists(texts, tokenize)]
+    grams = [ngrams(tokens, n) for tokens in _as_token_lists(texts, tokenize)]
+    return grams, sum(map(len, grams))
 
 
 def ngrams(tokens: Sequence, n: int) -> list[tuple]:
@@ -89,8 +90,7 @@ def rep_n(texts, n: int = 2, tokenize: Callable[[str], Sequence] = str.split) ->
 
     Example: ``"a b a b"`` has bigrams ``ab, ba, ab``: 2 unique of 3, so rep-2 = 33.3.
     """
-    grams = _ngrams_per_text(texts, n, tokenize)
-    total = sum(map(len, grams))
+    grams, total = _ngrams_per_text(texts, n, tokenize)
     return float("nan") if total == 0 else 100.0 * (1.0 - sum(len(set(g)) for g in grams) / total)
 
 
@@ -103,8 +103,7 @@ def distinct_n(texts, n: int = 2, tokenize: Callable[[str], Sequence] = str.spli
     Example: ``["a b", "a b"]`` has bigrams ``ab, ab``: 1 distinct of 2, so distinct-2 = 0.5
     (whereas rep-2 of the same corpus is 0: neither text repeats itself).
     """
-    grams = _ngrams_per_text(texts, n, tokenize)
-    total = sum(map(len, grams))
+    grams, total = _ngrams_per_text(texts, n, tokenize)
     return float("nan") if total == 0 else len(set().union(*grams)) / total
 
 

@@ -47,10 +47,8 @@ def find_gguf(name: str) -> Path | None:
     """The GGUF file of the bundled model ``name`` inside its installed package, or None if not installed."""
     package, filename = BUNDLED[name][:2]
     spec = importlib.util.find_spec(package)  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations)), filename)
-    return path if path.exists() else None
+    paths = [Path(folder, filename) for folder in (spec.submodule_search_locations or [])] if spec else []
+    return next((path for path in paths if path.exists()), None)
 
 
 #: Bumped when the layout of a converted directory changes: older conversions are redone.
@@ -88,11 +86,10 @@ def _hub_unavailable() -> str | None:
     """Why the Hub cannot be asked at all (offline mode, or its host name does not resolve), else None.
     Asking anyway would cost the Hub client's retries (about 25 s) before the same failure. With a proxy
     configured the name may resolve only there, so the Hub is then asked."""
-    env = os.environ
-    if any(env.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return "HF_HUB_OFFLINE is set"
-    if any(env.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
     host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
     try:

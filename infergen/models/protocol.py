@@ -45,8 +45,7 @@ class GenerationDefaults:
         sources = (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None))
         ids = {int(i) for s in sources if s is not None for i in (s if isinstance(s, (list, tuple)) else [s])}
         pad = getattr(config, "pad_token_id", None)
-        return cls(eos_token_ids=tuple(sorted(ids)),
-                   pad_token_id=None if pad is None else int(pad), name=name)
+        return cls(tuple(sorted(ids)), None if pad is None else int(pad), name)  # eos ids, pad id, name
 
 
 @runtime_checkable

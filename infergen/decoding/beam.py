@@ -60,6 +60,7 @@ from .._validation import check_number
 from ..constraints.base import RowConstraints, as_row_constraints
 from ..params import SamplingParams, is_greedy
 from ..pipeline import LogitsPipeline
+from ..processors import check_finite_row
 from ..registry import register_decoder
 from .base import GenerationOutput, check_stop, make_generator, prepare
 from .beam_state import LENGTH, NO_VALID, Beams
@@ -152,14 +153,11 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
             logits = logits.repeat_interleave(num_beams, 0)  # [B * num_beams, V], beams of row 0 first
             cache.repeat(num_beams)
         for step in range(max_new_tokens):
-            logp_all = log_probs(logits).view(B, groups, size, vocab)
-            if torch.isnan(logp_all).any():
-                raise ValueError("the model produced NaN logits: nothing sensible can be chosen")
+            logp_all = log_probs(check_finite_row(logits)).view(B, groups, size, vocab)  # (a NaN step is refused)
             rows = beams.constraint  # every beam's constraint state (None without a constraint)
             scored = logp_all if rows is None else log_probs(rows.mask(logits)).masked_fill(  # what the beams score:
                 rows.dead(dev)[:, None], float("-inf")).view(B, groups, size, vocab)  # renormalised over allowed tokens
-            parents: list[torch.Tensor] = []
-            chosen: list[torch.Tensor] = []
+            parents, chosen = [], []  # per group: the survivors' parent beams and tokens
             seen = [torch.empty(B, 0, dtype=torch.long, device=dev)]  # what later groups' Hamming penalty counts
             all_ended = True
             for g in range(groups):

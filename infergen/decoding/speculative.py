@@ -217,11 +217,10 @@ class Speculator:
     def info(self) -> dict:
         """Per-row ``drafted`` / ``accepted`` counts, the overall ``acceptance_rate`` and the ``rounds``."""
         drafted, accepted = self.drafted.sum().item(), self.accepted.sum().item()
+        layers = self.draft.config.num_hidden_layers if isinstance(self.draft, LayerSkipDraft) else None
         return {"num_draft_tokens": self.gamma, "rounds": self.rounds, "drafted": self.drafted.tolist(),
-                "accepted": self.accepted.tolist(),
-                "acceptance_rate": accepted / drafted if drafted else float("nan"),
-                "draft_layers": (self.draft.config.num_hidden_layers
-                                 if isinstance(self.draft, LayerSkipDraft) else None)}
+                "accepted": self.accepted.tolist(), "acceptance_rate": accepted / drafted if drafted else float("nan"),
+                "draft_layers": layers}
 
 
 @register_decoder("speculative")

@@ -94,10 +94,9 @@ class HFModel(ModelBase):
         super().__init__()
         self.hf = hf_model.eval()
         self.config = hf_model.config
-        if defaults is None:
-            defaults = GenerationDefaults.from_config(getattr(hf_model, "generation_config", None) or self.config)
-            if not defaults.eos_token_ids:
-                defaults = GenerationDefaults.from_config(self.config)
+        if defaults is None:  # the generation config's, where it names an EOS id; else the config's
+            gen = GenerationDefaults.from_config(getattr(hf_model, "generation_config", None) or self.config)
+            defaults = gen if gen.eos_token_ids else GenerationDefaults.from_config(self.config)
         self.defaults = defaults
         # transformers 5.x renamed ``past_key_values`` to ``cache``; speak whichever this version knows.
         params = inspect.signature(hf_model.forward).parameters

@@ -158,10 +158,9 @@ def apply_top_k(logits: torch.Tensor, top_k) -> torch.Tensor:
     """
     vocab = logits.shape[-1]
     k = _row_param(top_k, logits, torch.long).clamp(max=vocab)
-    if isinstance(top_k, torch.Tensor):   # one k per row: rank the whole row, no host-side k_max
-        ranked = torch.sort(logits, dim=-1, descending=True).values
-    else:
-        ranked = torch.topk(logits, max(min(top_k, vocab), 1), dim=-1).values   # [B, k], descending
+    # one k per row: rank the whole row (no host-side k_max); one k: the k largest, [B, k], descending
+    ranked = (torch.sort(logits, dim=-1, descending=True) if isinstance(top_k, torch.Tensor)
+              else torch.topk(logits, max(min(top_k, vocab), 1), dim=-1)).values
     kth = ranked.gather(-1, (k - 1).clamp(min=0).expand(logits.shape[0], 1))   # the k-th largest logit
     kth = kth.masked_fill(k == 0, _NEG_INF)                                     # k = 0 keeps everything
     return logits.masked_fill(logits < kth, _NEG_INF)

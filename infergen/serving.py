@@ -157,8 +157,10 @@ class ContinuousBatcher:
 
         The loop is the decoders' own: :func:`~infergen.prefill` (each request alone),
         :func:`~infergen.decode_one` (every slot at once), each request's ``Sampler`` (the occupied slots
-        grouped by their settings) and :meth:`Rows.commit <infergen.Rows.commit>` over the occupied slots;
-        a request's constraint masks its row, its stop strings end it, ``cancel_at`` retires it.
+        grouped by their settings) and :meth:`Rows.commit <infergen.Rows.commit>` over the occupied slots.
+        A request's constraint is its slot's in the ``Rows`` (:meth:`Rows.reset <infergen.Rows.reset>` at
+        admission): :meth:`Rows.constrain <infergen.Rows.constrain>` masks the row and ``commit`` ends and
+        advances it, as for every decoder; its stop strings end it, ``cancel_at`` retires it.
         """
         requests = list(requests)
         for r in requests:
@@ -254,14 +256,12 @@ class ContinuousBatcher:
                     choose_and_commit(first, rows.constrain(first, row), [row])
                 occupied = [i for i, s in enumerate(slots) if s is not None]
                 if not occupied:  # every admitted request finished at its first token, or none has arrived yet
-                    if pending:  # idle until the next arrival
-                        step = max(step, pending[0].arrival)
+                    step = max(step, pending[0].arrival) if pending else step  # idle until the next arrival
                     continue
                 # 2. one decode step for every row (free rows are padding: masked, their output ignored)
                 if cache.length == max_len:  # free the columns that hold only padding (every request fits)
                     stats["dropped_columns"] += cache.compact()
-                active = torch.zeros(B, 1, dtype=torch.bool, device=device)
-                active[occupied] = True
+                active = torch.tensor([[s is not None] for s in slots], device=device)
                 logits = last_logits(decode_one(model, last, cache, active))
                 stats["decode_steps"] += 1
                 stats["busy_row_steps"] += len(occupied)

@@ -117,8 +117,7 @@ class Sampler:
         """The logits [..., V] after the pipeline (the history as in :meth:`__call__`)."""
         if self.pipeline.is_plain_argmax:
             return logits
-        flat = self.pipeline(logits.reshape(-1, logits.shape[-1]), prompt_ids=prompt_ids, generated_ids=generated_ids)
-        return flat.view(logits.shape)
+        return self.pipeline(logits.reshape(-1, logits.shape[-1]), prompt_ids, generated_ids).view(logits.shape)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The distribution [..., V] tokens are drawn from (float32): softmax of :meth:`process`."""
@@ -313,10 +312,9 @@ class Rows:
         sequences = torch.cat([setup.input_ids, self.ids[:, :n]], 1)
         if not return_dict:
             return sequences
-        lengths = torch.where(self.done, self.length, n)
         return GenerationOutput(sequences=sequences, logprobs=self.lp[:, :n], prompt_length=setup.input_ids.shape[1],
                                 finish_reason=[REASONS[r] for r in self.reason.tolist()],
-                                lengths=lengths.tolist(), **extra)
+                                lengths=torch.where(self.done, self.length, n).tolist(), **extra)
 
 
 def decode_n_tokens(model, cache, logits: torch.Tensor, n: int, sampler: Sampler,

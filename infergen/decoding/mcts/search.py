@@ -29,6 +29,9 @@ from .values import ValueContext, ValueFn, likelihood_value
 #: (benchmarks/results/mcts/speed.md).
 DEFAULT_LEAF_BATCH = 8
 
+#: The counters every row's search keeps in ``stats`` (summed over the rows by :func:`summarise`).
+COUNTERS = ("simulations", "evaluations", "forwards", "forward_tokens", "leaf_batches")
+
 
 @dataclass
 class SearchConfig:
@@ -75,8 +78,7 @@ class RowSearch:
         self.priors = LogitsPipeline.from_params(cfg.priors)  # one-hot priors at temperature 0
         self.chooser = Sampler(cfg.commit, generator=cfg.generator)
         self.rollout_sampler = Sampler(SamplingParams(temperature=0))  # rollouts are greedy
-        self.stats: dict[str, Any] = dict(simulations=0, evaluations=0, forwards=0, forward_tokens=0, leaf_batches=0,
-                                          reused_visits=[])
+        self.stats: dict[str, Any] = dict.fromkeys(COUNTERS, 0) | {"reused_visits": []}
         self.root = Node()
         ids = torch.tensor([self.context], device=self.device)
         self.expand(self.root, check_finite_row(last_logits(prefill(model, ids, self.cache))[0]))
@@ -252,8 +254,7 @@ class RowSearch:
 def summarise(searches: list[RowSearch]) -> dict:
     """The counters of every row's search, summed, with the per-simulation ratios and ``rows``."""
     rows = [s.stats for s in searches]
-    total = {k: sum(r[k] for r in rows) for k in ("simulations", "evaluations", "forwards", "forward_tokens",
-                                                  "leaf_batches")}
+    total = {k: sum(r[k] for r in rows) for k in COUNTERS}
     sims = max(total["simulations"], 1)
     return dict(total, leaf_batch=max((s.leaf_batch for s in searches), default=1), rows=rows,
                 leaves_per_batch=total["evaluations"] / max(total["leaf_batches"], 1),

@@ -95,7 +95,7 @@ def load_reference(name_or_path: str = "smollm2-135m", device="cpu", dtype=torch
     """transformers' own model on the same weights as ``infergen.load_model(name_or_path)``."""
     from transformers import AutoModelForCausalLM
 
-    from ..models.loading import _locate
+    from ..models.loading import locate
 
-    hf = AutoModelForCausalLM.from_pretrained(_locate(name_or_path), dtype=dtype).to(device).eval()
+    hf = AutoModelForCausalLM.from_pretrained(locate(name_or_path), dtype=dtype).to(device).eval()
     return hf

@@ -99,7 +99,7 @@ def _hub_unavailable() -> str | None:
     return None
 
 
-def _locate(name: str) -> str:
+def locate(name: str) -> str:
     """A bundled name's converted directory; its Hub id when it is not converted and the Hub may be asked
     (else a :class:`FileNotFoundError` that says what to install or run); anything else as given."""
     if name not in BUNDLED:
@@ -135,7 +135,7 @@ def load_model(name_or_path: str = "smollm2-135m", device="auto", dtype=None, ba
         raise ValueError(f"backend must be 'native' or 'hf', got {backend!r}")
     device, name = resolve_device(device), str(name_or_path)
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
-    source = _locate(name)
+    source = locate(name)
 
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -63,7 +63,7 @@ from ..pipeline import LogitsPipeline
 from ..processors import check_finite_row
 from ..registry import register_decoder
 from .base import GenerationOutput, check_stop, make_generator, prepare
-from .beam_state import LENGTH, NO_VALID, Beams
+from .beam_state import NO_VALID, Beams
 from .sampling import generate_autoregressive
 from .steps import REASONS, FinishReason, Sampler, decode_one, emit, end_stream, last_logits, log_probs, prefill
 
@@ -143,7 +143,7 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
     if groups > 1 and diversity_penalty > 0:  # `seen`: the tokens the earlier groups chose at this step
         first = next((n for n, _ in sampler.pipeline.steps if n != "logit_bias"), None)
         sampler.pipeline.add("diversity", lambda z, ctx: apply_hamming_diversity(
-            z, torch.cat(seen, 1), diversity_penalty, beams_per_row=size), before=first)
+            z, seen, diversity_penalty, beams_per_row=size), before=first)
     prompt_ids = setup.prompt_ids_for_penalties.repeat_interleave(size, 0)  # [B * size, T]
 
     step = -1  # the last step run: step + 1 steps in all
@@ -157,31 +157,24 @@ def _search(model, input_ids, max_new_tokens, sampler: Sampler, *, groups, size,
             rows = beams.constraint  # every beam's constraint state (None without a constraint)
             scored = logp_all if rows is None else log_probs(rows.mask(logits)).masked_fill(  # what the beams score:
                 rows.dead(dev)[:, None], float("-inf")).view(B, groups, size, vocab)  # renormalised over allowed tokens
-            parents, chosen = [], []  # per group: the survivors' parent beams and tokens
-            seen = [torch.empty(B, 0, dtype=torch.long, device=dev)]  # what later groups' Hamming penalty counts
-            all_ended = True
+            was_open, all_ended = beams.open.clone(), True  # (groups only close themselves)
+            seen = torch.empty(B, 0, dtype=torch.long, device=dev)  # what later groups' Hamming penalty counts
             for g in range(groups):
                 generated = beams.run_tokens[:, g, :, :step].reshape(B * size, step)
                 processed = sampler.process(scored[:, g].reshape(B * size, vocab), prompt_ids, generated)
-                was_open = beams.open[:, g, None].clone()
-                p, tok, ended = beams.advance(g, step, processed.view(B, size, vocab), logp_all[:, g])
-                parents.append(p + g * size)
-                chosen.append(tok)
+                tok, ended = beams.advance(g, step, processed.view(B, size, vocab), logp_all[:, g])
                 # a group that had already stopped emits padding in transformers 4.x; that is what it counts
-                seen.append(torch.where(was_open, tok, setup.pad_token_id))
+                seen = torch.cat([seen, torch.where(was_open[:, g, None], tok, setup.pad_token_id)], 1)
                 all_ended &= ended
             if beams.finished() or all_ended:
                 break
-            offsets = torch.arange(B, device=dev)[:, None] * num_beams
-            cache.reorder((torch.cat(parents, 1) + offsets).reshape(-1))
+            cache.reorder(beams.parents.reshape(-1))
             if rows is not None:
                 beams.keep_constraints()
-            logits = last_logits(decode_one(model, torch.cat(chosen, 1).reshape(-1), cache))
+            logits = last_logits(decode_one(model, beams.run_tokens[..., step].reshape(-1), cache))
 
     n = num_return_sequences
     tokens, logprobs, scores, lengths, reasons, group = beams.best(n)
-    if max_new_tokens == 0:  # no step: the prompt itself, with score 0
-        scores, reasons = torch.zeros_like(scores), torch.full_like(reasons, LENGTH)
     if beams.constraint is not None:  # no valid hypothesis: budget closing found no completion that fits
         no_fit = beams.constraint.no_fit(dev).view(B, -1).any(1).repeat_interleave(n)
         reasons = torch.where((reasons == NO_VALID) & no_fit, REASONS.index(FinishReason.BUDGET), reasons)

@@ -59,38 +59,45 @@ class Beams:
         self.do_sample, self.generator, self.constraint = do_sample, generator, constraint
         self.forks: list[RowConstraints] = []  # per group, this step: every candidate's advanced state
         self.kept: list[torch.Tensor] = []  # per group, this step: which candidates it kept [B, size]
+        self.parents = torch.zeros(shape, dtype=torch.long, device=dev)  # each survivor's parent's cache row
         self.run_tokens = torch.full(shape + (max_new,), pad, dtype=torch.long, device=dev)
         self.run_logprobs = torch.zeros(shape + (max_new,), device=dev)
         self.run_scores = torch.full(shape, NEG, device=dev)
         self.run_scores[:, :, 0] = 0.0  # only the first beam of each group is alive at the start
         self.fin_tokens = self.run_tokens.clone()
         self.fin_logprobs = self.run_logprobs.clone()
-        self.fin_scores = torch.full(shape, NEG, device=dev)
+        # no step at all (max_new_tokens 0): each hypothesis is the prompt itself, score 0, reason length
+        self.fin_scores = torch.full(shape, NEG if max_new else 0.0, device=dev)
         self.fin_lengths = torch.zeros(shape, dtype=torch.long, device=dev)
         # a slot that never receives a hypothesis: under a constraint, no valid text was found
-        self.fin_reason = torch.full_like(self.fin_lengths, NO_VALID if constraint is not None else LENGTH)
+        no_valid = constraint is not None and max_new > 0
+        self.fin_reason = torch.full_like(self.fin_lengths, NO_VALID if no_valid else LENGTH)
         self.fin_done = torch.zeros(shape, dtype=torch.bool, device=dev)
         self.open = torch.ones(B, groups, dtype=torch.bool, device=dev)
 
     def advance(self, g: int, step: int, processed: torch.Tensor, raw_logp: torch.Tensor):
         """One step of group ``g``: ``processed`` / ``raw_logp`` are [B, size, V]. Returns
-        ``(parents [B, size], tokens [B, size], all_candidates_ended: bool)``.
+        ``(tokens [B, size], all_candidates_ended: bool)``; ``parents[:, g]`` then holds the survivors'
+        parent beams as rows of the ``B * groups * size``-row cache (what ``cache.reorder`` takes).
         """
         B, size, V = processed.shape
         cand, idx = self._candidates((processed + self.run_scores[:, g, :, None]).reshape(B, size * V))
         parent, token = idx // V, idx % V
+        # each candidate's parent beam as a cache row: row b * groups * size + g * size + parent
+        row = parent + (torch.arange(B, device=idx.device)[:, None] * self.open.shape[1] + g) * size
         hist = along_beams(self.run_tokens[:, g], parent)  # [B, n_cand, max_new]: each candidate's tokens
         hist[:, :, step] = token
         hist_lp = along_beams(self.run_logprobs[:, g], parent)
         hist_lp[:, :, step] = raw_logp.reshape(B, size * V).gather(-1, idx)
-        reason, live = self._endings(g, step, cand, parent, token, hist)
+        reason, live = self._endings(step, cand, row, token, hist)
         ended = ((reason != LENGTH) | (step + 1 == self.max_new)) & live
         keep = self._keep_running(g, cand, reason, live, hist, hist_lp)
         if self.constraint is not None:
             self.kept.append(keep)
         self._add_finished(g, step, cand, ended, reason, hist, hist_lp)
         self._update_open(g, step, cand)
-        return parent.gather(-1, keep), self.run_tokens[:, g, :, step], bool((ended | ~live).all())
+        self.parents[:, g] = row.gather(-1, keep)
+        return self.run_tokens[:, g, :, step], bool((ended | ~live).all())
 
     def _candidates(self, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's candidates of every row, best first: ``(scores, flat indices)`` [B, n_cand] among
@@ -112,11 +119,12 @@ class Beams:
         cand, order = total.gather(-1, idx).sort(-1, descending=True)
         return cand, idx.gather(-1, order)
 
-    def _endings(self, g, step, cand, parent, token, hist):
+    def _endings(self, step, cand, row, token, hist):
         """Why each candidate would end now (a REASONS code; ``LENGTH`` = it does not) and which are live
         (under a constraint: not forbidden, not the extension of a never-started beam). Under a constraint,
-        every candidate advances a fork of its parent beam's state with its token, to see whether its
-        constraint is then complete; the forks (``B * n_cand``, row-major) wait in ``forks``."""
+        every candidate advances a fork of its parent beam's state (``row``: the parent's index among all
+        beams) with its token, to see whether its constraint is then complete; the forks (``B * n_cand``,
+        row-major) wait in ``forks``."""
         B, n_cand = token.shape
         live = cand > NEG / 2 if self.constraint is not None else torch.ones_like(token, dtype=torch.bool)
         is_eos = torch.isin(token, self.eos) & live
@@ -125,8 +133,7 @@ class Beams:
             stop = self.stopping(hist[:, :, :step + 1].reshape(B * n_cand, step + 1)).to(live.device)
             stop = stop.view(B, n_cand) & live
         if self.constraint is not None:  # every live candidate advances a fork of its parent beam's state
-            beam = torch.arange(B, device=parent.device)[:, None] * self.open.shape[1] * self.size + g * self.size
-            forks = self.constraint.select((beam + parent).reshape(-1).cpu())
+            forks = self.constraint.select(row.reshape(-1).cpu())
             forks.advance(token.reshape(-1).cpu(), active=(live & ~is_eos).reshape(-1).cpu())
             self.forks.append(forks)  # kept until the step's survivors are known (keep_constraints)
             complete = forks.complete(live.device).view(B, n_cand) & live

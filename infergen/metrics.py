@@ -151,20 +151,17 @@ def sequence_logprob(model, input_ids: torch.Tensor, continuation_ids: torch.Ten
     if T + n > model.max_context:
         raise ValueError(f"prompt + continuation = {T + n} tokens exceed the model's context of "
                          f"{model.max_context}")
-    if continuation_mask is not None and (not isinstance(continuation_mask, torch.Tensor)
-                                          or tuple(continuation_mask.shape) != (B, n)):
+    cont_mask = torch.ones_like(cont, dtype=torch.bool) if continuation_mask is None else continuation_mask
+    if not isinstance(cont_mask, torch.Tensor) or tuple(cont_mask.shape) != (B, n):
         raise ValueError(f"continuation_mask must be a tensor of shape {(B, n)}, got "
-                         f"{getattr(continuation_mask, 'shape', type(continuation_mask).__name__)}")
-    cont_mask = torch.ones(B, n, dtype=torch.bool) if continuation_mask is None else continuation_mask.bool()
+                         f"{getattr(cont_mask, 'shape', type(cont_mask).__name__)}")
     ids = torch.cat([setup.input_ids, cont.to(model.device)], 1)
-    mask = torch.cat([setup.attention_mask, cont_mask.to(model.device)], 1)
+    mask = torch.cat([setup.attention_mask, cont_mask.to(model.device, torch.bool)], 1)
     with torch.inference_mode():
         logits = model(ids, model.new_cache(B, T + n), attention_mask=mask, logits="all").logits[:, T - 1:-1]
         token_lp = token_logprobs(logits, ids[:, T:]).masked_fill(~mask[:, T:], 0.0)
-    if reduction == "none":
-        return token_lp
     total = token_lp.sum(-1)
-    return total if reduction == "sum" else total / mask[:, T:].sum(-1).clamp(min=1)
+    return {"none": token_lp, "sum": total, "mean": total / mask[:, T:].sum(-1).clamp(min=1)}[reduction]
 
 
 def mean_logprob(model, input_ids, continuation_ids, **kwargs) -> torch.Tensor:

@@ -74,10 +74,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``F.linear(x, weight, bias)`` on the int8 weight: any shape ``[..., in_features]``, ``x``'s dtype out."""
         rows = x.reshape(-1, self.in_features)  # the kernels take [N, in] rows (a view, no copy)
-        if self.packed and x.device.type == "cpu":  # .to: a no-op (no copy) when the dtypes already agree
-            y = torch._weight_int8pack_mm(rows.to(self.compute_dtype), self.qweight, self.scales).to(x.dtype)
-        else:  # portable fallback: dequantize (correct everywhere, but it writes a float weight copy)
-            y = F.linear(rows, self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None])
+        # the int8 kernel on the CPU (.to: a no-op when the dtypes already agree); elsewhere the portable
+        # fallback: dequantize (correct everywhere, but it writes a float weight copy)
+        y = (torch._weight_int8pack_mm(rows.to(self.compute_dtype), self.qweight, self.scales).to(x.dtype)
+             if self.packed and x.device.type == "cpu"
+             else F.linear(rows, self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None]))
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)

@@ -53,9 +53,8 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``F.linear(x, weight, bias)``, computed with the packed weight where it applies."""
         weight = self.packed_weight(x)
-        if weight is None:
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
+        return (F.linear(x, self.weight, self.bias) if weight is None
+                else torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], ""))
 
     def packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
         """The oneDNN-packed copy of the weight for input ``x`` (None where packing does not apply).
@@ -175,9 +174,8 @@ class CompiledDecode(ModelBase):
         positions = cache.append_mask(attention_mask, 1)  # eager bookkeeping: the new column is filled
         column = torch.tensor([cache.length - 1], device=cache.k.device)
         mask = cache.mask.index_fill(1, column, True)  # a (padding) query sees itself: no empty softmax row
-        out = self.step(self.model.rope_table(cache.max_len), input_ids, positions, column,
-                        mask[:, None, None, :], cache.k, cache.v)
-        return ModelOutput(logits=out)
+        return ModelOutput(logits=self.step(self.model.rope_table(cache.max_len, cache.k.device), input_ids,
+                                            positions, column, mask[:, None, None, :], cache.k, cache.v))
 
 
 def compile_decode(model, compile: bool = True, mode: str = "reduce-overhead", bucket: int = 256) -> CompiledDecode:

@@ -91,16 +91,17 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        bias = bias_layout(cfg)
-        self.wqkv = nn.Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=bias["qkv"])
-        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias["o_proj"])
+        # Llama's attention_bias covers q, k, v *and* o; Qwen2 has biases on q, k, v only
+        qwen2 = cfg.model_type == "qwen2"
+        bias = bool(getattr(cfg, "attention_bias", qwen2))
+        self.wqkv = nn.Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=bias)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias and not qwen2)
 
     def forward(self, x: torch.Tensor, cos, sin, cache: Cache, mask) -> torch.Tensor:
         """``x`` [B, t, D] -> [B, t, D]; appends this layer's keys/values to ``cache``."""
         (B, t, _), hd, nh, nkv = x.shape, self.head_dim, self.n_heads, self.n_kv
         qk, v = self.wqkv(x).view(B, t, nh + 2 * nkv, hd).split((nh + nkv, nkv), dim=2)  # views
-        qk = apply_rope(qk, cos, sin)  # rotate q and k in one pass: [B, t, nh+nkv, hd]
-        q, k = qk.split((nh, nkv), dim=2)
+        q, k = apply_rope(qk, cos, sin).split((nh, nkv), dim=2)  # q and k rotated in one pass
         k, v = cache.update(self.layer, k.transpose(1, 2), v.transpose(1, 2))  # all so far: [B, n_kv, L, hd]
         groups = nh // nkv
         if t == 1:
@@ -108,9 +109,8 @@ class Attention(nn.Module):
             # that head -- GQA without copying keys/values. Mask [B,1,1,L] broadcasts over them.
             attend = decode_attention if B > 1 and x.device.type == "cpu" else F.scaled_dot_product_attention
             return self.wo(attend(q.view(B, nkv, groups, hd), k, v, mask).reshape(B, 1, nh * hd))
-        q = q.transpose(1, 2)
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=mask is None)
         return self.wo(out.transpose(1, 2).reshape(B, t, nh * hd))
 
 
@@ -119,7 +119,7 @@ class MLP(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        bias = bias_layout(cfg)["mlp"]
+        bias = bool(getattr(cfg, "mlp_bias", False))  # Llama's mlp_bias covers gate, up and down
         self.w13 = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=bias)  # gate | up
         self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
 
@@ -222,15 +222,14 @@ class LlamaModel(ModelBase):
             x = block(x, cos, sin, cache, mask)
         return x
 
-    def rope_table(self, needed: int, device=None) -> torch.Tensor:
+    def rope_table(self, needed: int, device: torch.device) -> torch.Tensor:
         """The table ``[n >= needed, 2 * head_dim]`` of ``cos | sin_signed`` per position (see :func:`apply_rope`).
 
-        The cos/sin of every position up to ``needed`` are computed once (model dtype, model device)
+        The cos/sin of every position up to ``needed`` are computed once (model dtype, on ``device``)
         and then *looked up*: a step costs one gather instead of a product, a concatenation, two
         trigonometric functions and two casts. The table grows (powers of two) when a longer cache
         needs it. The values are bit-identical to computing them per step.
         """
-        device = torch.device(device) if device is not None else self.device
         table = self._rope_table
         if table is None or table.shape[0] < needed or table.device != device or table.dtype != self.dtype:
             inv_freq, scale = rope_inverse_frequencies(self.config)
@@ -250,14 +249,6 @@ class LlamaModel(ModelBase):
         return model.to(device=hf_model.device, dtype=hf_model.dtype).eval()
 
 
-def bias_layout(cfg) -> dict[str, bool]:
-    """Which projections carry a bias. Llama's ``attention_bias`` covers q, k, v *and* o; Qwen2 has q/k/v
-    biases only; ``mlp_bias`` (Llama) covers gate, up and down."""
-    qwen2 = getattr(cfg, "model_type", "") == "qwen2"
-    attention = bool(getattr(cfg, "attention_bias", qwen2))
-    return {"qkv": attention, "o_proj": attention and not qwen2, "mlp": bool(getattr(cfg, "mlp_bias", False))}
-
-
 def native_unsupported(cfg) -> str | None:
     """Why the native model cannot run ``cfg`` exactly, or None.
 
@@ -270,8 +261,7 @@ def native_unsupported(cfg) -> str | None:
         return f"model_type {kind!r} is not one of {NATIVE_MODEL_TYPES}"
     qwen2_off = kind == "qwen2" and not getattr(cfg, "use_sliding_window", False)  # Qwen2 ignores it when off
     window = None if qwen2_off else getattr(cfg, "sliding_window", None)
-    context = getattr(cfg, "max_position_embeddings", None)
-    if window is not None and (context is None or window < context):
+    if window is not None and window < (getattr(cfg, "max_position_embeddings", None) or float("inf")):
         return f"it uses a sliding attention window of {window} tokens (the native attention is full)"
     return None
 

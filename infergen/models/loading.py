@@ -66,10 +66,8 @@ def is_converted(target: Path) -> bool:
 
 def resolve_device(device="auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple's MPS, then the CPU."""
-    if device not in (None, "auto"):
-        return torch.device(device)
-    mps = torch.backends.mps.is_available()
-    return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(auto if device in (None, "auto") else device)
 
 
 def load_tokenizer(path):
@@ -202,11 +200,9 @@ def native_from_state_dict(config, sd: dict, defaults: GenerationDefaults | None
                          f"has weights the native model would not use: {left[:8] or 'none'}"
                          f"{' ...' if len(left) > 8 else ''}")
     dtype = torch.get_default_dtype()  # the parameters' dtype, as if the model had been built on the CPU
-    # A fused weight is a fresh tensor (torch.cat) and is adopted as it is; the others are copied, so that
-    # the model never shares memory with ``sd``.
-    model.load_state_dict({ours: source[t[0]].to("cpu", dtype, copy=True) if len(t) == 1 else
-                           torch.cat([source[n] for n in t]).to("cpu", dtype) for ours, t in names.items()},
-                          assign=True)
+    # torch.cat makes a fresh tensor even of a single weight: the model never shares memory with ``sd``.
+    model.load_state_dict({ours: torch.cat([source[n] for n in theirs]).to("cpu", dtype)
+                           for ours, theirs in names.items()}, assign=True)
     if tied:
         model.lm_head.weight = model.embed.weight  # one parameter, as the checkpoint has one tensor
     return model

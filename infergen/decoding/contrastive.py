@@ -76,13 +76,11 @@ def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=DEFA
     """
     if penalty_alpha is not None and alpha != DEFAULT_ALPHA:  # transformers' name for the same setting
         raise ValueError(f"give alpha or penalty_alpha, not both (alpha={alpha}, penalty_alpha={penalty_alpha})")
-    alpha = alpha if penalty_alpha is None else penalty_alpha
-    check_number("alpha", alpha, low=0, high=1)
+    alpha = float(check_number("alpha", alpha if penalty_alpha is None else penalty_alpha, low=0, high=1))
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id, who="contrastive_search")
     model, (B, T), n = setup.model, setup.input_ids.shape, setup.max_new_tokens
-    check_number("top_k", top_k, low=1, high=model.config.vocab_size, integer=True)  # at most the vocabulary
-    k, alpha = int(top_k), float(alpha)
+    k = int(check_number("top_k", top_k, low=1, high=model.config.vocab_size, integer=True))  # at most the vocab
     progress = Rows(setup, stopping=stopping, streamer=streamer)
     rows = torch.arange(B, device=setup.input_ids.device)
     penalties = torch.zeros(B, n, device=rows.device)  # of each chosen token

@@ -174,9 +174,8 @@ class PaddingState:
                 f"cache is full: {start} + {t} tokens exceed max_len={self.max_len}; "
                 "allocate a larger cache (max_new_tokens too large for it?)")
         seen = self.mask[:, :start].sum(-1, keepdim=True)  # real tokens so far, [B, 1]
-        real = (torch.ones(self.batch_size, t, dtype=torch.bool, device=self.mask.device) if new_mask is None
-                else new_mask.to(device=self.mask.device, dtype=torch.bool))
-        self.mask[:, start:start + t] = real
+        self.mask[:, start:start + t] = True if new_mask is None else new_mask  # copied from any device/dtype
+        real = self.mask[:, start:start + t]  # [B, t]
         self.has_padding = self.has_padding or (new_mask is not None and not bool(real.all()))
         self.length = start + t
         return (seen + real.long().cumsum(-1) - 1).clamp_(min=0)  # a padding slot takes its neighbour's
@@ -298,8 +297,7 @@ class KVCache(PaddingState):
                  device=None, dtype=torch.float32, storage: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__(batch_size, max_len, device)
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
-        self.k, self.v = storage or (torch.zeros(shape, device=device, dtype=dtype),
-                                     torch.zeros(shape, device=device, dtype=dtype))
+        self.k, self.v = storage or [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2)]
         if any(tuple(t.shape) != shape for t in (self.k, self.v)):
             raise ValueError(f"storage must be two tensors of shape {shape}, got "
                              f"{[tuple(t.shape) for t in (self.k, self.v)]}")

@@ -141,7 +141,6 @@ def compare_quality(reference, candidate, input_ids: torch.Tensor) -> dict:
     """
     ref, cand = (log_likelihood(model, input_ids) for model in (reference, candidate))
     p, q = ref.pop("logprobs"), cand.pop("logprobs")
-    kl = (p.exp() * (p - q)).sum(-1).mean()
-    agree = (p.argmax(-1) == q.argmax(-1)).float().mean()
     return {"reference": ref, "candidate": cand, "delta_mean_logprob": cand["mean_logprob"] - ref["mean_logprob"],
-            "kl": float(kl), "top1_agreement": float(agree)}
+            "kl": float((p.exp() * (p - q)).sum(-1).mean()),  # KL(reference || candidate), per position
+            "top1_agreement": float((p.argmax(-1) == q.argmax(-1)).float().mean())}

@@ -122,8 +122,7 @@ def decode_static(model, table, input_ids, positions, column, mask, k, v) -> tor
     the model's :meth:`~infergen.LlamaModel.rope_table`. No ``.item()``, no branch on
     data. ``k``/``v`` are the cache's tensors (written in place). Returns logits [B, 1, V].
     """
-    x = model.blocks(input_ids, positions, table, StaticKV(k, v, column), mask)
-    return model.lm_head(model.norm(x))
+    return model.lm_head(model.norm(model.blocks(input_ids, positions, table, StaticKV(k, v, column), mask)))
 
 
 class CompiledDecode(ModelBase):

@@ -43,10 +43,9 @@ class HFCache(PaddingState):
         that (``max_len >= window``), it cannot be cropped back, read by column or moved between rows."""
         windows = [getattr(layer, "sliding_window", 0) for layer in getattr(self.inner, "layers", ())
                    if getattr(layer, "is_sliding", False)]
-        if capability is Cache or not windows or self.max_len < min(windows):
-            return None
-        return (f"its sliding-window layers keep only the last {min(windows)} positions and this cache may "
-                f"hold {self.max_len}, so it cannot do the {capability.__name__} operations exactly")
+        return None if capability is Cache or not windows or self.max_len < min(windows) else (
+            f"its sliding-window layers keep only the last {min(windows)} positions and this cache may "
+            f"hold {self.max_len}, so it cannot do the {capability.__name__} operations exactly")
 
     def _pad(self, like: "HFCache | None" = None) -> None:
         """Give the columns recorded by ``append_mask`` alone zero keys/values (shapes from ``like`` if empty)."""
@@ -94,10 +93,10 @@ class HFModel(ModelBase):
         super().__init__()
         self.hf = hf_model.eval()
         self.config = hf_model.config
-        if defaults is None:  # the generation config's, where it names an EOS id; else the config's
-            gen = GenerationDefaults.from_config(getattr(hf_model, "generation_config", None) or self.config)
-            defaults = gen if gen.eos_token_ids else GenerationDefaults.from_config(self.config)
-        self.defaults = defaults
+        # by default the generation config's, where it names an EOS id; else the config's
+        gen = GenerationDefaults.from_config(getattr(hf_model, "generation_config", None) or self.config)
+        gen = gen if gen.eos_token_ids else GenerationDefaults.from_config(self.config)
+        self.defaults = gen if defaults is None else defaults
         # transformers 5.x renamed ``past_key_values`` to ``cache``; speak whichever this version knows.
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"

@@ -54,9 +54,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` [..., dim]; low precision is normalised in float32, cast back, *then* scaled
         (the order the reference uses)."""
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op, same math
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
+        # float32: one fused op, same math
+        return (F.rms_norm(x, (x.shape[-1],), self.weight, self.eps) if x.dtype == torch.float32
+                else self.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
@@ -145,18 +145,6 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-def rope_inverse_frequencies(cfg) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies theta_i = base^(-2i/d) and the cos/sin scale, or a scaled variant (llama3, ...)."""
-    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type == "default":
-        base, d = params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)), cfg.head_dim
-        return 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)).float(), 1.0
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # scaled variants: reuse theirs
-    inv_freq, scale = ROPE_INIT_FUNCTIONS[rope_type](cfg, "cpu")
-    return inv_freq.float(), float(scale)
-
-
 class LlamaModel(ModelBase):
     """The native decoder. ``forward(input_ids, cache, attention_mask)`` -> :class:`ModelOutput`.
 
@@ -225,17 +213,27 @@ class LlamaModel(ModelBase):
     def rope_table(self, needed: int, device: torch.device) -> torch.Tensor:
         """The table ``[n >= needed, 2 * head_dim]`` of ``cos | sin_signed`` per position (see :func:`apply_rope`).
 
-        The cos/sin of every position up to ``needed`` are computed once (model dtype, on ``device``)
-        and then *looked up*: a step costs one gather instead of a product, a concatenation, two
-        trigonometric functions and two casts. The table grows (powers of two) when a longer cache
+        The angle of feature pair ``i`` at position ``p`` is ``p * theta_i`` with the inverse frequencies
+        ``theta_i = base^(-2i/d)`` (``base`` is the config's ``rope_theta``), cos and sin times a scale of
+        1; a scaled variant (``rope_type`` llama3, yarn, ...) takes its frequencies and scale from
+        transformers. The cos/sin of every position up to ``needed`` are computed once (model dtype, on
+        ``device``) and then *looked up*: a step costs one gather instead of a product, a concatenation,
+        two trigonometric functions and two casts. The table grows (powers of two) when a longer cache
         needs it. The values are bit-identical to computing them per step.
         """
-        table = self._rope_table
+        table, cfg = self._rope_table, self.config
         if table is None or table.shape[0] < needed or table.device != device or table.dtype != self.dtype:
-            inv_freq, scale = rope_inverse_frequencies(self.config)
+            params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+            rope_type = params.get("rope_type", params.get("type", "default"))
+            if rope_type == "default":
+                base, d = params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)), cfg.head_dim
+                inv_freq, scale = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)), 1.0
+            else:
+                from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+                inv_freq, scale = ROPE_INIT_FUNCTIONS[rope_type](cfg, "cpu")
             n = max(512, 1 << max(needed - 1, 1).bit_length())
             # [n, hd/2]: position times frequency, float32 as the reference
-            angles = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv_freq.to(device))
+            angles = torch.outer(torch.arange(n, device=device).float(), inv_freq.float().to(device))
             cos, sin = (angles.cos() * scale).to(self.dtype), (angles.sin() * scale).to(self.dtype)
             table = self._rope_table = torch.cat((cos, cos, -sin, sin), dim=-1)  # cos | sin_signed, see apply_rope
         return table

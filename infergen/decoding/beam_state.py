@@ -196,10 +196,8 @@ class Beams:
     def best(self, n: int):
         """The ``n`` best finished hypotheses of every row: (tokens, logprobs, scores, lengths, reasons, group),
         each [B * n, ...], ordered best first within a row."""
-        B, groups, size = self.fin_scores.shape
         order = self.fin_scores.flatten(1, 2).sort(dim=-1, descending=True, stable=True).indices[:, :n]  # [B, n]
         tables = (self.fin_tokens, self.fin_logprobs, self.fin_scores, self.fin_lengths, self.fin_reason)
-        group = torch.arange(groups, device=order.device).repeat_interleave(size).expand(B, -1)
         return (*(along_beams(t.flatten(1, 2), order).flatten(0, 1) for t in tables),
-                group.gather(1, order).reshape(-1))
+                (order // self.size).reshape(-1))  # a slot's group: its position among the groups' slots
 

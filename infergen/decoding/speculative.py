@@ -107,8 +107,8 @@ def verify_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, genera
     where rejection can only be a rounding artefact) the token is sampled from ``p``.
     """
     B, g = drafts.shape
-    p_draft = p[:, :g].gather(-1, drafts.unsqueeze(-1)).squeeze(-1)  # p_i(d_i)
-    q_draft = q.gather(-1, drafts.unsqueeze(-1)).squeeze(-1)  # q_i(d_i) > 0: d_i was drawn from q_i
+    # p_i(d_i) and q_i(d_i) (> 0: d_i was drawn from q_i)
+    p_draft, q_draft = (t.gather(-1, drafts.unsqueeze(-1)).squeeze(-1) for t in (p[:, :g], q))
     u = torch.rand(B, g, device=p.device, dtype=p.dtype, generator=generator)
     n = (u * q_draft <= p_draft).long().cumprod(-1).sum(-1)  # leading accepted drafts
     rows = torch.arange(B, device=p.device)
@@ -159,19 +159,13 @@ class Speculator:
         self.accepted = torch.zeros_like(self.drafted)
         self.rounds = 0
 
-    def _pick(self, logits: torch.Tensor):
-        """Tokens [...] from logits [..., V] through the sampler, and (when sampling) their distribution."""
-        processed = self.sampler.process(logits)
-        return self.sampler.choose(processed), None if self.sampler.greedy else processed.softmax(-1)
-
     def start(self):
         """Prefill both caches with the prompt; the target picks the first token. Returns (tokens, logits)."""
         s = self.setup
         logits = last_logits(prefill(self.target, s.input_ids, self.target_cache, s.attention_mask))
         prefill(self.draft, s.input_ids.to(self.draft.device), self.draft_cache, s.attention_mask.to(self.draft.device))
-        token, _ = self._pick(logits)
-        self.pending = token[:, None]
-        return token[:, None], logits[:, None]
+        self.pending = self.sampler(logits)[:, None]
+        return self.pending, logits[:, None]
 
     def step(self, budget: int, active: torch.Tensor):
         """One draft-and-verify round producing at most ``budget`` tokens per row.
@@ -183,13 +177,14 @@ class Speculator:
         L0 = self.target_cache.length
         dev = self.pending.device
         # x: the draft's unseen tokens (two after a fully accepted round), then its own last proposal;
-        # feed: what the target verifies, the newest committed token and then the drafts
+        # feed: what the target verifies, the newest committed token and then the drafts; qs: the draft's
+        # processed logits at each draft position
         x, feed, qs = self.pending, self.pending[:, -1:], []
         for _ in range(g):  # the draft proposes g tokens, one at a time
             logits = last_logits(decode_many(self.draft, x.to(self.draft.device), self.draft_cache)).to(dev)
-            d, q = self._pick(logits)
-            x, feed = d[:, None], torch.cat([feed, d[:, None]], 1)
-            qs.append(q)
+            qs.append(self.sampler.process(logits))  # processed as the target's will be; q is their softmax
+            x = self.sampler.choose(qs[-1])[:, None]
+            feed = torch.cat([feed, x], 1)
         target_logits = decode_many(self.target, feed, self.target_cache).logits.float()  # [B, g+1, V]
         drafts_t = feed[:, 1:]  # [B, g]
         if self.sampler.greedy:  # accept while the draft's token is the target's argmax
@@ -197,7 +192,7 @@ class Speculator:
             n = (drafts_t == best[:, :g]).long().cumprod(-1).sum(-1)
             nxt = best.gather(1, n[:, None]).squeeze(1)
         else:
-            q = torch.stack(qs, 1) if qs else target_logits[:, :0]
+            q = torch.stack(qs, 1).softmax(-1) if qs else target_logits[:, :0]
             n, nxt = verify_drafts(self.sampler.probs(target_logits), q, drafts_t, self.sampler.generator)
         # Commit the smallest accepted count over unfinished rows, plus one token per row.
         m = int(n[active].min()) if bool(active.any()) else 0

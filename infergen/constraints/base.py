@@ -168,13 +168,13 @@ class BackendState:
         if self.dead:
             return
         if token_id in self.constraint.eos_token_ids:  # the end of an accepting row, else a wrong token
-            self.ended, self.dead = (True, False) if self.accepting() else (False, True)
+            self.ended = self.accepting()
         elif self.ended or not 0 <= token_id < self.constraint.vocab_size:
-            self.ended, self.dead = False, True
-        elif (after := self.constraint.step(self.state, token_id)) is None:
-            self.dead = True
-        else:
+            self.ended = False
+        elif (after := self.constraint.step(self.state, token_id)) is not None:
             self.state = after
+            return
+        self.dead = not self.ended  # EOS after a match ends the row; every other way here kills it
 
     def fork(self) -> "BackendState":
         """An independent copy (the two then advance separately)."""
@@ -211,8 +211,7 @@ class RowConstraints:
     def _row(self, i: int) -> np.ndarray:
         # numpy view of the state's CPU tensor: a 49k-element op through torch's thread pool costs
         # more in waiting for threads than in work, on a busy machine
-        cached = self._allowed[i]
-        if cached is None:
+        if (cached := self._allowed[i]) is None:
             state = self.states[i]
             assert state is not None, "an unconstrained row has no mask"
             cached = self._allowed[i] = state.allowed().numpy()
@@ -279,20 +278,18 @@ class RowConstraints:
                 self._row(i)
 
     # ---- the three calls of a decode step --------------------------------------------------------
-    def allowed(self, width: int, device=None) -> torch.Tensor:
+    def allowed(self, width: int, device=None, eos_if_dead: bool = False) -> torch.Tensor:
         """Bool ``[B, width]``: the allowed ids of every row, ``width`` being the logits' last dimension.
-        Ids at or beyond a constraint's ``vocab_size`` are never allowed; unconstrained rows allow all."""
-        return torch.from_numpy(self._allowed_array(width)).to(device)
-
-    def _allowed_array(self, width: int, eos_if_dead: bool = False) -> np.ndarray:
+        Ids at or beyond a constraint's ``vocab_size`` are never allowed; unconstrained rows allow all.
+        ``eos_if_dead``: :meth:`mask`'s stand-in, a dead row allows its EOS ids."""
         out = np.ones((len(self.states), width), dtype=np.bool_)  # unconstrained rows allow all
         for i, s in enumerate(self.states):
             if s is not None:
                 row = self._row(i)[:width]
                 out[i] = np.pad(row, (0, width - row.size))  # False beyond the constraint's vocab_size
-                if eos_if_dead and not row.any():  # mask's stand-in: a dead row keeps its EOS ids
+                if eos_if_dead and not row.any():
                     out[i, [e for e in s.constraint.eos_token_ids if e < width]] = True
-        return out
+        return torch.from_numpy(out).to(device, non_blocking=True)
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """A copy of ``logits`` [B, V] with every disallowed id set to ``-inf``.
@@ -307,9 +304,8 @@ class RowConstraints:
                              f"got {tuple(logits.shape)}; after reordering beams, call select(index) first")
         for i in range(len(self.states)):
             self._close(i, logits)
-        allowed = self._allowed_array(logits.shape[1], eos_if_dead=True)
-        banned = torch.from_numpy(~allowed).to(logits.device, non_blocking=True)
-        return logits.masked_fill(banned, float("-inf"))
+        allowed = self.allowed(logits.shape[1], logits.device, eos_if_dead=True)
+        return logits.masked_fill(~allowed, float("-inf"))
 
     def advance(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> None:
         """Every row whose ``active`` flag is set consumes its token from ``tokens`` [B] (in place).
@@ -317,11 +313,10 @@ class RowConstraints:
         ``active`` (bool [B], default all) excludes finished rows, whose tokens are padding.
         """
         toks = torch.as_tensor(tokens).tolist()
-        if len(toks) != len(self.states):
-            raise ValueError(f"tokens must have one id per row ({len(self.states)}), got {len(toks)}")
         act = [True] * len(toks) if active is None else torch.as_tensor(active).tolist()
-        if len(act) != len(toks):
-            raise ValueError(f"active must have one flag per row ({len(toks)}), got {len(act)}")
+        if not len(toks) == len(act) == len(self.states):
+            raise ValueError(f"tokens and active must have one entry per row ({len(self.states)}), "
+                             f"got {len(toks)} tokens and {len(act)} flags")
         for i, (s, t, a) in enumerate(zip(self.states, toks, act)):
             if s is not None and a:
                 s.advance(int(t))
@@ -360,18 +355,16 @@ def as_row_constraints(constraint, batch_size: int, budget=None) -> RowConstrain
     """
     if constraint is None:
         return None
-    if isinstance(constraint, RowConstraints):
-        if len(constraint) != batch_size:
-            raise ValueError(f"constraint has {len(constraint)} rows, the batch has {batch_size}")
-        return constraint.select(range(batch_size))  # its own budget: ``budget`` is for fresh states
     if isinstance(constraint, Constraint):
         constraint = [constraint] * batch_size  # every row starts its own state
-    if isinstance(constraint, (list, tuple)):
-        if len(constraint) != batch_size:
-            raise ValueError(f"constraint must have one entry per row ({batch_size}), got {len(constraint)}")
-        for i, c in enumerate(constraint):
-            if c is not None and not isinstance(c, Constraint):
-                raise TypeError(f"constraint[{i}] must be a Constraint or None, got {type(c).__name__}")
-        return RowConstraints([None if c is None else c.start() for c in constraint], budget)
-    raise TypeError("constraint must be a Constraint (make_constraint(...)), a list of them (one per row), "
-                    f"a RowConstraints or None, got {type(constraint).__name__}")
+    if not isinstance(constraint, (list, tuple, RowConstraints)):
+        raise TypeError("constraint must be a Constraint (make_constraint(...)), a list of them (one per "
+                        f"row), a RowConstraints or None, got {type(constraint).__name__}")
+    if len(constraint) != batch_size:
+        raise ValueError(f"constraint must have one entry per row ({batch_size}), got {len(constraint)}")
+    if isinstance(constraint, RowConstraints):
+        return constraint.select(range(batch_size))  # its own budget: ``budget`` is for fresh states
+    for i, c in enumerate(constraint):
+        if c is not None and not isinstance(c, Constraint):
+            raise TypeError(f"constraint[{i}] must be a Constraint or None, got {type(c).__name__}")
+    return RowConstraints([None if c is None else c.start() for c in constraint], budget)

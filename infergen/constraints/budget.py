@@ -55,17 +55,16 @@ def closing_path(state: ConstraintState, limit: int, rank: np.ndarray | None) ->
     the pattern is then complete; ``None`` when the walk needs more than ``limit`` tokens or dies.
     ``rank``: the constraint's ``closing_rank`` (:func:`closing_rank`), or None for the ids' order."""
     s, path = state.fork(), list[int]()
-    eos = list(state.constraint.eos_token_ids)
     while len(path) <= limit:
         allowed = s.allowed().numpy()
         if is_complete(s, allowed):  # the decoder ends it without a token
             return path
         if s.accepting():
-            return path + eos[:1] if len(path) < limit else None
+            return [*path, *s.constraint.eos_token_ids[:1]] if len(path) < limit else None
+        # not accepting, so no EOS id is allowed: the best allowed token, if there is one
         ranked = np.where(allowed, np.arange(allowed.size) if rank is None else rank, np.iinfo(np.int64).max)
-        ranked[eos] = np.iinfo(np.int64).max
         token = int(ranked.argmin())
-        if not allowed[token] or token in eos:
+        if not allowed[token]:
             return None
         path.append(token)
         s.advance(token)

@@ -66,12 +66,11 @@ def get_compiler(tokenizer, backend=DEFAULT_BACKEND, eos_token_id=None) -> Compi
     elif isinstance(backend, str) or not callable(backend):
         raise ValueError(f"backend must be one of {BACKENDS} or a compiler class, cls(tokenizer, vocab) "
                          f"(outlines-core: infergen.interop.outlines.OutlinesCompiler), got {backend!r}")
-    per_tokenizer = _compilers.setdefault(tokenizer, {})
-    if ("vocabulary", eos) not in per_tokenizer:  # shared by the backends
-        per_tokenizer[("vocabulary", eos)] = TokenVocabulary.from_tokenizer(tokenizer, eos_token_id)
-    if (factory, eos) not in per_tokenizer:
-        per_tokenizer[(factory, eos)] = factory(tokenizer, per_tokenizer[("vocabulary", eos)])
-    return per_tokenizer[(factory, eos)]
+    cache = _compilers.setdefault(tokenizer, {})
+    if (factory, eos) not in cache:  # the vocabulary is shared by the backends
+        vocab = cache.get(("vocabulary", eos)) or TokenVocabulary.from_tokenizer(tokenizer, eos_token_id)
+        cache[("vocabulary", eos)], cache[(factory, eos)] = vocab, factory(tokenizer, vocab)
+    return cache[(factory, eos)]
 
 
 def _schema_dict(json_schema):
@@ -155,6 +154,5 @@ def make_constraint(tokenizer, *, regex: str | None = None, json_schema=None, gr
             error = e
     shown = json.dumps(source) if kind == "json_schema" else repr(source)
     shown = shown[:200] + "..." if len(shown) > 200 else shown
-    where = explain_refusal(source, str(error)) if kind == "json_schema" else None
-    lead = f"invalid {kind} -- {where} " if where else f"invalid {kind} "
-    raise ValueError(f"{lead}{shown} ({name}: {error})") from None
+    where = explain_refusal(source, str(error))  # None but for a schema's keyword
+    raise ValueError(f"invalid {kind} {f'-- {where} ' if where else ''}{shown} ({name}: {error})") from None

@@ -61,10 +61,7 @@ class _Parser:
 
     def accept(self, chars: str) -> str:
         """Take the next character if it is one of ``chars`` and return it; "" (taking nothing) if not."""
-        if (c := self.peek()) and c in chars:
-            self.pos += 1
-            return c
-        return ""
+        return self.take() if (c := self.peek()) and c in chars else ""
 
     def take(self) -> str:
         c = self.peek() or self.fail("unexpected end of pattern")

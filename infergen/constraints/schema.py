@@ -40,7 +40,6 @@ _SCALARS = ["null", "boolean", "integer", "number", "string"]
 # and those whose value is a list or a name -> subschema map
 _ONE = ("items", "additionalProperties", "then", "else", "contains", "propertyNames",
         "additionalItems", "unevaluatedItems", "unevaluatedProperties")
-_ANY = [*_SCALARS, "array", "object"]
 # a schema without "type" admits every type, and each bound applies to its own type only, so all of them
 # are added; unless the schema combines others (its parts are bounded, and "not"/"if" must stay as given)
 _COMBINED = {"$ref", "anyOf", "oneOf", "allOf", "not", "if"}
@@ -94,7 +93,7 @@ def _bound(s, opts: SchemaOptions, close: bool):
             s[k] = {n: _bound(x, opts, close) for n, x in s[k].items()}
     if "enum" in s or "const" in s:
         return s
-    types = s.get("type", _ANY if not _COMBINED & s.keys() else [])  # no "type": a value of any type
+    types = s.get("type", [*_SCALARS, "array", "object"] if not _COMBINED & s.keys() else [])  # none: any
     types = {types} if isinstance(types, str) else set(types)
     if "object" in types and close and s.get("additionalProperties", True) in (True, {}):
         s["additionalProperties"] = False

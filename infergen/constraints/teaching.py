@@ -65,12 +65,13 @@ UTF8_SEQUENCES = (
 
 
 class NFA:
-    """``moves[q]``: list of (set of bytes, next state); ``eps[q]``: states reachable reading nothing."""
+    """``moves[q]``: list of (set of bytes, next state); ``eps[q]``: states reachable reading nothing;
+    ``start`` and ``end``: the entry and exit of the whole ``tree``."""
 
-    def __init__(self):
+    def __init__(self, tree):
         self.moves: list[list[tuple[frozenset, int]]] = []
         self.eps: list[list[int]] = []
-        self.start = self.end = None
+        self.start, self.end = self.fragment(tree)
 
     def new_state(self) -> int:
         """A new state, with no moves yet; its number."""
@@ -108,19 +109,14 @@ class NFA:
         optional = ("alt", [child, ("cat", [])])  # one copy or none
         # the lo mandatory copies, then hi - lo optional ones (x{1,3} is x x? x?) ...
         s, e = self.fragment(("cat", [child] * lo + [optional] * (0 if hi is None else hi - lo)))
-        if hi is None:  # ... or a loop: any number of further copies
-            loop = self.new_state()
-            self.eps[e].append(loop)
-            self.eps[self.then(loop, child)].append(loop)
-            e = loop
+        if hi is None:  # ... or a loop at their exit: any number of further copies
+            self.eps[self.then(e, child)].append(e)
         return s, e
 
 
 def build_nfa(tree) -> NFA:
     """Thompson's construction for a :func:`parse` tree: one entry state, one exit state (the match)."""
-    nfa = NFA()
-    nfa.start, nfa.end = nfa.fragment(tree)
-    return nfa
+    return NFA(tree)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -158,10 +154,9 @@ def determinize(nfa: NFA) -> DFA:
     def closure(states: frozenset) -> frozenset:
         seen, stack = set(states), list(states)
         while stack:
-            for r in nfa.eps[stack.pop()]:
-                if r not in seen:
-                    seen.add(r)
-                    stack.append(r)
+            new = set(nfa.eps[stack.pop()]) - seen
+            seen |= new
+            stack += new
         return frozenset(seen)
 
     sets = [frozenset(), closure(frozenset([nfa.start]))]
@@ -169,11 +164,10 @@ def determinize(nfa: NFA) -> DFA:
     table = []
     for current in sets:  # ``sets`` grows while we walk it: a breadth-first search over subsets
         row = [DEAD] * 256
-        targets: dict[int, set[int]] = {}
-        for q in current:
-            for byteset, r in nfa.moves[q]:
-                for b in byteset:
-                    targets.setdefault(b, set()).add(r)
+        targets: dict[int, set[int]] = {}  # byte -> the NFA states it leads to
+        for byteset, r in [move for q in current for move in nfa.moves[q]]:
+            for b in byteset:
+                targets.setdefault(b, set()).add(r)
         for b, rs in targets.items():
             nxt = closure(frozenset(rs))
             row[b] = number.setdefault(nxt, len(sets))
@@ -198,26 +192,23 @@ def regex_to_dfa(pattern: str) -> DFA:
 # ---------------------------------------------------------------------------------------------------
 def token_masks(dfa: DFA, vocab: TokenVocabulary) -> torch.Tensor:
     """Bool ``[num_states, vocab_size]``: may token ``t`` follow in state ``q``? (EOS: iff ``q`` accepts.)"""
-    table = np.array(dfa.table, dtype=np.int32)  # [S, 256]
-    S = table.shape[0]
-    by_class, byte_class = np.unique(table, axis=1, return_inverse=True)  # [S, C] and byte -> class
-    C = by_class.shape[1]
+    by_class, byte_class = np.unique(np.array(dfa.table, dtype=np.int32), axis=1, return_inverse=True)
+    S, C = by_class.shape  # states, byte classes (and byte -> its class)
     step = np.concatenate([by_class, np.arange(S, dtype=np.int32)[:, None]], axis=1)  # class C: stay put
     to_class = bytes(byte_class.reshape(-1).astype(np.uint8))  # a bytes.translate table
     classes = [data.translate(to_class) if data else b"" for data in vocab.token_bytes]  # b"": no text
     sequences = sorted(dict.fromkeys(c for c in classes if c), key=len, reverse=True)  # longest first,
     rank = {seq: r for r, seq in enumerate(sequences)}  # so that step p below touches a prefix of them
-    which = np.array([rank.get(c, 0) for c in classes], dtype=np.int64)  # token id -> its class sequence
-    has_bytes = np.array([bool(c) for c in classes], dtype=np.bool_)
+    # token id -> its class sequence; a token that is no text -> one past them (never allowed)
+    which = np.array([rank.get(c, len(sequences)) for c in classes], dtype=np.int64)
     width = len(sequences[0]) if sequences else 0
     padded = np.frombuffer(b"".join(seq.ljust(width, bytes([C])) for seq in sequences),
                            dtype=np.uint8).reshape(len(sequences), width)
-    lengths = np.array([len(seq) for seq in sequences])
     ends = np.repeat(np.arange(S, dtype=np.int32)[:, None], len(sequences), axis=1)  # [S, sequences]
     for p in range(width):
-        k = int((lengths > p).sum())  # the sequences that still have a byte at position p
+        k = int((padded[:, p] != C).sum())  # the sequences that still have a byte at position p
         ends[:, :k] = step[ends[:, :k], padded[:k, p]]
-    allowed = (ends != DEAD)[:, which] & has_bytes  # back from sequences to token ids
+    allowed = np.pad(ends != DEAD, ((0, 0), (0, 1)))[:, which]  # back from sequences to token ids
     allowed[:, list(vocab.eos_token_ids)] = np.array(dfa.accepting)[:, None]
     return torch.from_numpy(allowed)
 

@@ -39,15 +39,6 @@ def byte_level_alphabet() -> dict[str, int]:
     return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(moved)}}
 
 
-def _decoder_kinds(tokenizer) -> set[str]:
-    """The decoder types of a fast tokenizer's ``tokenizer.json`` (e.g. ``{"ByteLevel"}``)."""
-    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
-    if decoder is None:
-        return set()
-    spec = json.loads(decoder.__getstate__())  # the decoder's own part of tokenizer.json
-    return {k for k in [spec.get("type")] + [sub.get("type") for sub in spec.get("decoders") or []] if k}
-
-
 @dataclass(frozen=True, eq=False)
 class TokenVocabulary:
     """The bytes of every token id, and the ids that end a sequence.
@@ -83,7 +74,10 @@ class TokenVocabulary:
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(eos_ids)
         special |= {i for i, tok in added.items() if getattr(tok, "special", False)}
-        kinds = _decoder_kinds(tokenizer)
+        # the decoder types of a fast tokenizer's tokenizer.json (e.g. {"ByteLevel"}), from its own part
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        spec = {} if decoder is None else json.loads(decoder.__getstate__())
+        kinds = {k for k in [spec.get("type")] + [sub.get("type") for sub in spec.get("decoders") or []] if k}
         alphabet = byte_level_alphabet() if "ByteLevel" in kinds else None
 
         def piece_bytes(i: int, piece: str | None) -> bytes | None:  # b"" and None: no text

@@ -61,6 +61,13 @@ def check_number(name: str, value, *, low=None, high=None, low_open=False, high_
     return x
 
 
+def check_callable(name: str, value):
+    """Refuse a ``value`` that cannot be called (a pipeline step, a registered decoder or processor, a
+    scorer): the one "must be callable" check, naming ``name`` and what was given."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {_shown(value)} ({type(value).__name__})")
+
+
 def check_logits(logits: torch.Tensor, name: str = "logits") -> torch.Tensor:
     """Check that logits are a floating tensor of shape [V] or [B, V]."""
     if not isinstance(logits, torch.Tensor):

@@ -85,11 +85,6 @@ class SamplingParams:
             object.__setattr__(self, s.name, s.check(getattr(self, s.name)))
 
     @classmethod
-    def from_kwargs(cls, **kwargs) -> "SamplingParams":
-        """Build from keyword arguments; ``None`` means "the default"; an unknown name is refused."""
-        return cls.resolve(None, **kwargs)
-
-    @classmethod
     def resolve(cls, params: "SamplingParams | None" = None, **settings) -> "SamplingParams":
         """``params`` (or the defaults) with the keyword ``settings`` that are not None applied on top:
         how every decoder turns its document-style keyword arguments into one object at the door."""
@@ -99,6 +94,10 @@ class SamplingParams:
             raise TypeError(f"params must be an infergen.SamplingParams, got {type(params).__name__}")
         changes, base = {k: v for k, v in settings.items() if v is not None}, params or cls()
         return dataclasses.replace(base, **changes) if changes else base
+
+    #: ``SamplingParams.from_kwargs(temperature=0.7)``: :meth:`resolve` without a ``params`` to start from
+    #: (the same door: ``None`` means "the default", an unknown name is refused).
+    from_kwargs = resolve
 
     @classmethod
     def split(cls, kwargs: dict, params: "SamplingParams | None" = None) -> tuple["SamplingParams", dict]:

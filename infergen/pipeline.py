@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ._validation import as_rows, check_per_row, check_token_ids
+from ._validation import as_rows, check_callable, check_per_row, check_token_ids
 from .params import SETTINGS, SamplingParams, is_greedy
 
 __all__ = ["LogitsContext", "LogitsPipeline"]
@@ -41,10 +41,8 @@ def _step(kernel: Callable, history: str, values: tuple) -> Step:
     """A pipeline step: ``kernel(logits, [context.<history>,] *values)`` with checked ``values`` (a missing
     history is an empty ``[B, 0]`` one)."""
     def step(logits: torch.Tensor, context: LogitsContext) -> torch.Tensor:
-        if not history:
-            return kernel(logits, *values)
-        ids = check_token_ids(getattr(context, history), logits.shape[0], logits.device)  # None: [B, 0]
-        return kernel(logits, ids, *values)
+        ids = [check_token_ids(getattr(context, history), logits.shape[0], logits.device)] if history else []
+        return kernel(logits, *ids, *values)  # a missing history (None) is checked into [B, 0]
 
     return step
 
@@ -119,8 +117,7 @@ class LogitsPipeline:
         """
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty string, got {name!r}")
-        if not callable(fn):
-            raise TypeError(f"fn for step {name!r} must be callable, got {type(fn).__name__}")
+        check_callable(f"fn for step {name!r}", fn)
         names = [n for n, _ in self.steps]
         if name in names:
             raise ValueError(f"name {name!r} is already a step of this pipeline: {names}")

@@ -215,8 +215,7 @@ def apply_typical(logits: torch.Tensor, typical_p) -> torch.Tensor:
     """
     vocab, dtype = logits.shape[-1], _prob_dtype(logits)
     logp, _, entropy = _entropy(logits)
-    shifted = (-logp - entropy).abs()
-    sorted_shift, sorted_idx = torch.sort(shifted, dim=-1)                      # most typical first
+    sorted_shift, sorted_idx = torch.sort((-logp - entropy).abs(), dim=-1)     # most typical first
     cumulative = logits.gather(-1, sorted_idx).to(dtype).softmax(dim=-1).cumsum(dim=-1)
     mass = _row_param(typical_p, logits, dtype)
     last = (cumulative < mass).sum(dim=-1, keepdim=True).clamp(max=vocab - 1)   # first index reaching the mass

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ._validation import check_callable
+
 DECODERS: dict[str, Callable] = {}
 PROCESSORS: dict[str, Callable] = {}
 
@@ -27,8 +29,7 @@ def _register(table: dict, kind: str, name: str, fn: Callable | None, overwrite:
         raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
 
     def add(f: Callable) -> Callable:
-        if not callable(f):
-            raise TypeError(f"{kind} {name!r} must be callable, got {type(f).__name__}")
+        check_callable(f"{kind} {name!r}", f)
         if name in table and table[name] is not f and not overwrite:
             raise ValueError(f"{kind} {name!r} is already registered; pass overwrite=True to replace it")
         table[name] = f

@@ -185,9 +185,9 @@ class ContinuousBatcher:
         # each request's Sampler (shared by equal settings), its generator (its seed, or its params'), its stops
         samplers: dict[str, Sampler] = {}
         plan = {id(r): self._plan(r, samplers, device) for r in requests}
-        width = max(len(r.prompt) for r in requests)  # one Rows row per slot, reset for each request it holds
-        setup = Setup(model, torch.zeros(B, width, dtype=torch.long, device=device),
-                      torch.zeros(B, width, dtype=torch.bool, device=device), torch.tensor(self.eos, dtype=torch.long, device=device),
+        # one Rows row per slot, reset for each request it holds (room for the longest prompt; no token yet)
+        free = torch.zeros(B, max(len(r.prompt) for r in requests), dtype=torch.long, device=device)
+        setup = Setup(model, free, free.bool(), torch.tensor(self.eos, dtype=torch.long, device=device),
                       self.pad, max(r.max_new_tokens for r in requests))
         pending = deque(sorted(requests, key=lambda r: r.arrival))
         slots: list[Request | None] = [None] * B
@@ -198,9 +198,9 @@ class ContinuousBatcher:
             return torch.tensor([s is not None and bool(s(generated[row:row + 1])[0]) for row, s in enumerate(stops)],
                                 device=device)
 
-        constrained = any(r.constraint for r in requests)  # each slot's own (set at admission)
+        # each slot's constraint is its request's, set at admission (Rows.reset)
         rows = Rows(setup, stopping=stopping if any(p[2] for p in plan.values()) else None,
-                    constraint=RowConstraints([None] * B) if constrained else None)
+                    constraint=RowConstraints([None] * B) if any(r.constraint for r in requests) else None)
         last = torch.full((B,), self.pad, dtype=torch.long, device=device)
         cache = require(model.new_cache(B, max_len), RowCache, "ContinuousBatcher")
         step, started = 0, time.perf_counter()
@@ -231,9 +231,8 @@ class ContinuousBatcher:
                                       generator=[plan[id(slots[occupied[j]])][1] for j in js])
             rows.commit(tokens, logits, rows=idx)
             last[idx] = tokens
-            for row, done in zip(occupied, rows.done[idx].tolist()):
-                if done:
-                    retire(slots[row], row)
+            for row in [row for row, done in zip(occupied, rows.done[idx].tolist()) if done]:
+                retire(slots[row], row)
 
         with torch.inference_mode():
             while pending or any(s is not None for s in slots):
@@ -243,12 +242,11 @@ class ContinuousBatcher:
                 # 1. admit the requests that have arrived into free slots; each chooses its first token
                 while pending and pending[0].arrival <= step and None in slots:
                     req, row = pending.popleft(), slots.index(None)
-                    if req.cancel_at is not None and req.cancel_at <= step:
-                        retire(req, None, FinishReason.CANCELLED)  # cancelled before it ran: no forward pass
-                        continue
+                    # the slot stays free until the request is admitted; cancelled before it ran, or with its
+                    # constraint complete before any token, it finishes here, with no forward pass
                     rows.reset(row, req.prompt, req.max_new_tokens, req.constraint)
-                    if rows.done[row]:  # its constraint is complete before any token: no forward pass
-                        retire(req, None, FinishReason.CONSTRAINT)
+                    if (cancelled := req.cancel_at is not None and req.cancel_at <= step) or rows.done[row]:
+                        retire(req, None, FinishReason.CANCELLED if cancelled else FinishReason.CONSTRAINT)
                         continue
                     first = self._admit(req, row, cache)
                     stats["prefills"] += 1

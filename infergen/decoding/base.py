@@ -127,15 +127,13 @@ def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_
                          "real token: infergen needs left padding (tokenizer.padding_side = 'left'), so that "
                          "every row's newest token is in the last column")
     if T + max_new_tokens > (context := model.max_context):
-        raise ValueError(
-            f"prompt length {T} + max_new_tokens {max_new_tokens} = {T + max_new_tokens} exceeds the model's "
-            f"context of {context} tokens; shorten the prompt or lower max_new_tokens (valid range: "
-            f"[0, {max(context - T, 0)}])")
+        raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens} = {T + max_new_tokens} "
+                         f"exceeds the model's context of {context} tokens; shorten the prompt or lower "
+                         f"max_new_tokens (valid range: [0, {max(context - T, 0)}])")
     eos, pad = special_ids(model, eos_token_id, pad_token_id)
     device = model.device
-    setup = Setup(model=model, input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                  eos=torch.tensor(eos, dtype=torch.long, device=device), pad_token_id=pad,
-                  max_new_tokens=int(max_new_tokens))
+    setup = Setup(model, input_ids.to(device), attention_mask.to(device),
+                  torch.tensor(eos, dtype=torch.long, device=device), pad, int(max_new_tokens))
     return setup, require(model.new_cache(B, T + max_new_tokens + extra_len), needs, who) if allocate else None
 
 

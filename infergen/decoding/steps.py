@@ -115,14 +115,12 @@ class Sampler:
     def process(self, logits: torch.Tensor, prompt_ids: torch.Tensor | None = None,
                 generated_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The logits [..., V] after the pipeline (the history as in :meth:`__call__`)."""
-        if self.pipeline.is_plain_argmax:
-            return logits
-        return self.pipeline(logits.reshape(-1, logits.shape[-1]), prompt_ids, generated_ids).view(logits.shape)
+        return logits if self.pipeline.is_plain_argmax else self.pipeline(
+            logits.reshape(-1, logits.shape[-1]), prompt_ids, generated_ids).view(logits.shape)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The distribution [..., V] tokens are drawn from (float32): softmax of :meth:`process`."""
-        processed = self.process(logits)
-        return safe_probs(processed.reshape(-1, processed.shape[-1])).view(processed.shape)
+        return safe_probs(self.process(logits).reshape(-1, logits.shape[-1])).view(logits.shape)
 
     def choose(self, processed: torch.Tensor, generator=None) -> torch.Tensor:
         """Tokens [...] from already processed logits [..., V]: the argmax, or one draw per row."""
@@ -210,9 +208,8 @@ class Rows:
         B, dev, n = setup.input_ids.shape[0], setup.input_ids.device, setup.max_new_tokens
         self.setup, self.stopping, self.streamer = setup, stopping, streamer
         # budget closing (infergen.constraints.budget): a constrained row finishes complete within its
-        # limit; a RowConstraints of the caller's keeps its own budget (budget=None switches closing off)
-        self.constraint = as_row_constraints(constraint, B, None if isinstance(constraint, RowConstraints)
-                                             else n)
+        # limit n; a RowConstraints of the caller's keeps its own budget (as_row_constraints ignores n)
+        self.constraint = as_row_constraints(constraint, B, n)
         self.prompt_ids = setup.prompt_ids_for_penalties
         self.limit = torch.full((B,), n, device=dev)                       # tokens each row may commit
         self.ids = torch.full((B, n), setup.pad_token_id, dtype=torch.long, device=dev)  # committed tokens

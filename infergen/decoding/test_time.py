@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .._validation import check_input_ids, check_number
+from .._validation import check_callable, check_input_ids, check_number
 from .base import GenerationOutput
 from .sampling import generate_autoregressive
 
@@ -77,8 +77,7 @@ def _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_ma
         raise ValueError(f"samples must be the GenerationOutput of sample_candidates with n={n} rows per prompt "
                          f"({input_ids.shape[0] * n} rows), got {type(out).__name__}")
     lengths = out.lengths or [out.new_tokens.shape[1]] * out.new_tokens.shape[0]
-    ids = [row[:k] for row, k in zip(out.new_tokens.tolist(), lengths)]
-    lps = [row[:k] for row, k in zip(out.logprobs.tolist(), lengths)]
+    ids, lps = ([row[:k] for row, k in zip(t.tolist(), lengths)] for t in (out.new_tokens, out.logprobs))
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True) if tokenizer is not None else ids
     choices = []
     for b in range(input_ids.shape[0]):
@@ -91,11 +90,6 @@ def _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_ma
     return choices
 
 
-def _check_callable(name: str, value):
-    if not callable(value):
-        raise TypeError(f"{name} must be a callable, got {value!r} ({type(value).__name__})")
-
-
 def best_of_n(model, input_ids, n: int = 8, max_new_tokens: int = 32, *, scorer: Callable | None = None,
               tokenizer=None, attention_mask=None, **settings) -> list[Choice]:
     """Best-of-N: ``n`` samples per prompt, keep the one ``scorer`` rates highest (ties: the first).
@@ -105,7 +99,7 @@ def best_of_n(model, input_ids, n: int = 8, max_new_tokens: int = 32, *, scorer:
     Returns one :class:`Choice` per prompt.
     """
     if scorer is not None:
-        _check_callable("scorer", scorer)
+        check_callable("scorer", scorer)
 
     def select(cands, logprobs):
         scores = ([scorer(c) for c in cands] if scorer is not None else
@@ -133,7 +127,7 @@ def self_consistency(model, input_ids, n: int = 8, max_new_tokens: int = 32, *, 
     ``answer``; ``scores`` are the votes for each candidate's answer.
     """
     extract = extract or (lambda c: c.strip() if isinstance(c, str) else tuple(c))
-    _check_callable("extract", extract)
+    check_callable("extract", extract)
 
     def select(cands, logprobs):
         answers = [extract(c) for c in cands]
@@ -166,7 +160,7 @@ def mbr(model, input_ids, n: int = 8, max_new_tokens: int = 32, *, utility: Call
         tokenizer=None, attention_mask=None, **settings) -> list[Choice]:
     """MBR decoding: ``n`` samples per prompt, keep the one with the highest expected ``utility``
     against the others (:func:`mbr_select`; default :func:`unigram_f1`). ``scores``: expected utilities."""
-    _check_callable("utility", utility)
+    check_callable("utility", utility)
 
     def select(cands, logprobs):
         return (*mbr_select(cands, utility), None)

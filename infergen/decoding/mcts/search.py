@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..._validation import check_number
+from ..._validation import check_callable, check_number
 from ...cache import ColumnCache, CropCache, RowCache, require
 from ...params import SamplingParams, setting
 from ...pipeline import LogitsPipeline
@@ -58,8 +58,8 @@ class SearchConfig:
 class RowSearch:
     """The tree, the working cache and the counters of one batch row.
 
-    The working cache (batch 1) holds the root context, then the K/V slices of ``cached_path``, the
-    nodes of the last path loaded; the batch cache (``leaf_batch`` rows) is where leaves are evaluated.
+    The working cache (batch 1) holds the root context, then the K/V slices of the last path loaded
+    (:meth:`load`); the batch cache (``leaf_batch`` rows) is where leaves are evaluated.
     The model is called by :meth:`leaf_logits` and :meth:`rollout_logits` only (a subclass that evaluates
     leaves differently overrides those two: infergen/bench/mcts_nocache.py).
     """
@@ -74,7 +74,6 @@ class RowSearch:
             require(self.cache, needed, f"mcts_decode with leaf_batch={self.leaf_batch}")
         longest = len(prompt) + max_new_tokens + cfg.rollout_tokens + 1  # a path, then its rollout
         self.batch: Any = model.new_cache(self.leaf_batch, longest)
-        self.cached_path: list[Node] = []
         self.priors = LogitsPipeline.from_params(cfg.priors)  # one-hot priors at temperature 0
         self.chooser = Sampler(cfg.commit, generator=cfg.generator)
         self.rollout_sampler = Sampler(SamplingParams(temperature=0))  # rollouts are greedy
@@ -95,14 +94,12 @@ class RowSearch:
         return check_finite_row(last_logits(decode_one(self.model, ids, cache))[:n])
 
     def load(self, prefix: list[Node]):
-        """Make the working cache hold the root context + ``prefix``'s K/V slices (reusing what is there)."""
-        shared = next((i for i, (a, b) in enumerate(zip(prefix, self.cached_path)) if a is not b),
-                      min(len(prefix), len(self.cached_path)))
-        self.cache.crop(len(self.context) + shared)
-        if len(prefix) > shared:
-            slices = [n.kv for n in prefix[shared:]]
-            self.cache.append_columns(torch.stack([k for k, _ in slices], 2), torch.stack([v for _, v in slices], 2))
-        self.cached_path = list(prefix)
+        """Make the working cache hold the root context + ``prefix``'s K/V slices. (The slices of a path
+        shared with the previous one are appended again: copying them costs little next to copying the
+        whole row into the batch cache, which :meth:`leaf_logits` does next.)"""
+        self.cache.crop(len(self.context))
+        if prefix:  # the keys, then the values: [layers, kv_heads, len(prefix), head_dim] each
+            self.cache.append_columns(*(torch.stack([n.kv[i] for n in prefix], 2) for i in (0, 1)))
 
     def leaf_logits(self, paths: list[list[Node]]):
         """Next-token logits [k, V] after each of ``k`` paths, from one forward of their leaf tokens, and
@@ -140,8 +137,7 @@ class RowSearch:
         """2. Expansion: children = the top-k tokens of ``logits`` [V], priors = the softmax of their
         logits under the prior temperature (one-hot at temperature 0)."""
         top = torch.topk(logits, min(self.cfg.top_k, logits.shape[-1]))
-        keep = torch.isfinite(top.values)
-        keep[0] = True
+        keep = torch.isfinite(top.values)  # the first is: the logits passed check_finite_row
         values, indices = top.values[keep], top.indices[keep]
         priors = torch.softmax(self.priors(values[None])[0], -1).tolist()
         logprobs = torch.log_softmax(logits, -1)[indices].tolist()
@@ -170,11 +166,11 @@ class RowSearch:
     def evaluate(self, path: list[Node], rollout: Sequence[int] = (), rollout_lps: Sequence[float] = ()) -> float:
         """3. Evaluation: ``value_fn`` of the path and its rollout, checked to be a number in ``[0, 1]``."""
         cfg, dev = self.cfg, self.device
-        ids, lps = self.context + [n.token for n in path] + list(rollout), [n.logprob for n in path] + list(rollout_lps)
-        ctx = ValueContext(torch.tensor(ids, device=dev), self.prompt_length, len(self.committed_logprobs),
-                           len(path), len(rollout), torch.tensor(lps, device=dev),
-                           torch.tensor(self.committed_logprobs, device=dev),
-                           path[-1].eos or (len(rollout) > 0 and rollout[-1] in cfg.eos), cfg.tokenizer, cfg.generator)
+        ctx = ValueContext(torch.tensor(self.context + [n.token for n in path] + list(rollout), device=dev),
+                           self.prompt_length, len(self.committed_logprobs), len(path), len(rollout),
+                           torch.tensor([n.logprob for n in path] + list(rollout_lps), device=dev),
+                           torch.tensor(self.committed_logprobs, device=dev),  # (a rollout stops at its EOS:)
+                           path[-1].eos or not cfg.eos.isdisjoint(rollout), cfg.tokenizer, cfg.generator)
         return float(check_number("value_fn(ctx)", cfg.value_fn(ctx), low=0, high=1))
 
     def backup(self, path: list[Node], value: float, visits: int = 1):
@@ -240,15 +236,10 @@ class RowSearch:
         child = children[int(self.chooser(visits.log()[None])[0])]
         if child.kv is not None:  # its K/V go right after the root context, which it joins
             self.load([child])
-            self.cached_path = []
         self.context.append(child.token)
         self.committed_logprobs.append(child.logprob)
         self.root = child  # siblings (and their K/V) are dropped; the child's subtree is kept
         return child
-
-    def release(self):
-        """Drop the tree and the caches (a finished row needs them no more)."""
-        self.root, self.cache, self.batch, self.cached_path = None, None, None, []
 
 
 def summarise(searches: list[RowSearch]) -> dict:
@@ -318,8 +309,8 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     check_number("leaf_batch", leaf_batch, low=1, integer=True, allow_none=True)
     priors = SamplingParams(temperature=temperature)  # which checks it
     commit = SamplingParams(temperature=setting("temperature").check(commit_temperature, "commit_temperature"))
-    if value_fn is not None and not callable(value_fn):
-        raise TypeError(f"value_fn must be a callable ctx -> float in [0, 1] or None, got {type(value_fn).__name__}")
+    if value_fn is not None:
+        check_callable("value_fn", value_fn)
     setup, _ = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, allocate=False)
     model, B = setup.model, setup.input_ids.shape[0]
@@ -339,9 +330,6 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
                 trees[b] = trees[b] or snapshot(searches[b].root)
                 child = searches[b].commit()
                 tokens[b], logprobs[b] = child.token, child.logprob
-            _, all_done = rows.commit(tokens, logprobs=logprobs)
-            for b in rows.done.nonzero().flatten().tolist():
-                searches[b].release()  # a finished row's tree and caches are not needed any more
-            if all_done:
+            if rows.commit(tokens, logprobs=logprobs)[1]:  # every row is done
                 break
     return rows.output(return_dict, info={"tree": trees[0], "trees": trees, "stats": summarise(searches)})

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..._validation import check_number
+from ..._validation import check_callable, check_number
 
 
 @dataclass
@@ -104,9 +104,8 @@ def mix(value_a: ValueFn, value_b: ValueFn, weight: float = 0.5) -> ValueFn:
     classifier is just another callable, e.g. ``lambda ctx: float(clf(ctx.text)[0]["score"])`` (a
     probability in ``[0, 1]``; pass ``tokenizer=`` to ``mcts_decode`` so ``ctx.text`` is filled).
     """
-    for name, fn in (("value_a", value_a), ("value_b", value_b)):
-        if not callable(fn):
-            raise TypeError(f"mix: {name} must be a callable value function ctx -> float, got {type(fn).__name__}")
+    check_callable("value_a", value_a)
+    check_callable("value_b", value_b)
     w = float(check_number("weight", weight, low=0, high=1))
 
     def mixed(ctx: ValueContext) -> float:

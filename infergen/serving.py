@@ -286,9 +286,8 @@ class ContinuousBatcher:
     def _admit(self, req: Request, row: int, cache):
         """Prefill ``req`` alone, copy its keys/values into slot ``row``; returns its next-token logits."""
         T = len(req.prompt)
-        if cache.length < T:  # the prompt is longer than the shared columns: pad every row on the left
-            cache.append_mask(torch.zeros(cache.batch_size, T - cache.length, dtype=torch.bool,
-                                          device=cache.mask.device), T - cache.length)
+        if (pad := T - cache.length) > 0:  # the prompt is longer than the shared columns: pad every row
+            cache.append_mask(torch.zeros(cache.batch_size, pad, dtype=torch.bool), pad)  # on the left
         alone = self.model.new_cache(1, T)
         logits = last_logits(prefill(self.model, torch.tensor([req.prompt], device=self.model.device), alone))
         cache.write_row(row, alone)

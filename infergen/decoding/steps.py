@@ -263,22 +263,22 @@ class Rows:
         self.steps = self.steps + 1 if rows is None else self.ids.shape[1]
         hit, moved, ids = torch.zeros_like(self.done), torch.zeros_like(self.done), self.count.clone()
         hit[idx], moved[idx], ids[idx] = torch.isin(tokens, self.setup.eos), ~done, tokens  # over every row
-        if self.constraint is not None:  # an EOS that budget closing forced (the model wanted more): "closed"
-            self.finish(hit & self.constraint.closed(self.done.device), FinishReason.CLOSED)
-        self.finish(hit, FinishReason.EOS)
+        self.finish(hit, FinishReason.EOS, closing=True)  # an EOS budget closing forced (the model wanted more)
         if self.stopping is not None:
             self.finish(self.stopping(self.generated_ids()).to(self.done.device), FinishReason.STOP)
         if self.constraint is not None:
             self.constraint.advance(ids, active=moved)
-            complete, dev = self.constraint.complete(self.done.device), self.done.device
-            self.finish(complete & self.constraint.closed(dev), FinishReason.CLOSED)
-            self.finish(complete, FinishReason.CONSTRAINT)
+            self.finish(self.constraint.complete(self.done.device), FinishReason.CONSTRAINT, closing=True)
         self.finish(self.count >= self.limit, FinishReason.LENGTH)
         emit(self.streamer, tokens)
         return tokens, bool(self.done.all())
 
-    def finish(self, rows: torch.Tensor, reason: FinishReason):
-        """Mark ``rows`` (BoolTensor [B]) that are not finished yet as finished now, for ``reason``."""
+    def finish(self, rows: torch.Tensor, reason: FinishReason, closing: bool = False):
+        """Mark ``rows`` (BoolTensor [B]) that are not finished yet as finished now, for ``reason``.
+        ``closing=True``: those among them that budget closing steered there (the constraint's ``closed``:
+        the model wanted to go on) finish ``"closed"`` instead -- the one place that decides it."""
+        if closing and self.constraint is not None:
+            self.finish(rows & self.constraint.closed(self.done.device), FinishReason.CLOSED)
         rows = rows & ~self.done
         self.reason = torch.where(rows, REASONS.index(reason), self.reason)
         self.length = torch.where(rows, self.count, self.length)

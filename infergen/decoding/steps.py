@@ -170,8 +170,7 @@ class StopStrings:
 
     def cut(self, text: str) -> str:
         """The text up to (not including) the first stop string."""
-        ends = [text.find(s) for s in self.stops if s in text]
-        return text[:min(ends)] if ends else text
+        return text[:min([text.find(s) for s in self.stops if s in text], default=len(text))]
 
     def safe_prefix(self, text: str) -> str:
         """The part of a still-growing ``text`` that no later token can change: cut at a stop string, and

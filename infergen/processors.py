@@ -270,8 +270,7 @@ def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty) -> torch.
     """
     seen = _token_counts(token_ids, logits.shape[-1]) > 0
     theta = _row_param(penalty, logits, logits.dtype)
-    penalized = torch.where(logits < 0, logits * theta, logits / theta)
-    return torch.where(seen, penalized, logits)
+    return torch.where(seen, torch.where(logits < 0, logits * theta, logits / theta), logits)  # penalize seen
 
 
 @processor(frequency_penalty="frequency_penalty", presence_penalty="presence_penalty")
@@ -385,7 +384,6 @@ def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None =
     greedy_rows = torch.isfinite(rows).sum(dim=-1) == 1
     tokens = rows.argmax(dim=-1)
     if not bool(greedy_rows.all()):
-        sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        tokens = torch.where(greedy_rows, tokens, sampled)
+        tokens = torch.where(greedy_rows, tokens, torch.multinomial(probs, 1, generator=generator)[:, 0])
     return tokens.squeeze(0) if squeeze else tokens
 

@@ -262,7 +262,7 @@ class Rows:
         self.steps = self.steps + 1 if rows is None else self.ids.shape[1]
         hit, moved, ids = torch.zeros_like(self.done), torch.zeros_like(self.done), self.count.clone()
         hit[idx], moved[idx], ids[idx] = torch.isin(tokens, self.setup.eos), ~done, tokens  # over every row
-        self.finish(hit, FinishReason.EOS, closing=True)  # an EOS budget closing forced (the model wanted more)
+        self.finish(hit, FinishReason.EOS, closing=True)  # closed: budget closing forced the EOS
         if self.stopping is not None:
             self.finish(self.stopping(self.generated_ids()).to(self.done.device), FinishReason.STOP)
         if self.constraint is not None:

@@ -193,10 +193,10 @@ class ContinuousBatcher:
         slots: list[Request | None] = [None] * B
 
         def stopping(generated: torch.Tensor) -> torch.Tensor:
-            """Rows.commit's stopping criterion: the rows whose request's stop strings are in its text."""
+            """Rows.commit's stopping criterion: the rows whose request's stop strings are in its text (on
+            the host: commit moves it to the rows' device; ``generated[i, None]`` is row ``i`` as ``[1, n]``)."""
             stops = [None if req is None else plan[id(req)][2] for req in slots]
-            return torch.tensor([s is not None and bool(s(generated[row:row + 1])[0]) for row, s in enumerate(stops)],
-                                device=device)
+            return torch.tensor([s is not None and bool(s(generated[i, None])) for i, s in enumerate(stops)])
 
         # each slot's constraint is its request's, set at admission (Rows.reset)
         rows = Rows(setup, stopping=stopping if any(p[2] for p in plan.values()) else None,

@@ -298,9 +298,6 @@ class KVCache(PaddingState):
         super().__init__(batch_size, max_len, device)
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
         self.k, self.v = storage or [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2)]
-        if any(tuple(t.shape) != shape for t in (self.k, self.v)):
-            raise ValueError(f"storage must be two tensors of shape {shape}, got "
-                             f"{[tuple(t.shape) for t in (self.k, self.v)]}")
 
     def kv_layers(self, like=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One stacked pair: ``k``, ``v`` [layers, B, kv_heads, max_len, head_dim]."""

@@ -3,7 +3,7 @@
 Four steps, one function each, then a per-row state that walks the result:
 
 1. :func:`parse` -- the pattern becomes a tree (a small recursive-descent parser).
-2. :func:`build_nfa` -- Thompson's construction: every piece of the tree becomes a little automaton with
+2. :class:`NFA` -- Thompson's construction: every piece of the tree becomes a little automaton with
    one entry and one exit, glued to its neighbours by ε-moves (moves that read nothing).
 3. :func:`determinize` -- the subset construction: one DFA state is the *set* of NFA states the input
    could have led to, so the DFA has exactly one next state per byte.
@@ -34,7 +34,7 @@ from .base import BackendConstraint
 from .regex_parse import parse
 from .vocabulary import TokenVocabulary
 
-__all__ = ["DFA", "TeachingCompiler", "TeachingConstraint", "build_nfa", "determinize", "parse",
+__all__ = ["DFA", "NFA", "TeachingCompiler", "TeachingConstraint", "determinize", "parse",
            "regex_to_dfa", "token_masks"]
 
 DEAD = 0  # the DFA state with no way back to a match (every DFA below has it as state 0)
@@ -65,7 +65,9 @@ UTF8_SEQUENCES = (
 
 
 class NFA:
-    """``moves[q]``: list of (set of bytes, next state); ``eps[q]``: states reachable reading nothing;
+    """Thompson's construction for a :func:`parse` tree: one entry state, one exit state (the match).
+
+    ``moves[q]``: list of (set of bytes, next state); ``eps[q]``: states reachable reading nothing;
     ``start`` and ``end``: the entry and exit of the whole ``tree``."""
 
     def __init__(self, tree):
@@ -112,11 +114,6 @@ class NFA:
         if hi is None:  # ... or a loop at their exit: any number of further copies
             self.eps[self.then(e, child)].append(e)
         return s, e
-
-
-def build_nfa(tree) -> NFA:
-    """Thompson's construction for a :func:`parse` tree: one entry state, one exit state (the match)."""
-    return NFA(tree)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,7 +178,7 @@ def determinize(nfa: NFA) -> DFA:
 
 def regex_to_dfa(pattern: str) -> DFA:
     """Steps 1-3: the DFA (over UTF-8 bytes) that accepts exactly the strings ``pattern`` fullmatches."""
-    return determinize(build_nfa(parse(pattern)))
+    return determinize(NFA(parse(pattern)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -225,7 +222,7 @@ class TeachingConstraint(BackendConstraint):
     def __init__(self, kind: str, source, pattern: str, vocab: TokenVocabulary):
         dfa = regex_to_dfa(pattern)
         super().__init__(kind, source, vocab, dfa.start)
-        self.pattern, self.dfa, self.masks, self.vocab = pattern, dfa, token_masks(dfa, vocab), vocab
+        self.dfa, self.masks, self.vocab = dfa, token_masks(dfa, vocab), vocab
 
     def allowed_at(self, state: int) -> torch.Tensor:
         """The state's row of the mask table (shared: do not modify)."""

@@ -60,14 +60,13 @@ class Int8Linear(nn.Module):
     scales: torch.Tensor
     bias: torch.Tensor | None
 
-    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, linear: nn.Linear):
         super().__init__()
         q, scales = quantize_weight(linear.weight)  # on the weight's device
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", q)
-        self.register_buffer("scales", scales.to(compute_dtype))
+        self.register_buffer("scales", scales.to(torch.bfloat16))  # the kernel's activation dtype, too
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.compute_dtype = compute_dtype
         # the CPU int8 weight-only matmul (torch >= 2.3; portable CPU kernel): absent in torch 2.2, our floor
         self.packed = q.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
 
@@ -76,7 +75,7 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)  # the kernels take [N, in] rows (a view, no copy)
         # the int8 kernel on the CPU (.to: a no-op when the dtypes already agree); elsewhere the portable
         # fallback: dequantize (correct everywhere, but it writes a float weight copy)
-        y = (torch._weight_int8pack_mm(rows.to(self.compute_dtype), self.qweight, self.scales).to(x.dtype)
+        y = (torch._weight_int8pack_mm(rows.to(self.scales.dtype), self.qweight, self.scales).to(x.dtype)
              if self.packed and x.device.type == "cpu"
              else F.linear(rows, self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None]))
         if self.bias is not None:
@@ -88,25 +87,23 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel, packed={self.packed}"
 
 
-def quantize_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16, skip=()) -> nn.Module:
+def quantize_int8(model: nn.Module, skip=()) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` by an :class:`Int8Linear` (in place); returns the model.
 
     Works on infergen's native model (q|k|v, o, gate|up, down and the output head) and on any module
     tree of ``nn.Linear`` layers. ``skip``: names (as in ``named_modules``) to leave in floating point.
     A tied output head gets its own int8 copy; the embedding table it shared stays in float (a lookup
-    reads one row per token, so its size does not slow decoding). ``compute_dtype`` is the dtype the
-    activations are cast to for the int8 kernel (bfloat16; float16 also works).
+    reads one row per token, so its size does not slow decoding). The int8 kernel takes its activations
+    in the scales' dtype (bfloat16).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if compute_dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"compute_dtype must be torch.bfloat16 or torch.float16, got {compute_dtype}")
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in skip]
     if not targets:
         raise ValueError("model has no nn.Linear layer to quantize")
     for name, linear in targets:
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, Int8Linear(linear, compute_dtype))
+        setattr(model.get_submodule(parent), child, Int8Linear(linear))
     return model
 
 

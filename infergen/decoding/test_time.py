@@ -139,10 +139,8 @@ def unigram_f1(a, b) -> float:
     """Token-overlap F1 of two texts (whitespace words) or token-id lists: 1 for the same bag of words,
     0 for nothing in common (two empty candidates count as equal)."""
     x, y = (a.split(), b.split()) if isinstance(a, str) else (list(a), list(b))
-    if not x or not y:
-        return float(x == y)
     common = sum((Counter(x) & Counter(y)).values())
-    return 0.0 if common == 0 else 2 * common / (len(x) + len(y))
+    return 2 * common / (len(x) + len(y)) if x or y else 1.0
 
 
 def mbr_select(candidates: Sequence, utility: Callable = unigram_f1) -> tuple[int, list[float]]:

@@ -254,7 +254,7 @@ def summarise(searches: list[RowSearch]) -> dict:
 
 @register_decoder("mcts")
 def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct=1.0, temperature=1.0,
-                top_k=10, value_fn=None, rollout_tokens=0, *, attention_mask=None, eos_token_id=None,
+                top_k=10, value_fn=likelihood_value, rollout_tokens=0, *, attention_mask=None, eos_token_id=None,
                 pad_token_id=None, seed=None, generator=None, streamer=None, stopping=None,
                 return_dict=False, tokenizer=None, commit_temperature=0.0, leaf_batch=None):
     """Generate by Monte Carlo tree search: ``num_simulations`` PUCT simulations before each token.
@@ -309,12 +309,11 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     check_number("leaf_batch", leaf_batch, low=1, integer=True, allow_none=True)
     priors = SamplingParams(temperature=temperature)  # which checks it
     commit = SamplingParams(temperature=setting("temperature").check(commit_temperature, "commit_temperature"))
-    if value_fn is not None:
-        check_callable("value_fn", value_fn)
+    check_callable("value_fn", value_fn)
     setup, _ = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, allocate=False)
     model, B = setup.model, setup.input_ids.shape[0]
-    cfg = SearchConfig(int(num_simulations), float(c_puct), int(top_k), value_fn or likelihood_value,
+    cfg = SearchConfig(int(num_simulations), float(c_puct), int(top_k), value_fn,
                        int(rollout_tokens), frozenset(setup.eos.tolist()), priors, commit, tokenizer,
                        make_generator(seed, generator, device=model.device), leaf_batch and int(leaf_batch))
     rows, dev = Rows(setup, stopping=stopping, streamer=streamer), setup.input_ids.device

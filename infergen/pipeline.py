@@ -73,7 +73,7 @@ class LogitsPipeline:
     def __init__(self, steps=(), temperature=1.0):
         self._steps: list[tuple[str, Step, bool]] = []  # (name, fn, reads the history)
         self._per_row: list[tuple[str, torch.Tensor]] = []  # [B] settings: their batch is checked per call
-        self.temperature, self.is_greedy = temperature, is_greedy(temperature)
+        self.is_greedy = is_greedy(temperature)
         for name, fn in steps:
             self.add(name, fn)
 

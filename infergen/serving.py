@@ -105,11 +105,6 @@ class Request:
         _one_row(SamplingParams.resolve(self.params), "params")
         as_row_constraints(self.constraint, 1)  # checks it: a Constraint (make_constraint(...)) or None
 
-    @property
-    def done(self) -> bool:
-        """Has the request finished (its ``finish_reason`` is set)?"""
-        return self.finish_reason is not None
-
 
 def _one_row(params: SamplingParams, name: str) -> SamplingParams:
     """``params`` if every setting is one number: a request is one row, whatever rows it is batched with."""

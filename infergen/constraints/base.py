@@ -241,7 +241,8 @@ class RowConstraints:
         return torch.tensor(self._no_fit, dtype=torch.bool, device=device)
 
     def _close(self, i: int, logits: torch.Tensor) -> None:
-        """Budget closing of row ``i`` (see :mod:`.budget`): near its limit, narrow its cached mask to
+        """Budget closing of row ``i``, whose ``logits`` [V] they are (see :mod:`.budget`): near its limit,
+        narrow its cached mask to
         the tokens after which a closing path still fits; to nothing when none does (the row is dead)."""
         from .budget import MARGIN, TOP_K, closing_path  # budget imports this module
         state, budget = self.states[i], self.budget[i]
@@ -261,7 +262,7 @@ class RowConstraints:
         out = np.zeros_like(raw)
         if path:
             out[path[0]] = True
-            scores = logits[i, :raw.size].float().cpu().numpy()  # a host copy, in the window only
+            scores = logits[:raw.size].float().cpu().numpy()  # a host copy, in the window only
             top = np.argsort(np.where(raw[:scores.size], -scores, np.inf), kind="stable")[:TOP_K]
             for t in (int(t) for t in top if raw[t] and t != path[0]):
                 after = state.fork()
@@ -291,21 +292,23 @@ class RowConstraints:
                     out[i, [e for e in s.constraint.eos_token_ids if e < width]] = True
         return torch.from_numpy(out).to(device, non_blocking=True)
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """A copy of ``logits`` [B, V] with every disallowed id set to ``-inf``.
+    def mask(self, logits: torch.Tensor, row: int | None = None) -> torch.Tensor:
+        """A copy of ``logits`` [B, V] with every disallowed id set to ``-inf``; with ``row``, ``logits``
+        [1, V] are that one row's (a batcher's admission: budget closing reads the row's own logits).
 
         Dead rows keep their EOS ids finite (a stand-in choice, so no row is all ``-inf``); the decoder
         finishes them with :data:`FINISH_NO_VALID_TOKEN`. Any float dtype and device. Call it on the raw
         logits, before every other processor: penalties and temperature keep ``-inf`` at ``-inf``, and
         the truncation rules (top-k, top-p, ...) then choose among allowed tokens only.
         """
-        if check_logits(logits).dim() != 2 or logits.shape[0] != len(self.states):
-            raise ValueError(f"logits must be [B, V] with B = {len(self.states)} rows (one per constraint), "
+        rows = range(len(self.states)) if row is None else range(row, row + 1)
+        if check_logits(logits).dim() != 2 or logits.shape[0] != len(rows):
+            raise ValueError(f"logits must be [B, V] with B = {len(rows)} rows (one per constraint), "
                              f"got {tuple(logits.shape)}; after reordering beams, call select(index) first")
-        for i in range(len(self.states)):
-            self._close(i, logits)
+        for k, i in enumerate(rows):
+            self._close(i, logits[k])
         allowed = self.allowed(logits.shape[1], logits.device, eos_if_dead=True)
-        return logits.masked_fill(~allowed, float("-inf"))
+        return logits.masked_fill(~allowed[rows.start:rows.stop], float("-inf"))
 
     def advance(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> None:
         """Every row whose ``active`` flag is set consumes its token from ``tokens`` [B] (in place).
@@ -322,6 +325,12 @@ class RowConstraints:
                 s.advance(int(t))
                 self._allowed[i] = None
                 self.used[i] += 1
+
+    def reset(self, row: int, state: ConstraintState | None, budget: int | None) -> None:
+        """Row ``row`` starts afresh with ``state`` (None: unconstrained) and its own ``budget`` (in place:
+        a batcher's slot changes hands; the other rows keep everything they know)."""
+        self.states[row], self.budget[row], self.used[row], self._allowed[row] = state, budget, 0, None
+        self._estimate[row], self._closed[row], self._no_fit[row] = None, False, False
 
     @classmethod
     def concat(cls, parts: Sequence["RowConstraints"]) -> "RowConstraints":

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..constraints.base import RowConstraints, as_row_constraints
+from ..constraints.base import as_row_constraints
 from ..models.protocol import ModelOutput
 from ..params import SamplingParams
 from ..pipeline import LogitsPipeline
@@ -180,12 +180,6 @@ class StopStrings:
         return text[:len(text) - hold]
 
 
-def _spliced(rows: RowConstraints, row: int, one: RowConstraints) -> RowConstraints:
-    """``rows`` with row ``row`` replaced by ``one`` (a one-row RowConstraints): a batcher's slot changes
-    hands (the other rows' states are forked, with everything they know)."""
-    return RowConstraints.concat([rows.select(range(row)), one, rows.select(range(row + 1, len(rows)))])
-
-
 class Rows:
     """Per-row state of a generation over ``setup``'s batch, and :meth:`commit`, which advances it.
 
@@ -230,12 +224,7 @@ class Rows:
         """The logits with every token the rows' constraints forbid set to ``-inf`` (the first processor,
         so that truncation rules choose among allowed tokens); unchanged without a constraint. ``row``:
         the one row that ``logits`` [1, V] belong to, when they are not every row's (a batcher's admission)."""
-        if self.constraint is None or row is None:
-            return logits if self.constraint is None else self.constraint.mask(logits)
-        one = self.constraint.select([row])  # masked alone (budget closing reads the row's own logits)
-        masked = one.mask(logits)
-        self.constraint = _spliced(self.constraint, row, one)
-        return masked
+        return logits if self.constraint is None else self.constraint.mask(logits, row)
 
     def commit(self, tokens: torch.Tensor, logits: torch.Tensor | None = None, logprobs: torch.Tensor | None = None,
                *, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
@@ -292,8 +281,7 @@ class Rows:
         self.ids[row], self.lp[row], self.history[row] = self.setup.pad_token_id, 0.0, -1
         self.count[row], self.done[row], self.reason[row], self.limit[row] = 0, False, 0, limit
         if self.constraint is not None:  # its own state and budget; complete before any token: done at once
-            one = as_row_constraints(constraint, 1, limit) or RowConstraints([None])
-            self.constraint = _spliced(self.constraint, row, one)
+            self.constraint.reset(row, None if constraint is None else constraint.start(), limit)
             self.finish(self.constraint.complete(self.done.device), FinishReason.CONSTRAINT)
 
     def result(self, row: int) -> tuple[list[int], list[float], FinishReason]:

@@ -158,19 +158,3 @@ def test_bad_common_arguments(tiny_native):
         contrastive_search(tiny_native, torch.tensor([[5, 6, 7]]), -1)
     with pytest.raises(ValueError, match="attention_mask"):
         contrastive_search(tiny_native, torch.tensor([[5, 6, 7]]), 3, attention_mask=torch.ones(1, 2))
-
-
-def test_penalty_alpha_is_transformers_name_for_alpha(tiny_native):
-    """generate(..., strategy="contrastive", penalty_alpha=...) as transformers users write it: the same
-    tokens as alpha=..., validated the same way, and not both at once."""
-    import infergen
-
-    ids = torch.randint(3, 96, (2, 5), generator=torch.Generator().manual_seed(4))
-    a = infergen.contrastive_search(tiny_native, ids, 6, top_k=3, alpha=0.3)
-    b = infergen.contrastive_search(tiny_native, ids, 6, top_k=3, penalty_alpha=0.3)
-    assert torch.equal(a, b)
-    assert not torch.equal(a, infergen.contrastive_search(tiny_native, ids, 6, top_k=3, alpha=0.0))
-    with pytest.raises(ValueError, match="alpha"):
-        infergen.contrastive_search(tiny_native, ids, 6, top_k=3, penalty_alpha=1.5)
-    with pytest.raises(ValueError, match="not both"):
-        infergen.contrastive_search(tiny_native, ids, 6, top_k=3, alpha=0.2, penalty_alpha=0.3)

@@ -53,30 +53,22 @@ def degeneration_penalty(candidates: torch.Tensor, context: torch.Tensor, valid:
     return cos.masked_fill(~valid.unsqueeze(1), float("-inf")).amax(-1)
 
 
-#: the default degeneration-penalty weight (Su et al. recommend about 0.6 with k about 5)
-DEFAULT_ALPHA = 0.6
-
-
 @register_decoder("contrastive")
-def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=DEFAULT_ALPHA, *, attention_mask=None,
-                       eos_token_id=None, pad_token_id=None, streamer=None, stopping=None, return_dict=False,
-                       penalty_alpha=None):
+def contrastive_search(model, input_ids, max_new_tokens=100, top_k=5, alpha=0.6, *, attention_mask=None,
+                       eos_token_id=None, pad_token_id=None, streamer=None, stopping=None, return_dict=False):
     """Contrastive search: ``argmax_{v in top-k} (1 - alpha) * p(v) - alpha * max_j cos(h_v, h_j)``.
 
     ``top_k`` (int >= 1, at most the vocabulary size) is the number of candidates scored per step;
-    ``alpha`` in ``[0, 1]`` weighs the degeneration penalty against the model's probability (0 = greedy).
+    ``alpha`` in ``[0, 1]`` weighs the degeneration penalty against the model's probability (0 = greedy;
+    the default 0.6 is what Su et al. recommend with ``top_k`` about 5).
     ``input_ids`` [B, T] may be left-padded with ``attention_mask``; each row stops at its own EOS and
     is padded after it. ``streamer`` receives each chosen column of tokens. Returns [B, T + n] token ids,
     or with ``return_dict=True`` a :class:`~infergen.decoding.base.GenerationOutput` whose
     ``info["penalty"]`` [B, n] holds the degeneration penalty of every chosen token (0 for padding).
 
-    ``penalty_alpha`` is transformers' name for ``alpha`` (give one or the other).
-
     Cost per step: one forward of ``B * top_k`` single tokens, plus a ``[k, D] x [D, L]`` product per row.
     """
-    if penalty_alpha is not None and alpha != DEFAULT_ALPHA:  # transformers' name for the same setting
-        raise ValueError(f"give alpha or penalty_alpha, not both (alpha={alpha}, penalty_alpha={penalty_alpha})")
-    alpha = float(check_number("alpha", alpha if penalty_alpha is None else penalty_alpha, low=0, high=1))
+    alpha = float(check_number("alpha", alpha, low=0, high=1))
     setup, cache = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id, who="contrastive_search")
     model, (B, T), n = setup.model, setup.input_ids.shape, setup.max_new_tokens

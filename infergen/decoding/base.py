@@ -97,13 +97,13 @@ def special_ids(model, eos_token_id=None, pad_token_id=None) -> tuple[list[int],
 
 def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_id=None,
             pad_token_id=None, extra_len: int = 0,
-            allocate: bool = True, needs: type = Cache, who: str = "this decoder"):
+            allocate: bool = True, who: str = "this decoder"):
     """Validate the common arguments and allocate a cache; returns ``(setup, cache)``.
 
     The cache has one row per prompt (a decoder that needs more repeats it); ``extra_len`` adds columns
-    beyond ``T + max_new_tokens`` (e.g. speculative drafts that may be rolled back). ``needs`` is the cache
-    protocol the decoder ``who`` uses (e.g. :class:`~infergen.cache.CropCache`): a cache that cannot do
-    it is refused here, before any work (:func:`~infergen.cache.require`).
+    beyond ``T + max_new_tokens`` (e.g. speculative drafts that may be rolled back). A model whose cache is
+    not a :class:`~infergen.cache.Cache` is refused here, naming the decoder ``who``, before any work
+    (:func:`~infergen.cache.require`).
     """
     model = as_model(model)
     input_ids = check_input_ids(input_ids)
@@ -134,7 +134,7 @@ def prepare(model, input_ids, max_new_tokens, *, attention_mask=None, eos_token_
     device = model.device
     setup = Setup(model, input_ids.to(device), attention_mask.to(device),
                   torch.tensor(eos, dtype=torch.long, device=device), pad, int(max_new_tokens))
-    return setup, require(model.new_cache(B, T + max_new_tokens + extra_len), needs, who) if allocate else None
+    return setup, require(model.new_cache(B, T + max_new_tokens + extra_len), Cache, who) if allocate else None
 
 
 def check_stop(params, stopping):

@@ -77,10 +77,10 @@ def decode_one(model, tokens: torch.Tensor, cache, attention_mask: torch.Tensor 
     return model(tokens.reshape(-1, 1), cache, attention_mask=attention_mask, hidden=hidden)
 
 
-def decode_many(model, tokens: torch.Tensor, cache, *, hidden: bool = False) -> ModelOutput:
+def decode_many(model, tokens: torch.Tensor, cache) -> ModelOutput:
     """Several new tokens per row at once, ``tokens`` [B, t], reusing ``cache``; the logits of every
     position ([B, t, V]): verifying speculative drafts, expanding a tree path (MCTS)."""
-    return model(tokens, cache, logits="all", hidden=hidden)
+    return model(tokens, cache, logits="all")
 
 
 def last_logits(out: ModelOutput) -> torch.Tensor:

@@ -171,7 +171,8 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     prompt, ``None`` leaving that prompt free): ``regex`` (the whole output fullmatches it),
     ``json_schema`` (a dict, a JSON string or a pydantic model class: the output is JSON valid under it),
     ``grammar`` (a Lark-style grammar), ``choices`` (a list of strings: the output is one of them).
-    ``constraint_backend``: ``"llguidance"`` (default), ``"outlines"`` or ``"teaching"``. A compiled
+    ``constraint_backend``: ``"llguidance"`` (default), ``"teaching"``, or a compiler class such as
+    :class:`infergen.interop.outlines.OutlinesCompiler` (see :func:`~infergen.constraints.make_constraint`). A compiled
     constraint (:func:`infergen.constraints.make_constraint`) can also be passed as ``constraint=``.
     The mask is applied to the raw logits first, before every processor (penalties, temperature,
     top-k/top-p), so those choose among the allowed tokens only. Strategies: greedy, sample, beam and

@@ -5,7 +5,7 @@ These are methodology for *measuring* decoders (the benchmarks and the chapters'
 part of inference, so they live in the benchmark companion:
 
 * :func:`bootstrap_interval` -- a percentile-bootstrap interval around any statistic of independent
-  items (a mean over prompts, a pooled :func:`~infergen.metrics.diversity`, per-prompt differences
+  items (a mean over prompts, a pooled ``infergen.metrics.diversity``, per-prompt differences
   between two strategies), by resampling the items;
 * :func:`wilson_interval` -- the Wilson score interval of an accuracy (``successes`` of ``total``
   trials), which stays inside [0, 1] and is not empty at 0 or ``total`` correct.
@@ -36,7 +36,7 @@ def bootstrap_interval(values: Sequence, statistic: Callable[[list], float] | No
     """Percentile-bootstrap confidence interval of ``statistic(values)`` (Efron & Tibshirani, 1993).
 
     ``values`` are the independent units of an experiment, one per prompt (or per prompt and seed):
-    numbers, or texts for a pooled ``statistic`` such as :func:`~infergen.metrics.diversity`. ``statistic``
+    numbers, or texts for a pooled ``statistic`` such as ``infergen.metrics.diversity``. ``statistic``
     maps a list of them to a float; the default is the mean (then ``values`` must be finite numbers). The items are
     drawn with replacement ``resamples`` times (a ``torch.Generator`` seeded with ``seed``: the interval is
     reproducible), and ``low`` / ``high`` are the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``

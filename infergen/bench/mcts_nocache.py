@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from infergen.decoding.base import make_generator, prepare
-from infergen.decoding.mcts import RowSearch, SearchConfig, likelihood_value, mcts_decode, snapshot
-from infergen.decoding.mcts.search import summarise
+from infergen.decoding.mcts import RowSearch, SearchConfig, likelihood_value, mcts_decode
+from infergen.decoding.mcts.search import run_searches, summarise
 from infergen.decoding.steps import Rows, last_logits, prefill
 from infergen.params import SamplingParams
 
@@ -66,24 +66,16 @@ def mcts_decode_nocache(model, input_ids, max_new_tokens, *, attention_mask=None
     """
     setup, _ = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask, eos_token_id=eos_token_id,
                        pad_token_id=pad_token_id, allocate=False)
-    model, B, dev = setup.model, setup.input_ids.shape[0], setup.input_ids.device
+    model = setup.model
     cfg = SearchConfig(num_simulations, c_puct, top_k, value_fn or likelihood_value, rollout_tokens,
                        frozenset(setup.eos.tolist()), SamplingParams(temperature=temperature),
                        SamplingParams(temperature=commit_temperature),
                        generator=make_generator(seed, device=model.device), leaf_batch=leaf_batch)
-    rows, trees = Rows(setup, stopping=stopping), [None] * B
+    rows = Rows(setup, stopping=stopping)
     with torch.inference_mode():
         searches = [NoCacheSearch(model, ids[mask].tolist(), max_new_tokens, cfg)
                     for ids, mask in zip(setup.input_ids, setup.attention_mask)]
-        for _ in range(max_new_tokens):
-            tokens, logprobs = torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, device=dev)
-            for b in (~rows.done).nonzero().flatten().tolist():
-                searches[b].search()
-                trees[b] = trees[b] or snapshot(searches[b].root)
-                child = searches[b].commit()
-                tokens[b], logprobs[b] = child.token, child.logprob
-            if rows.commit(tokens, logprobs=logprobs)[1]:
-                break
+        trees = run_searches(searches, rows, max_new_tokens)
     return rows.output(return_dict, info={"tree": trees[0], "trees": trees, "stats": summarise(searches)})
 
 

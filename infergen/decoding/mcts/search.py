@@ -252,6 +252,24 @@ def summarise(searches: list[RowSearch]) -> dict:
                 forwards_per_simulation=total["forwards"] / sims, tokens_per_simulation=total["forward_tokens"] / sims)
 
 
+def run_searches(searches: list[RowSearch], rows: Rows, max_new_tokens: int) -> list[Node | None]:
+    """The decoder's loop over tokens: every unfinished row runs its search and commits a child of its root,
+    and :meth:`Rows.commit <infergen.Rows.commit>` records the column (a finished row's entry is ignored:
+    the commit pads it). Returns each row's tree for its first token (a :func:`snapshot`)."""
+    B, dev = len(rows.done), rows.done.device
+    trees: list[Node | None] = [None] * B
+    for _ in range(max_new_tokens):
+        tokens, logprobs = torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, device=dev)
+        for b in (~rows.done).nonzero().flatten().tolist():
+            searches[b].search()
+            trees[b] = trees[b] or snapshot(searches[b].root)
+            child = searches[b].commit()
+            tokens[b], logprobs[b] = child.token, child.logprob
+        if rows.commit(tokens, logprobs=logprobs)[1]:  # every row is done
+            break
+    return trees
+
+
 @register_decoder("mcts")
 def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct=1.0, temperature=1.0,
                 top_k=10, value_fn=likelihood_value, rollout_tokens=0, *, attention_mask=None, eos_token_id=None,
@@ -312,23 +330,13 @@ def mcts_decode(model, input_ids, max_new_tokens=100, num_simulations=50, c_puct
     check_callable("value_fn", value_fn)
     setup, _ = prepare(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, allocate=False)
-    model, B = setup.model, setup.input_ids.shape[0]
+    model = setup.model
     cfg = SearchConfig(int(num_simulations), float(c_puct), int(top_k), value_fn,
                        int(rollout_tokens), frozenset(setup.eos.tolist()), priors, commit, tokenizer,
                        make_generator(seed, generator, device=model.device), leaf_batch and int(leaf_batch))
-    rows, dev = Rows(setup, stopping=stopping, streamer=streamer), setup.input_ids.device
-    trees: list[Node | None] = [None] * B  # each row's tree for its first token
+    rows = Rows(setup, stopping=stopping, streamer=streamer)
     with torch.inference_mode():
         prompts = [ids[mask].tolist() for ids, mask in zip(setup.input_ids, setup.attention_mask)]
         searches = [RowSearch(model, p, max_new_tokens, cfg) for p in prompts] if max_new_tokens else []
-        for _ in range(max_new_tokens):
-            # (a finished row's entries are ignored: the commit pads it)
-            tokens, logprobs = torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, device=dev)
-            for b in (~rows.done).nonzero().flatten().tolist():
-                searches[b].search()
-                trees[b] = trees[b] or snapshot(searches[b].root)
-                child = searches[b].commit()
-                tokens[b], logprobs[b] = child.token, child.logprob
-            if rows.commit(tokens, logprobs=logprobs)[1]:  # every row is done
-                break
+        trees = run_searches(searches, rows, max_new_tokens)
     return rows.output(return_dict, info={"tree": trees[0], "trees": trees, "stats": summarise(searches)})

@@ -249,13 +249,15 @@ class Rows:
         self.history[idx, at] = tokens.masked_fill(done, -1)
         self.count[idx] += 1
         self.steps = self.steps + 1 if rows is None else self.ids.shape[1]
-        hit, moved, ids = torch.zeros_like(self.done), torch.zeros_like(self.done), self.count.clone()
-        hit[idx], moved[idx], ids[idx] = torch.isin(tokens, self.setup.eos), ~done, tokens  # over every row
+        # the step over every row: which rows hit EOS, which moved, and their tokens (padding where none)
+        hit, moved = torch.zeros_like(self.done), torch.zeros_like(self.done)
+        every = torch.full_like(self.count, self.setup.pad_token_id)
+        hit[idx], moved[idx], every[idx] = torch.isin(tokens, self.setup.eos), ~done, tokens
         self.finish(hit, FinishReason.EOS, closing=True)  # closed: budget closing forced the EOS
         if self.stopping is not None:
             self.finish(self.stopping(self.generated_ids()).to(self.done.device), FinishReason.STOP)
         if self.constraint is not None:
-            self.constraint.advance(ids, active=moved)
+            self.constraint.advance(every, active=moved)
             self.finish(self.constraint.complete(self.done.device), FinishReason.CONSTRAINT, closing=True)
         self.finish(self.count >= self.limit, FinishReason.LENGTH)
         emit(self.streamer, tokens)

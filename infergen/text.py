@@ -15,7 +15,8 @@ Constrained output: ``regex=``, ``json_schema=`` (a dict or a pydantic model cla
 style) or ``choices=`` (a list of strings) compile a constraint with
 :func:`infergen.constraints.make_constraint` and hand it to the decoder as ``constraint=``; the
 output then matches the pattern (``finish_reason == "constraint"`` once nothing but the end can
-follow). See :data:`CONSTRAINED_STRATEGIES` for which strategies support it and why the others do not.
+follow). A strategy supports it when its decoder takes ``constraint=`` (:func:`check_constrained`);
+:data:`UNCONSTRAINED_STRATEGIES` says why the other built-in ones do not.
 """
 from __future__ import annotations
 
@@ -30,14 +31,12 @@ from typing import TYPE_CHECKING
 
 from .params import SamplingParams
 from .decoding.steps import StopStrings
-from .registry import get_decoder
+from .registry import DECODERS, get_decoder
 
 if TYPE_CHECKING:
     from .constraints.base import Constraint
 
-#: strategies whose decoders take ``constraint=`` (the mask is applied first, before every processor)
-CONSTRAINED_STRATEGIES = ("greedy", "sample", "beam", "diverse_beam")
-#: why the other built-in strategies refuse a constraint
+#: why the built-in strategies whose decoders take no ``constraint=`` refuse one
 UNCONSTRAINED_STRATEGIES = {
     "contrastive": "contrastive search ranks the model's top-k tokens by a degeneration penalty computed from "
                    "each candidate's hidden state; it has no constraint hook (masking before its top-k would be "
@@ -122,12 +121,14 @@ def _per_row(kind: str, value, n: int) -> list:
     return list(value)
 
 
-def _check_constrained(strategy: str, what: str) -> None:
-    """Refuse ``what=`` (a constraint) for a strategy that does not take one, saying why and which do."""
-    if strategy not in CONSTRAINED_STRATEGIES:
+def check_constrained(strategy: str, what: str) -> None:
+    """Refuse a constraint (given as ``what``) for a strategy whose decoder has no ``constraint=`` parameter
+    (its signature is the one that decides), saying why and which registered strategies take one."""
+    if "constraint" not in inspect.signature(get_decoder(strategy)).parameters:
         why = UNCONSTRAINED_STRATEGIES.get(strategy, "its decoder does not take a constraint= argument")
-        raise ValueError(f"strategy={strategy!r} does not support {what}=: {why}. Strategies that "
-                         f"do: {', '.join(CONSTRAINED_STRATEGIES)}")
+        able = [name for name, fn in DECODERS.items() if "constraint" in inspect.signature(fn).parameters]
+        raise ValueError(f"strategy={strategy!r} does not support {what}: {why}. Strategies that do: "
+                         f"{', '.join(able)}")
 
 
 def build_constraint(model, tokenizer, n_prompts: int, strategy: str, backend: str | None = None,
@@ -146,7 +147,7 @@ def build_constraint(model, tokenizer, n_prompts: int, strategy: str, backend: s
     if len(given) > 1:
         raise ValueError(f"give at most one of regex=, json_schema=, grammar=, choices=; got {' and '.join(given)}")
     (kind, value), = given.items()
-    _check_constrained(strategy, kind)
+    check_constrained(strategy, f"{kind}=")
     values, eos = _per_row(kind, value, n_prompts), special_ids(as_model(model), eos_token_id)[0]
     unique = {id(v): v for v in values if v is not None}  # the same object for several prompts: compiled once
     compiled = {key: make_constraint(tokenizer, **{kind: v}, backend=backend or DEFAULT_BACKEND,
@@ -176,7 +177,8 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     constraint (:func:`infergen.constraints.make_constraint`) can also be passed as ``constraint=``.
     The mask is applied to the raw logits first, before every processor (penalties, temperature,
     top-k/top-p), so those choose among the allowed tokens only. Strategies: greedy, sample, beam and
-    diverse_beam; contrastive, mcts and speculative refuse (see :data:`UNCONSTRAINED_STRATEGIES`).
+    diverse_beam (every decoder with a ``constraint=`` parameter); contrastive, mcts and speculative refuse
+    (see :data:`UNCONSTRAINED_STRATEGIES`).
     """
     if tokenizer is None or not callable(tokenizer) or not hasattr(tokenizer, "decode"):
         raise TypeError(f"tokenizer must be a transformers tokenizer (the second value of load_model), got "
@@ -192,8 +194,8 @@ def generate(model, tokenizer, prompt_or_prompts, strategy: str = "greedy", max_
     if any(v is not None for v in kinds.values()) and params.get("constraint") is not None:
         raise ValueError("give either constraint= (compiled) or one of regex=, json_schema=, grammar=, choices=, "
                          "not both")
-    if params.get("constraint") is not None and "constraint" not in inspect.signature(decoder).parameters:
-        _check_constrained(strategy, "constraint")
+    if params.get("constraint") is not None:
+        check_constrained(strategy, "constraint=")
     built = build_constraint(model, tokenizer, len(prompts), strategy, constraint_backend,
                              params.get("eos_token_id"), **kinds)
     if built is not None:

@@ -63,7 +63,7 @@ BAD = [
     (["--json-schema", "{not json"], "--json-schema must be a JSON file or inline JSON"),
     (["--json-schema", "[1, 2]"], "--json-schema must be a JSON object"),
     (["--regex", "a", "--choices", "b"], "at most one of .*--regex and --choices"),
-    (["--strategy", "contrastive", "--regex", "[0-9]+"], "--regex: strategy 'contrastive' does not support"),
+    (["--strategy", "contrastive", "--regex", "[0-9]+"], "strategy='contrastive' does not support --regex: .*degeneration.*Strategies that do: .*greedy"),
     (["--constraint-backend", "outlines"], "--constraint-backend needs one of"),
 ]
 

@@ -13,9 +13,9 @@ import re
 import pytest
 import torch
 
-from infergen.constraints import (FINISH_CONSTRAINT, FINISH_NO_VALID_TOKEN, RowConstraints, TokenVocabulary,
-                                  as_row_constraints, byte_level_alphabet, get_compiler, is_complete,
-                                  make_constraint)
+from infergen.constraints import (RowConstraints, TokenVocabulary, as_row_constraints, byte_level_alphabet,
+                                  get_compiler, is_complete, make_constraint)
+from infergen.decoding.steps import FinishReason
 from infergen.constraints.teaching import DEAD, parse, regex_to_dfa
 from infergen.interop.outlines import OutlinesCompiler
 
@@ -407,7 +407,6 @@ def test_complete_and_dead_rows(tok, backend):
     eos = tok.eos_token_id
     assert torch.isfinite(logits[2]).nonzero().flatten().tolist() == [eos]  # the dead row's placeholder
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [eos]  # complete: only EOS
-    assert FINISH_CONSTRAINT == "constraint" and FINISH_NO_VALID_TOKEN == "no_valid_token"
     rows.advance(torch.tensor([eos, eos, eos]))
     assert rows.complete().tolist() == [True, True, False]
 
@@ -518,7 +517,7 @@ def constrained_greedy(model, tokenizer, prompts, constraints, max_new_tokens=32
         for _ in range(max_new_tokens):
             logits = rows.mask(logits)
             for i in (rows.dead() & ~done).nonzero().flatten().tolist():
-                done[i], reasons[i] = True, FINISH_NO_VALID_TOKEN
+                done[i], reasons[i] = True, FinishReason.NO_VALID_TOKEN
             tokens = logits.argmax(-1).masked_fill(done, pad)
             rows.advance(tokens, active=~done)
             for i in range(B):
@@ -528,7 +527,7 @@ def constrained_greedy(model, tokenizer, prompts, constraints, max_new_tokens=32
                     else:
                         out[i].append(int(tokens[i]))
             for i in (rows.complete() & ~done).nonzero().flatten().tolist():
-                done[i], reasons[i] = True, FINISH_CONSTRAINT
+                done[i], reasons[i] = True, FinishReason.CONSTRAINT
             if done.all():
                 break
             logits = model(tokens[:, None], cache).logits[:, -1].float()
@@ -557,6 +556,6 @@ def test_greedy_loop_on_the_bundled_model_obeys_its_constraints(smollm):
     assert re.fullmatch(date, texts[0]), texts[0]
     person = Person.model_validate_json(texts[1])
     assert json.loads(texts[1]) == person.model_dump()
-    assert texts[2] in ("Paris", "London", "Rome") and reasons[2] == FINISH_CONSTRAINT
-    assert reasons[0] == FINISH_CONSTRAINT and reasons[1] in ("eos", FINISH_CONSTRAINT)
+    assert texts[2] in ("Paris", "London", "Rome") and reasons[2] == FinishReason.CONSTRAINT
+    assert reasons[0] == FinishReason.CONSTRAINT and reasons[1] in ("eos", FinishReason.CONSTRAINT)
     assert texts[3] and reasons[3] in ("eos", "length")

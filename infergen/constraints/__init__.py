@@ -7,7 +7,7 @@
 
 * :mod:`.base` -- the interface (:class:`Constraint`, :class:`ConstraintState`, :class:`RowConstraints`)
   and its semantics: EOS exactly in accepting states, finish reasons ``"constraint"`` and
-  ``"no_valid_token"``, forking for beam search, ragged batches.
+  ``"no_valid_token"`` (:class:`~infergen.decoding.steps.FinishReason` owns every finish reason), forking for beam search, ragged batches.
 * :mod:`.front` -- :func:`make_constraint`, which checks the arguments and picks a backend:
   llguidance (default), the teaching automaton, or any :class:`Compiler` class (outlines-core's is
   ``infergen.interop.outlines.OutlinesCompiler``).
@@ -16,13 +16,11 @@
 * :mod:`.teaching` -- regex -> NFA -> DFA -> per-state token masks, from scratch in one file.
 * :mod:`.vocabulary` -- the bytes behind each token id (byte-level BPE and SentencePiece).
 """
-from .base import (FINISH_CONSTRAINT, FINISH_NO_VALID_TOKEN, Constraint, ConstraintState, RowConstraints,
-                   as_row_constraints, is_complete)
+from .base import Constraint, ConstraintState, RowConstraints, as_row_constraints, is_complete
 from .schema import DEFAULT_OPTIONS, UNBOUNDED, SchemaOptions
 from .front import BACKENDS, DEFAULT_BACKEND, Compiler, escape_literal, get_compiler, make_constraint
 from .vocabulary import TokenVocabulary, byte_level_alphabet
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "DEFAULT_OPTIONS", "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN",
-           "UNBOUNDED", "Compiler", "Constraint", "ConstraintState", "RowConstraints", "SchemaOptions",
-           "TokenVocabulary", "as_row_constraints", "byte_level_alphabet", "escape_literal", "get_compiler",
-           "is_complete", "make_constraint"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "DEFAULT_OPTIONS", "UNBOUNDED", "Compiler", "Constraint",
+           "ConstraintState", "RowConstraints", "SchemaOptions", "TokenVocabulary", "as_row_constraints",
+           "byte_level_alphabet", "escape_literal", "get_compiler", "is_complete", "make_constraint"]

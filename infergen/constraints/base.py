@@ -33,10 +33,10 @@ Semantics every backend follows
   only EOS and accepts); with a token that was not allowed the state becomes *dead* (nothing allowed).
   It never raises for a bad token: a row that went wrong is reported, not a crash.
 * A row is **complete** when it accepts and nothing but EOS is allowed (``"\\d{4}"`` after four digits):
-  the decoder may finish it with the finish reason :data:`FINISH_CONSTRAINT` without spending a step.
+  the decoder may finish it with the finish reason ``"constraint"`` without spending a step.
 * A row is **dead** when no token is allowed. :meth:`RowConstraints.mask` still leaves it one finite
   logit (its EOS ids) so that softmax and sampling never see an all ``-inf`` row or a NaN; the decoder
-  must finish it with :data:`FINISH_NO_VALID_TOKEN` (and drop the stand-in token it chose).
+  must finish it with ``"no_valid_token"`` (and drop the stand-in token it chose).
 """
 from __future__ import annotations
 
@@ -49,14 +49,9 @@ import torch
 from .._validation import check_logits, check_number
 
 __all__ = [
-    "FINISH_CONSTRAINT", "FINISH_NO_VALID_TOKEN", "BackendConstraint", "BackendState", "Constraint",
-    "ConstraintState", "RowConstraints", "as_row_constraints", "is_complete",
+    "BackendConstraint", "BackendState", "Constraint", "ConstraintState", "RowConstraints", "as_row_constraints",
+    "is_complete",
 ]
-
-#: finish reason of a row whose constraint is complete (only EOS could follow)
-FINISH_CONSTRAINT = "constraint"
-#: finish reason of a row where the constraint allows no token at all
-FINISH_NO_VALID_TOKEN = "no_valid_token"
 
 
 @runtime_checkable
@@ -97,7 +92,7 @@ class Constraint(Protocol):
 
 def is_complete(state: ConstraintState, allowed: np.ndarray | None = None) -> bool:
     """Does ``state`` accept and allow nothing but EOS? Then the row is finished, reason
-    :data:`FINISH_CONSTRAINT`, without choosing a token. ``allowed``: the state's mask as a numpy array,
+    ``"constraint"``, without choosing a token. ``allowed``: the state's mask as a numpy array,
     when the caller has it already (:class:`RowConstraints` keeps one per row, budget closing's walk too).
 
     This can hold before the first token (``regex=""``, ``choices=[""]``): a decoder asks
@@ -297,7 +292,7 @@ class RowConstraints:
         [1, V] are that one row's (a batcher's admission: budget closing reads the row's own logits).
 
         Dead rows keep their EOS ids finite (a stand-in choice, so no row is all ``-inf``); the decoder
-        finishes them with :data:`FINISH_NO_VALID_TOKEN`. Any float dtype and device. Call it on the raw
+        finishes them with ``"no_valid_token"``. Any float dtype and device. Call it on the raw
         logits, before every other processor: penalties and temperature keep ``-inf`` at ``-inf``, and
         the truncation rules (top-k, top-p, ...) then choose among allowed tokens only.
         """

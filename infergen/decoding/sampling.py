@@ -89,23 +89,24 @@ def generate_autoregressive(model, input_ids, max_new_tokens=100, temperature=No
 
 @register_decoder("greedy")
 def greedy_search(model, input_ids, max_new_tokens=100, eos_token_id=None, *, params: SamplingParams | None = None,
-                  **kwargs):
+                  constraint=None, **kwargs):
     """Pick the most probable token at every step (``generate_autoregressive`` at temperature 0).
 
     Settings that edit scores (``logit_bias``, penalties, n-gram bans) apply; settings that only matter
     when sampling (``top_p=0.9``, ``seed``, ...) are refused, since they would have no effect.
+    ``constraint`` and the other keywords are :func:`generate_autoregressive`'s.
     """
     params, rest = SamplingParams.split(kwargs, params)
     params.require_deterministic("greedy_search")
     return generate_autoregressive(model, input_ids, max_new_tokens, eos_token_id=eos_token_id,
-                                   params=params.replace(temperature=0.0), **rest)
+                                   params=params.replace(temperature=0.0), constraint=constraint, **rest)
 
 
 @register_decoder("sample")
 def sample_with_temperature(model, input_ids, max_new_tokens=100, temperature=None, eos_token_id=None,
-                            **kwargs):
+                            constraint=None, **kwargs):
     """Sample every token from ``softmax(logits / temperature)`` (default temperature 1; top-k/top-p etc.
     also accepted): :func:`generate_autoregressive` with ``eos_token_id`` as the fifth argument.
     Registered as strategy ``"sample"``."""
     return generate_autoregressive(model, input_ids, max_new_tokens, temperature=temperature,
-                                   eos_token_id=eos_token_id, **kwargs)
+                                   eos_token_id=eos_token_id, constraint=constraint, **kwargs)

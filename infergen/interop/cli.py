@@ -26,7 +26,7 @@ from .gguf import prepare_bundled
 from .outlines import OutlinesCompiler
 from ..params import SETTINGS, SamplingParams
 from ..registry import get_decoder
-from ..text import CONSTRAINED_STRATEGIES, UNCONSTRAINED_STRATEGIES
+from ..text import check_constrained
 
 #: the options a strategy may take besides the sampling settings (each a keyword of its decoder):
 #: name -> (type, valid range as ``check_number`` takes it, help)
@@ -180,10 +180,8 @@ def check_arguments(args) -> tuple[dict, dict]:
         if explicit:
             check_number(_flag(name), value, **STRATEGY_OPTIONS[name][1])
     constraint = constraint_arguments(args)
-    if constraint and args.strategy not in CONSTRAINED_STRATEGIES:
-        why = UNCONSTRAINED_STRATEGIES.get(args.strategy, "its decoder does not take a constraint")
-        raise ValueError(f"{_flag(next(iter(constraint)))}: strategy {args.strategy!r} does not support "
-                         f"constrained output ({why}); use one of {', '.join(CONSTRAINED_STRATEGIES)}")
+    if constraint:
+        check_constrained(args.strategy, _flag(next(iter(constraint))))
     return settings, constraint
 
 

@@ -40,14 +40,11 @@ TOP_K = 4
 
 
 def closing_rank(token_bytes) -> np.ndarray:
-    """int64 ``[vocab_size]``: each id's rank for a closing walk (lower is taken first): the
-    :data:`CLOSERS` in order, then every other id by its number (BPE numbers shorter merges first)."""
-    rank = np.arange(len(token_bytes), dtype=np.int64) + len(CLOSERS)
-    index = {b: i for i, b in enumerate(token_bytes) if b is not None}
-    for r, text in enumerate(CLOSERS):
-        if (i := index.get(text.encode())) is not None:
-            rank[i] = r
-    return rank
+    """int64 ``[vocab_size]``: each id's rank for a closing walk (lower is taken first): an id whose text
+    is one of the :data:`CLOSERS` its place in them, every other id after them by its number (BPE numbers
+    shorter merges first)."""
+    closer = {text.encode(): r for r, text in enumerate(CLOSERS)}
+    return np.array([closer.get(b, i + len(CLOSERS)) for i, b in enumerate(token_bytes)], dtype=np.int64)
 
 
 def closing_path(state: ConstraintState, limit: int, rank: np.ndarray | None) -> list[int] | None:

@@ -55,13 +55,11 @@ class LLGuidanceCompiler:
                 "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
         else:
             grammar = llguidance.LLMatcher.grammar_from_lark(source)
-        if not forcing:
-            spec = json.loads(grammar)
-            for g in spec["grammars"]:
-                if g.get("lark_grammar") is None:
-                    raise ValueError(f"forcing=False needs a regex, choices or a grammar, not {kind}")
-                g["lark_grammar"] = '%llguidance {"no_forcing": true}\n' + g["lark_grammar"]
-            grammar = json.dumps(spec)
+        if not forcing:  # llguidance's directive, before the Lark text (a regex's: start: /regex/)
+            if kind == "json_schema":
+                raise ValueError(f"forcing=False needs a regex, choices or a grammar, not {kind}")
+            lark = source if kind == "grammar" else json.loads(grammar)["grammars"][0]["lark_grammar"]
+            grammar = '%llguidance {"no_forcing": true}\n' + lark
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         if matcher.is_error():  # the grammar is invalid
             raise ValueError(matcher.get_error().strip())
@@ -83,8 +81,7 @@ class LLGuidanceConstraint(BackendConstraint):
         bits = np.zeros(((self.vocab_size + 31) // 32) * 4, dtype=np.uint8)  # one bit per token, 32-bit words
         matcher.unsafe_compute_mask_ptr(bits.ctypes.data, bits.size)
         out = np.unpackbits(bits, bitorder="little")[:self.vocab_size].astype(np.bool_)  # numpy: no threads
-        out[list(self.eos_token_ids)] = matcher.is_accepting()
-        return torch.from_numpy(out)
+        return torch.from_numpy(out)  # llguidance allows our EOS ids (its eos_token) exactly when it accepts
 
     def accepts(self, matcher) -> bool:
         """Does the matcher accept?"""

@@ -189,6 +189,13 @@ def token_value(tokens) -> float:
     return ((sum(tokens) * 37 + len(tokens)) % 11) / 10
 
 
+def path_value(ctx) -> float:
+    """:func:`token_value` of the path from the root to the evaluated node (these searches have no rollout,
+    so the path is the end of ``ctx.token_ids``)."""
+    assert ctx.rollout_length == 0
+    return token_value(ctx.token_ids[-ctx.path_length:].tolist())
+
+
 def reference_tree(model, prompt, max_new, num_simulations, top_k, leaf_batch, c_puct=1.0, temperature=1.0):
     """The first token's search written plainly: every expansion from a fresh forward over the whole
     path, :func:`token_value`, and up to leaf_batch leaves selected in a row, each adding a virtual loss
@@ -244,7 +251,7 @@ def reference_tree(model, prompt, max_new, num_simulations, top_k, leaf_batch, c
 @pytest.mark.parametrize("leaf_batch", [1, 4, 8])
 def test_search_equals_the_plain_reference_sequential_and_with_virtual_losses(tiny_native, leaf_batch):
     out = mcts_decode(tiny_native, torch.tensor([PROMPT]), 4, num_simulations=30, top_k=4, eos_token_id=[],
-                      value_fn=lambda ctx: token_value(ctx.path_ids.tolist()), leaf_batch=leaf_batch,
+                      value_fn=path_value, leaf_batch=leaf_batch,
                       return_dict=True)
     assert_same_tree(out.info["tree"], reference_tree(tiny_native, PROMPT, 4, 30, 4, leaf_batch))
     if leaf_batch > 1:  # and the batched search is a different search from the sequential one
@@ -361,7 +368,7 @@ def test_temperature_zero_is_greedy_by_the_library_rule(tiny_native):
         priors = [c.prior for c in out.info["tree"].children]
         assert priors[0] == 1.0 and sum(priors[1:]) == 0.0
     warm = mcts_decode(tiny_native, ids, 5, num_simulations=12, top_k=4, temperature=5.0, eos_token_id=[],
-                       value_fn=lambda ctx: token_value(ctx.path_ids.tolist()))
+                       value_fn=path_value)
     assert not torch.equal(warm, greedy)  # a flat prior and a value of its own lead elsewhere
 
 

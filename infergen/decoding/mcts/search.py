@@ -175,7 +175,8 @@ class RowSearch:
 
     def backup(self, path: list[Node], value: float, visits: int = 1):
         """4. Backup: ``visits`` visits of ``value`` on the root and every node of ``path``. A virtual loss
-        is ``backup(path, 0.0)``, its removal ``backup(path, 0.0, -1)``."""
+        is ``backup(path, 0.0)``; :meth:`simulate` turns a leaf's virtual losses into one real visit with
+        ``backup(path, value, 1 - leaf.visits)``."""
         for n in [self.root] + path:
             n.visits += visits
             n.value_sum += value
@@ -187,15 +188,16 @@ class RowSearch:
         Each selection adds a virtual loss to its path (one visit of value 0), so the next selection is
         pushed towards other leaves; a selection that ends on a terminal node is scored and backed up at
         once (it needs no forward). A selection that reaches a leaf already waiting in this batch is no
-        simulation: it leaves one more virtual loss on that path (removed before the leaves are
-        evaluated), until ``leaf_batch`` such collisions end the batch early. The leaves are then
-        expanded and scored together, and each virtual loss is replaced by the real visit. With one
-        leaf per batch this is the sequential search: no selection ever sees a virtual loss.
+        simulation: it leaves one more virtual loss on that path, until ``leaf_batch`` such collisions
+        end the batch early. The leaves are then expanded and scored together, and each leaf's virtual
+        losses are replaced by one real visit: a waiting leaf was never evaluated, so every visit it holds
+        is a virtual loss of this batch (one per selection that reached it), and its path's backup adds
+        ``1 - leaf.visits`` visits with the value. With one leaf per batch this is the sequential search:
+        no selection ever sees a virtual loss.
         """
-        k, scored = self.leaf_batch, 0
+        k, scored, collisions = self.leaf_batch, 0, 0
         pending: list[list[Node]] = []
-        steering: list[list[Node]] = []  # every path holding a virtual loss (pending leaves and collisions)
-        while len(pending) < k and scored + len(pending) < budget and len(steering) - len(pending) < k:
+        while len(pending) < k and scored + len(pending) < budget and collisions < k:
             path = self.select()
             leaf = path[-1]
             if leaf.terminal:  # EOS or the horizon: scored once, never expanded
@@ -204,17 +206,16 @@ class RowSearch:
                 scored += 1
                 continue
             self.backup(path, 0.0)  # the virtual loss: the next selection is pushed elsewhere
-            steering.append(path)
-            if all(leaf is not p[-1] for p in pending):  # else a collision: no simulation, only steering
+            if any(leaf is p[-1] for p in pending):  # a collision: no simulation, only steering
+                collisions += 1
+            else:
                 pending.append(path)
-        for path in steering:
-            self.backup(path, 0.0, -1)
         if pending:
             logits, cache = self.leaf_logits(pending)
             for path, row in zip(pending, logits):
                 self.expand(path[-1], row)
             for path, rollout in zip(pending, self.rollouts(pending, logits, cache)):  # empty if rollout_tokens=0
-                self.backup(path, self.evaluate(path, *rollout))
+                self.backup(path, self.evaluate(path, *rollout), 1 - path[-1].visits)  # virtual losses -> 1 visit
             self.stats["evaluations"] += len(pending)
             self.stats["leaf_batches"] += 1
         self.stats["simulations"] += scored + len(pending)

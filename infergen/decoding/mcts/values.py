@@ -51,12 +51,6 @@ class ValueContext:
         """The continuation: committed + path + rollout tokens (the prompt left out)."""
         return self.token_ids[self.prompt_length:]
 
-    @property
-    def path_ids(self) -> torch.Tensor:
-        """The tokens from the root to the evaluated node."""
-        start = self.prompt_length + self.num_committed
-        return self.token_ids[start:start + self.path_length]
-
     @cached_property
     def text(self) -> str | None:
         """The decoded continuation (:attr:`new_ids`), or None without a tokenizer."""

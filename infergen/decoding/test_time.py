@@ -83,9 +83,8 @@ def _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_ma
     for b in range(input_ids.shape[0]):
         rows = slice(b * n, (b + 1) * n)  # prompt b's samples
         index, scores, answers = select(texts[rows], lps[rows])
-        chosen = b * n + index
-        choices.append(Choice(index, texts[chosen] if tokenizer is not None else None, ids[chosen], texts[rows],
-                              [float(s) for s in scores], sum(lengths[rows]), answers,
+        choices.append(Choice(index, texts[rows][index] if tokenizer is not None else None, ids[rows][index],
+                              texts[rows], [float(s) for s in scores], sum(lengths[rows]), answers,
                               answers[index] if answers is not None else None))
     return choices
 

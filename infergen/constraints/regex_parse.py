@@ -133,12 +133,12 @@ class _Parser:
         self.fail(f"the escape \\{c} is not in the subset", back=1)
 
     def class_member(self):
-        """One member of a class: a character (a str) or a class escape's ``("chars", ...)`` node."""
+        """One member of a class as a ``("chars", ...)`` node: a character, or an escape (``\\n``, ``\\.``,
+        ``\\d``, ...)."""
         c = self.take()
-        if c != "\\":
-            return c
-        node = self.escape()  # a single character (\n, \.) as a str; \d, \w, ... stay nodes
-        return chr(min(node[1])) if len(node[1]) == 1 and not node[2] else node
+        if not c.isascii():
+            self.fail("classes hold ASCII characters only in the subset", back=1)
+        return self.escape() if c == "\\" else _literal(c)
 
     def char_class(self):
         negated = bool(self.accept("^"))
@@ -146,17 +146,14 @@ class _Parser:
         while True:  # ']' ends the class only after a member: right after '[' (or '[^') it is one
             if not self.peek():
                 self.fail("missing ']'")
-            low = high = self.class_member()
-            if isinstance(low, str) and self.peek(1) not in ("", "]") and self.accept("-"):  # a range
-                high = self.class_member()
-                if not isinstance(high, str) or ord(high) < ord(low):
-                    self.fail(f"bad range {low!r}-{high if isinstance(high, str) else '...'!r} in a class")
-            if not isinstance(low, str):  # \d, \w, ... inside the class
-                members, multibyte = members | low[1], multibyte or low[2]
-            elif ord(high) > 127:
-                self.fail("classes hold ASCII characters only in the subset")
-            else:
-                members |= set(range(ord(low), ord(high) + 1))
+            _, chars, wide = self.class_member()
+            if len(chars) == 1 and not wide and self.peek(1) not in ("", "]") and self.accept("-"):  # a range
+                _, high, wide = self.class_member()
+                if len(high) != 1 or max(high) < min(chars):  # a class escape (\d, ...) has more than one
+                    self.fail(f"bad range {chr(min(chars))!r}-{chr(min(high)) if len(high) == 1 else '...'!r}"
+                              " in a class")
+                chars = range(min(chars), max(high) + 1)
+            members, multibyte = members | set(chars), multibyte or wide
             if self.accept("]"):
                 break
         if negated:

@@ -79,14 +79,13 @@ def _choose(model, input_ids, n, max_new_tokens, select, tokenizer, attention_ma
     lengths = out.lengths or [out.new_tokens.shape[1]] * out.new_tokens.shape[0]
     ids, lps = ([row[:k] for row, k in zip(t.tolist(), lengths)] for t in (out.new_tokens, out.logprobs))
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True) if tokenizer is not None else ids
-    choices = []
-    for b in range(input_ids.shape[0]):
-        rows = slice(b * n, (b + 1) * n)  # prompt b's samples
+
+    def choose(rows: slice) -> Choice:  # among one prompt's samples
         index, scores, answers = select(texts[rows], lps[rows])
-        choices.append(Choice(index, texts[rows][index] if tokenizer is not None else None, ids[rows][index],
-                              texts[rows], [float(s) for s in scores], sum(lengths[rows]), answers,
-                              answers[index] if answers is not None else None))
-    return choices
+        return Choice(index, texts[rows][index] if tokenizer is not None else None, ids[rows][index],
+                      texts[rows], [float(s) for s in scores], sum(lengths[rows]), answers,
+                      answers[index] if answers is not None else None)
+    return [choose(slice(b * n, (b + 1) * n)) for b in range(input_ids.shape[0])]
 
 
 def best_of_n(model, input_ids, n: int = 8, max_new_tokens: int = 32, *, scorer: Callable | None = None,

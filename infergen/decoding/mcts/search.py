@@ -20,7 +20,7 @@ from ...pipeline import LogitsPipeline
 from ...processors import check_finite_row
 from ...registry import register_decoder
 from ..base import make_generator, prepare
-from ..steps import Rows, Sampler, decode_one, last_logits, prefill, token_logprobs
+from ..steps import Rows, Sampler, decode_one, last_logits, log_probs, prefill, token_logprobs
 from .tree import Node, select_child, snapshot
 from .values import ValueContext, ValueFn, likelihood_value
 
@@ -136,11 +136,11 @@ class RowSearch:
     def expand(self, node: Node, logits: torch.Tensor):
         """2. Expansion: children = the top-k tokens of ``logits`` [V], priors = the softmax of their
         logits under the prior temperature (one-hot at temperature 0)."""
-        top = torch.topk(logits, min(self.cfg.top_k, logits.shape[-1]))
-        keep = torch.isfinite(top.values)  # the first is: the logits passed check_finite_row
-        values, indices = top.values[keep], top.indices[keep]
+        values, indices = torch.topk(logits, min(self.cfg.top_k, logits.shape[-1]))
+        # -inf tokens are no action (the first is finite: the logits passed check_finite_row)
+        values, indices = values[values.isfinite()], indices[values.isfinite()]
         priors = torch.softmax(self.priors(values[None])[0], -1).tolist()
-        logprobs = torch.log_softmax(logits, -1)[indices].tolist()
+        logprobs = log_probs(logits)[indices].tolist()
         g = node.gen_index + 1
         node.children = [Node(t, p, lp, g, eos=t in self.cfg.eos, terminal=t in self.cfg.eos or g >= self.max_new)
                          for t, p, lp in zip(indices.tolist(), priors, logprobs)]

@@ -92,8 +92,6 @@ def check_token_ids(token_ids, batch: int, device, name: str = "token_ids") -> t
     Shapes and dtypes only (no values are read, so nothing waits for the device)."""
     if token_ids is None:
         return torch.empty(batch, 0, dtype=torch.long, device=device)
-    if isinstance(token_ids, (list, tuple)):
-        token_ids = torch.tensor(token_ids, dtype=torch.long)
     if not isinstance(token_ids, torch.Tensor):
         raise TypeError(f"{name} must be a tensor of token ids, got {type(token_ids).__name__}")
     if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:

@@ -80,7 +80,9 @@ class LogitsPipeline:
     @classmethod
     def from_params(cls, params: SamplingParams | None = None, *, sampling: bool = True,
                     **kwargs) -> "LogitsPipeline":
-        """The pipeline of ``params`` (a :class:`~infergen.params.SamplingParams`, or its fields as keywords).
+        """The pipeline of ``params`` (a :class:`~infergen.params.SamplingParams`) with the keyword settings
+        applied on top (:meth:`SamplingParams.resolve <infergen.params.SamplingParams.resolve>`, the door every
+        decoder uses): ``from_params(top_p=0.9)`` starts from the defaults.
 
         One step per processor named in :data:`~infergen.params.SETTINGS`, in the table's order, for the
         settings that are not "off". ``sampling=False`` leaves out the settings that matter only when
@@ -90,10 +92,7 @@ class LogitsPipeline:
         """
         from . import processors  # the kernels (processors imports this module)
 
-        if params is None:
-            params = SamplingParams.from_kwargs(**kwargs)
-        elif kwargs:
-            raise TypeError("give either a SamplingParams or keyword settings, not both")
+        params = SamplingParams.resolve(params, **kwargs)
         pipe = cls(temperature=params.temperature if sampling else 0.0)
         groups: dict[str, list] = {}
         for s in SETTINGS:

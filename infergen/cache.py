@@ -120,7 +120,7 @@ class ColumnCache(Cache, Protocol):
         """Append ``n`` columns [layers, kv_heads, n, head_dim] as real tokens of row 0."""
 
 
-C = TypeVar("C")
+C = TypeVar("C", bound=Cache)
 
 
 def require(cache: C, capability: type, who: str) -> C:
@@ -131,8 +131,7 @@ def require(cache: C, capability: type, who: str) -> C:
     """
     ops = sorted(n for n in vars(capability) if not n.startswith("_") and n not in vars(Cache))
     what = f"{capability.__name__} operations ({', '.join(ops)})" if ops else capability.__name__
-    why = (cache.unsupported(capability) if isinstance(cache, capability)  # type: ignore[attr-defined]
-           else "it lacks some of them")
+    why = cache.unsupported(capability) if isinstance(cache, capability) else "it lacks some of them"
     if why:
         raise ValueError(f"{who} needs a cache with the {what}, which this model's cache "
                          f"({type(cache).__name__}) cannot provide: {why}")

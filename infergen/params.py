@@ -130,7 +130,6 @@ class SamplingParams:
                      if s.sampling_only and not (s.name == "temperature" and self.is_greedy)]:
             shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in given)
             raise ValueError(f"{decoder} does not sample, so {shown} has no effect; {hint}")
-        return self
 
     def replace(self, **changes) -> "SamplingParams":
         """A copy with ``changes`` (validated again)."""

@@ -210,9 +210,11 @@ class PaddingState:
         """An independent copy (its own keys, values and mask): changing one never changes the other."""
         return copy.deepcopy(self)
 
-    def reorder_mask(self, index: torch.Tensor):
-        """Gather the mask's rows (the storage is the subclass's business)."""
+    def reorder_mask(self, index: torch.Tensor) -> Self:
+        """Gather the mask's rows (the storage is the subclass's business); returns the cache, as
+        ``reorder`` does."""
         self.mask = self.mask.index_select(0, index)
+        return self
 
     def repeat(self, n: int) -> Self:
         """Repeat every row ``n`` times (row b becomes rows b*n .. b*n+n-1)."""
@@ -322,8 +324,7 @@ class KVCache(PaddingState):
                 t[:, :, :, :L] = t[:, index, :, :L]
         else:
             self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
-        self.reorder_mask(index)
-        return self
+        return self.reorder_mask(index)
 
     @property
     def nbytes(self) -> int:

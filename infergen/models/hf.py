@@ -71,8 +71,7 @@ class HFCache(PaddingState):
         index = index.to(self.mask.device)
         if self.inner.get_seq_length():
             self.inner.batch_select_indices(index)
-        self.reorder_mask(index)
-        return self
+        return self.reorder_mask(index)
 
     def crop(self, length: int) -> Self:
         """Forget every column from ``length`` on (its layers are cut to ``length`` columns)."""

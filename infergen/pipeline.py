@@ -37,12 +37,15 @@ class LogitsContext:
 Step = Callable[[torch.Tensor, LogitsContext], torch.Tensor]
 
 
-def _step(kernel: Callable, history: str, values: tuple) -> Step:
-    """A pipeline step: ``kernel(logits, [context.<history>,] *values)`` with checked ``values`` (a missing
-    history is an empty ``[B, 0]`` one)."""
+def _step(kernel: Callable, history: str, values: dict) -> Step:
+    """A pipeline step: ``kernel(logits, [context.<history>,] *values)`` with the checked ``values`` (setting
+    name -> value; a missing history is an empty ``[B, 0]`` one). Each call checks only shapes: a ``[B]``
+    tensor setting must match the batch of the logits (nothing waits for the device)."""
     def step(logits: torch.Tensor, context: LogitsContext) -> torch.Tensor:
+        for name, value in values.items():
+            check_per_row(name, value, logits.shape[0])
         ids = [check_token_ids(getattr(context, history), logits.shape[0], logits.device)] if history else []
-        return kernel(logits, *ids, *values)  # a missing history (None) is checked into [B, 0]
+        return kernel(logits, *ids, *values.values())  # a missing history (None) is checked into [B, 0]
 
     return step
 
@@ -72,7 +75,6 @@ class LogitsPipeline:
 
     def __init__(self, steps=(), temperature=1.0):
         self._steps: list[tuple[str, Step, bool]] = []  # (name, fn, reads the history)
-        self._per_row: list[tuple[str, torch.Tensor]] = []  # [B] settings: their batch is checked per call
         self.is_greedy = is_greedy(temperature)
         for name, fn in steps:
             self.add(name, fn)
@@ -99,11 +101,10 @@ class LogitsPipeline:
             if s.processor and not (s.sampling_only and not sampling) and not (s.truncates and pipe.is_greedy):
                 groups.setdefault(s.processor, []).append(s)
         for name, settings in groups.items():  # frequency and presence share one step
-            values, first = tuple(getattr(params, s.name) for s in settings), settings[0]
-            if not all(s.is_off(v) for s, v in zip(settings, values)):
+            values, first = {s.name: getattr(params, s.name) for s in settings}, settings[0]
+            if not all(s.is_off(v) for s, v in zip(settings, values.values())):
                 step = _step(getattr(processors, name).kernel, first.history, values)
                 pipe.add(first.step, step, history=bool(first.history))
-                pipe._per_row += [(s.name, v) for s, v in zip(settings, values) if isinstance(v, torch.Tensor)]
         return pipe
 
     def add(self, name: str, fn: Step, *, before: str | None = None, history: bool = True) -> "LogitsPipeline":
@@ -158,11 +159,9 @@ class LogitsPipeline:
 
     def __call__(self, logits: torch.Tensor, prompt_ids=None, generated_ids=None) -> torch.Tensor:
         """Run every step in order and return new logits (shape ``[V]`` or ``[B, V]`` as given); the input
-        is never modified. Only shapes are checked here: the values were checked when it was built."""
+        is never modified. Only shapes are checked per call: the values were checked when it was built."""
         rows, squeeze = as_rows(logits)
         batch, device = rows.shape[0], rows.device
-        for name, value in self._per_row:
-            check_per_row(name, value, batch)
         context = LogitsContext(*(None if ids is None else check_token_ids(ids, batch, device, name) for ids, name
                                   in ((prompt_ids, "prompt_ids"), (generated_ids, "generated_ids"))))
         out = rows

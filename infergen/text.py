@@ -98,12 +98,11 @@ def encode(tokenizer, prompts, chat: bool = False, device=None):
     if chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
-    if tokenizer.padding_side != "left" or tokenizer.pad_token is None:
+    if tokenizer.pad_token is None:
         tokenizer = copy.deepcopy(tokenizer)  # the caller's tokenizer is left as it is
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=not chat)
+        tokenizer.pad_token = tokenizer.eos_token
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left",
+                    add_special_tokens=not chat)
     if enc.input_ids.shape[1] == 0:
         raise ValueError("prompt is empty after tokenization: give at least one token of text")
     return enc.input_ids.to(device), enc.attention_mask.to(device)

@@ -74,7 +74,7 @@ class LogitsPipeline:
     """
 
     def __init__(self, steps=(), temperature=1.0):
-        self._steps: list[tuple[str, Step, bool]] = []  # (name, fn, reads the history)
+        self._steps: list[tuple[str, Step]] = []
         self.is_greedy = is_greedy(temperature)
         for name, fn in steps:
             self.add(name, fn)
@@ -104,16 +104,15 @@ class LogitsPipeline:
             values, first = {s.name: getattr(params, s.name) for s in settings}, settings[0]
             if not all(s.is_off(v) for s, v in zip(settings, values.values())):
                 step = _step(getattr(processors, name).kernel, first.history, values)
-                pipe.add(first.step, step, history=bool(first.history))
+                pipe.add(first.step, step)
         return pipe
 
-    def add(self, name: str, fn: Step, *, before: str | None = None, history: bool = True) -> "LogitsPipeline":
+    def add(self, name: str, fn: Step, *, before: str | None = None) -> "LogitsPipeline":
         """Append a step ``fn(logits, context) -> logits`` (or insert it before the step named ``before``).
 
         ``logits`` are ``[B, V]`` and ``context`` is a :class:`LogitsContext` with ``prompt_ids``,
         ``generated_ids`` and ``all_ids`` (``[B, T]``). The step must not modify ``logits`` in place.
-        ``history=False`` declares, once, that the step never reads the context, so decoders need not keep
-        the token history for it (the default assumes it does). Returns the pipeline, for chaining.
+        Returns the pipeline, for chaining.
         """
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty string, got {name!r}")
@@ -123,7 +122,7 @@ class LogitsPipeline:
             raise ValueError(f"name {name!r} is already a step of this pipeline: {names}")
         if before is not None and before not in names:
             raise ValueError(f"before must name an existing step, one of {names}, got {before!r}")
-        self._steps.insert(len(names) if before is None else names.index(before), (name, fn, history))
+        self._steps.insert(len(names) if before is None else names.index(before), (name, fn))
         return self
 
     def add_registered(self, name: str, *, before: str | None = None, **params) -> "LogitsPipeline":
@@ -145,17 +144,12 @@ class LogitsPipeline:
     @property
     def steps(self) -> list[tuple[str, Step]]:
         """The steps as ``(name, callable)`` pairs, in the order they run (a copy)."""
-        return [(name, fn) for name, fn, _ in self._steps]
-
-    @property
-    def uses_history(self) -> bool:
-        """Does some step read the token history (penalties, n-gram bans, custom steps)?"""
-        return any(history for _, _, history in self._steps)
+        return list(self._steps)
 
     @property
     def is_plain_argmax(self) -> bool:
         """Greedy with no step but the temperature: the chosen token is simply the argmax of the logits."""
-        return self.is_greedy and all(name == "temperature" for name, _, _ in self._steps)
+        return self.is_greedy and all(name == "temperature" for name, _ in self._steps)
 
     def __call__(self, logits: torch.Tensor, prompt_ids=None, generated_ids=None) -> torch.Tensor:
         """Run every step in order and return new logits (shape ``[V]`` or ``[B, V]`` as given); the input
@@ -165,7 +159,7 @@ class LogitsPipeline:
         context = LogitsContext(*(None if ids is None else check_token_ids(ids, batch, device, name) for ids, name
                                   in ((prompt_ids, "prompt_ids"), (generated_ids, "generated_ids"))))
         out = rows
-        for _, fn, _ in self._steps:
+        for _, fn in self._steps:
             out = fn(out, context)
         out = out.clone() if out is rows else out
         return out.squeeze(0) if squeeze else out

@@ -507,7 +507,7 @@ def test_pipeline_order_and_history_come_from_the_settings_table():
         if s.processor:
             on = {"logit_bias": {1: 1.0}, "no_repeat_ngram_size": 2, "top_k": 5}.get(s.name, 0.5)
             pipe = LogitsPipeline.from_params(**{s.name: on})
-            assert pipe.uses_history == bool(s.history), s.name
+            assert [name for name, _ in pipe.steps] == [s.step], s.name  # the setting's one step
 
 
 def test_pipeline_steps_never_synchronise_with_the_device(monkeypatch):

@@ -18,14 +18,9 @@ import pytest
 import core_size
 
 ROOT = Path(__file__).resolve().parents[1]
-SHRINKING = pytest.mark.xfail(
-    strict=False,
-    reason="issue 24: the core shrinks to the size rule as the redesign lands (4,519 code lines at the redesign, "
-           "3,527 now, every module under 400 lines); remove this marker once the rule holds")
 
 
-@SHRINKING
-def test_the_core_holds_at_most_3500_lines_of_code():
+def test_the_core_holds_at_most_3500_lines_of_code():  # 4,519 code lines at the redesign (issue 24): enforced
     rows = core_size.table()
     total = sum(code for _, code, _ in rows)
     assert total <= core_size.MAX_CODE_LINES, \

@@ -83,7 +83,7 @@ class LogitsPipeline:
     def from_params(cls, params: SamplingParams | None = None, *, sampling: bool = True,
                     **kwargs) -> "LogitsPipeline":
         """The pipeline of ``params`` (a :class:`~infergen.params.SamplingParams`) with the keyword settings
-        applied on top (:meth:`SamplingParams.resolve <infergen.params.SamplingParams.resolve>`, the door every
+        applied on top (:meth:`SamplingParams.resolve <infergen.SamplingParams.resolve>`, the door every
         decoder uses): ``from_params(top_p=0.9)`` starts from the defaults.
 
         One step per processor named in :data:`~infergen.params.SETTINGS`, in the table's order, for the
